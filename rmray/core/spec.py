@@ -1,0 +1,68 @@
+"""The scoring spec: the rules that turn text into a reward, saved beside the model.
+
+A reward is only reproducible if every consumer builds the same token sequence: same chat template,
+same EOS handling, same truncation and ``max_length``, same pad token, same read-out. Training writes
+this spec into the model folder (``rmray_scoring.json``); evaluation, offline scoring and serving read
+it from there instead of taking their own settings, so one text gets one reward everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+SPEC_FILE = "rmray_scoring.json"
+Truncation = Literal["truncate", "drop", "error"]
+TRUNCATION_POLICIES = ("truncate", "drop", "error")
+
+# Used only when asked for (chat_template: plain) and the tokenizer has none: one "role: content"
+# line per message, so conversational data works with encoders such as MiniLM.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+)
+
+
+@dataclass
+class ScoringSpec:
+    max_length: int = 1024
+    """Longest token sequence scored; longer ones follow ``truncation``."""
+    truncation: Truncation = "truncate"
+    """``truncate``: cut the prompt from the left (latest turns kept), then the response's end;
+    ``drop``: skip the pair (counted in the data report); ``error``: stop with the row named."""
+    add_eos: bool = True
+    """Append ``eos_token`` to non-conversational texts that lack it (TRL does the same)."""
+    eos_token: str | None = None
+    pad_token: str | None = None
+    readout: Literal["last_token", "pooler"] = "last_token"
+    """``last_token``: reward at the last position whose attention mask is 1 (causal LMs);
+    ``pooler``: the encoder's own classification pooling over right-padded rows (BERT-style)."""
+    uses_chat_template: bool = False
+    """Whether conversational rows were rendered with the tokenizer's chat template (saved with it)."""
+    reward_mean: float | None = None
+    """Mean and std of eval-set rewards at the end of training, for optional normalization."""
+    reward_std: float | None = None
+
+    def __post_init__(self):
+        if self.truncation not in TRUNCATION_POLICIES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {self.truncation!r}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+
+    def save(self, directory: str) -> None:
+        with open(os.path.join(directory, SPEC_FILE), "w") as f:
+            json.dump(asdict(self), f, indent=2)
+
+    @classmethod
+    def load(cls, directory: str) -> "ScoringSpec":
+        path = os.path.join(directory, SPEC_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} not found: {directory} is not an rmray reward model. Models trained by rmray carry "
+                "their scoring rules in this file; re-export the model with rmray or score it with plain transformers."
+            )
+        with open(path) as f:
+            data = json.load(f)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

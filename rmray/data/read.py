@@ -1,0 +1,74 @@
+"""Open any supported preference source as a Ray Dataset of raw rows."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from rmray.core.demo_data import demo_pairs
+
+_READERS = {
+    ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json", ".jsonl.zst": "json",
+    ".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv",
+}
+
+
+def read_source(source: str) -> ray.data.Dataset:
+    """``demo``, a file/glob/URI (by extension), a ``save_to_disk`` folder, or a hub dataset id.
+
+    A hub id may carry a split: ``Anthropic/hh-rlhf:test`` (default ``train``).
+    """
+    if source == "demo":
+        return ray.data.from_items(demo_pairs())
+    kind = _file_kind(source)
+    if kind == "json":
+        return ray.data.read_json(source, lines=_is_lines(source))
+    if kind == "parquet":
+        return ray.data.read_parquet(source)
+    if kind == "csv":
+        return ray.data.read_csv(source)
+    if os.path.isdir(source):
+        if os.path.exists(os.path.join(source, "dataset_info.json")) or os.path.exists(os.path.join(source, "state.json")):
+            import datasets
+
+            return ray.data.from_huggingface(datasets.load_from_disk(source))
+        files = sorted(f for f in os.listdir(source) if _file_kind(f))
+        if not files:
+            raise ValueError(f"{source}: folder has no .jsonl/.json/.parquet/.csv files and is not a saved `datasets` dataset")
+        return read_source(os.path.join(source, "*" + _suffix(files[0])))
+    looks_local = os.path.exists(source) or "://" in source or source.startswith((".", "/", "~")) or "*" in source
+    if not looks_local:  # "org/name" or "org/name:split"
+        return _read_hub(source)
+    raise ValueError(
+        f"cannot read {source!r}: expected a .jsonl/.json/.parquet/.csv path or glob, a saved `datasets` folder, "
+        "a hub dataset id (online), or 'demo'"
+    )
+
+
+def _read_hub(source: str) -> ray.data.Dataset:
+    import datasets
+
+    name, _, split = source.partition(":")
+    try:
+        hf = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # offline, missing, gated: say which and what to do
+        raise ValueError(f"could not load hub dataset {name!r} (split {split or 'train'!r}): {e}. "
+                         "Offline? Point train_data at a local file instead.") from e
+    return ray.data.from_huggingface(hf)
+
+
+def _suffix(path: str) -> str:
+    lower = path.lower()
+    for ext in sorted(_READERS, key=len, reverse=True):
+        if lower.endswith(ext):
+            return ext
+    return ""
+
+
+def _file_kind(path: str) -> str | None:
+    return _READERS.get(_suffix(path))
+
+
+def _is_lines(path: str) -> bool:
+    return ".jsonl" in path.lower()

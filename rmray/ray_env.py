@@ -1,0 +1,50 @@
+"""Start or join Ray with quiet, safe defaults shared by training, scoring and serving."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# Set before Ray starts so its actors inherit them. Each is a default the user can override.
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # no phoning home (and no DNS timeouts offline)
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # worker prints would appear twice
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # Ray Data's bars spam non-TTY logs; rmray prints its own progress
+    "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S": "300",  # a resource deadlock fails in minutes, not hangs
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
+def quiet_env() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def verbose() -> bool:
+    """``RMRAY_VERBOSE=1`` forwards Ray's worker logs and INFO lines; off by default."""
+    return os.environ.get("RMRAY_VERBOSE", "0") not in ("", "0", "false")
+
+
+def init_ray(address: str | None = None, **kwargs) -> None:
+    """Join ``address`` (``auto`` or ``ray://...``), the cluster of ``ray job submit`` (RAY_ADDRESS), or
+    start a local one. A no-op when Ray is already initialised (tests, notebooks)."""
+    quiet_env()
+    import ray
+
+    if ray.is_initialized():
+        return
+    env_vars = {k: os.environ[k] for k in QUIET_ENV}
+    kwargs.setdefault("log_to_driver", verbose())
+    ray.init(address=address, logging_level=logging.INFO if verbose() else logging.WARNING,
+             runtime_env={"env_vars": env_vars}, **kwargs)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    if not verbose():
+        data_logger = logging.getLogger("ray.data")
+        data_logger.setLevel(logging.WARNING)
+        for handler in data_logger.handlers:  # rmray prints its own progress; this notice is noise
+            handler.addFilter(lambda record: "Progress bars disabled" not in record.getMessage())

@@ -1,0 +1,56 @@
+"""Small random-weight causal reward models built offline, for tests and benchmarks.
+
+Cost and exactness do not depend on weights, so a random Qwen2/Llama with a byte-level BPE tokenizer
+trained on local text is a faithful stand-in for hub models this machine cannot download. The
+tokenizer is built with ``tokenizers`` and wrapped in ``PreTrainedTokenizerFast``: loading a BERT
+vocabulary through ``AutoTokenizer`` on a qwen2 folder would silently produce garbage ids.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+
+
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2000, pad_token: str | None = "<|pad|>"):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>"] + ([pad_token] if pad_token else [])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token=pad_token,
+                                   clean_up_tokenization_spaces=False)
+
+
+def build_tiny_causal_rm(out_dir: str, texts: Iterable[str], *, arch: str = "qwen2", num_layers: int = 2,
+                         hidden: int = 64, heads: int = 4, vocab_size: int = 2000, pad_token: str | None = "<|pad|>",
+                         seed: int = 0) -> str:
+    """Write a random-init ``*ForSequenceClassification`` (num_labels=1) plus tokenizer to ``out_dir``.
+
+    ``pad_token=None`` makes the tokenizer's pad token its EOS (the Llama-3 situation).
+    """
+    from transformers import AutoModelForSequenceClassification, LlamaConfig, Qwen2Config
+
+    tokenizer = build_bpe_tokenizer(texts, vocab_size, pad_token)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config_cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
+    config = config_cls(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=num_layers,
+        num_attention_heads=heads, num_key_value_heads=heads // 2 if heads > 1 else 1, max_position_embeddings=2048,
+        num_labels=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

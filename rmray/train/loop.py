@@ -1,0 +1,247 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+Shape: setup (model, optimizer, resume) -> for each epoch, for each micro-batch: train_step ->
+every ``logging_steps`` log, every ``eval_steps`` evaluate, every ``save_steps`` checkpoint -> final
+eval and export. Every rank calls ``ray.train.report`` together (it is a barrier); only rank 0 writes
+files (metrics.jsonl, checkpoint contents, the final model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from rmray.config import TrainConfig
+from rmray.core.collate import collate_pairs
+from rmray.core.export import save_reward_model
+from rmray.core.loss import bradley_terry_loss, metrics_from_sums, preference_sums
+from rmray.core.model import RewardModel, apply_lora, load_hf_model
+from rmray.core.spec import ScoringSpec
+
+from .metrics_log import MetricsLog
+from .schedule import build_scheduler
+from .state import load_model_weights, load_training_state, save_training_state
+
+
+class PairCollate(NumpyBatchCollateFn):
+    """Ray Data batches (numpy columns) -> the padded pairwise tensors of :func:`collate_pairs`."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None):
+        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+
+    def __call__(self, batch):
+        return collate_pairs(batch, self.pad_token_id, self.pad_to_multiple_of)
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of this epoch already trained
+    train_time_s: float = 0.0  # only the training loop: no start-up, eval or checkpointing
+    pairs_seen: int = 0  # global, all ranks
+    tokens_seen: int = 0
+    first_step_at: float | None = None
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    cfg = TrainConfig(**loop_config["cfg"])
+    spec = ScoringSpec(**loop_config["spec"])
+    tokenizer = loop_config["tokenizer"]
+    total_steps, started_at = loop_config["total_steps"], loop_config["started_at"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+    use_bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+    model, raw_model = _build_model(cfg, tokenizer)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    log = MetricsLog(cfg.output_dir, enabled=rank == 0)
+    state = LoopState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            load_model_weights(raw_model.model, ckpt_dir)
+            saved = load_training_state(ckpt_dir, optimizer=optimizer, scheduler=scheduler)
+        state.step, state.epoch, state.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
+        state.train_time_s, state.pairs_seen = saved.get("train_time_s", 0.0), saved.get("pairs_seen", 0)
+        log.write({"event": "resume", "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch})
+
+    collate = PairCollate(tokenizer.pad_token_id, cfg.pad_to_multiple_of)
+    train_shard = ray.train.get_dataset_shard("train")
+    eval_shard = ray.train.get_dataset_shard("eval") if "eval" in loop_config["datasets"] else None
+    autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    window = torch.zeros(8, dtype=torch.float64)  # preference sums since the last log line
+    window_start, window_pairs, window_tokens = time.perf_counter(), 0, 0
+    last_eval: dict = {}
+    done = state.step >= total_steps
+    while not done:
+        batches = train_shard.iter_torch_batches(batch_size=cfg.per_device_train_batch_size, collate_fn=collate,
+                                                 local_shuffle_buffer_size=None)
+        micro, t0 = 0, time.perf_counter()
+        for batch_index, batch in enumerate(batches):
+            if batch_index < state.batches_in_epoch:  # resuming inside an epoch: skip what was trained
+                continue
+            sync = (micro + 1) % cfg.gradient_accumulation_steps == 0
+            ctx_mgr = model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
+            with ctx_mgr:
+                sums, n_tokens = _forward_backward(model, batch, device, cfg, autocast)
+            window += sums
+            window_pairs += int(batch["num_pairs"]) * world
+            window_tokens += n_tokens * world
+            micro += 1
+            state.batches_in_epoch = batch_index + 1
+            if not sync:
+                continue
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            if state.first_step_at is None:
+                state.first_step_at = time.time() - started_at
+            if state.step % cfg.logging_steps == 0 or state.step >= total_steps:
+                state.train_time_s += time.perf_counter() - t0
+                _log_train(log, state, window, window_pairs, window_tokens, time.perf_counter() - window_start,
+                           scheduler.get_last_lr()[0], float(grad_norm), world, device)
+                state.pairs_seen += window_pairs
+                state.tokens_seen += window_tokens
+                window.zero_()
+                window_pairs = window_tokens = 0
+                window_start = t0 = time.perf_counter()
+            if eval_shard is not None and cfg.eval_steps and state.step % cfg.eval_steps == 0:
+                state.train_time_s += time.perf_counter() - t0
+                last_eval = _evaluate(model, eval_shard, collate, cfg, device, autocast, rank, world)
+                log.write({"step": state.step, "epoch": state.epoch, **last_eval})
+                t0 = window_start = time.perf_counter()
+            if cfg.save_steps and state.step % cfg.save_steps == 0:
+                state.train_time_s += time.perf_counter() - t0
+                _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval)
+                t0 = window_start = time.perf_counter()
+            if state.step >= total_steps:
+                break
+        state.train_time_s += time.perf_counter() - t0
+        optimizer.zero_grad(set_to_none=True)  # a partial accumulation at the epoch's end is not carried over
+        done = state.step >= total_steps
+        state.epoch += 1
+        state.batches_in_epoch = 0
+        if eval_shard is not None:
+            last_eval = _evaluate(model, eval_shard, collate, cfg, device, autocast, rank, world)
+            log.write({"step": state.step, "epoch": state.epoch, **last_eval})
+        if not done:
+            _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval)
+        window_start = time.perf_counter()
+    state.pairs_seen += window_pairs
+    state.tokens_seen += window_tokens
+    _finish(raw_model, tokenizer, spec, cfg, state, last_eval, log, rank)
+
+
+def _build_model(cfg: TrainConfig, tokenizer):
+    hf = load_hf_model(cfg.model_name_or_path, pad_token_id=tokenizer.pad_token_id,
+                       trust_remote_code=cfg.trust_remote_code, disable_dropout=cfg.disable_dropout)
+    if len(tokenizer) > hf.get_input_embeddings().num_embeddings:
+        hf.resize_token_embeddings(len(tokenizer))
+    if cfg.gradient_checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.use_peft:
+        if cfg.gradient_checkpointing:
+            hf.enable_input_require_grads()
+        hf = apply_lora(hf, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                        target_modules=cfg.lora_target_modules if cfg.lora_target_modules != ["all-linear"] else "all-linear",
+                        modules_to_save=cfg.lora_modules_to_save)
+    raw = RewardModel(hf)
+    # DDP (gloo on CPU, nccl on GPU) around the whole reward path, so the custom read-out syncs gradients.
+    return ray.train.torch.prepare_model(raw), raw
+
+
+def _forward_backward(model, batch, device, cfg: TrainConfig, autocast) -> tuple[torch.Tensor, int]:
+    input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    with autocast():
+        rewards = model(input_ids, mask).float()
+    chosen, rejected = rewards.chunk(2)
+    loss = bradley_terry_loss(chosen, rejected, batch["margin"].to(device), cfg.center_rewards_coefficient)
+    (loss / cfg.gradient_accumulation_steps).backward()
+    return preference_sums(chosen.cpu(), rejected.cpu(), loss.detach().cpu() * chosen.numel()), int(mask.sum())
+
+
+@torch.no_grad()
+def _evaluate(model, eval_shard, collate, cfg: TrainConfig, device, autocast, rank: int, world: int) -> dict:
+    """Every rank reads the whole (small, unsplit) eval set and scores every world-th batch; the sums
+    are all-reduced, so eval metrics are identical whatever the number of workers."""
+    model.eval()
+    sums = torch.zeros(8, dtype=torch.float64)
+    for i, batch in enumerate(eval_shard.iter_torch_batches(batch_size=cfg.per_device_eval_batch_size, collate_fn=collate)):
+        if i % world != rank:
+            continue
+        with autocast():
+            rewards = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()
+        chosen, rejected = rewards.chunk(2)
+        loss = bradley_terry_loss(chosen, rejected, batch["margin"].to(device), cfg.center_rewards_coefficient)
+        sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.cpu() * chosen.numel())
+    model.train()
+    sums = _all_reduce(sums, device)
+    return {f"eval_{k}": v for k, v in metrics_from_sums(sums).items()}
+
+
+def _all_reduce(sums: torch.Tensor, device) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        on_device = sums.to(device)
+        dist.all_reduce(on_device)  # a sync point: every rank must get here the same number of times
+        return on_device.cpu()
+    return sums
+
+
+def _log_train(log, state, window, pairs, tokens, seconds, lr, grad_norm, world, device) -> None:
+    metrics = metrics_from_sums(_all_reduce(window.clone(), device))
+    metrics.pop("pairs", None)
+    log.write({"step": state.step, "epoch": state.epoch, **metrics, "learning_rate": lr, "grad_norm": grad_norm,
+               "pairs_per_s": pairs / max(seconds, 1e-9), "tokens_per_s": tokens / max(seconds, 1e-9)})
+
+
+def _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state: LoopState, rank: int, eval_metrics: dict):
+    metrics = {"step": state.step, "epoch": state.epoch, **eval_metrics}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, "checkpoint")
+        save_reward_model(raw_model, tokenizer, spec, ckpt, merge_lora=False)
+        save_training_state(ckpt, optimizer=optimizer, scheduler=scheduler, step=state.step, epoch=state.epoch,
+                            batches_in_epoch=state.batches_in_epoch,
+                            extra={"train_time_s": state.train_time_s, "pairs_seen": state.pairs_seen})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt),
+                         checkpoint_dir_name=f"checkpoint-{state.step:06d}")
+
+
+def _finish(raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict, log, rank):
+    summary = {
+        "event": "summary", "steps": state.step, "epochs": state.epoch, "train_pairs": state.pairs_seen,
+        "train_tokens": state.tokens_seen, "train_runtime_s": state.train_time_s,
+        "train_pairs_per_s": state.pairs_seen / max(state.train_time_s, 1e-9),
+        "train_tokens_per_s": state.tokens_seen / max(state.train_time_s, 1e-9),
+        "time_to_first_step_s": state.first_step_at, **last_eval,
+    }
+    if rank == 0:
+        if "eval_reward_mean" in last_eval:  # saved for optional reward normalization at serving time
+            spec.reward_mean, spec.reward_std = last_eval["eval_reward_mean"], last_eval["eval_reward_std"]
+        if cfg.use_peft:
+            save_reward_model(raw_model, tokenizer, spec, os.path.join(cfg.output_dir, "adapter"), merge_lora=False)
+        save_reward_model(raw_model, tokenizer, spec, os.path.join(cfg.output_dir, "final"), merge_lora=True)
+        log.write(summary)
+    ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and not (isinstance(v, float) and math.isnan(v))}, checkpoint=None)

@@ -1,0 +1,84 @@
+"""Driver-side progress: a bar on a terminal, one line per logged step otherwise.
+
+Worker output is not forwarded to the driver by default (Ray's own log lines are noise to most
+users), so the driver follows ``metrics.jsonl`` -- the same record users read afterwards -- while
+``fit()`` runs in a background thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+
+def run_with_progress(fit, metrics_path: str, total_steps: int, poll_s: float = 1.0):
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = fit()
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=target, name="rmray-fit", daemon=True)
+    thread.start()
+    printer = _Printer(total_steps)
+    offset = 0
+    while thread.is_alive():
+        thread.join(poll_s)
+        offset = _follow(metrics_path, offset, printer)
+    _follow(metrics_path, offset, printer)
+    printer.close()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def _follow(path: str, offset: int, printer) -> int:
+    if not os.path.exists(path):
+        return offset
+    with open(path) as f:
+        f.seek(offset)
+        chunk = f.read()
+    complete = chunk[: chunk.rfind("\n") + 1]  # a line being written is read on the next poll
+    for line in complete.splitlines():
+        if line.strip():
+            printer.update(json.loads(line))
+    return offset + len(complete.encode())
+
+
+class _Printer:
+    def __init__(self, total: int):
+        self.tty = sys.stderr.isatty()
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
+        self.total = total
+
+    def update(self, record: dict) -> None:
+        if record.get("event") == "resume":
+            self._say(f"resumed from step {record['step']} (epoch {record['epoch']})")
+        elif "eval_accuracy" in record and "event" not in record:
+            self._say(f"eval @ step {record['step']}: accuracy {record['eval_accuracy']:.3f}, loss {record['eval_loss']:.4f}")
+        elif "loss" in record and "event" not in record:
+            if self.bar is not None:
+                self.bar.n = record["step"]
+                self.bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}",
+                                     pairs_s=f"{record['pairs_per_s']:.1f}")
+            else:
+                print(f"step {record['step']}/{self.total}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.3f}, "
+                      f"lr {record['learning_rate']:.2e}, {record['pairs_per_s']:.1f} pairs/s", flush=True)
+
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,153 @@
+"""Driver side of training: data pipeline, schedule, TorchTrainer, final report.
+
+``train(cfg)`` is the one function the CLI and ``jobs/train.py`` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+from rmray.config import TrainConfig
+from rmray.core.spec import ScoringSpec
+
+from .metrics_log import read_metrics
+from .progress import run_with_progress
+from rmray.ray_env import init_ray, verbose
+
+RUN_NAME = "ray"  # <output_dir>/ray/: Ray Train's run state and checkpoints
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    final_model_dir: str
+    summary: dict
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    started_at = time.time()
+    cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir))
+    _prepare_output_dir(cfg)
+    init_ray(cfg.ray_address)
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from rmray.core.model import load_tokenizer
+    from rmray.data.preferences import build_preferences
+    from rmray.data.read import read_source
+
+    from .loop import train_loop_per_worker
+
+    tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
+                               trust_remote_code=cfg.trust_remote_code)
+    spec = ScoringSpec(max_length=cfg.max_length, truncation=cfg.truncation, add_eos=cfg.add_eos,
+                       eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
+                       readout=_readout(cfg), uses_chat_template=tokenizer.chat_template is not None)
+    common = dict(tokenizer=tokenizer, spec=spec, data_format=cfg.data_format, strict=cfg.on_bad_row == "error",
+                  num_cpus=cfg.tokenize_num_cpus)
+    train_prefs = build_preferences(cfg.train_data, name="train", limit=cfg.max_train_samples, **common)
+    train_ds, eval_ds, reports = train_prefs.dataset, None, [train_prefs.report]
+    if cfg.eval_data:
+        eval_prefs = build_preferences(cfg.eval_data, name="eval", limit=cfg.max_eval_samples, **common)
+        eval_ds = eval_prefs.dataset
+        reports.append(eval_prefs.report)
+    elif cfg.eval_split_ratio > 0:
+        train_ds, eval_ds = train_ds.train_test_split(test_size=cfg.eval_split_ratio, shuffle=True, seed=cfg.seed)
+        if cfg.max_eval_samples:
+            eval_ds = eval_ds.limit(cfg.max_eval_samples).materialize()
+    for report in reports:
+        print(report.format(), flush=True)
+    _save_json(os.path.join(cfg.output_dir, "data_report.json"), [r.to_dict() for r in reports])
+
+    n_train = train_ds.count()
+    total_steps = _total_steps(cfg, n_train)
+    n_eval = eval_ds.count() if eval_ds is not None else 0
+    print(f"training on {n_train} pairs ({n_eval} eval) with {cfg.num_workers} workers for {total_steps} steps", flush=True)
+
+    datasets = {"train": train_ds} | ({"eval": eval_ds} if eval_ds is not None else {})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": dataclasses.asdict(cfg), "spec": dataclasses.asdict(spec), "tokenizer": tokenizer,
+                           "total_steps": total_steps, "started_at": started_at, "datasets": list(datasets)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})),
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME, storage_path=cfg.output_dir, checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
+        datasets=datasets,
+        # Eval is not split: every rank reads all of it and scores its share (see loop._evaluate).
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    run_with_progress(trainer.fit, os.path.join(cfg.output_dir, "metrics.jsonl"), total_steps)
+    summary = next((m for m in reversed(read_metrics(cfg.output_dir)) if m.get("event") == "summary"), {})
+    final_dir = os.path.join(cfg.output_dir, "final")
+    _print_summary(summary, final_dir)
+    return TrainResult(cfg.output_dir, final_dir, summary)
+
+
+def _readout(cfg: TrainConfig) -> str:
+    """Build the architecture on the meta device (no weights) to learn its read-out kind."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from rmray.core.model import readout_kind, resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model_name_or_path), num_labels=1,
+                                        trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    return readout_kind(model)
+
+
+def _total_steps(cfg: TrainConfig, n_train: int) -> int:
+    per_rank = n_train // cfg.num_workers  # Ray splits the train set equally across ranks
+    batches = math.ceil(per_rank / cfg.per_device_train_batch_size)
+    steps_per_epoch = batches // cfg.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{n_train} train pairs over {cfg.num_workers} workers give {batches} micro-batches per worker per epoch, "
+            f"fewer than gradient_accumulation_steps={cfg.gradient_accumulation_steps}: no optimizer step would run. "
+            "Use more data, fewer workers, or a smaller batch size / accumulation."
+        )
+    return cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.num_train_epochs
+
+
+def _prepare_output_dir(cfg: TrainConfig) -> None:
+    final = os.path.join(cfg.output_dir, "final")
+    if os.path.exists(final):
+        if not cfg.overwrite_output_dir:
+            raise FileExistsError(
+                f"{final} already holds a trained model. Choose another output_dir, or set overwrite_output_dir=true "
+                "to replace it (its checkpoints and metrics.jsonl are removed)."
+            )
+        for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json"):
+            path = os.path.join(cfg.output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
+    os.makedirs(cfg.output_dir, exist_ok=True)
+
+
+def _save_json(path: str, obj) -> None:
+    import json
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _print_summary(summary: dict, final_dir: str) -> None:
+    if not summary:
+        print(f"training finished; model in {final_dir}")
+        return
+    parts = [f"{summary.get('steps')} steps", f"{summary.get('train_pairs_per_s', 0):.1f} pairs/s"]
+    if summary.get("eval_accuracy") is not None:
+        parts.append(f"eval accuracy {summary['eval_accuracy']:.3f}")
+        parts.append(f"eval loss {summary['eval_loss']:.4f}")
+    print("done: " + ", ".join(parts) + f"\nmodel: {final_dir}", flush=True)

@@ -1,0 +1,79 @@
+"""Training checkpoints without pickle: HF model folder + optimizer/scheduler/step in safetensors/JSON.
+
+Layout of one checkpoint folder::
+
+    config.json, model.safetensors (or adapter_model.safetensors for LoRA), tokenizer files,
+    rmray_scoring.json        -- a loadable reward model, as in final/
+    optimizer.safetensors     -- every optimizer state tensor, keyed "<param index>.<name>"
+    trainer_state.json        -- step, epoch, batches done in the epoch, optimizer hyper-params, scheduler, RNG
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def save_training_state(directory: str, *, optimizer, scheduler, step: int, epoch: int, batches_in_epoch: int,
+                        extra: dict | None = None) -> None:
+    osd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, param_state in osd["state"].items():
+        for name, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    save_file(tensors, os.path.join(directory, OPTIMIZER_FILE))
+    state = {
+        "step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+        "param_groups": osd["param_groups"], "optimizer_scalars": scalars,
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+        "torch_rng": torch.get_rng_state().tolist(), **(extra or {}),
+    }
+    with open(os.path.join(directory, TRAINER_STATE), "w") as f:
+        json.dump(state, f)
+
+
+def load_training_state(directory: str, *, optimizer, scheduler) -> dict:
+    with open(os.path.join(directory, TRAINER_STATE)) as f:
+        state = json.load(f)
+    tensors = load_file(os.path.join(directory, OPTIMIZER_FILE))
+    per_param: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(state["optimizer_scalars"].items()):
+        index, name = key.split(".", 1)
+        per_param.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    return state
+
+
+def load_model_weights(model, directory: str) -> None:
+    """Load checkpoint weights into a live (possibly PEFT-wrapped) model, strictly."""
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(os.path.join(directory, "adapter_model.safetensors")))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"checkpoint {directory}: unexpected adapter keys {result.unexpected_keys[:5]}")
+        return
+    files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
+    files = [f for f in files if os.path.basename(f) != OPTIMIZER_FILE]
+    if not files:
+        raise FileNotFoundError(f"checkpoint {directory} has no model weights (*.safetensors)")
+    state = {}
+    for path in files:
+        state.update(load_file(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {directory} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
