@@ -32,7 +32,7 @@ def resolve_model_path(name_or_path: str) -> str:
                 f"model {name_or_path!r}: python package {module_name!r} is not installed; "
                 f"pip install {module_name.replace('_', '-')}"
             ) from None
-        return module.get_model_path()
+        return str(module.get_model_path())
     return name_or_path
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
 import ray
 from ray.data.expressions import col, monotonically_increasing_id
 
@@ -31,9 +32,10 @@ class TokenizedPreferences:
     report: DataReport
 
 
-def tokenize_batch(batch: pd.DataFrame, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool) -> pd.DataFrame:
+def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool) -> pd.DataFrame:
+    # Arrow -> Python keeps nulls as None (pandas would turn a missing margin into NaN).
     out = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin", "truncated", "num_tokens")}
-    for row in batch.to_dict("records"):
+    for row in batch.to_pylist():
         row_id = str(row.pop("_row_id"))
         try:
             pair = encode_pair(tokenizer, spec, normalize_row(row, fmt))
@@ -79,7 +81,7 @@ def build_preferences(
     else:  # unique per row; "block:offset" after formatting (Ray gives no global line number)
         ds = ds.with_column("_row_id", monotonically_increasing_id())
     tokenized = ds.map_batches(
-        tokenize_batch, batch_format="pandas", batch_size=256, num_cpus=num_cpus,
+        tokenize_batch, batch_format="pyarrow", batch_size=256, num_cpus=num_cpus,
         fn_kwargs={"tokenizer": tokenizer, "spec": spec, "fmt": fmt, "strict": strict},
     ).materialize()
     report = _report(tokenized, name)

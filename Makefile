@@ -1,0 +1,27 @@
+# Two commands: `make demo` (set up + train the offline demo reward model) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup lint clean
+
+$(BIN)/rmray: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0          # CPU wheel first; an unpinned torch pulls a CUDA build
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+setup: $(BIN)/rmray
+
+demo: setup
+	./scripts/in-loopback-ns $(BIN)/rmray demo jobs/configs/demo.yaml
+
+test: setup
+	./scripts/in-loopback-ns $(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check rmray jobs tests benchmarks
+
+clean:
+	rm -rf $(VENV) outputs

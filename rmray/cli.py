@@ -1,0 +1,78 @@
+"""``rmray`` command line: thin wrappers that parse a config and call one function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEMO_EXAMPLES = [
+    ("How do I keep basil fresh?", "Trim the stems and keep the bunch in a glass of water at room temperature."),
+    ("How do I keep basil fresh?", "Figure it out yourself."),
+    ("What is the best way to learn to juggle?", "Start with two balls, throw in an arc at eye level, then add a third."),
+    ("What is the best way to learn to juggle?", "Nobody cares, ask someone else."),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rmray", description="Train and serve reward models on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train a reward model", add_help=False)
+    p_train.add_argument("config", nargs="?", help="YAML config (see jobs/configs/)")
+    p_train.add_argument("overrides", nargs="*", help="key=value overrides")
+    p_train.add_argument("-h", "--help", action="store_true")
+    p_demo = sub.add_parser("demo", help="train the offline demo model and score a few examples")
+    p_demo.add_argument("config", nargs="?", default="jobs/configs/demo.yaml")
+    p_demo.add_argument("overrides", nargs="*", help="key=value overrides")
+    p_score = sub.add_parser("score-text", help="score prompt/response pairs with a trained model")
+    p_score.add_argument("model_dir")
+    p_score.add_argument("--prompt", action="append", required=True)
+    p_score.add_argument("--response", action="append", required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "train":
+        return _train(args)
+    if args.command == "demo":
+        return _demo(args.config, args.overrides)
+    return _score_text(args.model_dir, args.prompt, args.response)
+
+
+def _train(args) -> int:
+    from rmray.config import config_help, load_config
+
+    if args.help or not args.config:
+        print("usage: rmray train CONFIG.yaml [key=value ...]\n\nconfig keys:\n" + config_help())
+        return 0 if args.help else 2
+    cfg = load_config(args.config, args.overrides)
+    from rmray.train.run import train
+
+    train(cfg)
+    return 0
+
+
+def _demo(config: str, overrides: list[str]) -> int:
+    from rmray.config import load_config
+    from rmray.train.run import train
+
+    result = train(load_config(config, ["overwrite_output_dir=true", *overrides]))
+    accuracy = result.summary.get("eval_accuracy")
+    print(f"\ndemo eval accuracy: {accuracy:.3f}" if accuracy is not None else "\ndemo finished (no eval)")
+    return _score_text(result.final_model_dir, [p for p, _ in DEMO_EXAMPLES], [r for _, r in DEMO_EXAMPLES])
+
+
+def _score_text(model_dir: str, prompts: list[str], responses: list[str]) -> int:
+    from rmray.core.scoring import Scorer
+
+    if len(prompts) != len(responses):
+        print(f"error: {len(prompts)} --prompt but {len(responses)} --response; give them in pairs", file=sys.stderr)
+        return 2
+    scorer = Scorer.load(model_dir)
+    dialogue = [f"\n\nHuman: {p}\n\nAssistant:" for p in prompts]
+    rewards = scorer.score(dialogue, [" " + r for r in responses])
+    print(f"\nrewards from {model_dir}:")
+    for prompt, response, reward in zip(prompts, responses, rewards):
+        print(f"  {reward:+.3f}  {prompt!r} -> {response!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

