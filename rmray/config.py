@@ -75,6 +75,21 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     disable_dropout: bool = True
 
+    # --- speed ---
+    group_by_length: bool = True
+    """Batch pairs of similar length (sorted inside shuffled windows; every pair once per epoch)."""
+    length_group_window: int = 32
+    """Batches per sorting window for ``group_by_length``."""
+    padding_free: bool = True
+    """Pack several sequences per row with block-diagonal attention instead of padding (exact)."""
+    share_prompt: bool = True
+    """Causal LMs: run each pair as one ``[prompt | chosen | rejected]`` sequence, the prompt once (exact
+    for causal attention). Encoders ignore it: their attention is bidirectional, so they only pack."""
+    pack_row_tokens: Optional[int] = None
+    """Row length packed sequences are laid into (default ``max_length``); longer pairs get their own row."""
+    max_tokens_per_batch: Optional[int] = None
+    """Token budget of one forward pass: larger micro-batches are run in chunks (same gradient)."""
+
     # --- LoRA ---
     use_peft: bool = False
     lora_r: int = 16
@@ -121,7 +136,8 @@ class TrainConfig:
         need(self.num_workers >= 1, "num_workers", "must be >= 1")
         need(self.logging_steps >= 1, "logging_steps", "must be >= 1")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        for key in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "pad_to_multiple_of"):
+        for key in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "pad_to_multiple_of",
+                    "pack_row_tokens", "max_tokens_per_batch", "length_group_window"):
             value = getattr(self, key)
             need(value is None or value >= 1, key, f"must be >= 1 or unset, got {value}")
 

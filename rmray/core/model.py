@@ -130,7 +130,12 @@ class RewardModel(nn.Module):
     def hf_model(self) -> PreTrainedModel:
         return _unwrap(self.model)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
+                readout_row: torch.Tensor | None = None, readout_col: torch.Tensor | None = None) -> torch.Tensor:
+        """Padded rows (2D mask) -> one reward per row; packed rows (4D mask from
+        :func:`rmray.core.packing.pack_groups`) -> one reward per read-out position."""
+        if attention_mask.dim() == 4:
+            return self._forward_packed(input_ids, attention_mask, position_ids, readout_row, readout_col)
         base = self.hf_model
         if self.readout == "pooler":
             # Encoders pool at position 0 ([CLS]) with absolute positions: our collator right-pads;
@@ -146,6 +151,21 @@ class RewardModel(nn.Module):
         last = _last_real_index(attention_mask)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return base.score(pooled).squeeze(-1).float()
+
+    def _forward_packed(self, input_ids, mask4d, position_ids, readout_row, readout_col) -> torch.Tensor:
+        base = self.hf_model
+        backbone = getattr(base, base.base_model_prefix)
+        kwargs = {"use_cache": False} if self.readout == "last_token" else {}
+        hidden = backbone(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, **kwargs).last_hidden_state
+        picked = hidden[readout_row, readout_col]  # [N, H]
+        if self.readout == "last_token":
+            return base.score(picked).squeeze(-1).float()
+        # Encoder heads read position 0 of a sequence: hand them each picked [CLS] state as a length-1 row.
+        x = picked.unsqueeze(1)
+        pooler = getattr(backbone, "pooler", None)
+        if pooler is not None:  # BERT-style: pooler(dense + tanh) -> dropout -> classifier
+            return base.classifier(base.dropout(pooler(x)) if hasattr(base, "dropout") else pooler(x)).squeeze(-1).float()
+        return base.classifier(x).squeeze(-1).float()  # RoBERTa-style heads take features[:, 0]
 
 
 def _last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:

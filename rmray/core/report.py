@@ -19,6 +19,8 @@ class DataReport:
     """Up to five ``row <id>: <message>`` strings per skip reason, to find the rows."""
     tokens: int = 0
     """Real (unpadded) tokens over all kept pairs, chosen plus rejected."""
+    shared_prefix_tokens: int = 0
+    """Tokens chosen and rejected share at their start; the shared-prefix layout computes them once."""
 
     def add_skip(self, reason: str, row_id, message: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -29,7 +31,8 @@ class DataReport:
     def format(self) -> str:
         lines = [
             f"data report [{self.name}]: {self.rows_read} rows read, {self.rows_kept} kept "
-            f"({self.rows_truncated} truncated), {sum(self.skipped.values())} skipped, {self.tokens} tokens"
+            f"({self.rows_truncated} truncated), {sum(self.skipped.values())} skipped, {self.tokens} tokens "
+            f"({self.shared_prefix_tokens} in prompts shared by chosen and rejected)"
         ]
         for reason, count in sorted(self.skipped.items()):
             lines.append(f"  skipped {count:>6} {reason}: e.g. " + "; ".join(self.samples.get(reason, [])[:2]))

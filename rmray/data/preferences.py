@@ -16,6 +16,7 @@ import ray
 from ray.data.expressions import col, monotonically_increasing_id
 
 from rmray.core.formats import BadRow, detect_format, normalize_row
+from rmray.core.packing import shared_prefix_length
 from rmray.core.report import DataReport
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import encode_pair
@@ -34,7 +35,8 @@ class TokenizedPreferences:
 
 def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool) -> pd.DataFrame:
     # Arrow -> Python keeps nulls as None (pandas would turn a missing margin into NaN).
-    out = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin", "truncated", "num_tokens")}
+    out = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin", "truncated",
+                           "num_tokens", "shared_tokens")}
     for row in batch.to_pylist():
         row_id = str(row.pop("_row_id"))
         try:
@@ -50,6 +52,7 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
             out["margin"].append(0.0)
             out["truncated"].append(False)
             out["num_tokens"].append(0)
+            out["shared_tokens"].append(0)
         except ValueError as e:  # truncation="error" and other configuration-level problems
             raise ValueError(f"row {row_id}: {e}") from None
         else:
@@ -60,6 +63,7 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
             out["margin"].append(pair.margin)
             out["truncated"].append(pair.truncated)
             out["num_tokens"].append(len(pair.chosen_ids) + len(pair.rejected_ids))
+            out["shared_tokens"].append(shared_prefix_length(pair.chosen_ids, pair.rejected_ids))
         out["row_id"].append(row_id)
     return pd.DataFrame(out)
 
@@ -93,13 +97,14 @@ def build_preferences(
 
 def _report(tokenized: ray.data.Dataset, name: str) -> DataReport:
     report = DataReport(name=name)
-    columns = ["row_id", "status", "message", "truncated", "num_tokens"]
+    columns = ["row_id", "status", "message", "truncated", "num_tokens", "shared_tokens"]
     for batch in tokenized.select_columns(columns).iter_batches(batch_format="pandas", batch_size=4096):
         report.rows_read += len(batch)
         ok = batch["status"] == "ok"
         report.rows_kept += int(ok.sum())
         report.rows_truncated += int(batch["truncated"].sum())
         report.tokens += int(batch["num_tokens"].sum())
+        report.shared_prefix_tokens += int(batch["shared_tokens"].sum())
         for row in batch[~ok].itertuples():
             report.add_skip(row.status, _format_row_id(row.row_id), row.message)
     return report

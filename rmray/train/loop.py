@@ -12,6 +12,7 @@ import contextlib
 import functools
 import math
 import os
+import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,28 +21,17 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.data.collate_fn import NumpyBatchCollateFn
 
 from rmray.config import TrainConfig
-from rmray.core.collate import collate_pairs
 from rmray.core.export import save_reward_model
 from rmray.core.loss import bradley_terry_loss, metrics_from_sums, preference_sums
 from rmray.core.model import RewardModel, apply_lora, load_hf_model
 from rmray.core.spec import ScoringSpec
 
+from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
 from .metrics_log import MetricsLog
 from .schedule import build_scheduler
 from .state import load_model_weights, load_training_state, save_training_state
-
-
-class PairCollate(NumpyBatchCollateFn):
-    """Ray Data batches (numpy columns) -> the padded pairwise tensors of :func:`collate_pairs`."""
-
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None):
-        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
-
-    def __call__(self, batch):
-        return collate_pairs(batch, self.pad_token_id, self.pad_to_multiple_of)
 
 
 @dataclass
@@ -52,6 +42,8 @@ class LoopState:
     train_time_s: float = 0.0  # only the training loop: no start-up, eval or checkpointing
     pairs_seen: int = 0  # global, all ranks
     tokens_seen: int = 0
+    computed_tokens: int = 0  # positions run by the model on this rank, padding included
+    padded_tokens: int = 0  # what TRL's padded layout would have run on the same batches
     first_step_at: float | None = None
 
 
@@ -81,7 +73,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state.train_time_s, state.pairs_seen = saved.get("train_time_s", 0.0), saved.get("pairs_seen", 0)
         log.write({"event": "resume", "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch})
 
-    collate = PairCollate(tokenizer.pad_token_id, cfg.pad_to_multiple_of)
+    layout = Layout(kind=choose_layout(cfg.padding_free, cfg.share_prompt, raw_model.readout == "last_token"),
+                    causal=raw_model.readout == "last_token", pad_token_id=tokenizer.pad_token_id,
+                    pad_to_multiple_of=cfg.pad_to_multiple_of, row_tokens=cfg.pack_row_tokens or cfg.max_length,
+                    max_tokens_per_batch=cfg.max_tokens_per_batch)
     train_shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval") if "eval" in loop_config["datasets"] else None
     autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -91,18 +86,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
     last_eval: dict = {}
     done = state.step >= total_steps
     while not done:
-        batches = train_shard.iter_torch_batches(batch_size=cfg.per_device_train_batch_size, collate_fn=collate,
-                                                 local_shuffle_buffer_size=None)
+        batches = iter_pair_batches(train_shard, batch_size=cfg.per_device_train_batch_size,
+                                    group_by_length=cfg.group_by_length, window=cfg.length_group_window,
+                                    seed=random.Random(f"{cfg.seed}-{state.epoch}-{rank}").randrange(2**31))
         micro, t0 = 0, time.perf_counter()
         for batch_index, batch in enumerate(batches):
             if batch_index < state.batches_in_epoch:  # resuming inside an epoch: skip what was trained
                 continue
             sync = (micro + 1) % cfg.gradient_accumulation_steps == 0
-            ctx_mgr = model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
-            with ctx_mgr:
-                sums, n_tokens = _forward_backward(model, batch, device, cfg, autocast)
+            chunks = to_chunks(batch, layout)
+            sums, n_tokens = _forward_backward(model, chunks, device, cfg, autocast, final_sync=sync)
+            state.computed_tokens += sum(c.computed_tokens for c in chunks)
+            state.padded_tokens += padded_equivalent_tokens(batch)
             window += sums
-            window_pairs += int(batch["num_pairs"]) * world
+            window_pairs += len(batch["chosen_ids"]) * world
             window_tokens += n_tokens * world
             micro += 1
             state.batches_in_epoch = batch_index + 1
@@ -126,7 +123,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 window_start = t0 = time.perf_counter()
             if eval_shard is not None and cfg.eval_steps and state.step % cfg.eval_steps == 0:
                 state.train_time_s += time.perf_counter() - t0
-                last_eval = _evaluate(model, eval_shard, collate, cfg, device, autocast, rank, world)
+                last_eval = _evaluate(model, eval_shard, layout, cfg, device, autocast, rank, world)
                 log.write({"step": state.step, "epoch": state.epoch, **last_eval})
                 t0 = window_start = time.perf_counter()
             if cfg.save_steps and state.step % cfg.save_steps == 0:
@@ -141,14 +138,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state.epoch += 1
         state.batches_in_epoch = 0
         if eval_shard is not None:
-            last_eval = _evaluate(model, eval_shard, collate, cfg, device, autocast, rank, world)
+            last_eval = _evaluate(model, eval_shard, layout, cfg, device, autocast, rank, world)
             log.write({"step": state.step, "epoch": state.epoch, **last_eval})
         if not done:
             _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval)
         window_start = time.perf_counter()
     state.pairs_seen += window_pairs
     state.tokens_seen += window_tokens
-    _finish(raw_model, tokenizer, spec, cfg, state, last_eval, log, rank)
+    _finish(raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout.kind)
 
 
 def _build_model(cfg: TrainConfig, tokenizer):
@@ -169,30 +166,40 @@ def _build_model(cfg: TrainConfig, tokenizer):
     return ray.train.torch.prepare_model(raw), raw
 
 
-def _forward_backward(model, batch, device, cfg: TrainConfig, autocast) -> tuple[torch.Tensor, int]:
-    input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    with autocast():
-        rewards = model(input_ids, mask).float()
-    chosen, rejected = rewards.chunk(2)
-    loss = bradley_terry_loss(chosen, rejected, batch["margin"].to(device), cfg.center_rewards_coefficient)
-    (loss / cfg.gradient_accumulation_steps).backward()
-    return preference_sums(chosen.cpu(), rejected.cpu(), loss.detach().cpu() * chosen.numel()), int(mask.sum())
+def _forward_backward(model, chunks, device, cfg: TrainConfig, autocast, final_sync: bool) -> tuple[torch.Tensor, int]:
+    """Loss and gradients of one micro-batch, chunk by chunk; each chunk's loss is weighted by its
+    share of the pairs, so the summed gradient is the micro-batch's mean-loss gradient."""
+    total = sum(c.num_pairs for c in chunks)
+    sums, tokens = torch.zeros(8, dtype=torch.float64), 0
+    for k, chunk in enumerate(chunks):
+        last = k == len(chunks) - 1
+        no_sync = hasattr(model, "no_sync") and not (last and final_sync)
+        with model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast():
+                rewards = model(**{key: v.to(device) for key, v in chunk.inputs.items()}).float()
+            chosen, rejected = rewards.chunk(2)
+            loss = bradley_terry_loss(chosen, rejected, chunk.margin.to(device), cfg.center_rewards_coefficient)
+            (loss * (chunk.num_pairs / total) / cfg.gradient_accumulation_steps).backward()
+        sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.detach().cpu() * chunk.num_pairs)
+        tokens += chunk.real_tokens
+    return sums, tokens
 
 
 @torch.no_grad()
-def _evaluate(model, eval_shard, collate, cfg: TrainConfig, device, autocast, rank: int, world: int) -> dict:
+def _evaluate(model, eval_shard, layout: Layout, cfg: TrainConfig, device, autocast, rank: int, world: int) -> dict:
     """Every rank reads the whole (small, unsplit) eval set and scores every world-th batch; the sums
     are all-reduced, so eval metrics are identical whatever the number of workers."""
     model.eval()
     sums = torch.zeros(8, dtype=torch.float64)
-    for i, batch in enumerate(eval_shard.iter_torch_batches(batch_size=cfg.per_device_eval_batch_size, collate_fn=collate)):
+    for i, batch in enumerate(eval_shard.iter_batches(batch_size=cfg.per_device_eval_batch_size, batch_format="numpy")):
         if i % world != rank:
             continue
-        with autocast():
-            rewards = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()
-        chosen, rejected = rewards.chunk(2)
-        loss = bradley_terry_loss(chosen, rejected, batch["margin"].to(device), cfg.center_rewards_coefficient)
-        sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.cpu() * chosen.numel())
+        for chunk in to_chunks(batch, layout):
+            with autocast():
+                rewards = model(**{key: v.to(device) for key, v in chunk.inputs.items()}).float()
+            chosen, rejected = rewards.chunk(2)
+            loss = bradley_terry_loss(chosen, rejected, chunk.margin.to(device), cfg.center_rewards_coefficient)
+            sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.cpu() * chunk.num_pairs)
     model.train()
     sums = _all_reduce(sums, device)
     return {f"eval_{k}": v for k, v in metrics_from_sums(sums).items()}
@@ -228,13 +235,16 @@ def _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state: LoopSta
                          checkpoint_dir_name=f"checkpoint-{state.step:06d}")
 
 
-def _finish(raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict, log, rank):
+def _finish(raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict, log, rank,
+            layout_kind: str):
     summary = {
         "event": "summary", "steps": state.step, "epochs": state.epoch, "train_pairs": state.pairs_seen,
         "train_tokens": state.tokens_seen, "train_runtime_s": state.train_time_s,
         "train_pairs_per_s": state.pairs_seen / max(state.train_time_s, 1e-9),
         "train_tokens_per_s": state.tokens_seen / max(state.train_time_s, 1e-9),
-        "time_to_first_step_s": state.first_step_at, **last_eval,
+        "time_to_first_step_s": state.first_step_at, "layout": layout_kind,
+        "computed_tokens_rank0": state.computed_tokens, "padded_equivalent_tokens_rank0": state.padded_tokens,
+        **last_eval,
     }
     if rank == 0:
         if "eval_reward_mean" in last_eval:  # saved for optional reward normalization at serving time

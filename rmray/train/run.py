@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from rmray.config import TrainConfig
 from rmray.core.spec import ScoringSpec
+from rmray.ray_env import init_ray, verbose
 
 from .metrics_log import read_metrics
 from .progress import run_with_progress
-from rmray.ray_env import init_ray, verbose
 
 RUN_NAME = "ray"  # <output_dir>/ray/: Ray Train's run state and checkpoints
 
@@ -40,15 +40,16 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     from rmray.core.model import load_tokenizer
     from rmray.data.preferences import build_preferences
-    from rmray.data.read import read_source
 
     from .loop import train_loop_per_worker
 
     tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
                                trust_remote_code=cfg.trust_remote_code)
+    readout = _readout(cfg)
     spec = ScoringSpec(max_length=cfg.max_length, truncation=cfg.truncation, add_eos=cfg.add_eos,
                        eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
-                       readout=_readout(cfg), uses_chat_template=tokenizer.chat_template is not None)
+                       readout=readout, uses_chat_template=tokenizer.chat_template is not None)
+    _explain_layout(cfg, readout)
     common = dict(tokenizer=tokenizer, spec=spec, data_format=cfg.data_format, strict=cfg.on_bad_row == "error",
                   num_cpus=cfg.tokenize_num_cpus)
     train_prefs = build_preferences(cfg.train_data, name="train", limit=cfg.max_train_samples, **common)
@@ -104,6 +105,16 @@ def _readout(cfg: TrainConfig) -> str:
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
     return readout_kind(model)
+
+
+def _explain_layout(cfg: TrainConfig, readout: str) -> None:
+    from .batches import choose_layout
+
+    layout = choose_layout(cfg.padding_free, cfg.share_prompt, readout == "last_token")
+    text = {"padded": "padded batches", "packed": "padding-free packing", "shared": "shared-prompt packing"}[layout]
+    if cfg.padding_free and cfg.share_prompt and readout != "last_token":
+        text += " (share_prompt is exact only for causal attention; this encoder attends both ways, so pairs are packed)"
+    print(f"layout: {text}" + (", length-grouped" if cfg.group_by_length else ""), flush=True)
 
 
 def _total_steps(cfg: TrainConfig, n_train: int) -> int:

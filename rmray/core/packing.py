@@ -1,0 +1,130 @@
+"""Padding-free packing and shared-prefix groups: many sequences in few rows, no attention between them.
+
+A *group* is one prefix and any number of responses: ``[prefix | resp_1 | ... | resp_n]``. Each
+response token attends causally to the prefix and to its own earlier tokens, never to another
+response; positions of every response continue from the end of the prefix. For a causal LM this
+computes exactly what scoring ``prefix + resp_k`` alone computes, with the prefix run once. A
+preference pair is the group (longest common token prefix of chosen and rejected, [chosen suffix,
+rejected suffix]); group scoring at serving time is the same call with N responses.
+
+Encoders attend bidirectionally, so a shared prefix would see the responses: for them every sequence
+is its own group with an empty prefix (plain padding-free packing), which is exact.
+
+Groups are laid into rows of at most ``row_tokens`` tokens (first-fit by decreasing length). Layout
+for two pairs, causal, prefixes P and Q (``c``/``r`` = chosen/rejected suffix tokens, ``.`` = pad)::
+
+    input_ids     row 0: P0 P1 P2 c0 c1 r0 r1 r2 Q0 Q1 c0 r0 r1 .
+    position_ids  row 0:  0  1  2  3  4  3  4  5  0  1  2  2  3  0
+    readout       row 0:          ^c  at 4   ^r at 7        ^c ^r  (last token of each response)
+
+``attention_mask`` is boolean ``[rows, 1, L, L]`` (True = may attend), the 4D form transformers
+models take as-is. Pad tokens attend only to themselves so no softmax row is empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+Group = tuple[Sequence[int], Sequence[Sequence[int]]]  # (prefix ids, [response ids, ...])
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [R, L] long
+    position_ids: torch.Tensor  # [R, L] long
+    attention_mask: torch.Tensor  # [R, 1, L, L] bool
+    readout_row: torch.Tensor  # [N] long: row of each response's read-out token, in input order
+    readout_col: torch.Tensor  # [N] long: its column
+    real_tokens: int  # tokens computed (prefixes once)
+
+
+def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Longest common prefix of two id lists, leaving each at least one own token to read out at."""
+    limit = min(len(a), len(b)) - 1
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def pair_groups(chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], share_prefix: bool) -> list[Group]:
+    """Groups for B pairs; read-outs come back ordered chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}
+    when passed through :func:`pack_groups` with ``order=pair_order(B)``."""
+    groups: list[Group] = []
+    if share_prefix:
+        for c, r in zip(chosen, rejected):
+            n = shared_prefix_length(c, r)
+            groups.append((list(c[:n]), [list(c[n:]), list(r[n:])]))
+    else:
+        groups = [([], [list(seq)]) for seq in list(chosen) + list(rejected)]
+    return groups
+
+
+def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, causal: bool) -> PackedBatch:
+    """Pack groups into rows; read-outs are returned in group order, responses in their order.
+
+    The read-out is a response's last token for causal models and its first ([CLS]) for encoders.
+    """
+    sizes = [len(p) + sum(len(r) for r in rs) for p, rs in groups]
+    capacity = max(row_tokens, max(sizes))
+    rows: list[list[int]] = []  # group indices per row
+    room: list[int] = []
+    for g in sorted(range(len(groups)), key=lambda i: -sizes[i]):  # first-fit decreasing
+        for k, free in enumerate(room):
+            if free >= sizes[g]:
+                rows[k].append(g)
+                room[k] -= sizes[g]
+                break
+        else:
+            rows.append([g])
+            room.append(capacity - sizes[g])
+    length = max(capacity - free for free in room)
+    n_rows = len(rows)
+    input_ids = torch.full((n_rows, length), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, length), dtype=torch.long)
+    seg = torch.full((n_rows, length), -1, dtype=torch.long)  # group slot in the row, -1 = pad
+    resp = torch.zeros((n_rows, length), dtype=torch.long)  # 0 = prefix, k = k-th response
+    readout: dict[tuple[int, int], tuple[int, int]] = {}
+    for row, members in enumerate(rows):
+        col = 0
+        for slot, g in enumerate(members):
+            prefix, responses = groups[g]
+            p = len(prefix)
+            input_ids[row, col:col + p] = torch.as_tensor(list(prefix), dtype=torch.long)
+            position_ids[row, col:col + p] = torch.arange(p)
+            seg[row, col:col + p] = slot
+            col += p
+            for k, response in enumerate(responses, start=1):
+                n = len(response)
+                input_ids[row, col:col + n] = torch.as_tensor(list(response), dtype=torch.long)
+                position_ids[row, col:col + n] = torch.arange(p, p + n)
+                seg[row, col:col + n] = slot
+                resp[row, col:col + n] = k
+                readout[(g, k)] = (row, col + n - 1) if causal else (row, col)
+                col += n
+    same_group = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+    if causal:
+        visible_resp = (resp[:, None, :] == 0) | (resp[:, :, None] == resp[:, None, :])
+        causal_mask = torch.ones(length, length, dtype=torch.bool).tril()
+        mask = same_group & visible_resp & causal_mask
+    else:
+        mask = same_group
+    mask |= torch.eye(length, dtype=torch.bool)  # pads see themselves: no empty softmax rows
+    order = [(g, k) for g, (_, rs) in enumerate(groups) for k in range(1, len(rs) + 1)]
+    return PackedBatch(
+        input_ids=input_ids, position_ids=position_ids, attention_mask=mask[:, None],
+        readout_row=torch.tensor([readout[key][0] for key in order]),
+        readout_col=torch.tensor([readout[key][1] for key in order]),
+        real_tokens=sum(sizes),
+    )
+
+
+def pair_readout_order(num_pairs: int, share_prefix: bool) -> torch.Tensor:
+    """Permutation taking :func:`pack_groups` read-outs to chosen-first order (as the padded path)."""
+    if not share_prefix:
+        return torch.arange(2 * num_pairs)
+    # shared: read-outs come c0 r0 c1 r1 ...; want c0 c1 ... r0 r1 ...
+    return torch.cat([torch.arange(0, 2 * num_pairs, 2), torch.arange(1, 2 * num_pairs, 2)])

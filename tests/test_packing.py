@@ -1,0 +1,134 @@
+"""Exactness of padding-free packing and the shared-prefix forward against the plain padded forward."""
+
+import pytest
+import torch
+
+from rmray.core.collate import pad_sequences
+from rmray.core.formats import PreferencePair
+from rmray.core.loss import bradley_terry_loss
+from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+from rmray.core.packing import pack_groups, pair_groups, pair_readout_order, shared_prefix_length
+from rmray.core.spec import ScoringSpec
+from rmray.core.tokenize import encode_pair
+
+
+def edge_case_pairs(tok, hh_rows=None):
+    """Pairs covering: different prompt lengths, empty shared prefix, one-token responses, truncation."""
+    spec = ScoringSpec(max_length=48, eos_token=tok.eos_token)
+    pairs = [
+        PreferencePair("\n\nHuman: How do I boil an egg?\n\nAssistant:", " Boil it 9 minutes.", " No."),
+        PreferencePair("\n\nHuman: hi\n\nAssistant:", " Hello! How can I help you today?", " Go away."),
+        PreferencePair("", "Completely different text", "Another answer entirely"),  # no prompt
+        PreferencePair("Q: " + "long context sentence. " * 40, " short yes", " short no"),  # truncated
+        PreferencePair("\n\nHuman: pick one\n\nAssistant:", "A", "B"),  # one-character responses
+    ]
+    encoded = [encode_pair(tok, spec, p) for p in pairs]
+    chosen, rejected = [e.chosen_ids for e in encoded], [e.rejected_ids for e in encoded]
+    # A one-token response each: the prefix is everything but the last token.
+    chosen.append(chosen[0][:-1] + [chosen[0][-1]])
+    rejected.append(chosen[0][:-1] + [rejected[1][-1]])
+    assert any(e.truncated for e in encoded)
+    return chosen, rejected
+
+
+def rewards_and_grads(model, fn):
+    model.zero_grad()
+    rewards = fn()
+    chosen, rejected = rewards.chunk(2)
+    bradley_terry_loss(chosen, rejected, torch.tensor([0.5] * len(chosen))).backward()
+    return rewards.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_close_relative(a: torch.Tensor, b: torch.Tensor, rel=1e-4):
+    if b.norm() < 1e-8:  # an analytically ~zero gradient (e.g. an unused position row): both must be ~0
+        assert a.norm() < 1e-8
+        return
+    assert (a - b).norm() <= rel * max(b.norm(), 1e-12), f"relative error {(a - b).norm() / b.norm():.2e}"
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen", "tiny_llama_pad_is_eos"])
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_causal_packed_and_shared_equal_padded(fixture, share_prefix, request):
+    path = request.getfixturevalue(fixture)
+    tok = load_tokenizer(path)
+    torch.manual_seed(0)
+    model = RewardModel(load_hf_model(path, pad_token_id=tok.pad_token_id))
+    chosen, rejected = edge_case_pairs(tok)
+    n = len(chosen)
+    assert shared_prefix_length(chosen[2], rejected[2]) <= 1  # the no-prompt pair shares (almost) nothing
+
+    ref, ref_grads = rewards_and_grads(model, lambda: model(*pad_sequences(chosen + rejected, tok.pad_token_id)))
+
+    def packed():
+        pb = pack_groups(pair_groups(chosen, rejected, share_prefix), row_tokens=64, pad_token_id=tok.pad_token_id,
+                         causal=True)
+        assert pb.input_ids.shape[0] < 2 * n  # several sequences really share rows
+        return model(pb.input_ids, pb.attention_mask, pb.position_ids, pb.readout_row,
+                     pb.readout_col)[pair_readout_order(n, share_prefix)]
+
+    out, grads = rewards_and_grads(model, packed)
+    assert_close_relative(out, ref)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 10
+    for name in ref_grads:
+        assert_close_relative(grads[name], ref_grads[name])
+
+
+def test_shared_prefix_computes_fewer_tokens(tiny_qwen):
+    tok = load_tokenizer(tiny_qwen)
+    chosen, rejected = edge_case_pairs(tok)
+    shared = pack_groups(pair_groups(chosen, rejected, True), row_tokens=64, pad_token_id=0, causal=True)
+    plain = pack_groups(pair_groups(chosen, rejected, False), row_tokens=64, pad_token_id=0, causal=True)
+    prefix = sum(shared_prefix_length(c, r) for c, r in zip(chosen, rejected))
+    assert plain.real_tokens == sum(map(len, chosen + rejected))
+    assert shared.real_tokens == plain.real_tokens - prefix and prefix > 50
+
+
+def test_encoder_packed_equals_padded(minilm_path):
+    tok = load_tokenizer(minilm_path)
+    model = RewardModel(load_hf_model(minilm_path, pad_token_id=tok.pad_token_id))
+    chosen, rejected = edge_case_pairs(tok)
+    n = len(chosen)
+    ref, ref_grads = rewards_and_grads(model, lambda: model(*pad_sequences(chosen + rejected, tok.pad_token_id)))
+
+    def packed():
+        pb = pack_groups(pair_groups(chosen, rejected, False), row_tokens=64, pad_token_id=tok.pad_token_id,
+                         causal=False)
+        assert pb.input_ids.shape[0] < 2 * n
+        return model(pb.input_ids, pb.attention_mask, pb.position_ids, pb.readout_row, pb.readout_col)
+
+    out, grads = rewards_and_grads(model, packed)
+    assert_close_relative(out, ref)
+    for name in ref_grads:
+        assert_close_relative(grads[name], ref_grads[name])
+
+
+def test_group_of_many_responses_equals_scoring_each_alone(tiny_qwen):
+    """One prompt x N responses (GRPO-style group scoring) in one packed row."""
+    tok = load_tokenizer(tiny_qwen)
+    model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id)).eval()
+    prompt = tok("\n\nHuman: Write a haiku about rain.\n\nAssistant:")["input_ids"]
+    responses = [tok(f" rain number {i} falls" + " softly" * i + tok.eos_token)["input_ids"] for i in range(16)]
+    with torch.no_grad():
+        alone = model(*pad_sequences([prompt + r for r in responses], tok.pad_token_id))
+        pb = pack_groups([(prompt, responses)], row_tokens=0, pad_token_id=tok.pad_token_id, causal=True)
+        grouped = model(pb.input_ids, pb.attention_mask, pb.position_ids, pb.readout_row, pb.readout_col)
+    assert pb.input_ids.shape[0] == 1 and pb.real_tokens == len(prompt) + sum(map(len, responses))
+    assert_close_relative(grouped, alone)
+
+
+def test_length_grouping_sees_every_row_once_and_cuts_padding():
+    import random
+
+    from rmray.core.batching import length_grouped_batches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 500) for _ in range(1000)]
+    batches = length_grouped_batches(lengths, 8, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert batches != length_grouped_batches(lengths, 8, seed=2)  # order depends on the seed (epoch)
+
+    def padded(bs):
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    plain = [list(range(i, i + 8)) for i in range(0, 1000, 8)]
+    assert padded(batches) < 0.6 * padded(plain)
