@@ -86,7 +86,8 @@ class TrainConfig:
     """Causal LMs: run each pair as one ``[prompt | chosen | rejected]`` sequence, the prompt once (exact
     for causal attention). Encoders ignore it: their attention is bidirectional, so they only pack."""
     pack_row_tokens: Optional[int] = None
-    """Row length packed sequences are laid into (default ``max_length``); longer pairs get their own row."""
+    """Row length packed sequences are laid into. Default: chosen per micro-batch to minimise padding plus the
+    attention a dense mask spends across sequences (``rmray.core.packing.choose_row_tokens``)."""
     max_tokens_per_batch: Optional[int] = None
     """Token budget of one forward pass: larger micro-batches are run in chunks (same gradient)."""
 

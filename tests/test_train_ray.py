@@ -142,3 +142,38 @@ def test_demo_command_reaches_high_accuracy(ray_cluster, tmp_path, capsys):
     accuracy = float(out.split("demo eval accuracy: ")[1].split()[0])
     assert accuracy >= 0.90
     assert "rewards from" in out
+
+
+def test_reads_every_source_format(ray_cluster, tiny_qwen, tmp_path):
+    """Parquet, CSV, JSON arrays, `datasets` folders and conversational rows all arrive as the same pairs."""
+    import datasets
+    import pandas as pd
+
+    from rmray.core.model import load_tokenizer
+    from rmray.core.spec import ScoringSpec
+    from rmray.data.preferences import build_preferences
+
+    rows = [{"prompt": f"Q{i}:", "chosen": f" good answer {i}", "rejected": f" bad {i}", "margin": 0.5} for i in range(30)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    tok = load_tokenizer(tiny_qwen)
+    spec = ScoringSpec(max_length=64, eos_token=tok.eos_token)
+    results = {}
+    for source in ("d.parquet", "d.csv", "d.json", "hf"):
+        prefs = build_preferences(str(tmp_path / source), tokenizer=tok, spec=spec, name="train")
+        results[source] = sorted((tuple(r["chosen_ids"]), tuple(r["rejected_ids"]), r["margin"])
+                                 for r in prefs.dataset.take_all())
+        assert prefs.report.rows_kept == 30
+    assert all(v == results["d.parquet"] for v in results.values())
+
+    chat = [{"chosen": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello!"}],
+             "rejected": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "go away"}]}
+            for i in range(10)]
+    write_jsonl(tmp_path / "chat.jsonl", chat)
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    prefs = build_preferences(str(tmp_path / "chat.jsonl"), tokenizer=tok, spec=spec, name="train")
+    assert prefs.report.rows_kept == 10
+    first = prefs.dataset.take(1)[0]
+    assert tok.decode(first["chosen_ids"]).startswith("<user>hi") and tok.decode(first["chosen_ids"]).endswith("<assistant>hello!\n")

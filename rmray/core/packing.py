@@ -63,16 +63,10 @@ def pair_groups(chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int
     return groups
 
 
-def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, causal: bool) -> PackedBatch:
-    """Pack groups into rows; read-outs are returned in group order, responses in their order.
-
-    The read-out is a response's last token for causal models and its first ([CLS]) for encoders.
-    """
-    sizes = [len(p) + sum(len(r) for r in rs) for p, rs in groups]
-    capacity = max(row_tokens, max(sizes))
-    rows: list[list[int]] = []  # group indices per row
+def _first_fit(sizes: Sequence[int], capacity: int) -> tuple[list[list[int]], list[int]]:
+    rows: list[list[int]] = []
     room: list[int] = []
-    for g in sorted(range(len(groups)), key=lambda i: -sizes[i]):  # first-fit decreasing
+    for g in sorted(range(len(sizes)), key=lambda i: -sizes[i]):  # first-fit decreasing
         for k, free in enumerate(room):
             if free >= sizes[g]:
                 rows[k].append(g)
@@ -81,6 +75,38 @@ def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, 
         else:
             rows.append([g])
             room.append(capacity - sizes[g])
+    return rows, room
+
+
+def choose_row_tokens(sizes: Sequence[int], attention_ratio: float) -> int:
+    """Row length minimising the estimated cost of a packed batch.
+
+    A row of length L costs about ``L * (1 + L / attention_ratio)``: per-token work (linear layers) plus
+    attention, which a dense mask makes quadratic in the row length even across sequences that cannot
+    see each other. ``attention_ratio`` is the row length at which attention costs as much as the rest
+    (about ``6 * hidden_size`` for MLP width 4x hidden). Long rows waste attention, short rows waste
+    padding; the candidates are multiples of the longest group.
+    """
+    longest = max(sizes)
+    best, best_cost = longest, float("inf")
+    for factor in (1, 1.25, 1.5, 2, 3, 4, 6, 8):
+        capacity = int(longest * factor)
+        _, room = _first_fit(sizes, capacity)
+        length = max(capacity - free for free in room)
+        cost = len(room) * length * (1 + length / attention_ratio)
+        if cost < best_cost:
+            best, best_cost = capacity, cost
+    return best
+
+
+def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, causal: bool) -> PackedBatch:
+    """Pack groups into rows; read-outs are returned in group order, responses in their order.
+
+    The read-out is a response's last token for causal models and its first ([CLS]) for encoders.
+    """
+    sizes = [len(p) + sum(len(r) for r in rs) for p, rs in groups]
+    capacity = max(row_tokens, max(sizes))
+    rows, room = _first_fit(sizes, capacity)  # group indices per row, free tokens per row
     length = max(capacity - free for free in room)
     n_rows = len(rows)
     input_ids = torch.full((n_rows, length), pad_token_id, dtype=torch.long)

@@ -23,7 +23,7 @@ import torch
 
 from rmray.core.batching import length_grouped_batches
 from rmray.core.collate import collate_pairs
-from rmray.core.packing import pack_groups, pair_groups, pair_readout_order
+from rmray.core.packing import choose_row_tokens, pack_groups, pair_groups, pair_readout_order
 
 
 @dataclass
@@ -32,7 +32,8 @@ class Layout:
     causal: bool
     pad_token_id: int
     pad_to_multiple_of: int | None = None
-    row_tokens: int = 1024
+    row_tokens: int | None = None  # None: per micro-batch, by choose_row_tokens
+    attention_ratio: float = 2304.0  # see choose_row_tokens; 6 * hidden_size
     max_tokens_per_batch: int | None = None
 
 
@@ -91,8 +92,10 @@ def _chunk(chosen, rejected, margin, layout: Layout) -> Chunk:
         inputs = {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
         return Chunk(inputs, margin, n, out["input_ids"].numel(), real)
     share = layout.kind == "shared"
-    packed = pack_groups(pair_groups(chosen, rejected, share), row_tokens=layout.row_tokens,
-                         pad_token_id=layout.pad_token_id, causal=layout.causal)
+    groups = pair_groups(chosen, rejected, share)
+    row_tokens = layout.row_tokens or choose_row_tokens(
+        [len(p) + sum(len(r) for r in rs) for p, rs in groups], layout.attention_ratio)
+    packed = pack_groups(groups, row_tokens=row_tokens, pad_token_id=layout.pad_token_id, causal=layout.causal)
     order = pair_readout_order(n, share)
     inputs = {"input_ids": packed.input_ids, "attention_mask": packed.attention_mask,
               "position_ids": packed.position_ids, "readout_row": packed.readout_row[order],

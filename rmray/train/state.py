@@ -35,7 +35,7 @@ def save_training_state(directory: str, *, optimizer, scheduler, step: int, epoc
     state = {
         "step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
         "param_groups": osd["param_groups"], "optimizer_scalars": scalars,
-        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+        "scheduler": scheduler.state_dict(),  # LambdaLR keeps its functions out: lr_lambdas is [None]
         "torch_rng": torch.get_rng_state().tolist(), **(extra or {}),
     }
     with open(os.path.join(directory, TRAINER_STATE), "w") as f:
