@@ -73,7 +73,7 @@ def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
     evals = write_jsonl(tmp_path / "eval.jsonl", hh_rows[1700:1764])
     cfg = load_config(os.path.join(ROOT, "jobs/configs/hh-rlhf-minilm.yaml"), [
         f"train_data={train}", f"eval_data={evals}", f"output_dir={tmp_path / 'out'}", "max_length=128",
-        "num_train_epochs=2", "logging_steps=2", "eval_steps=null", "learning_rate=1e-4", "warmup_ratio=0"])
+        "num_train_epochs=2", "logging_steps=2", "eval_steps=10", "learning_rate=1e-4", "warmup_ratio=0"])
     from rmray.train.run import train as run_train
 
     result = run_train(cfg)
@@ -86,7 +86,8 @@ def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
     assert kept == 159  # row 86 has a blank chosen answer
     assert summary["train_pairs"] == 2 * 2 * (kept // 2)  # 2 epochs; Ray splits the rows equally over 2 workers
     assert summary["train_pairs_per_s"] > 0
-    assert len(evals_logged) == 2 and summary["eval_pairs"] == 64
+    # eval_steps=10 == steps per epoch: each step is evaluated once, not again at the epoch end
+    assert [r["step"] for r in evals_logged] == [10, 20] and summary["eval_pairs"] == 64
     first, last = steps[: len(steps) // 2], steps[len(steps) // 2:]
     assert sum(r["loss"] for r in last) / len(last) < sum(r["loss"] for r in first) / len(first)
     assert os.path.exists(os.path.join(result.output_dir, "data_report.json"))

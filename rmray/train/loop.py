@@ -87,6 +87,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     window = torch.zeros(8, dtype=torch.float64)  # preference sums since the last log line
     window_start, window_pairs, window_tokens = time.perf_counter(), 0, 0
     last_eval: dict = {}
+    saved_at = -1
+    evaluated_at = -1  # step of the last eval: an epoch end right after an eval_steps eval does not redo it
     done = state.step >= total_steps
     while not done:
         batches = iter_pair_batches(train_shard, batch_size=cfg.per_device_train_batch_size,
@@ -127,11 +129,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if eval_shard is not None and cfg.eval_steps and state.step % cfg.eval_steps == 0:
                 state.train_time_s += time.perf_counter() - t0
                 last_eval = _evaluate(model, eval_shard, layout, cfg, device, autocast, rank, world)
+                evaluated_at = state.step
                 log.write({"step": state.step, "epoch": state.epoch, **last_eval})
                 t0 = window_start = time.perf_counter()
             if cfg.save_steps and state.step % cfg.save_steps == 0:
                 state.train_time_s += time.perf_counter() - t0
                 _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval)
+                saved_at = state.step
                 t0 = window_start = time.perf_counter()
             if state.step >= total_steps:
                 break
@@ -140,11 +144,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         done = state.step >= total_steps
         state.epoch += 1
         state.batches_in_epoch = 0
-        if eval_shard is not None:
+        if eval_shard is not None and evaluated_at != state.step:
             last_eval = _evaluate(model, eval_shard, layout, cfg, device, autocast, rank, world)
+            evaluated_at = state.step
             log.write({"step": state.step, "epoch": state.epoch, **last_eval})
-        if not done:
+        if not done and saved_at != state.step:
             _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval)
+            saved_at = state.step
         window_start = time.perf_counter()
     state.pairs_seen += window_pairs
     state.tokens_seen += window_tokens
