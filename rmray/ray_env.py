@@ -44,6 +44,7 @@ def init_ray(address: str | None = None, **kwargs) -> None:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     if not verbose():
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # "application ready" chatter
         data_logger = logging.getLogger("ray.data")
         data_logger.setLevel(logging.WARNING)
         for handler in data_logger.handlers:  # rmray prints its own progress; this notice is noise

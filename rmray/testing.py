@@ -54,3 +54,36 @@ def build_tiny_causal_rm(out_dir: str, texts: Iterable[str], *, arch: str = "qwe
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def as_rmray_model(model_path: str, out_dir: str, *, max_length: int = 512) -> str:
+    """Export a plain seq-cls model folder as an rmray model (weights + tokenizer + scoring spec), the
+    way training's ``final/`` looks, so scoring/serving tests can start from untrained weights."""
+    from rmray.core.export import save_reward_model
+    from rmray.core.model import load_hf_model, load_tokenizer, readout_kind
+    from rmray.core.spec import ScoringSpec
+
+    tokenizer = load_tokenizer(model_path)
+    model = load_hf_model(model_path, pad_token_id=tokenizer.pad_token_id)
+    spec = ScoringSpec(max_length=max_length, eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
+                       readout=readout_kind(model))
+    return save_reward_model(model, tokenizer, spec, out_dir)
+
+
+def plain_transformers_scores(model_path: str, texts: list[str]) -> list[float]:
+    """Independent reference for parity tests: stock transformers, one text at a time, no padding.
+
+    Decoders get the EOS appended (rmray's default ``add_eos``); encoders score the text as is.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
+    decoder = not model.config.is_encoder_decoder and hasattr(model, "score")
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            if decoder and tokenizer.eos_token and not text.endswith(tokenizer.eos_token):
+                text += tokenizer.eos_token
+            out.append(model(**tokenizer(text, return_tensors="pt")).logits[0, 0].item())
+    return out

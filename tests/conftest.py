@@ -81,3 +81,18 @@ def ray_cluster():
     init_ray("local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def rm_qwen(tiny_qwen, tmp_path_factory) -> str:
+    """The tiny Qwen2 as an rmray model folder (scoring spec included), max_length 256."""
+    from rmray.testing import as_rmray_model
+
+    return as_rmray_model(tiny_qwen, str(tmp_path_factory.mktemp("rm") / "qwen"), max_length=256)
+
+
+@pytest.fixture(scope="session")
+def rm_minilm(minilm_path, tmp_path_factory) -> str:
+    from rmray.testing import as_rmray_model
+
+    return as_rmray_model(minilm_path, str(tmp_path_factory.mktemp("rm") / "minilm"), max_length=256)

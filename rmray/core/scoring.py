@@ -2,6 +2,11 @@
 
 Used by training's final report, evaluation, offline scoring and serving alike, so all of them
 build the same tokens and read the same position.
+
+Batches are cut by a token budget over length-sorted sequences, so one long text never pads a batch
+of short ones. Groups (one prompt, N responses -- GRPO's shape) go through the shared-prefix packing
+of :mod:`rmray.core.packing` on causal models: the prompt is computed once, which is exact for causal
+attention. Encoders see the whole sequence bidirectionally, so for them a group is N plain sequences.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ import torch
 from .collate import pad_sequences
 from .formats import Text
 from .model import RewardModel, load_hf_model, load_tokenizer
+from .packing import choose_row_tokens, pack_groups
 from .spec import ScoringSpec
-from .tokenize import encode
+from .tokenize import Encoded, encode
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
 
 
 @dataclass
@@ -25,31 +33,120 @@ class Scorer:
     spec: ScoringSpec
 
     @classmethod
-    def load(cls, model_dir: str, *, trust_remote_code: bool = False) -> "Scorer":
+    def load(cls, model_dir: str, *, trust_remote_code: bool = False, device: str | None = None) -> "Scorer":
         """Load a folder written by rmray (plain transformers model + ``rmray_scoring.json``)."""
         spec = ScoringSpec.load(model_dir)
         tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         hf = load_hf_model(model_dir, pad_token_id=tokenizer.pad_token_id, trust_remote_code=trust_remote_code)
-        return cls(RewardModel(hf).eval(), tokenizer, spec)
+        model = RewardModel(hf).eval()
+        if device:
+            model.to(device)
+        return cls(model, tokenizer, spec)
+
+    @property
+    def causal(self) -> bool:
+        return self.spec.readout == "last_token"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def encode(self, prompt: Text, response: Text) -> list[int]:
         return encode(self.tokenizer, self.spec, prompt, response).ids
 
+    def encode_full(self, prompt: Text, response: Text) -> Encoded:
+        """Ids plus whether truncation cut the text (serving flags it back to the caller)."""
+        return encode(self.tokenizer, self.spec, prompt, response)
+
+    def normalize(self, rewards: Sequence[float]) -> list[float] | None:
+        """Rewards standardized by the eval-set mean/std saved at training time; None without them."""
+        if self.spec.reward_mean is None or not self.spec.reward_std:
+            return None
+        return [(r - self.spec.reward_mean) / self.spec.reward_std for r in rewards]
+
     @torch.no_grad()
-    def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 32) -> list[float]:
-        """Rewards for token id lists, batched by length (sorted) and returned in input order."""
+    def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 64,
+                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> list[float]:
+        """Rewards for token id lists in input order; batches of length-sorted rows whose padded size
+        stays within ``max_batch_tokens`` (and at most ``batch_size`` rows)."""
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         rewards = [0.0] * len(sequences)
-        device = next(self.model.parameters()).device
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        start = 0
+        while start < len(order):
+            end = start + 1  # sorted ascending: the last row sets the padded width
+            while end < len(order) and end - start < batch_size and \
+                    (end - start + 1) * len(sequences[order[end]]) <= max_batch_tokens:
+                end += 1
+            idx = order[start:end]
             ids, mask = pad_sequences([sequences[i] for i in idx], self.tokenizer.pad_token_id)
-            out = self.model(ids.to(device), mask.to(device)).tolist()
+            out = self.model(ids.to(self.device), mask.to(self.device)).tolist()
             for i, r in zip(idx, out):
                 rewards[i] = r
+            start = end
         return rewards
 
-    def score(self, prompts: Sequence[Text], responses: Sequence[Text], batch_size: int = 32) -> list[float]:
+    def score(self, prompts: Sequence[Text], responses: Sequence[Text], batch_size: int = 64) -> list[float]:
         if len(prompts) != len(responses):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
         return self.score_ids([self.encode(p, r) for p, r in zip(prompts, responses)], batch_size)
+
+    @torch.no_grad()
+    def score_id_groups(self, groups: Sequence[Sequence[Sequence[int]]],
+                        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> list[list[float]]:
+        """Rewards for groups of full token sequences that share a prompt, one list per group.
+
+        The shared prefix is taken on token ids (longest common prefix of every sequence in the group),
+        so the packed forward computes exactly the tokens each plain forward would.
+        """
+        if not self.causal:
+            flat = [seq for group in groups for seq in group]
+            rewards = iter(self.score_ids(flat, max_batch_tokens=max_batch_tokens))
+            return [[next(rewards) for _ in group] for group in groups]
+        packed_groups = [_split_shared_prefix(group) for group in groups]
+        results: list[list[float]] = [[] for _ in groups]
+        for chunk in _chunks_by_tokens(packed_groups, max_batch_tokens):
+            sub = [packed_groups[g] for g in chunk]
+            sizes = [len(p) + sum(len(r) for r in rs) for p, rs in sub]
+            hidden = self.model.hf_model.config.hidden_size
+            batch = pack_groups(sub, row_tokens=choose_row_tokens(sizes, 6 * hidden),
+                                pad_token_id=self.tokenizer.pad_token_id, causal=True)
+            out = self.model(batch.input_ids.to(self.device), batch.attention_mask.to(self.device),
+                             batch.position_ids.to(self.device), batch.readout_row.to(self.device),
+                             batch.readout_col.to(self.device)).tolist()
+            pos = 0
+            for g, (_, responses) in zip(chunk, sub):
+                results[g] = out[pos:pos + len(responses)]
+                pos += len(responses)
+        return results
+
+    def score_group(self, prompt: Text, responses: Sequence[Text]) -> list[float]:
+        return self.score_id_groups([[self.encode(prompt, r) for r in responses]])[0]
+
+
+def _split_shared_prefix(group: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
+    """(common prefix, suffixes); every suffix keeps at least one token to read the reward at."""
+    first = group[0]
+    n = min(len(seq) for seq in group) - 1
+    for seq in group[1:]:
+        k = 0
+        while k < n and seq[k] == first[k]:
+            k += 1
+        n = k
+    n = max(n, 0)
+    return list(first[:n]), [list(seq[n:]) for seq in group]
+
+
+def _chunks_by_tokens(groups: Sequence[tuple[list[int], list[list[int]]]], budget: int) -> list[list[int]]:
+    """Group indices in consecutive chunks of at most ``budget`` packed tokens (a lone big group is
+    its own chunk)."""
+    chunks: list[list[int]] = []
+    used = 0
+    for g, (prefix, responses) in enumerate(groups):
+        size = len(prefix) + sum(len(r) for r in responses)
+        if chunks and used + size <= budget:
+            chunks[-1].append(g)
+            used += size
+        else:
+            chunks.append([g])
+            used = size
+    return chunks

@@ -1,0 +1,79 @@
+"""Serving configuration: one dataclass, loadable from the CLI, a Serve config file's ``args``, or code."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class ServeSettings:
+    model_dirs: list[str] = field(default_factory=list)
+    """rmray model folders (training's ``final/``); several make an ensemble behind one endpoint."""
+    model_names: list[str] | None = None
+    """Names in responses and ``/classify``'s ``model``; default: the folder names."""
+    name: str = "rmray"
+    route_prefix: str = "/"
+    host: str = "127.0.0.1"
+    """Bind address. Loopback unless you mean to expose it (then also set a token)."""
+    port: int = 8000
+    replicas: int = 1
+    """Scorer replicas per model (the minimum when ``max_replicas`` enables autoscaling)."""
+    max_replicas: int | None = None
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    """GPUs per scorer replica; fractions pack several replicas on one GPU."""
+    torch_threads: int | None = None
+    """Intra-op threads per replica; default: max(1, num_cpus)."""
+    max_batch_size: int = 64
+    """Requests merged into one dynamic batch (``@serve.batch``) before the token budget splits it."""
+    batch_wait_timeout_s: float = 0.005
+    max_batch_tokens: int = 16384
+    """Padded tokens per forward: length-sorted rows are cut at this budget, so one long text never pads
+    a batch of short ones."""
+    max_ongoing_requests: int = 128
+    max_queued_requests: int = 1024
+    max_inflight: int = 256
+    """Requests the HTTP ingress holds at once; beyond that it answers 503 with Retry-After."""
+    max_body_bytes: int = 8 * 2**20
+    ingress_num_cpus: float = 0.25
+    api_token: str | None = None
+    """Bearer token; default: the ``RMRAY_API_TOKEN`` environment variable. Unset: no auth (loopback)."""
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.model_dirs, str):
+            self.model_dirs = [self.model_dirs]
+        if not self.model_dirs:
+            raise ValueError("model_dirs is empty: give at least one rmray model folder (a training run's final/)")
+        if self.model_names is None:
+            self.model_names = [_default_name(d) for d in self.model_dirs]
+        if len(self.model_names) != len(self.model_dirs):
+            raise ValueError(f"{len(self.model_names)} model_names for {len(self.model_dirs)} model_dirs")
+        if len(set(self.model_names)) != len(self.model_names):
+            self.model_names = [f"{n}-{i}" for i, n in enumerate(self.model_names)]
+        if self.api_token is None:
+            self.api_token = os.environ.get("RMRAY_API_TOKEN") or None
+        for key in ("replicas", "max_batch_size", "max_batch_tokens", "max_inflight", "max_body_bytes"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ServeSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown serve setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def public(self) -> dict:
+        """Settings safe to log or show (the token masked)."""
+        out = asdict(self)
+        out["api_token"] = "***" if self.api_token else None
+        return out
+
+
+def _default_name(model_dir: str) -> str:
+    path = os.path.normpath(os.path.abspath(model_dir))
+    base = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if base in ("final", "adapter") else base

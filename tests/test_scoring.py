@@ -1,0 +1,48 @@
+"""Scorer: token-budget batches and shared-prompt group scoring equal plain one-at-a-time scores."""
+
+import pytest
+from rmray.core.scoring import Scorer, _split_shared_prefix
+from rmray.testing import plain_transformers_scores as plain_scores
+
+PROMPT = "\n\nHuman: What should I cook tonight with rice, eggs and spinach?\n\nAssistant:"
+RESPONSES = [" Fried rice.", " Try a spinach omelette with rice on the side, seasoned with soy.", " x",
+             " Fried rice with spinach and a fried egg on top.", " " + "long answer " * 40]
+
+
+@pytest.mark.parametrize("fixture", ["rm_qwen", "rm_minilm"])
+def test_group_and_budget_batches_equal_plain_transformers(fixture, request):
+    path = request.getfixturevalue(fixture)
+    scorer = Scorer.load(path)
+    expected = plain_scores(path, [PROMPT + r for r in RESPONSES])
+    grouped = scorer.score_group(PROMPT, RESPONSES)
+    batched = scorer.score([PROMPT] * len(RESPONSES), RESPONSES)
+    tiny_budget = scorer.score_ids([scorer.encode(PROMPT, r) for r in RESPONSES], max_batch_tokens=64)
+    assert grouped == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert batched == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert tiny_budget == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+def test_many_groups_with_different_prompts_and_a_one_token_budget(rm_qwen):
+    scorer = Scorer.load(rm_qwen)
+    groups = [(PROMPT, RESPONSES[:3]), ("", [" hello", " hello there"]), ("\n\nHuman: hi\n\nAssistant:", [" hi"])]
+    ids = [[scorer.encode(p, r) for r in rs] for p, rs in groups]
+    together = scorer.score_id_groups(ids)
+    one_by_one = scorer.score_id_groups(ids, max_batch_tokens=1)  # every group its own forward
+    for (prompt, responses), got, alone in zip(groups, together, one_by_one):
+        want = scorer.score([prompt] * len(responses), responses)
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+        assert alone == pytest.approx(want, rel=1e-4, abs=1e-4)
+
+
+def test_shared_prefix_leaves_every_response_a_token():
+    prefix, suffixes = _split_shared_prefix([[1, 2, 3], [1, 2, 3], [1, 2, 3, 4]])
+    assert prefix == [1, 2] and suffixes == [[3], [3], [3, 4]]
+    prefix, suffixes = _split_shared_prefix([[5], [6, 7]])
+    assert prefix == [] and suffixes == [[5], [6, 7]]
+
+
+def test_normalize_uses_saved_stats(rm_qwen):
+    scorer = Scorer.load(rm_qwen)
+    assert scorer.normalize([1.0]) is None
+    scorer.spec.reward_mean, scorer.spec.reward_std = 1.0, 2.0
+    assert scorer.normalize([3.0, -1.0]) == [1.0, -1.0]

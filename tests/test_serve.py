@@ -1,0 +1,262 @@
+"""Ray Serve app over real HTTP on loopback: parity with plain transformers, every protocol, auth,
+validation, fuzzing, a replica killed under load, overload answered with 503."""
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from rmray.core.spec import ScoringSpec
+from rmray.serve.client import HandleRewardClient, RewardClient
+from rmray.testing import plain_transformers_scores
+
+TOKEN = "test-token-123"
+PROMPT = "\n\nHuman: How do I make my tomato plants produce more fruit?\n\nAssistant:"
+RESPONSES = [" Water deeply, feed with potassium, and pinch off suckers.", " No idea.",
+             " Plant them in full sun and shake the flowers gently to help pollination.", " " + "grow " * 300]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port, path, body, token=TOKEN, raw: bytes | None = None, headers=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    hdrs = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {}),
+            **(headers or {})}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers=hdrs, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read()), dict(r.headers)
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = body.decode(errors="replace")
+        return err.code, body, dict(err.headers)
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, rm_qwen, rm_minilm, tmp_path_factory):
+    """Three apps on one Serve instance: main (token, normalization stats), ensemble, tight (overload)."""
+    from ray import serve
+
+    from rmray.serve.app import build_app
+    from rmray.serve.settings import ServeSettings
+
+    normed = str(tmp_path_factory.mktemp("served") / "qwen-normed")
+    shutil.copytree(rm_qwen, normed)
+    spec = ScoringSpec.load(normed)
+    spec.reward_mean, spec.reward_std = 0.5, 2.0
+    spec.save(normed)
+    from rmray.core.model import load_tokenizer
+    from rmray.core.spec import PLAIN_CHAT_TEMPLATE
+
+    tokenizer = load_tokenizer(normed)  # a chat template, for conversational (TRL-style) requests
+    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    tokenizer.save_pretrained(normed)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    small = dict(num_cpus=0.2, ingress_num_cpus=0.1, api_token=TOKEN)
+    serve.run(build_app(ServeSettings(model_dirs=[normed], replicas=2, **small)), name="main", route_prefix="/")
+    serve.run(build_app(ServeSettings(model_dirs=[rm_qwen, rm_minilm], model_names=["qwen", "minilm"], **small)),
+              name="ens", route_prefix="/ens")
+    serve.run(build_app(ServeSettings(model_dirs=[rm_qwen], max_inflight=2, max_body_bytes=4096, **small)),
+              name="tight", route_prefix="/tight")
+    try:
+        yield {"port": port, "qwen": normed, "raw_qwen": rm_qwen, "minilm": rm_minilm}
+    finally:
+        serve.shutdown()
+
+
+def test_score_equals_plain_transformers_and_normalizes(served):
+    port = served["port"]
+    expected = plain_transformers_scores(served["qwen"], [PROMPT + r for r in RESPONSES])
+    status, body, _ = post(port, "/score", {"items": [{"prompt": PROMPT, "response": r} for r in RESPONSES],
+                                            "normalize": True})
+    assert status == 200, body
+    assert body["rewards"][:3] == pytest.approx(expected[:3], abs=1e-4)
+    assert body["truncated"] == [False, False, False, True]  # 300 words > max_length 256: cut and flagged
+    assert body["normalized_rewards"] == pytest.approx([(r - 0.5) / 2.0 for r in body["rewards"]], abs=1e-6)
+    status, single, _ = post(port, "/score", {"prompt": PROMPT, "response": RESPONSES[0]})
+    assert status == 200 and single["rewards"][0] == pytest.approx(expected[0], abs=1e-4)
+    assert "normalized_rewards" not in single
+
+
+def test_score_group_equals_per_item_scores(served):
+    port = served["port"]
+    _, items, _ = post(port, "/score", {"items": [{"prompt": PROMPT, "response": r} for r in RESPONSES]})
+    status, group, _ = post(port, "/score_group", {"prompt": PROMPT, "responses": RESPONSES})
+    assert status == 200, group
+    assert group["rewards"] == pytest.approx(items["rewards"], abs=1e-4)
+    assert group["truncated"] == items["truncated"]
+
+
+def test_openrlhf_and_vllm_protocols(served):
+    port = served["port"]
+    texts = [PROMPT + r for r in RESPONSES[:3]]
+    expected = plain_transformers_scores(served["qwen"], texts)
+    status, new, _ = post(port, "/get_reward", {"query": texts, "prompts": [PROMPT] * 3, "labels": [None] * 3})
+    assert status == 200 and new["rewards"] == pytest.approx(expected, abs=1e-4) and new["scores"] == new["rewards"]
+    status, old, _ = post(port, "/get_reward", {"query": texts})  # OpenRLHF before 0.6 sent only query
+    assert status == 200 and old["rewards"] == pytest.approx(expected, abs=1e-4)
+    assert post(port, "/get_reward", {"query": []})[1]["rewards"] == []  # an empty shard is not an error
+    status, out, _ = post(port, "/classify", {"model": "qwen-normed", "input": texts[-1], "activation": False})
+    assert status == 200 and out["data"][-1]["probs"][-1] == pytest.approx(expected[-1], abs=1e-4)  # verl's read
+    status, out, _ = post(port, "/classify", {"input": texts, "activation": True})
+    assert [d["index"] for d in out["data"]] == [0, 1, 2]
+    assert out["data"][0]["probs"][0] == pytest.approx(1 / (1 + 2.718281828 ** -expected[0]), abs=1e-4)
+
+
+def test_trl_reward_function_over_http_and_handle(served):
+    from ray import serve
+
+    expected = plain_transformers_scores(served["qwen"], [PROMPT + r for r in RESPONSES[:2]])
+    http = RewardClient(f"http://127.0.0.1:{served['port']}", token=TOKEN)
+    assert http(prompts=[PROMPT] * 2, completions=RESPONSES[:2], completion_ids=None) == pytest.approx(expected,
+                                                                                                       abs=1e-4)
+    handle = HandleRewardClient(serve.get_app_handle("main"))
+    assert handle([PROMPT] * 2, RESPONSES[:2]) == pytest.approx(expected, abs=1e-4)
+    assert http.__name__ == "rmray_reward"  # TRL names the reward column after it
+    # Conversational TRL data: prompt messages + completion messages, rendered by the chat template.
+    from rmray.core.scoring import Scorer
+
+    prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "how are you?"}]]
+    completions = [[{"role": "assistant", "content": "hello"}], [{"role": "assistant", "content": "fine"}]]
+    offline = Scorer.load(served["qwen"]).score(prompts, completions)
+    assert http(prompts, completions) == pytest.approx(offline, abs=1e-4)
+    assert handle(prompts, completions) == pytest.approx(offline, abs=1e-4)
+
+
+def test_ensemble_returns_mean_and_disagreement(served):
+    port = served["port"]
+    status, body, _ = post(port, "/ens/score", {"items": [{"prompt": PROMPT, "response": r} for r in RESPONSES[:2]]})
+    assert status == 200, body
+    qwen = plain_transformers_scores(served["raw_qwen"], [PROMPT + r for r in RESPONSES[:2]])
+    minilm = plain_transformers_scores(served["minilm"], [PROMPT + r for r in RESPONSES[:2]])
+    assert body["per_model"]["qwen"] == pytest.approx(qwen, abs=1e-4)
+    assert body["per_model"]["minilm"] == pytest.approx(minilm, abs=1e-4)
+    assert body["rewards"] == pytest.approx([(a + b) / 2 for a, b in zip(qwen, minilm)], abs=1e-4)
+    assert body["reward_std"] == pytest.approx([abs(a - b) / 2 for a, b in zip(qwen, minilm)], abs=1e-4)
+
+
+def test_auth_and_client_errors_are_4xx_naming_the_field(served):
+    port = served["port"]
+    assert post(port, "/score", {"prompt": "a", "response": "b"}, token=None)[0] == 401
+    assert post(port, "/score", {"prompt": "a", "response": "b"}, token="wrong")[0] == 401
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as r:  # health checks need no token
+        assert json.loads(r.read())["status"] == "ok"
+    cases = {
+        "wrong type": ({"prompt": "a", "response": 3}, "response"),
+        "empty items": ({"items": []}, "items"),
+        "empty response": ({"prompt": "a", "response": ""}, "response"),
+        "unknown field": ({"prompt": "a", "response": "b", "temperature": 1}, "temperature"),
+        "too many": ({"items": [{"response": "b"}] * 1025}, "items"),
+        "no response": ({"prompt": "a"}, "response"),
+    }
+    for name, (body, field) in cases.items():
+        status, out, _ = post(port, "/score", body)
+        assert status == 422, (name, status, out)
+        assert field in json.dumps(out), (name, out)
+    status, out, _ = post(port, "/score_group", {"prompt": "a", "responses": ["x", 5]})
+    assert status == 422 and "responses" in json.dumps(out)
+    status, out, _ = post(port, "/get_reward", {"query": ["a", "b"], "prompts": ["a"]})
+    assert status == 422 and "prompts" in json.dumps(out)
+    status, out, _ = post(port, "/score", None, raw=b"{not json")
+    assert status == 422
+    status, out, _ = post(port, "/tight/score", {"prompt": "a", "response": "b" * 5000})  # 4 KiB body limit
+    assert status == 413 and "larger" in out["detail"]
+    status, out, _ = post(port, "/ens/score", {"prompt": [{"role": "user", "content": "hi"}], "response": "hello"})
+    assert status == 422 and "chat template" in out["detail"]  # names what to do, not a 500
+
+
+def test_fuzzed_requests_never_5xx(served):
+    """Property-based fuzzing, 1,200 cases over the four POST endpoints: random JSON and near-valid bodies."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    port = served["port"]
+    scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=30)
+    json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(max_size=10), inner, max_size=4), max_leaves=12)
+    text = st.text(max_size=60)
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", ""]), "content": text})
+    prompt = text | st.lists(message, max_size=3) | json_values
+    item = st.fixed_dictionaries({"response": prompt}, optional={"prompt": prompt, "x": json_values})
+    bodies = {
+        "/score": st.fixed_dictionaries({}, optional={"items": st.lists(item, max_size=4) | json_values,
+                                                      "prompt": prompt, "response": prompt,
+                                                      "normalize": json_values}) | json_values,
+        "/score_group": st.fixed_dictionaries({"prompt": prompt, "responses": st.lists(prompt, max_size=4)},
+                                              optional={"normalize": st.booleans()}) | json_values,
+        "/get_reward": st.fixed_dictionaries({"query": st.lists(text, max_size=4) | json_values},
+                                             optional={"prompts": st.lists(text, max_size=4),
+                                                       "labels": json_values}) | json_values,
+        "/classify": st.fixed_dictionaries({"input": text | st.lists(text, max_size=3)},
+                                           optional={"model": text, "activation": json_values}) | json_values,
+    }
+    seen = {"n": 0, "ok": 0}
+
+    for path, strategy in bodies.items():
+        @settings(max_examples=300, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(body=strategy)
+        def check(body):
+            status, out, _ = post(port, path, body)
+            seen["n"] += 1
+            seen["ok"] += status == 200
+            assert status < 500, (path, body, status, out)
+
+        check()
+    assert seen["n"] >= 1200
+    assert seen["ok"] > 50  # the generator reaches the scoring path, not only validation errors
+
+
+def test_killed_replica_loses_no_request_and_overload_gets_503(served):
+    import ray
+
+    port = served["port"]
+    client = RewardClient(f"http://127.0.0.1:{port}", token=TOKEN, retries=10, backoff_s=0.2)
+    expected = dict(zip(range(3), plain_transformers_scores(served["qwen"], [PROMPT + r for r in RESPONSES[:3]])))
+    results, errors = {}, []
+
+    def one(i):
+        try:
+            results[i] = client.score([PROMPT], [RESPONSES[i % 3]])[0]
+        except Exception as err:  # noqa: BLE001 - recorded and asserted on below
+            errors.append(repr(err))
+
+    replicas = [name for name in ray.util.list_named_actors(all_namespaces=True)
+                if "SERVE_REPLICA" in name["name"] and "::main#scorer" in name["name"]]
+    assert len(replicas) == 2, replicas
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(one, i) for i in range(300)]
+        time.sleep(1.0)
+        victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+        ray.kill(victim, no_restart=True)
+        for f in futures:
+            f.result()
+    assert errors == []
+    assert len(results) == 300
+    for i, reward in results.items():
+        assert reward == pytest.approx(expected[i % 3], abs=1e-4)
+
+    # Overload: the tight app admits 2 requests at a time; 48 concurrent long groups exceed it.
+    big = {"prompt": PROMPT, "responses": [r * 3 for r in RESPONSES[:3]] * 2}
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(lambda _: post(port, "/tight/score_group", big), range(48)))
+    statuses = [a[0] for a in answers]
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(503) > 0 and statuses.count(200) > 0
+    assert all(a[2].get("retry-after") or a[2].get("Retry-After") for a in answers if a[0] == 503)
+    assert post(port, "/tight/score", {"prompt": "a", "response": "b"})[0] == 200  # recovered
