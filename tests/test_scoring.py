@@ -1,6 +1,7 @@
 """Scorer: token-budget batches and shared-prompt group scoring equal plain one-at-a-time scores."""
 
 import pytest
+
 from rmray.core.scoring import Scorer, _split_shared_prefix
 from rmray.testing import plain_transformers_scores as plain_scores
 

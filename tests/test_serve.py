@@ -2,10 +2,8 @@
 validation, fuzzing, a replica killed under load, overload answered with 503."""
 
 import json
-import os
 import shutil
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request

@@ -25,8 +25,15 @@ from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import encode
 
 from .guard import Guard
-from .schemas import (ClassifyRequest, GetRewardRequest, GetRewardResponse, GroupRequest, Item, ScoreRequest,
-                      ScoreResponse)
+from .schemas import (
+    ClassifyRequest,
+    GetRewardRequest,
+    GetRewardResponse,
+    GroupRequest,
+    Item,
+    ScoreRequest,
+    ScoreResponse,
+)
 from .settings import ServeSettings
 
 logger = logging.getLogger("rmray.serve")
