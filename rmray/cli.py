@@ -27,12 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     p_score.add_argument("model_dir")
     p_score.add_argument("--prompt", action="append", required=True)
     p_score.add_argument("--response", action="append", required=True)
+    p_serve = sub.add_parser("serve", help="serve models over HTTP with Ray Serve (Ctrl-C stops)")
+    p_serve.add_argument("model_dirs", nargs="+", help="rmray model folders; several = an ensemble")
+    p_serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p_serve.add_argument("--port", type=int, default=8000)
+    p_serve.add_argument("--replicas", type=int, default=1, help="scorer replicas per model")
+    p_serve.add_argument("--max-replicas", type=int, default=None, help="enable autoscaling up to this many")
+    p_serve.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per scorer replica")
+    p_serve.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per scorer replica (fractions allowed)")
+    p_serve.add_argument("--ray-address", default=None, help="join this cluster instead of starting one")
     args = parser.parse_args(argv)
 
     if args.command == "train":
         return _train(args)
     if args.command == "demo":
         return _demo(args.config, args.overrides)
+    if args.command == "serve":
+        return _serve(args)
     return _score_text(args.model_dir, args.prompt, args.response)
 
 
@@ -57,6 +68,19 @@ def _demo(config: str, overrides: list[str]) -> int:
     accuracy = result.summary.get("eval_accuracy")
     print(f"\ndemo eval accuracy: {accuracy:.3f}" if accuracy is not None else "\ndemo finished (no eval)")
     return _score_text(result.final_model_dir, [p for p, _ in DEMO_EXAMPLES], [r for _, r in DEMO_EXAMPLES])
+
+
+def _serve(args) -> int:
+    from rmray.serve.run import serve_forever
+    from rmray.serve.settings import ServeSettings
+
+    settings = ServeSettings(model_dirs=args.model_dirs, host=args.host, port=args.port, replicas=args.replicas,
+                             max_replicas=args.max_replicas, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
+        print(f"warning: serving on {settings.host} without a token; set RMRAY_API_TOKEN to require one",
+              file=sys.stderr)
+    serve_forever(settings, ray_address=args.ray_address)
+    return 0
 
 
 def _score_text(model_dir: str, prompts: list[str], responses: list[str]) -> int:

@@ -2,6 +2,7 @@
 validation, fuzzing, a replica killed under load, overload answered with 503."""
 
 import json
+import os
 import shutil
 import socket
 import time
@@ -258,3 +259,59 @@ def test_killed_replica_loses_no_request_and_overload_gets_503(served):
     assert statuses.count(503) > 0 and statuses.count(200) > 0
     assert all(a[2].get("retry-after") or a[2].get("Retry-After") for a in answers if a[0] == 503)
     assert post(port, "/tight/score", {"prompt": "a", "response": "b"})[0] == 200  # recovered
+
+
+def test_serve_config_file_is_valid_and_builds():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from rmray.serve.settings import ServeSettings
+
+    path = os.path.join(os.path.dirname(__file__), "..", "jobs", "configs", "serve.yaml")
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    schema = ServeDeploySchema.parse_obj(config)
+    app = schema.applications[0]
+    assert app.import_path == "rmray.serve.app:build_app"
+    assert schema.http_options.host == "127.0.0.1"
+    settings = ServeSettings.from_dict(app.args)
+    assert settings.model_dirs and settings.host == "127.0.0.1"
+    with pytest.raises(ValueError, match="unknown serve setting"):
+        ServeSettings.from_dict({**app.args, "replica": 2})
+
+
+def test_rmray_serve_command_end_to_end(rm_qwen, tmp_path):
+    """The CLI in its own process and its own Ray: ready, scores, exits cleanly on Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "rmray.cli", "serve", rm_qwen, "--port", str(port),
+                             "--ray-address", "local", "--num-cpus", "0.25"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        status, body, _ = post(port, "/score", {"prompt": PROMPT, "response": RESPONSES[0]}, token=None)
+        assert status == 200, body
+        assert body["rewards"][0] == pytest.approx(plain_transformers_scores(rm_qwen, [PROMPT + RESPONSES[0]])[0],
+                                                   abs=1e-4)
+        while "rmray: serving" not in (tmp_path / "serve.log").read_text() and time.time() < deadline:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        out = (tmp_path / "serve.log").read_text()
+        assert f"http://127.0.0.1:{port}" in out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

@@ -26,14 +26,14 @@ def start(settings: ServeSettings, *, ray_address: str | None = None):
 def serve_forever(settings: ServeSettings, *, ray_address: str | None = None) -> None:
     from ray import serve
 
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before start: Ctrl-C during start-up still shuts down cleanly
+        signal.signal(sig, lambda *_: stop.set())
     start(settings, ray_address=ray_address)
     prefix = settings.route_prefix.rstrip("/")
     print(f"rmray: serving {', '.join(settings.model_names)} at http://{settings.host}:{settings.port}{prefix}  "
           f"(POST /score /score_group /get_reward /classify, GET /healthz, docs at /docs)"
           + ("; bearer token required" if settings.api_token else ""), flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     print("rmray: shutting down", flush=True)
     serve.shutdown()
