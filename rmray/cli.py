@@ -36,6 +36,33 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per scorer replica")
     p_serve.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per scorer replica (fractions allowed)")
     p_serve.add_argument("--ray-address", default=None, help="join this cluster instead of starting one")
+    p_sc = sub.add_parser("score", help="score every row of a dataset offline (Ray Data) into Parquet")
+    p_sc.add_argument("model_dir")
+    p_sc.add_argument("input", help=".jsonl/.json/.parquet/.csv file, folder, glob or URI, or a saved datasets folder")
+    p_sc.add_argument("output", help="folder for Parquet files (a rerun skips input files already written)")
+    p_sc.add_argument("--model", action="append", default=[], help="another model for an ensemble (repeatable)")
+    p_sc.add_argument("--prompt-field", default="prompt")
+    p_sc.add_argument("--response-field", default="response")
+    p_sc.add_argument("--concurrency", type=int, default=1, help="scoring actors")
+    p_sc.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per actor")
+    p_sc.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
+    p_sc.add_argument("--torch-threads", type=int, default=1)
+    p_sc.add_argument("--batch-size", type=int, default=256)
+    p_sc.add_argument("--max-batch-tokens", type=int, default=16384)
+    p_sc.add_argument("--top-k", type=int, default=None, help="best-of-n: keep the k best rows per prompt")
+    p_sc.add_argument("--threshold", type=float, default=None, help="keep rows with reward >= this")
+    p_sc.add_argument("--group-by", default=None, help="column to group by for --top-k (default: the prompt field)")
+    p_sc.add_argument("--selected", default=None, help="where selected rows go (default: OUTPUT-selected)")
+    p_sc.add_argument("--ray-address", default=None)
+    p_ev = sub.add_parser("eval", help="preference accuracy, margin and calibration, with a report")
+    p_ev.add_argument("model_dir")
+    p_ev.add_argument("data", help="preference data in any training format")
+    p_ev.add_argument("--output", default=None, help="folder for metrics.json, PNG plots and report.html")
+    p_ev.add_argument("--train-dir", default=None, help="training output dir, to plot its curves")
+    p_ev.add_argument("--data-format", default=None, choices=["standard", "implicit", "conversational"])
+    p_ev.add_argument("--concurrency", type=int, default=1)
+    p_ev.add_argument("--num-gpus", type=float, default=0.0)
+    p_ev.add_argument("--ray-address", default=None)
     args = parser.parse_args(argv)
 
     if args.command == "train":
@@ -44,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args.config, args.overrides)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "score":
+        return _score(args)
+    if args.command == "eval":
+        return _eval(args)
     return _score_text(args.model_dir, args.prompt, args.response)
 
 
@@ -68,6 +99,33 @@ def _demo(config: str, overrides: list[str]) -> int:
     accuracy = result.summary.get("eval_accuracy")
     print(f"\ndemo eval accuracy: {accuracy:.3f}" if accuracy is not None else "\ndemo finished (no eval)")
     return _score_text(result.final_model_dir, [p for p, _ in DEMO_EXAMPLES], [r for _, r in DEMO_EXAMPLES])
+
+
+def _score(args) -> int:
+    from rmray.score.offline import ScoreConfig, score_dataset
+
+    cfg = ScoreConfig(model_dirs=[args.model_dir, *args.model], input=args.input, output=args.output,
+                      prompt_field=args.prompt_field, response_field=args.response_field,
+                      concurrency=args.concurrency, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                      torch_threads=args.torch_threads, batch_size=args.batch_size,
+                      max_batch_tokens=args.max_batch_tokens, ray_address=args.ray_address)
+    score_dataset(cfg)
+    if args.top_k is not None or args.threshold is not None:
+        from rmray.score.select import select_best
+
+        selected = args.selected or args.output.rstrip("/") + "-selected"
+        kept = select_best(args.output, selected, group_by=args.group_by or args.prompt_field,
+                           response_field=args.response_field, top_k=args.top_k, threshold=args.threshold)
+        print(f"rmray score: kept {kept} rows -> {selected}")
+    return 0
+
+
+def _eval(args) -> int:
+    from rmray.score.evaluate import evaluate
+
+    evaluate(args.model_dir, args.data, args.output, train_dir=args.train_dir, data_format=args.data_format,
+             concurrency=args.concurrency, num_gpus=args.num_gpus, ray_address=args.ray_address)
+    return 0
 
 
 def _serve(args) -> int:

@@ -24,6 +24,7 @@ from .spec import ScoringSpec
 from .tokenize import Encoded, encode
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
+PAD_SLACK = 1.25  # padded tokens allowed per real token in one forward
 
 
 @dataclass
@@ -73,9 +74,15 @@ class Scorer:
         rewards = [0.0] * len(sequences)
         start = 0
         while start < len(order):
-            end = start + 1  # sorted ascending: the last row sets the padded width
-            while end < len(order) and end - start < batch_size and \
-                    (end - start + 1) * len(sequences[order[end]]) <= max_batch_tokens:
+            end, real = start + 1, len(sequences[order[start]])  # sorted ascending: the last row sets the width
+            while end < len(order) and end - start < batch_size:
+                width = len(sequences[order[end]])
+                padded = (end - start + 1) * width
+                # Cut at the token budget, and where padding would exceed a quarter of the batch: a few
+                # small forwards cost less than one padded to its longest row (online batches mix lengths).
+                if padded > max_batch_tokens or padded > PAD_SLACK * (real + width) + 64:
+                    break
+                real += width
                 end += 1
             idx = order[start:end]
             ids, mask = pad_sequences([sequences[i] for i in idx], self.tokenizer.pad_token_id)

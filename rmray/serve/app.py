@@ -86,7 +86,7 @@ class _Model:
             try:
                 enc = encode(self.tokenizer, self.spec, prompt, response)
             except BadRow as err:
-                raise HTTPException(422, f"{where}[{i}].{err.field or 'text'}: {err.message}") from None
+                raise HTTPException(422, f"{where}[{i}].{err.field or 'text'}: {err}") from None
             except ValueError as err:
                 raise HTTPException(422, f"{where}[{i}]: {err}") from None
             ids.append(enc.ids)

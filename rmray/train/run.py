@@ -89,6 +89,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     run_with_progress(trainer.fit, os.path.join(cfg.output_dir, "metrics.jsonl"), total_steps)
     summary = next((m for m in reversed(read_metrics(cfg.output_dir)) if m.get("event") == "summary"), {})
     final_dir = os.path.join(cfg.output_dir, "final")
+    if summary:
+        from rmray.report.model_card import write_model_card
+
+        write_model_card(cfg.output_dir, dataclasses.asdict(cfg), summary, [r.to_dict() for r in reports])
     _print_summary(summary, final_dir)
     return TrainResult(cfg.output_dir, final_dir, summary)
 
@@ -138,7 +142,7 @@ def _prepare_output_dir(cfg: TrainConfig) -> None:
                 f"{final} already holds a trained model. Choose another output_dir, or set overwrite_output_dir=true "
                 "to replace it (its checkpoints and metrics.jsonl are removed)."
             )
-        for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json"):
+        for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json", "README.md", "plots"):
             path = os.path.join(cfg.output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
     os.makedirs(cfg.output_dir, exist_ok=True)

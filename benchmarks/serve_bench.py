@@ -1,0 +1,179 @@
+"""Serving benchmark: HTTP throughput at N concurrent clients vs an offline batched loop, latency
+percentiles, and group scoring (1 prompt x 16 responses) vs 16 independent sequences.
+
+Run inside the loopback namespace (Ray binds loopback only there):
+    scripts/in-loopback-ns .venv/bin/python benchmarks/serve_bench.py --texts 512 --clients 32
+Results: benchmarks/results/serve_bench.json and stdout; summarized in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+
+import torch
+
+HH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hh-rlhf-harmless-dev.jsonl.gz")
+
+
+def load_items(n: int) -> tuple[list[tuple[str, str]], list[dict]]:
+    from rmray.core.formats import split_implicit_prompt
+
+    with gzip.open(HH, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    items = []
+    for row in rows:
+        try:
+            prompt, chosen, rejected = split_implicit_prompt(row["chosen"], row["rejected"])
+        except Exception:  # noqa: BLE001 - rows without a shared prompt are skipped here
+            continue
+        if chosen.strip() and rejected.strip():
+            items += [(prompt, chosen), (prompt, rejected)]
+    return items[:n], rows
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def offline(scorer, items, batch_size: int) -> float:
+    start = time.perf_counter()
+    ids = [scorer.encode(p, r) for p, r in items]
+    scorer.score_ids(ids, batch_size=batch_size)
+    return len(items) / (time.perf_counter() - start)
+
+
+def http_load(url: str, items, clients: int, per_request: int) -> dict:
+    import requests
+
+    chunks = [items[i:i + per_request] for i in range(0, len(items), per_request)]
+    lock, latencies, statuses = threading.Lock(), [], []
+    cursor = iter(range(len(chunks)))
+
+    def worker():
+        session = requests.Session()
+        while True:
+            with lock:
+                k = next(cursor, None)
+            if k is None:
+                return
+            body = {"items": [{"prompt": p, "response": r} for p, r in chunks[k]]}
+            t = time.perf_counter()
+            response = session.post(url + "/score", json=body, timeout=300)
+            with lock:
+                latencies.append(time.perf_counter() - t)
+                statuses.append(response.status_code)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"texts_per_s": len(items) / wall, "p50_ms": 1000 * percentile(latencies, 0.5),
+            "p99_ms": 1000 * percentile(latencies, 0.99), "non_200": sum(s != 200 for s in statuses),
+            "requests": len(latencies)}
+
+
+def groups_of(items, rows, group_size: int, n_groups: int):
+    """n_groups prompts, each with group_size responses (its own two answers plus others')."""
+    pool = [r for _, r in items]
+    groups = []
+    for g in range(n_groups):
+        prompt = items[2 * g][0]
+        responses = [items[2 * g][1], items[2 * g + 1][1]] + pool[(g * 37) % len(pool):][:group_size - 2]
+        responses = (responses + pool)[:group_size]
+        groups.append((prompt, responses))
+    return groups
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--texts", type=int, default=512)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--per-request", type=int, default=1)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--groups", type=int, default=16)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "serve_bench.json"))
+    args = parser.parse_args()
+
+    from rmray.core.scoring import Scorer
+    from rmray.ray_env import init_ray
+    from rmray.testing import as_rmray_model, build_tiny_causal_rm
+
+    items, rows = load_items(args.texts)
+    work = tempfile.mkdtemp(prefix="rmray-serve-bench-")
+    texts = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    base = build_tiny_causal_rm(os.path.join(work, "base"), texts, arch="qwen2", num_layers=6, hidden=384, heads=6,
+                                vocab_size=8000)
+    model_dir = as_rmray_model(base, os.path.join(work, "rm"), max_length=args.max_length)
+    torch.set_num_threads(2)
+    scorer = Scorer.load(model_dir)
+    offline(scorer, items[:64], 32)  # warm-up
+    ceiling = [offline(scorer, items, 32) for _ in range(3)]
+    tokens = sum(len(scorer.encode(p, r)) for p, r in items)
+
+    groups = groups_of(items, rows, 16, args.groups)
+    start = time.perf_counter()
+    for prompt, responses in groups:
+        scorer.score_group(prompt, responses)
+    group_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for prompt, responses in groups:
+        scorer.score([prompt] * len(responses), responses)
+    independent_s = time.perf_counter() - start
+
+    init_ray("local", num_cpus=2, include_dashboard=False)
+    from rmray.serve.run import start as serve_start
+    from rmray.serve.settings import ServeSettings
+
+    settings = ServeSettings(model_dirs=[model_dir], port=8011, num_cpus=1.0, torch_threads=2, ingress_num_cpus=0.5,
+                             max_batch_size=64, batch_wait_timeout_s=0.01)
+    serve_start(settings)
+    url = "http://127.0.0.1:8011"
+    http_load(url, items[:64], 8, 1)  # warm-up
+    runs = [http_load(url, items, args.clients, args.per_request) for _ in range(3)]
+    best = max(runs, key=lambda r: r["texts_per_s"])
+
+    import requests
+
+    start = time.perf_counter()
+    for prompt, responses in groups:
+        requests.post(url + "/score_group", json={"prompt": prompt, "responses": responses}, timeout=300)
+    http_group_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for prompt, responses in groups:
+        requests.post(url + "/score", json={"items": [{"prompt": prompt, "response": r} for r in responses]},
+                      timeout=300)
+    http_independent_s = time.perf_counter() - start
+    from ray import serve
+
+    serve.shutdown()
+
+    result = {
+        "model": "qwen2-6L-384 (random init, 8k BPE)", "texts": len(items), "tokens": tokens,
+        "max_length": args.max_length, "clients": args.clients, "items_per_request": args.per_request,
+        "offline_texts_per_s_runs": ceiling, "offline_texts_per_s": statistics.median(ceiling),
+        "serve_runs": runs, "serve_texts_per_s_median": statistics.median(r["texts_per_s"] for r in runs),
+        "serve_vs_offline": statistics.median(r["texts_per_s"] for r in runs) / statistics.median(ceiling),
+        "p50_ms": best["p50_ms"], "p99_ms": best["p99_ms"], "p99_over_p50": best["p99_ms"] / best["p50_ms"],
+        "group_1x16_offline_speedup": independent_s / group_s,
+        "group_1x16_http_speedup": http_independent_s / http_group_s,
+        "groups": len(groups), "torch_threads": torch.get_num_threads(),
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

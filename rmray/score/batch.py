@@ -1,0 +1,121 @@
+"""The per-batch work of offline scoring and evaluation, run inside Ray Data actors.
+
+Actors load the model(s) once and score pyarrow batches; a bad row never fails the batch: its reward
+is null and ``score_error`` says which field is wrong and why, so the driver can report it by row.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from rmray.core.formats import BadRow, detect_format, normalize_row
+from rmray.core.scoring import Scorer
+from rmray.core.tokenize import encode, encode_pair
+
+
+def _device(num_gpus: float) -> str | None:
+    import torch
+
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else None
+
+
+def _text_error(value, field: str) -> str | None:
+    if value is None:
+        return f"{field}: missing"
+    if isinstance(value, str):
+        return None if value or field == "prompt" else f"{field}: empty"
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return None
+    return f"{field}: expected text or a list of {{role, content}} messages, got {type(value).__name__}"
+
+
+class ResponseScorer:
+    """Adds ``reward`` (ensemble mean), per-model ``reward_<name>`` and ``reward_std`` for ensembles,
+    ``truncated`` and ``score_error`` to every batch, keeping all input columns."""
+
+    def __init__(self, model_dirs: list[str], names: list[str], prompt_field: str, response_field: str,
+                 max_batch_tokens: int, num_gpus: float = 0.0, torch_threads: int = 1):
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        self.scorers = [Scorer.load(d, device=_device(num_gpus)) for d in model_dirs]
+        self.names, self.prompt_field, self.response_field = names, prompt_field, response_field
+        self.max_batch_tokens = max_batch_tokens
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        prompts = batch.column(self.prompt_field).to_pylist() if self.prompt_field in batch.column_names else [""] * n
+        responses = batch.column(self.response_field).to_pylist()
+        errors: list[str | None] = [_text_error(r, self.response_field) or
+                                    (_text_error(p, self.prompt_field) if p is not None else None)
+                                    for p, r in zip(prompts, responses)]
+        per_model, truncated = [], [False] * n
+        for scorer in self.scorers:
+            ids, rows = [], []
+            for i, (p, r) in enumerate(zip(prompts, responses)):
+                if errors[i]:
+                    continue
+                try:
+                    enc = encode(scorer.tokenizer, scorer.spec, p or "", r)
+                except (BadRow, ValueError) as err:
+                    errors[i] = f"{getattr(err, 'field', None) or self.response_field}: {err}"
+                    continue
+                ids.append(enc.ids)
+                rows.append(i)
+                truncated[i] = truncated[i] or enc.truncated
+            rewards = [None] * n
+            for i, reward in zip(rows, scorer.score_ids(ids, max_batch_tokens=self.max_batch_tokens)):
+                rewards[i] = reward
+            per_model.append(rewards)
+        # A row that failed for one model of an ensemble is null for all: the mean would be misleading.
+        for rewards in per_model:
+            for i in range(n):
+                if errors[i]:
+                    rewards[i] = None
+        mean = [None if errors[i] else sum(r[i] for r in per_model) / len(per_model) for i in range(n)]
+        out = batch.append_column("reward", pa.array(mean, pa.float64()))
+        if len(per_model) > 1:
+            for name, rewards in zip(self.names, per_model):
+                out = out.append_column(f"reward_{name}", pa.array(rewards, pa.float64()))
+            std = [None if errors[i] else (sum((r[i] - mean[i]) ** 2 for r in per_model) / len(per_model)) ** 0.5
+                   for i in range(n)]
+            out = out.append_column("reward_std", pa.array(std, pa.float64()))
+        out = out.append_column("truncated", pa.array(truncated, pa.bool_()))
+        return out.append_column("score_error", pa.array(errors, pa.string()))
+
+
+class PairScorer:
+    """Scores preference rows (any training format): ``chosen_reward``, ``rejected_reward``, ``subset``,
+    ``score_error``. Pairs go through group scoring, so a causal model computes the prompt once."""
+
+    def __init__(self, model_dir: str, data_format: str | None, max_batch_tokens: int, num_gpus: float = 0.0,
+                 torch_threads: int = 1):
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        self.scorer = Scorer.load(model_dir, device=_device(num_gpus))
+        self.data_format, self.max_batch_tokens = data_format, max_batch_tokens
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        errors: list[str | None] = [None] * len(rows)
+        groups, where = [], []
+        for i, row in enumerate(rows):
+            try:
+                pair = normalize_row(row, self.data_format or detect_format(row))
+                enc = encode_pair(self.scorer.tokenizer, self.scorer.spec, pair)
+            except BadRow as err:
+                errors[i] = f"{err.field or 'row'}: {err}"
+                continue
+            except ValueError as err:
+                errors[i] = f"row: {err}"
+                continue
+            groups.append([enc.chosen_ids, enc.rejected_ids])
+            where.append(i)
+        chosen, rejected = [None] * len(rows), [None] * len(rows)
+        for i, (c, r) in zip(where, self.scorer.score_id_groups(groups, max_batch_tokens=self.max_batch_tokens)):
+            chosen[i], rejected[i] = c, r
+        subset = [str(row["subset"]) if row.get("subset") is not None else None for row in rows]
+        return pa.table({"chosen_reward": pa.array(chosen, pa.float64()),
+                         "rejected_reward": pa.array(rejected, pa.float64()),
+                         "subset": pa.array(subset, pa.string()), "score_error": pa.array(errors, pa.string())})

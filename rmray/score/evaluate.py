@@ -1,0 +1,70 @@
+"""``rmray eval``: preference accuracy, margins and calibration of a reward model on a preference
+dataset, with a JSON + PNG + HTML report people can look at."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from rmray.core.evaluation import preference_metrics
+from rmray.ray_env import init_ray
+from rmray.report import html, plots
+
+
+def evaluate(model_dir: str, data: str, output: str | None = None, *, train_dir: str | None = None,
+             data_format: str | None = None, concurrency: int = 1, num_cpus: float = 0.5, num_gpus: float = 0.0,
+             torch_threads: int = 1, batch_size: int = 128, max_batch_tokens: int = 16384,
+             ray_address: str | None = None) -> dict:
+    import ray
+
+    from rmray.data.read import read_source
+
+    from .batch import PairScorer
+
+    init_ray(ray_address)
+    scored = read_source(data).map_batches(
+        PairScorer, batch_format="pyarrow", batch_size=batch_size,
+        fn_constructor_kwargs=dict(model_dir=model_dir, data_format=data_format, max_batch_tokens=max_batch_tokens,
+                                   num_gpus=num_gpus, torch_threads=torch_threads),
+        compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus, num_gpus=num_gpus)
+    chosen, rejected, subsets, errors = [], [], [], []
+    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+        for c, r, s, e in zip(*(batch.column(k).to_pylist()
+                                for k in ("chosen_reward", "rejected_reward", "subset", "score_error"))):
+            if e is not None:
+                errors.append(e)
+                continue
+            chosen.append(c)
+            rejected.append(r)
+            subsets.append(s)
+    if not chosen:
+        raise ValueError(f"{data}: no row could be scored; first problems: {errors[:3]}")
+    has_subsets = any(s is not None for s in subsets)
+    metrics = preference_metrics(chosen, rejected, subsets if has_subsets else None)
+    metrics.update({"model": os.path.abspath(model_dir), "data": data, "bad_rows": len(errors),
+                    "bad_row_samples": errors[:20]})
+    print(f"rmray eval: accuracy {metrics['accuracy']:.4f} on {metrics['pairs']} pairs, "
+          f"mean margin {metrics['mean_margin']:.3f}, ECE {metrics['ece']:.3f}"
+          + (f"; {len(errors)} rows skipped (e.g. {errors[0]})" if errors else ""))
+    if output:
+        write_report(metrics, chosen, rejected, output, train_dir=train_dir)
+        print(f"rmray eval: report in {os.path.join(output, 'report.html')}", file=sys.stderr)
+    return metrics
+
+
+def write_report(metrics: dict, chosen, rejected, output: str, *, train_dir: str | None = None) -> None:
+    os.makedirs(output, exist_ok=True)
+    figures = [plots.reward_histograms(chosen, rejected, os.path.join(output, "reward_histograms.png")),
+               plots.calibration_curve(metrics["calibration_bins"], metrics["ece"],
+                                       os.path.join(output, "calibration.png"))]
+    metrics_file = os.path.join(train_dir, "metrics.jsonl") if train_dir else None
+    if metrics_file and os.path.exists(metrics_file):
+        figures.append(plots.training_curves(metrics_file, os.path.join(output, "training_curves.png")))
+    tmp = os.path.join(output, ".metrics.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(metrics, f, indent=2)
+    os.replace(tmp, os.path.join(output, "metrics.json"))
+    html.eval_report(metrics, figures, os.path.join(output, "report.html"),
+                     title=f"Reward model evaluation: {os.path.basename(os.path.normpath(metrics['model']))}",
+                     subtitle=f"data: {metrics['data']}")

@@ -1,0 +1,191 @@
+"""``rmray score``: reward every row of a dataset with Ray Data, into Parquet, resumably.
+
+Input files are scored in one streaming pipeline (actor pool, bounded memory) with their order kept;
+the driver writes one Parquet file per input file, atomically (temp name, then rename) as soon as that
+file's last row is in. A rerun into the same output skips input files whose output exists, so a
+crash costs at most the files in flight.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rmray.ray_env import init_ray
+
+FILE_TAG = "__rmray_file"
+
+
+@dataclass
+class ScoreConfig:
+    model_dirs: list[str]
+    input: str
+    output: str
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    concurrency: int = 1
+    """Scoring actors (each loads the model once)."""
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    torch_threads: int = 1
+    batch_size: int = 256
+    """Rows per Ray Data batch handed to an actor; inside it, forwards are cut by ``max_batch_tokens``."""
+    max_batch_tokens: int = 16384
+    model_names: list[str] | None = None
+    ray_address: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class ScoreResult:
+    output: str
+    files_written: list[str]
+    files_skipped: list[str]
+    rows: int
+    bad_rows: int
+    rows_per_s: float
+
+
+def list_inputs(source: str) -> list[str | None]:
+    """Input files in a stable order; ``[None]`` for sources that are not files (saved datasets, hub ids)."""
+    from rmray.data.read import _file_kind
+
+    if os.path.isfile(source):
+        return [source]
+    if os.path.isdir(source):
+        files = sorted(os.path.join(source, f) for f in os.listdir(source) if _file_kind(f))
+        return files or [None]
+    if any(ch in source for ch in "*?["):
+        files = sorted(glob.glob(source))
+        if not files:
+            raise FileNotFoundError(f"no files match {source!r}")
+        return files
+    if "://" in source:
+        return [source]
+    return [None]
+
+
+def output_name(index: int, path: str | None) -> str:
+    if path is None:
+        return f"part-{index:05d}.parquet"
+    base = os.path.basename(path.rstrip("/"))
+    for ext in (".gz", ".zst", ".jsonl", ".json", ".parquet", ".csv"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+    return f"part-{index:05d}-{base}.parquet"
+
+
+def _tag(batch: pa.Table, index: int) -> pa.Table:
+    return batch.append_column(FILE_TAG, pa.array([index] * batch.num_rows, pa.int32()))
+
+
+def score_dataset(cfg: ScoreConfig) -> ScoreResult:
+    import ray
+
+    from rmray.data.read import read_source
+    from rmray.serve.settings import _default_name
+
+    from .batch import ResponseScorer
+
+    names = cfg.model_names or [_default_name(d) for d in cfg.model_dirs]
+    inputs = list_inputs(cfg.input)
+    os.makedirs(cfg.output, exist_ok=True)
+    pending = [(k, p) for k, p in enumerate(inputs)
+               if not os.path.exists(os.path.join(cfg.output, output_name(k, p)))]
+    skipped = [output_name(k, p) for k, p in enumerate(inputs) if (k, p) not in pending]
+    for stale in glob.glob(os.path.join(cfg.output, ".*.tmp")):  # partial files of an interrupted run
+        os.remove(stale)
+    if skipped:
+        print(f"rmray score: {len(skipped)} of {len(inputs)} input files already scored in {cfg.output}; skipping them")
+    if not pending:
+        return ScoreResult(cfg.output, [], skipped, 0, 0, 0.0)
+
+    init_ray(cfg.ray_address)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    parts = [read_source(p if p is not None else cfg.input).map_batches(
+        _tag, fn_kwargs={"index": k}, batch_format="pyarrow", zero_copy_batch=True, num_cpus=0.25)
+        for k, p in pending]
+    first = parts[0].schema()
+    if first is not None and cfg.response_field not in first.names:
+        raise ValueError(f"{cfg.input}: no column {cfg.response_field!r} to score (columns: {first.names}); "
+                         "set --response-field (and --prompt-field) to the text columns")
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    scored = ds.map_batches(
+        ResponseScorer, batch_format="pyarrow", batch_size=cfg.batch_size,
+        fn_constructor_kwargs=dict(model_dirs=cfg.model_dirs, names=names, prompt_field=cfg.prompt_field,
+                                   response_field=cfg.response_field, max_batch_tokens=cfg.max_batch_tokens,
+                                   num_gpus=cfg.num_gpus, torch_threads=cfg.torch_threads),
+        compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+    return _write(scored, cfg, pending, skipped)
+
+
+def _write(scored, cfg: ScoreConfig, pending, skipped) -> ScoreResult:
+    from tqdm import tqdm
+
+    paths = dict(pending)
+    written, bad_samples, rows, bad = [], [], 0, 0
+    writer = current = None
+    row_in_file = 0
+    start = time.perf_counter()
+    bar = tqdm(desc="scoring", unit="row", disable=None, file=sys.stderr)
+
+    def finish():
+        nonlocal writer
+        if writer is not None:
+            writer.close()
+            final = os.path.join(cfg.output, output_name(current, paths[current]))
+            os.replace(_tmp_path(cfg.output, current, paths[current]), final)
+            written.append(os.path.basename(final))
+            writer = None
+
+    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+        tags = batch.column(FILE_TAG).to_pylist()
+        start_row = 0
+        while start_row < len(tags):  # split the batch where the source file changes (order is kept)
+            end = start_row
+            while end < len(tags) and tags[end] == tags[start_row]:
+                end += 1
+            piece = batch.slice(start_row, end - start_row).drop_columns([FILE_TAG])
+            if tags[start_row] != current:
+                finish()
+                current, row_in_file = tags[start_row], 0
+                writer = pq.ParquetWriter(_tmp_path(cfg.output, current, paths[current]), piece.schema)
+            try:
+                piece = piece.cast(writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as err:
+                raise ValueError(f"{paths[current]}: column types change between rows ({err}); "
+                                 "make the column types consistent") from err
+            writer.write_table(piece)
+            for offset, error in enumerate(piece.column("score_error").to_pylist()):
+                if error is not None:
+                    bad += 1
+                    if len(bad_samples) < 20:
+                        where = os.path.basename(paths[current]) if paths[current] else "input"
+                        bad_samples.append(f"{where} row {row_in_file + offset}: {error}")
+            row_in_file += piece.num_rows
+            rows += piece.num_rows
+            bar.update(piece.num_rows)
+            start_row = end
+    finish()
+    bar.close()
+    seconds = time.perf_counter() - start
+    result = ScoreResult(cfg.output, written, skipped, rows, bad, rows / max(seconds, 1e-9))
+    report = {**asdict(result), "bad_row_samples": bad_samples, "models": cfg.model_dirs}
+    with open(os.path.join(cfg.output, "_score_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"rmray score: {rows} rows -> {cfg.output} ({len(written)} files, {result.rows_per_s:.1f} rows/s)")
+    if bad:
+        print(f"rmray score: {bad} rows could not be scored (reward is null, score_error says why):\n  "
+              + "\n  ".join(bad_samples[:5]), file=sys.stderr)
+    return result
+
+
+def _tmp_path(output: str, index: int, path: str | None) -> str:
+    return os.path.join(output, "." + output_name(index, path) + ".tmp")

@@ -1,0 +1,76 @@
+"""Best-of-n / quality filtering over scored rows: per prompt, keep the top-k and/or rewards above a
+threshold. Runs as a Ray Data groupby, so only one prompt's rows are in memory at a time.
+
+Ties are broken deterministically: equal rewards keep the lexicographically smaller response first
+(then the smaller row as JSON), so a rerun selects the same rows whatever the block order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import pyarrow as pa
+
+GROUP_KEY = "__rmray_group"
+
+
+def _key(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _add_key(batch: pa.Table, group_by: str) -> pa.Table:
+    keys = [_key(v) for v in batch.column(group_by).to_pylist()] if group_by in batch.column_names else \
+        [""] * batch.num_rows
+    return batch.append_column(GROUP_KEY, pa.array(keys, pa.string()))
+
+
+def select_rows(rows: list[dict], *, response_field: str, top_k: int | None, threshold: float | None) -> list[dict]:
+    """The selection rule for one prompt's rows (pure; rows without a reward are never selected)."""
+    scored = [r for r in rows if r.get("reward") is not None]
+    scored.sort(key=lambda r: (-r["reward"], _key(r.get(response_field)), json.dumps(r, sort_keys=True, default=str)))
+    if threshold is not None:
+        scored = [r for r in scored if r["reward"] >= threshold]
+    return scored[:top_k] if top_k is not None else scored
+
+
+def _select_group(group: pa.Table, response_field: str, top_k: int | None, threshold: float | None) -> pa.Table:
+    rows = group.drop_columns([GROUP_KEY]).to_pylist()
+    kept = select_rows(rows, response_field=response_field, top_k=top_k, threshold=threshold)
+    schema = group.schema.remove(group.schema.get_field_index(GROUP_KEY))
+    return pa.Table.from_pylist(kept, schema=schema)
+
+
+def select_best(scored_dir: str, output: str, *, group_by: str = "prompt", response_field: str = "response",
+                top_k: int | None = None, threshold: float | None = None) -> int:
+    """Write the selected rows of ``scored_dir`` (``rmray score`` output) to Parquet in ``output``
+    (atomically: a temp folder renamed into place). Returns the number of rows kept."""
+    import ray
+
+    if top_k is None and threshold is None:
+        raise ValueError("give top_k, threshold, or both")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    ds = ray.data.read_parquet(scored_dir)
+    if group_by not in ds.schema().names:
+        raise ValueError(f"{scored_dir}: no column {group_by!r} to group by (columns: {ds.schema().names})")
+    selected = (ds.map_batches(_add_key, fn_kwargs={"group_by": group_by}, batch_format="pyarrow", num_cpus=0.25)
+                .groupby(GROUP_KEY)
+                .map_groups(_select_group, fn_kwargs=dict(response_field=response_field, top_k=top_k,
+                                                          threshold=threshold),
+                            batch_format="pyarrow", num_cpus=0.25))
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    try:
+        selected.write_parquet(tmp)
+        kept = ray.data.read_parquet(tmp).count() if os.listdir(tmp) else 0
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return kept
