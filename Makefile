@@ -18,6 +18,7 @@ demo: setup
 	./scripts/in-loopback-ns $(BIN)/rmray demo jobs/configs/demo.yaml
 
 test: setup
+	./scripts/ensure-chromium
 	./scripts/in-loopback-ns $(BIN)/python -m pytest -q tests
 
 lint: setup

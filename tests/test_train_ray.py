@@ -143,6 +143,9 @@ def test_demo_command_reaches_high_accuracy(ray_cluster, tmp_path, capsys):
     accuracy = float(out.split("demo eval accuracy: ")[1].split()[0])
     assert accuracy >= 0.90
     assert "rewards from" in out
+    card = (tmp_path / "demo" / "README.md").read_text()  # the model card
+    assert "## Results" in card and "eval_accuracy" in card and "rmray serve" in card
+    assert (tmp_path / "demo" / "plots" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_reads_every_source_format(ray_cluster, tiny_qwen, tmp_path):

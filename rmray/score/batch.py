@@ -29,6 +29,9 @@ def _text_error(value, field: str) -> str | None:
     return f"{field}: expected text or a list of {{role, content}} messages, got {type(value).__name__}"
 
 
+PARSE_ERROR = "__rmray_parse_error"
+
+
 class ResponseScorer:
     """Adds ``reward`` (ensemble mean), per-model ``reward_<name>`` and ``reward_std`` for ensembles,
     ``truncated`` and ``score_error`` to every batch, keeping all input columns."""
@@ -44,11 +47,16 @@ class ResponseScorer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
+        parsed: list = [None] * n
+        if PARSE_ERROR in batch.column_names:  # set by the JSON-lines reader for rows it could not type
+            parsed = batch.column(PARSE_ERROR).to_pylist()
+            batch = batch.drop_columns([PARSE_ERROR])
         prompts = batch.column(self.prompt_field).to_pylist() if self.prompt_field in batch.column_names else [""] * n
-        responses = batch.column(self.response_field).to_pylist()
-        errors: list[str | None] = [_text_error(r, self.response_field) or
+        responses = batch.column(self.response_field).to_pylist() if self.response_field in batch.column_names \
+            else [None] * n  # the driver stops with the column named
+        errors: list[str | None] = [e or _text_error(r, self.response_field) or
                                     (_text_error(p, self.prompt_field) if p is not None else None)
-                                    for p, r in zip(prompts, responses)]
+                                    for e, p, r in zip(parsed, prompts, responses)]
         per_model, truncated = [], [False] * n
         for scorer in self.scorers:
             ids, rows = [], []

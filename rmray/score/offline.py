@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from rmray.ray_env import init_ray
 
 FILE_TAG = "__rmray_file"
+PARSE_ERROR = "__rmray_parse_error"
 
 
 @dataclass
@@ -82,14 +83,70 @@ def output_name(index: int, path: str | None) -> str:
     return f"part-{index:05d}-{base}.parquet"
 
 
-def _tag(batch: pa.Table, index: int) -> pa.Table:
-    return batch.append_column(FILE_TAG, pa.array([index] * batch.num_rows, pa.int32()))
+def _parse_lines(batch: pa.Table, text_fields: tuple[str, ...], index_of: dict[str, int]) -> pa.Table:
+    """JSON lines -> rows. A text field of the wrong type cannot share an Arrow column with text, so it
+    becomes null and the row carries the reason (reported by row, never a crash of the whole run)."""
+    rows, errors = [], []
+    for line in batch.column("text").to_pylist():
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        except ValueError as err:
+            rows.append({})
+            errors.append(f"line is not a JSON object: {err}")
+            continue
+        error = None
+        for name in text_fields:
+            value = row.get(name)
+            if value is not None and not isinstance(value, (str, list)):
+                row[name] = None
+                error = error or f"{name}: expected text or a list of messages, got {type(value).__name__}"
+        rows.append(row)
+        errors.append(error)
+    table = pa.Table.from_pylist(rows)
+    table = table.append_column(PARSE_ERROR, pa.array(errors, pa.string()))
+    return table.append_column(FILE_TAG, pa.array([index_of[p] for p in batch.column("path").to_pylist()], pa.int32()))
+
+
+def _tag_by_path(batch: pa.Table, index_of: dict[str, int]) -> pa.Table:
+    tags = pa.array([index_of[p] for p in batch.column("path").to_pylist()], pa.int32())
+    return batch.drop_columns(["path"]).append_column(FILE_TAG, tags)
+
+
+def _tag_all(batch: pa.Table) -> pa.Table:
+    return batch.append_column(FILE_TAG, pa.array([0] * batch.num_rows, pa.int32()))
+
+
+def _read(pending: list[tuple[int, str | None]], cfg: "ScoreConfig"):
+    """One read over all pending files (one read keeps file order; a union would interleave blocks)."""
+    import ray
+
+    from rmray.data.read import _file_kind, _is_lines, read_source
+
+    if pending[0][1] is None:
+        return read_source(cfg.input).map_batches(_tag_all, batch_format="pyarrow", num_cpus=0.25)
+    paths = [p for _, p in pending]
+    kinds = {("lines" if _is_lines(p) else _file_kind(p)) for p in paths}
+    if len(kinds) != 1:
+        raise ValueError(f"{cfg.input}: mixed file types {sorted(map(str, kinds))}; score each type separately")
+    kind = kinds.pop()
+    # Ray reports paths without a URI scheme; map both spellings.
+    index_of = {}
+    for k, p in pending:
+        index_of[p] = index_of[os.path.abspath(p)] = index_of[p.split("://", 1)[-1]] = k
+    if kind == "lines":
+        return ray.data.read_text(paths, drop_empty_lines=True, include_paths=True).map_batches(
+            _parse_lines, fn_kwargs={"text_fields": (cfg.prompt_field, cfg.response_field), "index_of": index_of},
+            batch_format="pyarrow", num_cpus=0.25)
+    reader = {"json": ray.data.read_json, "parquet": ray.data.read_parquet, "csv": ray.data.read_csv}[kind]
+    return reader(paths, include_paths=True).map_batches(_tag_by_path, fn_kwargs={"index_of": index_of},
+                                                         batch_format="pyarrow", num_cpus=0.25)
 
 
 def score_dataset(cfg: ScoreConfig) -> ScoreResult:
     import ray
 
-    from rmray.data.read import read_source
     from rmray.serve.settings import _default_name
 
     from .batch import ResponseScorer
@@ -109,14 +166,7 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
 
     init_ray(cfg.ray_address)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    parts = [read_source(p if p is not None else cfg.input).map_batches(
-        _tag, fn_kwargs={"index": k}, batch_format="pyarrow", zero_copy_batch=True, num_cpus=0.25)
-        for k, p in pending]
-    first = parts[0].schema()
-    if first is not None and cfg.response_field not in first.names:
-        raise ValueError(f"{cfg.input}: no column {cfg.response_field!r} to score (columns: {first.names}); "
-                         "set --response-field (and --prompt-field) to the text columns")
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    ds = _read(pending, cfg)
     scored = ds.map_batches(
         ResponseScorer, batch_format="pyarrow", batch_size=cfg.batch_size,
         fn_constructor_kwargs=dict(model_dirs=cfg.model_dirs, names=names, prompt_field=cfg.prompt_field,
@@ -133,6 +183,7 @@ def _write(scored, cfg: ScoreConfig, pending, skipped) -> ScoreResult:
     written, bad_samples, rows, bad = [], [], 0, 0
     writer = current = None
     row_in_file = 0
+    done: set[int] = set()
     start = time.perf_counter()
     bar = tqdm(desc="scoring", unit="row", disable=None, file=sys.stderr)
 
@@ -146,6 +197,10 @@ def _write(scored, cfg: ScoreConfig, pending, skipped) -> ScoreResult:
             writer = None
 
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+        if cfg.response_field not in batch.column_names:
+            raise ValueError(f"{cfg.input}: no column {cfg.response_field!r} to score (columns: "
+                             f"{[c for c in batch.column_names if not c.startswith('__')]}); set --response-field "
+                             "(and --prompt-field) to the text columns")
         tags = batch.column(FILE_TAG).to_pylist()
         start_row = 0
         while start_row < len(tags):  # split the batch where the source file changes (order is kept)
@@ -154,6 +209,10 @@ def _write(scored, cfg: ScoreConfig, pending, skipped) -> ScoreResult:
                 end += 1
             piece = batch.slice(start_row, end - start_row).drop_columns([FILE_TAG])
             if tags[start_row] != current:
+                if tags[start_row] in done:  # order is kept by construction; never overwrite a finished file
+                    raise RuntimeError(f"rows of {paths[tags[start_row]]} arrived after the file was finished")
+                if current is not None:
+                    done.add(current)
                 finish()
                 current, row_in_file = tags[start_row], 0
                 writer = pq.ParquetWriter(_tmp_path(cfg.output, current, paths[current]), piece.schema)

@@ -1,0 +1,48 @@
+"""Evaluation metrics and best-of-n selection rules on constructed cases with known answers (no Ray)."""
+
+import math
+
+import pytest
+
+from rmray.core.evaluation import calibration, preference_metrics, sigmoid
+from rmray.score.select import select_rows
+
+
+def logit(p):
+    return math.log(p / (1 - p))
+
+
+def test_ece_on_a_constructed_case():
+    # Bin [0.85, 0.9): 4 pairs at p = 0.875 (3 right, one wrong: p = 0.125 -> confidence 0.875, predicts rejected).
+    # Bin [0.5, 0.55): 2 pairs at p = 0.52, both right.
+    probs = [0.875, 0.875, 0.875, 0.125, 0.52, 0.52]
+    ece, bins = calibration(probs, n_bins=10)
+    # |0.875 - 0.75| * 4/6 + |0.52 - 1.0| * 2/6 = 0.08333 + 0.16
+    assert ece == pytest.approx(0.125 * 4 / 6 + 0.48 * 2 / 6, abs=1e-9)
+    assert [b.count for b in bins] == [2, 4]
+    assert bins[1].accuracy == pytest.approx(0.75) and bins[1].confidence == pytest.approx(0.875)
+    # Perfectly calibrated: within one bin, accuracy equals confidence.
+    ece, _ = calibration([0.9] * 9 + [0.1], n_bins=10)
+    assert ece == pytest.approx(0.0, abs=1e-9)
+
+
+def test_preference_metrics_from_rewards():
+    chosen = [logit(0.875), 2.0, 0.0, 1.0]
+    rejected = [0.0, 1.0, 0.5, 1.0]  # the last is a tie: wrong, as in TRL
+    m = preference_metrics(chosen, rejected, subsets=["a", "a", "b", "b"])
+    assert m["accuracy"] == 0.5
+    assert m["mean_margin"] == pytest.approx((logit(0.875) + 1 - 0.5 + 0) / 4)
+    assert m["subsets"] == {"a": {"pairs": 2, "accuracy": 1.0, "mean_margin": pytest.approx((logit(0.875) + 1) / 2)},
+                            "b": {"pairs": 2, "accuracy": 0.0, "mean_margin": -0.25}}
+    assert sigmoid(-800) == pytest.approx(0.0) and sigmoid(800) == pytest.approx(1.0)  # no overflow
+
+
+def test_top_k_per_prompt_breaks_ties_deterministically():
+    rows = [{"prompt": "p", "response": r, "reward": w, "id": i}
+            for i, (r, w) in enumerate([("b", 1.0), ("a", 1.0), ("c", 2.0), ("d", None), ("e", 0.5)])]
+    best = select_rows(rows, response_field="response", top_k=2, threshold=None)
+    assert [r["response"] for r in best] == ["c", "a"]  # the 1.0 tie goes to the smaller response
+    assert select_rows(list(reversed(rows)), response_field="response", top_k=2, threshold=None) == best
+    assert [r["response"] for r in select_rows(rows, response_field="response", top_k=None, threshold=1.0)] == \
+        ["c", "a", "b"]
+    assert select_rows(rows, response_field="response", top_k=1, threshold=5.0) == []

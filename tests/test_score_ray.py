@@ -1,0 +1,140 @@
+"""Offline scoring, best-of-n and evaluation through Ray Data, checked against plain transformers."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+
+from rmray.testing import plain_transformers_scores
+
+PROMPTS = ["\n\nHuman: How do I clean a cast iron pan?\n\nAssistant:", "\n\nHuman: Name a fast land animal.\n\nAssistant:"]
+ANSWERS = [" Scrub with hot water, dry it on the stove, and oil it lightly.", " Soap will ruin it forever.",
+           " Use a brush.", " The cheetah.", " A snail.", " Cheetahs and pronghorn antelope."]
+
+
+def write_inputs(folder):
+    os.makedirs(folder, exist_ok=True)
+    rows = [{"id": f"r{i}", "prompt": PROMPTS[i // 3 % 2], "response": ANSWERS[i % 6], "meta": {"k": i}}
+            for i in range(12)]
+    with open(os.path.join(folder, "a.jsonl"), "w") as f:
+        for row in rows[:7]:
+            f.write(json.dumps(row) + "\n")
+        f.write(json.dumps({"id": "bad1", "prompt": "x", "response": None, "meta": {"k": -1}}) + "\n")
+        f.write(json.dumps({"id": "bad2", "prompt": "x", "response": 42, "meta": {"k": -2}}) + "\n")
+    with open(os.path.join(folder, "b.jsonl"), "w") as f:
+        for row in rows[7:]:
+            f.write(json.dumps(row) + "\n")
+    return rows
+
+
+def read_output(folder):
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".parquet"))
+    return files, [row for f in files for row in pq.read_table(os.path.join(folder, f)).to_pylist()]
+
+
+def test_score_dataset_rewards_columns_bad_rows_and_resume(ray_cluster, rm_qwen, rm_minilm, tmp_path):
+    from rmray.score.offline import ScoreConfig, score_dataset
+    from rmray.score.select import select_best
+
+    rows = write_inputs(tmp_path / "in")
+    out = str(tmp_path / "out")
+    result = score_dataset(ScoreConfig(model_dirs=[rm_qwen], input=str(tmp_path / "in"), output=out, batch_size=4))
+    files, scored = read_output(out)
+    assert files == ["part-00000-a.parquet", "part-00001-b.parquet"]
+    assert len(scored) == 14 and result.rows == 14 and result.bad_rows == 2
+    assert [r["id"] for r in scored] == [r["id"] for r in rows[:7]] + ["bad1", "bad2"] + [r["id"] for r in rows[7:]]
+    good = [r for r in scored if r["score_error"] is None]
+    expected = plain_transformers_scores(rm_qwen, [r["prompt"] + r["response"] for r in good])
+    assert [r["reward"] for r in good] == pytest.approx(expected, abs=1e-4)
+    assert good[0]["meta"] == {"k": 0} and set(good[0]) >= {"id", "prompt", "response", "meta", "reward", "truncated"}
+    bad = {r["id"]: r for r in scored if r["score_error"] is not None}
+    assert bad["bad1"]["reward"] is None and bad["bad1"]["score_error"] == "response: missing"
+    assert "response" in bad["bad2"]["score_error"]
+    report = json.load(open(os.path.join(out, "_score_report.json")))
+    assert any("a.jsonl row 7" in s for s in report["bad_row_samples"])
+
+    # A rerun skips whole files; a lost file is redone alone.
+    mtime = os.path.getmtime(os.path.join(out, files[0]))
+    os.remove(os.path.join(out, files[1]))
+    again = score_dataset(ScoreConfig(model_dirs=[rm_qwen], input=str(tmp_path / "in"), output=out))
+    assert again.files_skipped == [files[0]] and again.files_written == [files[1]]
+    assert os.path.getmtime(os.path.join(out, files[0])) == mtime
+    rescored = read_output(out)[1]
+    assert [{k: v for k, v in r.items() if k != "reward"} for r in rescored] == \
+        [{k: v for k, v in r.items() if k != "reward"} for r in scored]
+    assert [r["reward"] for r in rescored] == pytest.approx([r["reward"] for r in scored], abs=1e-5)
+
+    # Best-of-n: exactly the top 2 per prompt.
+    kept = select_best(out, str(tmp_path / "best"), top_k=2)
+    best = read_output(str(tmp_path / "best"))[1]
+    assert kept == len(best) == 4
+    for prompt in PROMPTS:
+        ranked = sorted((r for r in good if r["prompt"] == prompt), key=lambda r: (-r["reward"], r["response"]))
+        assert sorted(r["id"] for r in best if r["prompt"] == prompt) == sorted(r["id"] for r in ranked[:2])
+
+    # Ensemble: per-model columns, mean and std.
+    ens = str(tmp_path / "ens")
+    score_dataset(ScoreConfig(model_dirs=[rm_qwen, rm_minilm], model_names=["q", "m"],
+                              input=str(tmp_path / "in" / "b.jsonl"), output=ens))
+    rows_e = read_output(ens)[1]
+    minilm = plain_transformers_scores(rm_minilm, [r["prompt"] + r["response"] for r in rows_e])
+    assert [r["reward_m"] for r in rows_e] == pytest.approx(minilm, abs=1e-4)
+    assert [r["reward"] for r in rows_e] == pytest.approx([(r["reward_q"] + r["reward_m"]) / 2 for r in rows_e])
+    assert [r["reward_std"] for r in rows_e] == pytest.approx([abs(r["reward_q"] - r["reward_m"]) / 2 for r in rows_e])
+
+
+@pytest.fixture(scope="module")
+def eval_pairs(hh_rows, tmp_path_factory, rm_qwen):
+    """Real hh pairs short enough that no truncation happens (so plain transformers sees the same text)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(rm_qwen)
+    rows = [r for r in hh_rows[:200] if max(len(tok(r["chosen"])["input_ids"]), len(tok(r["rejected"])["input_ids"])) < 250
+            and r["chosen"] != r["rejected"] and r["chosen"].strip().split("Assistant:")[-1].strip()][:40]
+    path = tmp_path_factory.mktemp("eval") / "pairs.jsonl"
+    with open(path, "w") as f:
+        for i, r in enumerate(rows):
+            f.write(json.dumps({"chosen": r["chosen"], "rejected": r["rejected"], "subset": "even" if i % 2 == 0 else "odd"}) + "\n")
+    return str(path), rows
+
+
+def test_eval_matches_plain_transformers_and_writes_a_report(ray_cluster, rm_qwen, eval_pairs, tmp_path):
+    from rmray.score.evaluate import evaluate
+
+    path, rows = eval_pairs
+    train_dir = tmp_path / "run"
+    train_dir.mkdir()
+    (train_dir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in [
+        {"step": 1, "epoch": 0, "loss": 0.7, "accuracy": 0.5}, {"step": 2, "epoch": 0, "loss": 0.6, "accuracy": 0.6},
+        {"step": 2, "epoch": 0, "eval_loss": 0.65, "eval_accuracy": 0.55}, {"event": "summary", "steps": 2}]))
+    out = tmp_path / "report"
+    metrics = evaluate(rm_qwen, path, str(out), train_dir=str(train_dir))
+    chosen = plain_transformers_scores(rm_qwen, [r["chosen"] for r in rows])
+    rejected = plain_transformers_scores(rm_qwen, [r["rejected"] for r in rows])
+    correct = [c > r for c, r in zip(chosen, rejected)]
+    assert metrics["pairs"] == len(rows) and metrics["bad_rows"] == 0
+    assert metrics["accuracy"] == sum(correct) / len(rows)
+    assert metrics["subsets"]["even"]["accuracy"] == sum(correct[0::2]) / len(correct[0::2])
+    assert metrics["mean_margin"] == pytest.approx(sum(c - r for c, r in zip(chosen, rejected)) / len(rows), abs=1e-4)
+    assert json.load(open(out / "metrics.json"))["accuracy"] == metrics["accuracy"]
+    for name in ("reward_histograms.png", "calibration.png", "training_curves.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+        import matplotlib.image
+
+        assert matplotlib.image.imread(str(out / name)).shape[0] > 100
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (CI installs the Debian `chromium` package): HTML render not checked")
+    shot = tmp_path / "shot.png"
+    common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--allow-file-access-from-files"]
+    dom = subprocess.run(common + ["--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True,
+                         timeout=120)
+    assert "Reward model evaluation" in dom.stdout and dom.stdout.count("data:image/png;base64") == 3
+    subprocess.run(common + [f"--screenshot={shot}", "--window-size=1000,1400", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
