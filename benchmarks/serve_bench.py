@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--per-request", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--groups", type=int, default=16)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=2, help="per scorer replica")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "serve_bench.json"))
     args = parser.parse_args()
 
@@ -130,12 +132,18 @@ def main() -> None:
     for prompt, responses in groups:
         scorer.score([prompt] * len(responses), responses)
     independent_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for prompt, responses in groups:  # what a plain transformers loop does: one padded batch of 16
+        scorer.score_ids([scorer.encode(prompt, r) for r in responses], pad_slack=None,
+                         max_batch_tokens=10**9)
+    padded_s = time.perf_counter() - start
 
     init_ray("local", num_cpus=2, include_dashboard=False)
     from rmray.serve.run import start as serve_start
     from rmray.serve.settings import ServeSettings
 
-    settings = ServeSettings(model_dirs=[model_dir], port=8011, num_cpus=1.0, torch_threads=2, ingress_num_cpus=0.5,
+    settings = ServeSettings(model_dirs=[model_dir], port=8011, num_cpus=1.0 / args.replicas,
+                             torch_threads=args.torch_threads, replicas=args.replicas, ingress_num_cpus=0.5,
                              max_batch_size=64, batch_wait_timeout_s=0.01)
     serve_start(settings)
     url = "http://127.0.0.1:8011"
@@ -166,6 +174,8 @@ def main() -> None:
         "serve_vs_offline": statistics.median(r["texts_per_s"] for r in runs) / statistics.median(ceiling),
         "p50_ms": best["p50_ms"], "p99_ms": best["p99_ms"], "p99_over_p50": best["p99_ms"] / best["p50_ms"],
         "group_1x16_offline_speedup": independent_s / group_s,
+        "group_1x16_vs_padded_batch_offline_speedup": padded_s / group_s,
+        "replicas": args.replicas, "replica_torch_threads": args.torch_threads,
         "group_1x16_http_speedup": http_independent_s / http_group_s,
         "groups": len(groups), "torch_threads": torch.get_num_threads(),
     }

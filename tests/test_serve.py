@@ -267,7 +267,7 @@ def test_serve_config_file_is_valid_and_builds():
 
     from rmray.serve.settings import ServeSettings
 
-    path = os.path.join(os.path.dirname(__file__), "..", "jobs", "configs", "serve.yaml")
+    path = os.path.join(os.path.dirname(__file__), "..", "jobs", "serve.yaml")
     with open(path) as f:
         config = yaml.safe_load(f)
     schema = ServeDeploySchema.parse_obj(config)

@@ -67,7 +67,7 @@ class Scorer:
 
     @torch.no_grad()
     def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 64,
-                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> list[float]:
+                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, pad_slack: float | None = PAD_SLACK) -> list[float]:
         """Rewards for token id lists in input order; batches of length-sorted rows whose padded size
         stays within ``max_batch_tokens`` (and at most ``batch_size`` rows)."""
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
@@ -80,7 +80,7 @@ class Scorer:
                 padded = (end - start + 1) * width
                 # Cut at the token budget, and where padding would exceed a quarter of the batch: a few
                 # small forwards cost less than one padded to its longest row (online batches mix lengths).
-                if padded > max_batch_tokens or padded > PAD_SLACK * (real + width) + 64:
+                if padded > max_batch_tokens or (pad_slack and padded > pad_slack * (real + width) + 64):
                     break
                 real += width
                 end += 1
