@@ -110,6 +110,30 @@ class TrainConfig:
     logging_steps: int = 10
     overwrite_output_dir: bool = False
     """Allow training into a folder that already holds a final model."""
+    save_total_limit: Optional[int] = 2
+    """Checkpoints kept on disk (the best ones when ``metric_for_best_model`` is set, else the latest)."""
+    metric_for_best_model: Optional[str] = None
+    """``eval_loss``, ``eval_accuracy``, ...: which checkpoints to keep and what early stopping watches."""
+    greater_is_better: Optional[bool] = None
+    """Default: false for metrics ending in ``loss``, true otherwise."""
+    early_stopping_patience: Optional[int] = None
+    """Stop after this many evals without improvement of ``metric_for_best_model`` (default ``eval_loss``)."""
+    early_stopping_threshold: float = 0.0
+    """Improvement smaller than this does not count."""
+    reward_collapse_std: float = 1e-3
+    """Warn when the std of eval rewards falls below this: the model gives every response the same score."""
+    overfit_warning_gap: float = 0.15
+    """Warn when train accuracy exceeds eval accuracy by more than this."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Metric sinks besides metrics.jsonl: ``tensorboard`` (``<output_dir>/runs``), ``mlflow``, ``wandb``, or []."""
+
+    # --- fault tolerance ---
+    max_failures: int = 0
+    """Worker/node failures survived per run: the run restarts its workers from the latest checkpoint."""
+    resume_from_checkpoint: Optional[str] = None
+    """A checkpoint folder to start from (model, optimizer, scheduler, data position) in a new run."""
+    chaos_kill_at_step: Optional[int] = None
+    """Chaos test of your setup: SIGKILL the last worker's process once when it reaches this step."""
 
     # --- Ray ---
     num_workers: int = 2
@@ -137,10 +161,23 @@ class TrainConfig:
         need(self.num_workers >= 1, "num_workers", "must be >= 1")
         need(self.logging_steps >= 1, "logging_steps", "must be >= 1")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        for key in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "pad_to_multiple_of",
+        need(self.max_failures >= 0, "max_failures", "must be >= 0")
+        sinks = {"tensorboard", "mlflow", "wandb", "none"}
+        need(set(self.report_to) <= sinks, "report_to", f"choose from {sorted(sinks)}, got {self.report_to}")
+        if self.metric_for_best_model is not None and not self.metric_for_best_model.startswith("eval_"):
+            self.metric_for_best_model = "eval_" + self.metric_for_best_model  # TRL accepts "loss" for "eval_loss"
+        for key in ("eval_steps", "save_steps", "save_total_limit", "early_stopping_patience", "max_train_samples", "max_eval_samples", "pad_to_multiple_of",
                     "pack_row_tokens", "max_tokens_per_batch", "length_group_window"):
             value = getattr(self, key)
             need(value is None or value >= 1, key, f"must be >= 1 or unset, got {value}")
+
+    @property
+    def best_metric(self) -> str:
+        return self.metric_for_best_model or "eval_loss"
+
+    @property
+    def best_is_greater(self) -> bool:
+        return self.greater_is_better if self.greater_is_better is not None else not self.best_metric.endswith("loss")
 
 
 def config_help(cls=TrainConfig) -> str:

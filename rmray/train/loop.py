@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import math
 import os
 import random
 import resource
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,7 +34,9 @@ from rmray.core.spec import ScoringSpec
 from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
 from .metrics_log import MetricsLog
 from .schedule import build_scheduler
-from .state import load_model_weights, load_training_state, save_training_state
+from .health import Health
+from .sinks import Sinks
+from .state import checkpoint_problem, load_model_weights, load_training_state, save_training_state, write_manifest
 
 
 @dataclass
@@ -46,6 +50,7 @@ class LoopState:
     computed_tokens: int = 0  # positions run by the model on this rank, padding included
     padded_tokens: int = 0  # what TRL's padded layout would have run on the same batches
     first_step_at: float | None = None
+    last_train_accuracy: float | None = None
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -64,16 +69,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
-    log = MetricsLog(cfg.output_dir, enabled=rank == 0)
+    sinks = Sinks(cfg.output_dir, [r for r in cfg.report_to if r != "none"], os.path.basename(
+        os.path.normpath(cfg.output_dir)), loop_config["cfg"]) if rank == 0 else None
+    log = MetricsLog(cfg.output_dir, enabled=rank == 0, sinks=sinks)
     state = LoopState()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            load_model_weights(raw_model.model, ckpt_dir)
-            saved = load_training_state(ckpt_dir, optimizer=optimizer, scheduler=scheduler)
+    saved = _load_resume_state(cfg, loop_config["run_dir"], raw_model, optimizer, scheduler, log, rank)
+    if saved is not None:
         state.step, state.epoch, state.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
         state.train_time_s, state.pairs_seen = saved.get("train_time_s", 0.0), saved.get("pairs_seen", 0)
-        log.write({"event": "resume", "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch})
+        log.write({"event": "resume", "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
+                   "from": saved["_from"]})
+    health = Health.from_config(cfg)
 
     layout = Layout(kind=choose_layout(cfg.padding_free, cfg.share_prompt, raw_model.readout == "last_token"),
                     causal=raw_model.readout == "last_token", pad_token_id=tokenizer.pad_token_id,
@@ -90,6 +96,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     saved_at = -1
     evaluated_at = -1  # step of the last eval: an epoch end right after an eval_steps eval does not redo it
     done = state.step >= total_steps
+    stopped = False
     while not done:
         batches = iter_pair_batches(train_shard, batch_size=cfg.per_device_train_batch_size,
                                     group_by_length=cfg.group_by_length, window=cfg.length_group_window,
@@ -115,11 +122,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
+            if cfg.chaos_kill_at_step == state.step and rank == world - 1:
+                _chaos_kill(cfg.output_dir)
             if state.first_step_at is None:
                 state.first_step_at = time.time() - started_at
             if state.step % cfg.logging_steps == 0 or state.step >= total_steps:
                 state.train_time_s += time.perf_counter() - t0
-                _log_train(log, state, window, window_pairs, window_tokens, time.perf_counter() - window_start,
+                state.last_train_accuracy = _log_train(log, state, window, window_pairs, window_tokens, time.perf_counter() - window_start,
                            scheduler.get_last_lr()[0], float(grad_norm), world, device)
                 state.pairs_seen += window_pairs
                 state.tokens_seen += window_tokens
@@ -131,30 +140,84 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 last_eval = _evaluate(model, eval_shard, layout, cfg, device, autocast, rank, world)
                 evaluated_at = state.step
                 log.write({"step": state.step, "epoch": state.epoch, **last_eval})
+                stopped = _after_eval(health, last_eval, state, log)
                 t0 = window_start = time.perf_counter()
             if cfg.save_steps and state.step % cfg.save_steps == 0:
                 state.train_time_s += time.perf_counter() - t0
-                _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval)
+                _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval, cfg)
                 saved_at = state.step
                 t0 = window_start = time.perf_counter()
-            if state.step >= total_steps:
+            if state.step >= total_steps or stopped:
                 break
         state.train_time_s += time.perf_counter() - t0
         optimizer.zero_grad(set_to_none=True)  # a partial accumulation at the epoch's end is not carried over
-        done = state.step >= total_steps
+        done = state.step >= total_steps or stopped
         state.epoch += 1
         state.batches_in_epoch = 0
         if eval_shard is not None and evaluated_at != state.step:
             last_eval = _evaluate(model, eval_shard, layout, cfg, device, autocast, rank, world)
             evaluated_at = state.step
             log.write({"step": state.step, "epoch": state.epoch, **last_eval})
+            stopped = _after_eval(health, last_eval, state, log)
+            done = done or stopped
         if not done and saved_at != state.step:
-            _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval)
+            _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval, cfg)
             saved_at = state.step
         window_start = time.perf_counter()
     state.pairs_seen += window_pairs
     state.tokens_seen += window_tokens
     _finish(raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout.kind)
+    log.close()
+
+
+def _chaos_kill(output_dir: str) -> None:
+    marker = os.path.join(output_dir, ".chaos_killed")
+    if os.path.exists(marker):  # once per run: the restarted worker passes this step
+        return
+    open(marker, "w").close()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _after_eval(health: Health, last_eval: dict, state: "LoopState", log) -> bool:
+    """Warnings into metrics.jsonl (the driver prints them as they come); True to stop early."""
+    warnings, stop = health.observe(last_eval, state.last_train_accuracy)
+    for warning in warnings:
+        log.write({"event": "warning", "step": state.step, **warning})
+    if stop:
+        log.write({"event": "early_stop", "step": state.step, "metric": health.metric, "best": health.best,
+                   "patience": health.patience})
+    return stop
+
+
+def _load_resume_state(cfg: TrainConfig, run_dir: str, raw_model, optimizer, scheduler, log, rank: int) -> dict | None:
+    """Load the newest whole checkpoint: Ray's latest after a failure (older ones in the run folder if it
+    is damaged), else ``resume_from_checkpoint``. A partial or corrupt checkpoint is skipped with a
+    warning, never loaded."""
+    options: list = []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        options.append(checkpoint)
+        options += sorted(glob.glob(os.path.join(run_dir, "checkpoint-*")), reverse=True)
+    elif cfg.resume_from_checkpoint:
+        options.append(cfg.resume_from_checkpoint)
+    problems = []
+    for option in options:
+        context = option.as_directory() if hasattr(option, "as_directory") else contextlib.nullcontext(option)
+        with context as directory:
+            problem = checkpoint_problem(directory)
+            if problem:
+                problems.append(f"{directory}: {problem}")
+                log.write({"event": "warning", "kind": "bad_checkpoint",
+                           "message": f"skipping checkpoint {directory}: {problem}"})
+                continue
+            load_model_weights(raw_model.model, directory)
+            saved = load_training_state(directory, optimizer=optimizer, scheduler=scheduler)
+            saved["_from"] = str(directory)
+            return saved
+    if cfg.resume_from_checkpoint and checkpoint is None:
+        raise ValueError(f"resume_from_checkpoint={cfg.resume_from_checkpoint!r} is not a whole rmray checkpoint: "
+                         f"{problems[0] if problems else 'not found'}")
+    return None
 
 
 def _build_model(cfg: TrainConfig, tokenizer):
@@ -222,15 +285,19 @@ def _all_reduce(sums: torch.Tensor, device) -> torch.Tensor:
     return sums
 
 
-def _log_train(log, state, window, pairs, tokens, seconds, lr, grad_norm, world, device) -> None:
+def _log_train(log, state, window, pairs, tokens, seconds, lr, grad_norm, world, device) -> float:
     metrics = metrics_from_sums(_all_reduce(window.clone(), device))
     metrics.pop("pairs", None)
     log.write({"step": state.step, "epoch": state.epoch, **metrics, "learning_rate": lr, "grad_norm": grad_norm,
                "pairs_per_s": pairs / max(seconds, 1e-9), "tokens_per_s": tokens / max(seconds, 1e-9)})
+    return metrics["accuracy"]
 
 
-def _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state: LoopState, rank: int, eval_metrics: dict):
+def _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state: LoopState, rank: int, eval_metrics: dict,
+                cfg: TrainConfig):
     metrics = {"step": state.step, "epoch": state.epoch, **eval_metrics}
+    if cfg.metric_for_best_model and cfg.metric_for_best_model not in metrics:  # no eval yet: ranks last
+        metrics[cfg.metric_for_best_model] = -math.inf if cfg.best_is_greater else math.inf
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
@@ -240,6 +307,7 @@ def _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state: LoopSta
         save_training_state(ckpt, optimizer=optimizer, scheduler=scheduler, step=state.step, epoch=state.epoch,
                             batches_in_epoch=state.batches_in_epoch,
                             extra={"train_time_s": state.train_time_s, "pairs_seen": state.pairs_seen})
+        write_manifest(ckpt)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt),
                          checkpoint_dir_name=f"checkpoint-{state.step:06d}")
 

@@ -8,9 +8,10 @@ import os
 
 
 class MetricsLog:
-    def __init__(self, output_dir: str, enabled: bool):
+    def __init__(self, output_dir: str, enabled: bool, sinks=None):
         self.path = os.path.join(output_dir, "metrics.jsonl")
         self.enabled = enabled
+        self.sinks = sinks
         if enabled:
             os.makedirs(output_dir, exist_ok=True)
 
@@ -20,6 +21,12 @@ class MetricsLog:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.path, "a") as f:  # one line per write: a crash loses at most the line being written
             f.write(json.dumps(clean) + "\n")
+        if self.sinks is not None:
+            self.sinks.write(clean)
+
+    def close(self) -> None:
+        if self.sinks is not None:
+            self.sinks.close()
 
 
 def read_metrics(output_dir: str) -> list[dict]:

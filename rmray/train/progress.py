@@ -62,6 +62,11 @@ class _Printer:
     def update(self, record: dict) -> None:
         if record.get("event") == "resume":
             self._say(f"resumed from step {record['step']} (epoch {record['epoch']})")
+        elif record.get("event") == "warning":
+            self._say(f"warning: {record['message']}")
+        elif record.get("event") == "early_stop":
+            self._say(f"early stop at step {record['step']}: {record['metric']} has not improved on {record['best']:.4f} "
+                      f"for {record['patience']} evals")
         elif "eval_accuracy" in record and "event" not in record:
             self._say(f"eval @ step {record['step']}: accuracy {record['eval_accuracy']:.3f}, loss {record['eval_loss']:.4f}")
         elif "loss" in record and "event" not in record:

@@ -75,12 +75,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": dataclasses.asdict(cfg), "spec": dataclasses.asdict(spec), "tokenizer": tokenizer,
-                           "total_steps": total_steps, "started_at": started_at, "datasets": list(datasets)},
+                           "total_steps": total_steps, "started_at": started_at, "datasets": list(datasets),
+                           "run_dir": os.path.join(os.path.abspath(cfg.output_dir), RUN_NAME)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})),
         run_config=ray.train.RunConfig(
-            name=RUN_NAME, storage_path=cfg.output_dir, checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            name=RUN_NAME, storage_path=os.path.abspath(cfg.output_dir), checkpoint_config=_checkpoint_config(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
         datasets=datasets,
         # Eval is not split: every rank reads all of it and scores its share (see loop._evaluate).
@@ -95,6 +97,16 @@ def train(cfg: TrainConfig) -> TrainResult:
         write_model_card(cfg.output_dir, dataclasses.asdict(cfg), summary, [r.to_dict() for r in reports])
     _print_summary(summary, final_dir)
     return TrainResult(cfg.output_dir, final_dir, summary)
+
+
+def _checkpoint_config(cfg: TrainConfig):
+    import ray.train
+
+    if cfg.metric_for_best_model is None:
+        return ray.train.CheckpointConfig(num_to_keep=cfg.save_total_limit)
+    return ray.train.CheckpointConfig(num_to_keep=cfg.save_total_limit,
+                                      checkpoint_score_attribute=cfg.metric_for_best_model,
+                                      checkpoint_score_order="max" if cfg.best_is_greater else "min")
 
 
 def _readout(cfg: TrainConfig) -> str:
@@ -142,7 +154,7 @@ def _prepare_output_dir(cfg: TrainConfig) -> None:
                 f"{final} already holds a trained model. Choose another output_dir, or set overwrite_output_dir=true "
                 "to replace it (its checkpoints and metrics.jsonl are removed)."
             )
-        for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json", "README.md", "plots"):
+        for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json", "README.md", "plots", "runs", ".chaos_killed"):
             path = os.path.join(cfg.output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
     os.makedirs(cfg.output_dir, exist_ok=True)

@@ -77,3 +77,51 @@ def load_model_weights(model, directory: str) -> None:
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise ValueError(f"checkpoint {directory} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+MANIFEST = "rmray_checkpoint.json"
+
+
+def write_manifest(directory: str) -> None:
+    """Sizes and SHA-256 of every file, written last: a checkpoint without it, or whose files differ
+    from it, was cut short (a crash mid-copy, a full disk) and is never loaded."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            files[os.path.relpath(path, directory)] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+    tmp = os.path.join(directory, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"files": files}, f, indent=1)
+    os.replace(tmp, os.path.join(directory, MANIFEST))
+
+
+def checkpoint_problem(directory: str) -> str | None:
+    """None when the checkpoint is whole; otherwise what is wrong with it."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+        return f"{MANIFEST} missing (the checkpoint was not finished)"
+    try:
+        with open(path) as f:
+            files = json.load(f)["files"]
+    except (ValueError, KeyError) as err:
+        return f"{MANIFEST} unreadable: {err}"
+    for rel, meta in files.items():
+        full = os.path.join(directory, rel)
+        if not os.path.exists(full):
+            return f"{rel} missing"
+        if os.path.getsize(full) != meta["bytes"]:
+            return f"{rel} has {os.path.getsize(full)} bytes, expected {meta['bytes']}"
+        if _sha256(full) != meta["sha256"]:
+            return f"{rel} content differs from its checksum"
+    return None
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

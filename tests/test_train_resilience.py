@@ -1,0 +1,90 @@
+"""Training that survives a killed worker, resumes from a checkpoint path, refuses damaged checkpoints,
+stops early, and warns about reward collapse -- on a real 2-worker TorchTrainer."""
+
+import glob
+import json
+import os
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from rmray.config import TrainConfig
+from rmray.train.metrics_log import read_metrics
+
+
+def config(tmp_path, name, model, **overrides) -> TrainConfig:
+    base = dict(model_name_or_path=model, train_data="demo", output_dir=str(tmp_path / name), max_length=96,
+                per_device_train_batch_size=8, num_workers=2, cpus_per_worker=0.5, logging_steps=1,
+                eval_split_ratio=0.1, max_eval_samples=32, learning_rate=1e-3, max_steps=6, save_steps=2)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def events(output_dir, kind):
+    return [r for r in read_metrics(output_dir) if r.get("event") == kind]
+
+
+def test_killed_worker_recovers_from_the_last_checkpoint(ray_cluster, tiny_qwen, tmp_path):
+    from rmray.core.scoring import Scorer
+    from rmray.train.run import train
+
+    cfg = config(tmp_path, "chaos", tiny_qwen, chaos_kill_at_step=3, max_failures=1)
+    result = train(cfg)
+    assert os.path.exists(os.path.join(cfg.output_dir, ".chaos_killed"))  # the kill really happened
+    resumes = events(cfg.output_dir, "resume")
+    assert len(resumes) == 1 and resumes[0]["step"] == 2  # the checkpoint before the kill at step 3
+    assert 3 - resumes[0]["step"] <= cfg.save_steps  # at most one checkpoint interval recomputed
+    assert result.summary["steps"] == 6
+    train_steps = [r["step"] for r in read_metrics(cfg.output_dir) if "loss" in r and "event" not in r]
+    assert train_steps[-4:] == [3, 4, 5, 6]
+    assert len(Scorer.load(result.final_model_dir).score(["Q:"], [" A."])) == 1
+    # Checkpoints carry a manifest and the policy kept only save_total_limit of them.
+    kept = sorted(glob.glob(os.path.join(cfg.output_dir, "ray", "checkpoint-*")))
+    assert [os.path.basename(k) for k in kept] == ["checkpoint-000004", "checkpoint-000006"]
+    assert all(os.path.exists(os.path.join(k, "rmray_checkpoint.json")) for k in kept)
+
+
+def test_resume_from_path_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qwen, tmp_path):
+    from rmray.train.run import train
+
+    first = config(tmp_path, "first", tiny_qwen, max_steps=4, report_to=["tensorboard"])
+    train(first)
+    assert glob.glob(os.path.join(first.output_dir, "runs", "events.out.tfevents.*"))  # TensorBoard sink
+    ckpt = os.path.join(first.output_dir, "ray", "checkpoint-000002")
+    resumed = config(tmp_path, "resumed", tiny_qwen, max_steps=4, resume_from_checkpoint=ckpt)
+    result = train(resumed)
+    assert [r["step"] for r in events(resumed.output_dir, "resume")] == [2]
+    assert result.summary["steps"] == 4
+
+    damaged = os.path.join(first.output_dir, "ray", "checkpoint-000004")
+    weights = glob.glob(os.path.join(damaged, "*.safetensors"))[0]
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    with pytest.raises(Exception, match="not a whole rmray checkpoint"):
+        train(config(tmp_path, "refused", tiny_qwen, max_steps=6, resume_from_checkpoint=damaged))
+    assert not os.path.exists(os.path.join(tmp_path, "refused", "final"))
+
+
+def test_early_stopping_and_reward_collapse_warning(ray_cluster, tiny_qwen, tmp_path):
+    from rmray.train.run import train
+
+    # A zeroed reward head and a learning rate too small to move it: every response scores ~0.
+    flat = tmp_path / "flat"
+    import shutil
+
+    shutil.copytree(tiny_qwen, flat)
+    path = os.path.join(flat, "model.safetensors")
+    tensors = load_file(path)
+    tensors["score.weight"] = tensors["score.weight"] * 0
+    save_file(tensors, path, metadata={"format": "pt"})
+    cfg = config(tmp_path, "stop", str(flat), learning_rate=1e-9, max_steps=40, eval_steps=2, save_steps=None,
+                 early_stopping_patience=2, early_stopping_threshold=1e-3)
+    result = train(cfg)
+    warnings = events(cfg.output_dir, "warning")
+    assert any(w["kind"] == "reward_collapse" for w in warnings)
+    stop = events(cfg.output_dir, "early_stop")
+    assert len(stop) == 1 and stop[0]["step"] == 6  # evals at 2 (best), 4 and 6 without improvement
+    assert result.summary["steps"] == 6
+    evals = [r for r in read_metrics(cfg.output_dir) if "eval_accuracy" in r and "event" not in r]
+    assert [r["step"] for r in evals] == [2, 4, 6]
+    json.dumps(warnings)  # records are plain JSON
