@@ -96,3 +96,10 @@ def rm_minilm(minilm_path, tmp_path_factory) -> str:
     from rmray.testing import as_rmray_model
 
     return as_rmray_model(minilm_path, str(tmp_path_factory.mktemp("rm") / "minilm"), max_length=256)
+
+
+@pytest.fixture(scope="session")
+def rm_llama(tiny_llama_pad_is_eos, tmp_path_factory) -> str:
+    from rmray.testing import as_rmray_model
+
+    return as_rmray_model(tiny_llama_pad_is_eos, str(tmp_path_factory.mktemp("rm") / "llama"), max_length=256)

@@ -78,7 +78,7 @@ def test_score_dataset_rewards_columns_bad_rows_and_resume(ray_cluster, rm_qwen,
     # Ensemble: per-model columns, mean and std.
     ens = str(tmp_path / "ens")
     score_dataset(ScoreConfig(model_dirs=[rm_qwen, rm_minilm], model_names=["q", "m"],
-                              input=str(tmp_path / "in" / "b.jsonl"), output=ens))
+                              input=(tmp_path / "in" / "b.jsonl").as_uri(), output=ens))  # a pyarrow URI
     rows_e = read_output(ens)[1]
     minilm = plain_transformers_scores(rm_minilm, [r["prompt"] + r["response"] for r in rows_e])
     assert [r["reward_m"] for r in rows_e] == pytest.approx(minilm, abs=1e-4)

@@ -10,11 +10,14 @@ RESPONSES = [" Fried rice.", " Try a spinach omelette with rice on the side, sea
              " Fried rice with spinach and a fried egg on top.", " " + "long answer " * 40]
 
 
-@pytest.mark.parametrize("fixture", ["rm_qwen", "rm_minilm"])
+@pytest.mark.parametrize("fixture", ["rm_qwen", "rm_minilm", "rm_llama"])
 def test_group_and_budget_batches_equal_plain_transformers(fixture, request):
     path = request.getfixturevalue(fixture)
     scorer = Scorer.load(path)
-    expected = plain_scores(path, [PROMPT + r for r in RESPONSES])
+    if fixture == "rm_llama":  # pad == eos: transformers' own pooling reads one token early (see test_model)
+        expected = [scorer.score_ids([scorer.encode(PROMPT, r)], batch_size=1)[0] for r in RESPONSES]
+    else:
+        expected = plain_scores(path, [PROMPT + r for r in RESPONSES])
     grouped = scorer.score_group(PROMPT, RESPONSES)
     batched = scorer.score([PROMPT] * len(RESPONSES), RESPONSES)
     tiny_budget = scorer.score_ids([scorer.encode(PROMPT, r) for r in RESPONSES], max_batch_tokens=64)

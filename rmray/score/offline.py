@@ -68,8 +68,19 @@ def list_inputs(source: str) -> list[str | None]:
         if not files:
             raise FileNotFoundError(f"no files match {source!r}")
         return files
-    if "://" in source:
-        return [source]
+    if "://" in source:  # object stores and other pyarrow filesystems: a file or a folder of files
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(source)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            return [source]
+        if info.type == pafs.FileType.Directory:
+            scheme = source.split("://", 1)[0]
+            files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if _file_kind(f.path))
+            if files:
+                return [f"{scheme}://{f}" for f in files]
+        raise FileNotFoundError(f"{source}: no .jsonl/.json/.parquet/.csv files found there")
     return [None]
 
 

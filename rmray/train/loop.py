@@ -32,9 +32,9 @@ from rmray.core.model import RewardModel, apply_lora, load_hf_model
 from rmray.core.spec import ScoringSpec
 
 from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
+from .health import Health
 from .metrics_log import MetricsLog
 from .schedule import build_scheduler
-from .health import Health
 from .sinks import Sinks
 from .state import checkpoint_problem, load_model_weights, load_training_state, save_training_state, write_manifest
 
