@@ -124,19 +124,22 @@ def main() -> None:
     tokens = sum(len(scorer.encode(p, r)) for p, r in items)
 
     groups = groups_of(items, rows, 16, args.groups)
-    start = time.perf_counter()
-    for prompt, responses in groups:
-        scorer.score_group(prompt, responses)
-    group_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for prompt, responses in groups:
-        scorer.score([prompt] * len(responses), responses)
-    independent_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for prompt, responses in groups:  # what a plain transformers loop does: one padded batch of 16
-        scorer.score_ids([scorer.encode(prompt, r) for r in responses], pad_slack=None,
-                         max_batch_tokens=10**9)
-    padded_s = time.perf_counter() - start
+    group_ids = [[scorer.encode(p, r) for r in rs] for p, rs in groups]
+    ways = {  # per group, as an RL loop calls it; tokenization excluded, every way warmed up first
+        "group": lambda g: scorer.score_id_groups([g]),
+        "independent": lambda g: scorer.score_ids(g),
+        "padded_batch": lambda g: scorer.score_ids(g, pad_slack=None, max_batch_tokens=10**9),
+    }
+    times = {name: [] for name in ways}
+    for name, way in ways.items():
+        way(group_ids[0])
+    for _ in range(3):  # alternate the ways, median of 3
+        for name, way in ways.items():
+            start = time.perf_counter()
+            for g in group_ids:
+                way(g)
+            times[name].append(time.perf_counter() - start)
+    group_s, independent_s, padded_s = (statistics.median(times[k]) for k in ("group", "independent", "padded_batch"))
 
     init_ray("local", num_cpus=2, include_dashboard=False)
     from rmray.serve.run import start as serve_start
@@ -153,15 +156,23 @@ def main() -> None:
 
     import requests
 
-    start = time.perf_counter()
-    for prompt, responses in groups:
+    def http_group(prompt, responses):
         requests.post(url + "/score_group", json={"prompt": prompt, "responses": responses}, timeout=300)
-    http_group_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for prompt, responses in groups:
+
+    def http_items(prompt, responses):
         requests.post(url + "/score", json={"items": [{"prompt": prompt, "response": r} for r in responses]},
                       timeout=300)
-    http_independent_s = time.perf_counter() - start
+
+    http_times = {"group": [], "items": []}
+    http_group(*groups[0])
+    http_items(*groups[0])
+    for _ in range(3):
+        for name, call in (("group", http_group), ("items", http_items)):
+            start = time.perf_counter()
+            for prompt, responses in groups:
+                call(prompt, responses)
+            http_times[name].append(time.perf_counter() - start)
+    http_group_s, http_independent_s = statistics.median(http_times["group"]), statistics.median(http_times["items"])
     from ray import serve
 
     serve.shutdown()

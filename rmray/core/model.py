@@ -152,31 +152,6 @@ class RewardModel(nn.Module):
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return base.score(pooled).squeeze(-1).float()
 
-    def forward_prefix_group(self, prefix: torch.Tensor, responses: list[list[int]], pad_token_id: int) -> torch.Tensor:
-        """Rewards of ``prefix + response_k`` for a causal LM, the prefix run once and its key/value cache
-        shared by every response (each response attends to the prefix and to itself only: exact).
-
-        Cheaper than a packed row for large groups: the responses run as a short padded batch, so
-        attention costs ``N * Lr * (P + Lr)`` instead of ``(P + N * Lr)^2`` under a dense mask.
-        """
-        base = self.hf_model
-        backbone = getattr(base, base.base_model_prefix)
-        device = prefix.device
-        n, width, p = len(responses), max(len(r) for r in responses), prefix.shape[0]
-        cache = backbone(input_ids=prefix[None], use_cache=True).past_key_values
-        cache.batch_repeat_interleave(n)
-        ids = torch.full((n, width), pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros((n, p + width), dtype=torch.long, device=device)
-        mask[:, :p] = 1
-        for i, response in enumerate(responses):
-            ids[i, :len(response)] = torch.as_tensor(response, dtype=torch.long)
-            mask[i, p:p + len(response)] = 1
-        positions = torch.arange(p, p + width, device=device)[None].expand(n, width)
-        hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                          use_cache=True).last_hidden_state
-        last = torch.tensor([len(r) - 1 for r in responses], device=device)
-        return base.score(hidden[torch.arange(n, device=device), last]).squeeze(-1).float()
-
     def _forward_packed(self, input_ids, mask4d, position_ids, readout_row, readout_col) -> torch.Tensor:
         base = self.hf_model
         backbone = getattr(base, base.base_model_prefix)

@@ -24,7 +24,6 @@ from .spec import ScoringSpec
 from .tokenize import Encoded, encode
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
-KV_GROUP_MIN = 4  # responses per group from which the cached-prefix forward beats packing
 PAD_SLACK = 1.25  # padded tokens allowed per real token in one forward
 
 
@@ -112,16 +111,9 @@ class Scorer:
             return [[next(rewards) for _ in group] for group in groups]
         packed_groups = [_split_shared_prefix(group) for group in groups]
         results: list[list[float]] = [[] for _ in groups]
-        small = []
-        for g, (prefix, responses) in enumerate(packed_groups):
-            if len(responses) >= KV_GROUP_MIN and prefix:  # GRPO-sized groups: prefix K/V computed once
-                results[g] = self.model.forward_prefix_group(
-                    torch.as_tensor(prefix, device=self.device), responses, self.tokenizer.pad_token_id).tolist()
-            else:
-                small.append(g)
-        # Pairs and small groups: many per forward, packed into rows (prefix once per group).
-        for chunk in _chunks_by_tokens([packed_groups[g] for g in small], max_batch_tokens):
-            chunk = [small[i] for i in chunk]
+        # A cached-prefix variant (prompt K/V once, responses as a padded batch) measured 2.7x slower than
+        # this on CPU (benchmarks/serve_bench.py groups): one packed row per group it is.
+        for chunk in _chunks_by_tokens(packed_groups, max_batch_tokens):
             sub = [packed_groups[g] for g in chunk]
             sizes = [len(p) + sum(len(r) for r in rs) for p, rs in sub]
             hidden = self.model.hf_model.config.hidden_size
