@@ -2,10 +2,12 @@
 on loopback runs `ray job submit -- python jobs/train.py ...` whose model then loads."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -43,20 +45,21 @@ def test_ray_start_and_job_submit_train(tmp_path):
     port, dash, agent = _free_port(), _free_port(), _free_port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
     env.pop("RAY_ADDRESS", None)
+    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
          "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats",
-         f"--temp-dir={tmp_path / 'ray'}"],
+         f"--temp-dir={temp_dir}"],
         stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     out = tmp_path / "job-out"
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
+            assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
             probe = subprocess.run([ray_bin, "job", "list", "--address", f"http://127.0.0.1:{dash}"],
                                    capture_output=True, env=env)
             if probe.returncode == 0:
                 break
-            assert head.poll() is None, (tmp_path / "head.log").read_text()
             time.sleep(2)
         job = subprocess.run(
             [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ROOT, "--",
@@ -66,11 +69,13 @@ def test_ray_start_and_job_submit_train(tmp_path):
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout.lower()
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head this test started, not a machine-wide `ray stop`
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)  # the head this test started, not a machine-wide `ray stop`
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     from rmray.core.scoring import Scorer
 
     scorer = Scorer.load(str(out / "final"))

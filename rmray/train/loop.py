@@ -193,12 +193,13 @@ def _load_resume_state(cfg: TrainConfig, run_dir: str, raw_model, optimizer, sch
     """Load the newest whole checkpoint: Ray's latest after a failure (older ones in the run folder if it
     is damaged), else ``resume_from_checkpoint``. A partial or corrupt checkpoint is skipped with a
     warning, never loaded."""
-    options: list = []
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        options.append(checkpoint)
-        options += sorted(glob.glob(os.path.join(run_dir, "checkpoint-*")), reverse=True)
-    elif cfg.resume_from_checkpoint:
+    # The run folder first, newest step first: a worker killed right after a report can die before Ray's
+    # controller registered that checkpoint (measured: a kill one step after a checkpoint restarted from
+    # scratch). Ray's own latest comes next (it differs when storage is remote).
+    on_disk = sorted(glob.glob(os.path.join(run_dir, "checkpoint-*")), reverse=True)
+    options: list = on_disk + ([checkpoint] if checkpoint is not None else [])
+    if checkpoint is None and not on_disk and cfg.resume_from_checkpoint:
         options.append(cfg.resume_from_checkpoint)
     problems = []
     for option in options:
@@ -214,7 +215,7 @@ def _load_resume_state(cfg: TrainConfig, run_dir: str, raw_model, optimizer, sch
             saved = load_training_state(directory, optimizer=optimizer, scheduler=scheduler)
             saved["_from"] = str(directory)
             return saved
-    if cfg.resume_from_checkpoint and checkpoint is None:
+    if cfg.resume_from_checkpoint and checkpoint is None and not on_disk:
         raise ValueError(f"resume_from_checkpoint={cfg.resume_from_checkpoint!r} is not a whole rmray checkpoint: "
                          f"{problems[0] if problems else 'not found'}")
     return None
