@@ -132,6 +132,8 @@ class TrainConfig:
     """Worker/node failures survived per run: the run restarts its workers from the latest checkpoint."""
     resume_from_checkpoint: Optional[str] = None
     """A checkpoint folder to start from (model, optimizer, scheduler, data position) in a new run."""
+    log_consumed_pairs: bool = False
+    """Write the row ids of every micro-batch per rank to ``<output_dir>/consumed/`` (audit of exact resume)."""
     chaos_kill_at_step: Optional[int] = None
     """Chaos test of your setup: SIGKILL the last worker's process once when it reaches this step."""
 
@@ -141,6 +143,8 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     """Logical CPUs per worker; 0.5 lets 2 workers and the data pipeline share a 2-core machine."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How workers are placed on nodes: ``STRICT_SPREAD`` puts each worker on its own node."""
     tokenize_num_cpus: float = 0.5
     """Logical CPUs per Ray Data tokenization task."""
     ray_address: Optional[str] = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import json
 import math
 import os
 import random
@@ -80,6 +81,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         log.write({"event": "resume", "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
                    "from": saved["_from"]})
     health = Health.from_config(cfg)
+    consumed = ConsumedLog(cfg.output_dir if cfg.log_consumed_pairs else None, rank, state.step)
 
     layout = Layout(kind=choose_layout(cfg.padding_free, cfg.share_prompt, raw_model.readout == "last_token"),
                     causal=raw_model.readout == "last_token", pad_token_id=tokenizer.pad_token_id,
@@ -104,7 +106,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         micro, t0 = 0, time.perf_counter()
         for batch_index, batch in enumerate(batches):
             if batch_index < state.batches_in_epoch:  # resuming inside an epoch: skip what was trained
+                consumed.write(state, batch_index, batch, "skipped")
                 continue
+            consumed.write(state, batch_index, batch, "trained")
             sync = (micro + 1) % cfg.gradient_accumulation_steps == 0
             chunks = to_chunks(batch, layout)
             sums, n_tokens = forward_backward(model, chunks, device, cfg, autocast, final_sync=sync)
@@ -168,6 +172,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
     state.tokens_seen += window_tokens
     _finish(raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout.kind)
     log.close()
+
+
+class ConsumedLog:
+    """Per-rank JSON lines of the row ids each micro-batch held, tagged with the step the worker started
+    from: an audit that a resumed epoch trains no pair twice and skips none."""
+
+    def __init__(self, output_dir: str | None, rank: int, start_step: int):
+        self.path = os.path.join(output_dir, "consumed", f"rank-{rank}.jsonl") if output_dir else None
+        self.start_step = start_step
+        if self.path:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+
+    def write(self, state, batch_index: int, batch: dict, kind: str) -> None:
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"started_at_step": self.start_step, "epoch": state.epoch, "batch": batch_index,
+                                    "step": state.step, "kind": kind,
+                                    "row_ids": [str(r) for r in batch["row_id"]]}) + "\n")
 
 
 def _chaos_kill(output_dir: str) -> None:

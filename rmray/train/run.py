@@ -78,7 +78,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                            "total_steps": total_steps, "started_at": started_at, "datasets": list(datasets),
                            "run_dir": os.path.join(os.path.abspath(cfg.output_dir), RUN_NAME)},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement_strategy,
             resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})),
         run_config=ray.train.RunConfig(
             name=RUN_NAME, storage_path=os.path.abspath(cfg.output_dir), checkpoint_config=_checkpoint_config(cfg),
@@ -154,7 +154,7 @@ def _prepare_output_dir(cfg: TrainConfig) -> None:
                 f"{final} already holds a trained model. Choose another output_dir, or set overwrite_output_dir=true "
                 "to replace it (its checkpoints and metrics.jsonl are removed)."
             )
-        for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json", "README.md", "plots", "runs", ".chaos_killed"):
+        for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json", "README.md", "plots", "runs", "consumed", ".chaos_killed"):
             path = os.path.join(cfg.output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
     os.makedirs(cfg.output_dir, exist_ok=True)
