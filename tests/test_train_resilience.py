@@ -73,6 +73,20 @@ def test_resume_from_path_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qw
     assert [r["step"] for r in events(resumed.output_dir, "resume")] == [4]
     assert result.summary["steps"] == 6
 
+    # A run folder whose newest checkpoint was cut short: skipped with a warning, the older one loaded.
+    import shutil
+
+    crashed = tmp_path / "crashed"
+    for step in ("000004", "000006"):
+        shutil.copytree(os.path.join(first.output_dir, "ray", f"checkpoint-{step}"), crashed / "ray" / f"checkpoint-{step}")
+    cut = glob.glob(str(crashed / "ray" / "checkpoint-000006" / "*.safetensors"))[0]
+    with open(cut, "r+b") as f:
+        f.truncate(100)
+    again = train(config(tmp_path, "crashed", tiny_qwen, max_steps=6))
+    assert [r["step"] for r in events(again.output_dir, "resume")] == [4]
+    assert any(w["kind"] == "bad_checkpoint" and "checkpoint-000006" in w["message"]
+               for w in events(again.output_dir, "warning"))
+
     damaged = os.path.join(first.output_dir, "ray", "checkpoint-000006")
     weights = glob.glob(os.path.join(damaged, "*.safetensors"))[0]
     with open(weights, "r+b") as f:
