@@ -63,7 +63,7 @@ def test_ray_start_and_job_submit_train(tmp_path):
             time.sleep(2)
         job = subprocess.run(
             [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ROOT, "--",
-             "python", "jobs/train.py", "jobs/configs/demo.yaml", "max_steps=4", f"output_dir={out}",
+             sys.executable, "jobs/train.py", "jobs/configs/demo.yaml", "max_steps=4", f"output_dir={out}",
              "overwrite_output_dir=true", "max_train_samples=96", "cpus_per_worker=0.5"],
             capture_output=True, text=True, env=env, timeout=480)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]

@@ -42,7 +42,7 @@ def calibration_curve(bins: Sequence[dict], ece: float, path: str) -> str:
         ax.scatter(conf, acc, s=sizes, color=CHOSEN, alpha=0.5)
     ax.set_xlim(0.48, 1.02)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("confidence  max(p, 1-p),  p = sigmoid(r_chosen - r_rejected)")
+    ax.set_xlabel("confidence max(p, 1-p), p = σ(r_chosen − r_rejected)", fontsize=8)
     ax.set_ylabel("accuracy")
     ax.set_title(f"Calibration (ECE {ece:.3f})")
     ax.legend(frameon=False, loc="lower right")
