@@ -11,6 +11,7 @@ attention. Encoders see the whole sequence bidirectionally, so for them a group 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -60,10 +61,7 @@ class Scorer:
         return encode(self.tokenizer, self.spec, prompt, response)
 
     def normalize(self, rewards: Sequence[float]) -> list[float] | None:
-        """Rewards standardized by the eval-set mean/std saved at training time; None without them."""
-        if self.spec.reward_mean is None or not self.spec.reward_std:
-            return None
-        return [(r - self.spec.reward_mean) / self.spec.reward_std for r in rewards]
+        return self.spec.normalize(rewards)
 
     @torch.no_grad()
     def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 64,
@@ -130,6 +128,23 @@ class Scorer:
 
     def score_group(self, prompt: Text, responses: Sequence[Text]) -> list[float]:
         return self.score_id_groups([[self.encode(prompt, r) for r in responses]])[0]
+
+
+def model_name(model_dir: str) -> str:
+    """Short name of a model folder for responses and columns: the run's name for ``<run>/final``."""
+    path = os.path.normpath(os.path.abspath(model_dir))
+    base = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if base in ("final", "adapter") else base
+
+
+def ensemble(per_model: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
+    """Per item: mean over models and their disagreement (population std)."""
+    means, stds = [], []
+    for column in zip(*per_model):
+        mean = sum(column) / len(column)
+        means.append(mean)
+        stds.append((sum((x - mean) ** 2 for x in column) / len(column)) ** 0.5)
+    return means, stds
 
 
 def _split_shared_prefix(group: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:

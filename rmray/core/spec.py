@@ -50,6 +50,12 @@ class ScoringSpec:
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
 
+    def normalize(self, rewards) -> list[float] | None:
+        """Rewards standardized by the eval-set mean/std saved at training time; None without them."""
+        if self.reward_mean is None or not self.reward_std:
+            return None
+        return [(r - self.reward_mean) / self.reward_std for r in rewards]
+
     def save(self, directory: str) -> None:
         with open(os.path.join(directory, SPEC_FILE), "w") as f:
             json.dump(asdict(self), f, indent=2)

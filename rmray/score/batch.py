@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from rmray.core.formats import BadRow, detect_format, normalize_row
-from rmray.core.scoring import Scorer
+from rmray.core.scoring import Scorer, ensemble
 from rmray.core.tokenize import encode, encode_pair
 
 
@@ -80,13 +80,15 @@ class ResponseScorer:
             for i in range(n):
                 if errors[i]:
                     rewards[i] = None
-        mean = [None if errors[i] else sum(r[i] for r in per_model) / len(per_model) for i in range(n)]
+        ok = [i for i in range(n) if not errors[i]]
+        mean_ok, std_ok = ensemble([[r[i] for i in ok] for r in per_model])
+        mean, std = [None] * n, [None] * n
+        for i, m, s in zip(ok, mean_ok, std_ok):
+            mean[i], std[i] = m, s
         out = batch.append_column("reward", pa.array(mean, pa.float64()))
         if len(per_model) > 1:
             for name, rewards in zip(self.names, per_model):
                 out = out.append_column(f"reward_{name}", pa.array(rewards, pa.float64()))
-            std = [None if errors[i] else (sum((r[i] - mean[i]) ** 2 for r in per_model) / len(per_model)) ** 0.5
-                   for i in range(n)]
             out = out.append_column("reward_std", pa.array(std, pa.float64()))
         out = out.append_column("truncated", pa.array(truncated, pa.bool_()))
         return out.append_column("score_error", pa.array(errors, pa.string()))

@@ -13,11 +13,12 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rmray.core.scoring import model_name
 from rmray.ray_env import init_ray
 
 FILE_TAG = "__rmray_file"
@@ -41,7 +42,6 @@ class ScoreConfig:
     max_batch_tokens: int = 16384
     model_names: list[str] | None = None
     ray_address: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -158,11 +158,9 @@ def _read(pending: list[tuple[int, str | None]], cfg: "ScoreConfig"):
 def score_dataset(cfg: ScoreConfig) -> ScoreResult:
     import ray
 
-    from rmray.serve.settings import _default_name
-
     from .batch import ResponseScorer
 
-    names = cfg.model_names or [_default_name(d) for d in cfg.model_dirs]
+    names = cfg.model_names or [model_name(d) for d in cfg.model_dirs]
     inputs = list_inputs(cfg.input)
     os.makedirs(cfg.output, exist_ok=True)
     pending = [(k, p) for k, p in enumerate(inputs)

@@ -21,6 +21,7 @@ from ray import serve
 
 from rmray.core.formats import BadRow
 from rmray.core.model import load_tokenizer
+from rmray.core.scoring import ensemble
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import encode
 
@@ -182,13 +183,14 @@ class _RewardAPI:
             logger.warning("scorer call failed: %r", err)
             raise HTTPException(503, "a scorer replica is unavailable; retry", headers={"Retry-After": "1"}) from None
         truncated = [any(flags) for flags in zip(*[t for _, t in encoded])]
-        body = {"rewards": _mean(per_model), "truncated": truncated, "_tokens": [len(x) for x in encoded[0][0]]}
+        mean, std = ensemble(per_model)
+        body = {"rewards": mean, "truncated": truncated, "_tokens": [len(x) for x in encoded[0][0]]}
         if normalize:
-            normed = [_normalize(m.spec, r) for m, r in zip(self.models, per_model)]
+            normed = [m.spec.normalize(r) for m, r in zip(self.models, per_model)]
             if all(n is not None for n in normed):
-                body["normalized_rewards"] = _mean(normed)
+                body["normalized_rewards"] = ensemble(normed)[0]
         if len(self.models) > 1:
-            body["reward_std"] = _std(per_model)
+            body["reward_std"] = std
             body["per_model"] = {m.name: r for m, r in zip(self.models, per_model)}
         return body
 
@@ -199,24 +201,6 @@ async def _validation_error(request, exc: RequestValidationError) -> JSONRespons
     errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
               for e in exc.errors()]
     return JSONResponse(status_code=422, content={"detail": errors})
-
-
-def _normalize(spec: ScoringSpec, rewards: list[float]) -> list[float] | None:
-    if spec.reward_mean is None or not spec.reward_std:
-        return None
-    return [(r - spec.reward_mean) / spec.reward_std for r in rewards]
-
-
-def _mean(per_model: list[list[float]]) -> list[float]:
-    return [sum(col) / len(col) for col in zip(*per_model)]
-
-
-def _std(per_model: list[list[float]]) -> list[float]:
-    out = []
-    for col in zip(*per_model):
-        mean = sum(col) / len(col)
-        out.append((sum((x - mean) ** 2 for x in col) / len(col)) ** 0.5)
-    return out
 
 
 ModelScorer = serve.deployment(name="scorer")(_ModelScorer)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 
+from rmray.core.scoring import model_name
+
 
 @dataclass
 class ServeSettings:
@@ -47,7 +49,7 @@ class ServeSettings:
         if not self.model_dirs:
             raise ValueError("model_dirs is empty: give at least one rmray model folder (a training run's final/)")
         if self.model_names is None:
-            self.model_names = [_default_name(d) for d in self.model_dirs]
+            self.model_names = [model_name(d) for d in self.model_dirs]
         if len(self.model_names) != len(self.model_dirs):
             raise ValueError(f"{len(self.model_names)} model_names for {len(self.model_dirs)} model_dirs")
         if len(set(self.model_names)) != len(self.model_names):
@@ -71,9 +73,3 @@ class ServeSettings:
         out = asdict(self)
         out["api_token"] = "***" if self.api_token else None
         return out
-
-
-def _default_name(model_dir: str) -> str:
-    path = os.path.normpath(os.path.abspath(model_dir))
-    base = os.path.basename(path)
-    return os.path.basename(os.path.dirname(path)) if base in ("final", "adapter") else base
