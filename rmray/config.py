@@ -74,6 +74,11 @@ class TrainConfig:
     """Adds ``coef * mean((r_chosen + r_rejected)^2)``; 0.01 is the usual value."""
     gradient_checkpointing: bool = False
     disable_dropout: bool = True
+    fsdp: str = ""
+    """Shard parameters, gradients and optimizer state over the workers (torch FSDP2) when a DDP replica
+    does not fit one device: ``full_shard`` (ZeRO-3) or ``shard_grad_op`` (ZeRO-2), optionally with
+    ``offload`` (shards in CPU memory); ``auto_wrap`` is accepted (every transformer block is always
+    its own unit). Empty: DDP. Checkpoints and the final model hold full tensors either way."""
 
     # --- speed ---
     group_by_length: bool = True
@@ -166,6 +171,14 @@ class TrainConfig:
         need(self.logging_steps >= 1, "logging_steps", "must be >= 1")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         need(self.max_failures >= 0, "max_failures", "must be >= 0")
+        fsdp = set(self.fsdp.split())
+        need(fsdp <= {"full_shard", "shard_grad_op", "offload", "auto_wrap"}, "fsdp",
+             f"options are full_shard, shard_grad_op, offload, auto_wrap; got {self.fsdp!r}")
+        need(not fsdp or bool(fsdp & {"full_shard", "shard_grad_op"}), "fsdp",
+             f"name the sharding: 'full_shard' or 'shard_grad_op' (got {self.fsdp!r})")
+        need(not (fsdp and self.use_peft), "fsdp",
+             "FSDP with LoRA is not supported: LoRA trains a few MB of weights, so use DDP (fsdp='') with "
+             "gradient_checkpointing=true -- a 7B base model in bf16 fits one 24 GB GPU that way")
         sinks = {"tensorboard", "mlflow", "wandb", "none"}
         need(set(self.report_to) <= sinks, "report_to", f"choose from {sorted(sinks)}, got {self.report_to}")
         if self.metric_for_best_model is not None and not self.metric_for_best_model.startswith("eval_"):

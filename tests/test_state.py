@@ -18,13 +18,14 @@ def test_training_state_round_trip_without_pickle(tmp_path):
         model(torch.randn(2, 4)).sum().backward()
         opt.step()
         sched.step()
-    save_training_state(str(tmp_path), optimizer=opt, scheduler=sched, step=3, epoch=0, batches_in_epoch=3)
+    save_training_state(str(tmp_path), optimizer_state=opt.state_dict(), scheduler=sched, step=3, epoch=0, batches_in_epoch=3)
     assert {OPTIMIZER_FILE, TRAINER_STATE} <= set(os.listdir(tmp_path))
     json.load(open(tmp_path / TRAINER_STATE))  # plain JSON, no pickle anywhere
 
     opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched2 = build_scheduler(opt2, TrainConfig(warmup_steps=2), total_steps=10)
-    state = load_training_state(str(tmp_path), optimizer=opt2, scheduler=sched2)
+    state, optimizer_state = load_training_state(str(tmp_path), scheduler=sched2)
+    opt2.load_state_dict(optimizer_state)
     assert (state["step"], state["batches_in_epoch"]) == (3, 3)
     for p in model.parameters():
         for key in ("exp_avg", "exp_avg_sq"):

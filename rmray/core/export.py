@@ -16,11 +16,13 @@ from .model import RewardModel
 from .spec import ScoringSpec
 
 
-def save_reward_model(model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str, *, merge_lora: bool = True) -> str:
+def save_reward_model(model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str, *, merge_lora: bool = True,
+                      state_dict: dict | None = None) -> str:
     """Save a plain transformers model to ``out_dir`` (LoRA merged into the weights when present).
 
     ``model`` may be a :class:`~rmray.core.model.RewardModel`, a DDP wrapper, a PEFT model or a plain
     transformers model. Merging happens on the live model (call this once training is over).
+    ``state_dict`` replaces the live weights, e.g. the full tensors gathered from FSDP shards.
     """
     inner = getattr(model, "module", model)  # DDP
     if isinstance(inner, RewardModel):
@@ -29,7 +31,7 @@ def save_reward_model(model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: s
         if not merge_lora:
             return save_adapter(inner, tokenizer, spec, out_dir)
         inner = inner.merge_and_unload()
-    return _atomic_write(out_dir, lambda tmp: _write_model(inner, tokenizer, spec, tmp))
+    return _atomic_write(out_dir, lambda tmp: _write_model(inner, tokenizer, spec, tmp, state_dict))
 
 
 def save_adapter(peft_model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str) -> str:
@@ -37,8 +39,8 @@ def save_adapter(peft_model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: s
     return _atomic_write(out_dir, lambda tmp: _write_model(peft_model, tokenizer, spec, tmp))
 
 
-def _write_model(model, tokenizer, spec: ScoringSpec, directory: str) -> None:
-    model.save_pretrained(directory, safe_serialization=True)
+def _write_model(model, tokenizer, spec: ScoringSpec, directory: str, state_dict: dict | None = None) -> None:
+    model.save_pretrained(directory, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(directory)
     spec.save(directory)
 

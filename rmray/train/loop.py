@@ -35,6 +35,7 @@ from rmray.core.spec import ScoringSpec
 from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
 from .health import Health
 from .metrics_log import MetricsLog
+from .parallel import make_strategy
 from .schedule import build_scheduler
 from .sinks import Sinks
 from .state import checkpoint_problem, load_model_weights, load_training_state, save_training_state, write_manifest
@@ -65,7 +66,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     use_bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
 
-    model, raw_model = _build_model(cfg, tokenizer)
+    strategy = make_strategy(cfg.fsdp)
+    model, raw_model = _build_model(cfg, tokenizer, strategy, use_bf16, device)
     # fused: one kernel per step instead of a loop over tensors (what transformers' Trainer uses too)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
@@ -74,7 +76,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         os.path.normpath(cfg.output_dir)), loop_config["cfg"]) if rank == 0 else None
     log = MetricsLog(cfg.output_dir, enabled=rank == 0, sinks=sinks)
     state = LoopState()
-    saved = _load_resume_state(cfg, loop_config["run_dir"], raw_model, optimizer, scheduler, log, rank)
+    saved = _load_resume_state(cfg, loop_config["run_dir"], strategy, model, raw_model, optimizer, scheduler, log)
     if saved is not None:
         state.step, state.epoch, state.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
         state.train_time_s, state.pairs_seen = saved.get("train_time_s", 0.0), saved.get("pairs_seen", 0)
@@ -111,7 +113,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             consumed.write(state, batch_index, batch, "trained")
             sync = (micro + 1) % cfg.gradient_accumulation_steps == 0
             chunks = to_chunks(batch, layout)
-            sums, n_tokens = forward_backward(model, chunks, device, cfg, autocast, final_sync=sync)
+            sums, n_tokens = forward_backward(model, strategy, chunks, device, cfg, autocast, final_sync=sync)
             state.computed_tokens += sum(c.computed_tokens for c in chunks)
             state.padded_tokens += padded_equivalent_tokens(batch)
             window += sums
@@ -133,7 +135,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if state.step % cfg.logging_steps == 0 or state.step >= total_steps:
                 state.train_time_s += time.perf_counter() - t0
                 state.last_train_accuracy = _log_train(log, state, window, window_pairs, window_tokens, time.perf_counter() - window_start,
-                           scheduler.get_last_lr()[0], float(grad_norm), world, device)
+                           scheduler.get_last_lr()[0], strategy.grad_norm(grad_norm), world, device)
                 state.pairs_seen += window_pairs
                 state.tokens_seen += window_tokens
                 window.zero_()
@@ -141,14 +143,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 window_start = t0 = time.perf_counter()
             if eval_shard is not None and cfg.eval_steps and state.step % cfg.eval_steps == 0:
                 state.train_time_s += time.perf_counter() - t0
-                last_eval = _evaluate(model, eval_shard, layout, cfg, device, autocast, rank, world)
+                last_eval = _evaluate(strategy.eval_model(model, raw_model), strategy, eval_shard, layout, cfg, device, autocast, rank, world)
                 evaluated_at = state.step
                 log.write({"step": state.step, "epoch": state.epoch, **last_eval})
                 stopped = _after_eval(health, last_eval, state, log)
                 t0 = window_start = time.perf_counter()
             if cfg.save_steps and state.step % cfg.save_steps == 0:
                 state.train_time_s += time.perf_counter() - t0
-                _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval, cfg)
+                _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval, cfg)
                 saved_at = state.step
                 t0 = window_start = time.perf_counter()
             if state.step >= total_steps or stopped:
@@ -159,18 +161,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state.epoch += 1
         state.batches_in_epoch = 0
         if eval_shard is not None and evaluated_at != state.step:
-            last_eval = _evaluate(model, eval_shard, layout, cfg, device, autocast, rank, world)
+            last_eval = _evaluate(strategy.eval_model(model, raw_model), strategy, eval_shard, layout, cfg, device, autocast, rank, world)
             evaluated_at = state.step
             log.write({"step": state.step, "epoch": state.epoch, **last_eval})
             stopped = _after_eval(health, last_eval, state, log)
             done = done or stopped
         if not done and saved_at != state.step:
-            _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval, cfg)
+            _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval, cfg)
             saved_at = state.step
         window_start = time.perf_counter()
     state.pairs_seen += window_pairs
     state.tokens_seen += window_tokens
-    _finish(raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout.kind)
+    _finish(strategy, model, raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout.kind)
     log.close()
 
 
@@ -211,7 +213,7 @@ def _after_eval(health: Health, last_eval: dict, state: "LoopState", log) -> boo
     return stop
 
 
-def _load_resume_state(cfg: TrainConfig, run_dir: str, raw_model, optimizer, scheduler, log, rank: int) -> dict | None:
+def _load_resume_state(cfg: TrainConfig, run_dir: str, strategy, model, raw_model, optimizer, scheduler, log) -> dict | None:
     """Load the newest whole checkpoint: Ray's latest after a failure (older ones in the run folder if it
     is damaged), else ``resume_from_checkpoint``. A partial or corrupt checkpoint is skipped with a
     warning, never loaded."""
@@ -233,8 +235,10 @@ def _load_resume_state(cfg: TrainConfig, run_dir: str, raw_model, optimizer, sch
                 log.write({"event": "warning", "kind": "bad_checkpoint",
                            "message": f"skipping checkpoint {directory}: {problem}"})
                 continue
-            load_model_weights(raw_model.model, directory)
-            saved = load_training_state(directory, optimizer=optimizer, scheduler=scheduler)
+            load_model_weights(raw_model.model, directory,
+                               None if not strategy.sharded else lambda sd: strategy.load_model_state(model, raw_model, sd))
+            saved, optimizer_state = load_training_state(directory, scheduler=scheduler)
+            strategy.load_optimizer_state(model, optimizer, optimizer_state)
             saved["_from"] = str(directory)
             return saved
     if cfg.resume_from_checkpoint and checkpoint is None and not on_disk:
@@ -243,7 +247,7 @@ def _load_resume_state(cfg: TrainConfig, run_dir: str, raw_model, optimizer, sch
     return None
 
 
-def _build_model(cfg: TrainConfig, tokenizer):
+def _build_model(cfg: TrainConfig, tokenizer, strategy, use_bf16: bool, device):
     hf = load_hf_model(cfg.model_name_or_path, pad_token_id=tokenizer.pad_token_id,
                        trust_remote_code=cfg.trust_remote_code, disable_dropout=cfg.disable_dropout)
     if len(tokenizer) > hf.get_input_embeddings().num_embeddings:
@@ -257,37 +261,41 @@ def _build_model(cfg: TrainConfig, tokenizer):
                         target_modules=cfg.lora_target_modules if cfg.lora_target_modules != ["all-linear"] else "all-linear",
                         modules_to_save=cfg.lora_modules_to_save)
     raw = RewardModel(hf)
-    # DDP (gloo on CPU, nccl on GPU) around the whole reward path, so the custom read-out syncs gradients.
-    return ray.train.torch.prepare_model(raw), raw
+    # DDP or FSDP around the whole reward path, so the custom read-out syncs gradients too.
+    return strategy.wrap(raw, use_bf16, device), raw
 
 
-def forward_backward(model, chunks, device, cfg: TrainConfig, autocast, final_sync: bool) -> tuple[torch.Tensor, int]:
+def forward_backward(model, strategy, chunks, device, cfg: TrainConfig, autocast, final_sync: bool) -> tuple[torch.Tensor, int]:
     """Loss and gradients of one micro-batch, chunk by chunk; each chunk's loss is weighted by its
-    share of the pairs, so the summed gradient is the micro-batch's mean-loss gradient."""
+    share of the pairs, so the summed gradient is the micro-batch's mean-loss gradient. Under FSDP the
+    ranks' chunk counts are padded to the same number with zero-weight chunks (forwards are collectives)."""
     total = sum(c.num_pairs for c in chunks)
     sums, tokens = torch.zeros(8, dtype=torch.float64), 0
-    for k, chunk in enumerate(chunks):
-        last = k == len(chunks) - 1
-        no_sync = hasattr(model, "no_sync") and not (last and final_sync)
-        with model.no_sync() if no_sync else contextlib.nullcontext():
+    weighted = strategy.equalize(chunks)
+    for k, (chunk, weight) in enumerate(weighted):
+        last = k == len(weighted) - 1
+        with strategy.no_sync(model) if not (last and final_sync) else contextlib.nullcontext():
             with autocast():
                 rewards = model(**{key: v.to(device) for key, v in chunk.inputs.items()}).float()
             chosen, rejected = rewards.chunk(2)
             loss = bradley_terry_loss(chosen, rejected, chunk.margin.to(device), cfg.center_rewards_coefficient)
-            (loss * (chunk.num_pairs / total) / cfg.gradient_accumulation_steps).backward()
-        sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.detach().cpu() * chunk.num_pairs)
-        tokens += chunk.real_tokens
+            (loss * (weight * chunk.num_pairs / total) / cfg.gradient_accumulation_steps).backward()
+        if weight:
+            sums += preference_sums(chosen.detach().cpu(), rejected.detach().cpu(), loss.detach().cpu() * chunk.num_pairs)
+            tokens += chunk.real_tokens
     return sums, tokens
 
 
 @torch.no_grad()
-def _evaluate(model, eval_shard, layout: Layout, cfg: TrainConfig, device, autocast, rank: int, world: int) -> dict:
+def _evaluate(model, strategy, eval_shard, layout: Layout, cfg: TrainConfig, device, autocast, rank: int, world: int) -> dict:
     """Every rank reads the whole (small, unsplit) eval set and scores every world-th batch; the sums
-    are all-reduced, so eval metrics are identical whatever the number of workers."""
+    are all-reduced, so eval metrics are identical whatever the number of workers. Under FSDP every
+    rank runs every batch (each forward is a collective) and nothing is reduced."""
     model.eval()
     sums = torch.zeros(8, dtype=torch.float64)
+    all_batches = strategy.every_rank_evaluates_all()
     for i, batch in enumerate(eval_shard.iter_batches(batch_size=cfg.per_device_eval_batch_size, batch_format="numpy")):
-        if i % world != rank:
+        if i % world != rank and not all_batches:
             continue
         for chunk in to_chunks(batch, layout):
             with autocast():
@@ -296,7 +304,7 @@ def _evaluate(model, eval_shard, layout: Layout, cfg: TrainConfig, device, autoc
             loss = bradley_terry_loss(chosen, rejected, chunk.margin.to(device), cfg.center_rewards_coefficient)
             sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.cpu() * chunk.num_pairs)
     model.train()
-    sums = _all_reduce(sums, device)
+    sums = sums if all_batches else _all_reduce(sums, device)
     return {f"eval_{k}": v for k, v in metrics_from_sums(sums).items()}
 
 
@@ -316,18 +324,20 @@ def _log_train(log, state, window, pairs, tokens, seconds, lr, grad_norm, world,
     return metrics["accuracy"]
 
 
-def _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state: LoopState, rank: int, eval_metrics: dict,
-                cfg: TrainConfig):
+def _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, scheduler, state: LoopState, rank: int,
+                eval_metrics: dict, cfg: TrainConfig):
     metrics = {"step": state.step, "epoch": state.epoch, **eval_metrics}
     if cfg.metric_for_best_model and cfg.metric_for_best_model not in metrics:  # no eval yet: ranks last
         metrics[cfg.metric_for_best_model] = -math.inf if cfg.best_is_greater else math.inf
+    model_state = strategy.model_state(model, raw_model)  # FSDP: a gather every rank joins
+    optimizer_state = strategy.optimizer_state(model, optimizer) if strategy.sharded or rank == 0 else None
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, "checkpoint")
-        save_reward_model(raw_model, tokenizer, spec, ckpt, merge_lora=False)
-        save_training_state(ckpt, optimizer=optimizer, scheduler=scheduler, step=state.step, epoch=state.epoch,
+        save_reward_model(raw_model, tokenizer, spec, ckpt, merge_lora=False, state_dict=model_state)
+        save_training_state(ckpt, optimizer_state=optimizer_state, scheduler=scheduler, step=state.step, epoch=state.epoch,
                             batches_in_epoch=state.batches_in_epoch,
                             extra={"train_time_s": state.train_time_s, "pairs_seen": state.pairs_seen})
         write_manifest(ckpt)
@@ -335,8 +345,8 @@ def _checkpoint(raw_model, tokenizer, spec, optimizer, scheduler, state: LoopSta
                          checkpoint_dir_name=f"checkpoint-{state.step:06d}")
 
 
-def _finish(raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict, log, rank,
-            layout_kind: str):
+def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict,
+            log, rank, layout_kind: str):
     summary = {
         "event": "summary", "steps": state.step, "epochs": state.epoch, "train_pairs": state.pairs_seen,
         "train_tokens": state.tokens_seen, "train_runtime_s": state.train_time_s,
@@ -349,12 +359,14 @@ def _finish(raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: Lo
         "peak_gpu_mem_mb_rank0": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         **last_eval,
     }
+    model_state = strategy.model_state(model, raw_model)  # FSDP: a gather every rank joins
     if rank == 0:
         if "eval_reward_mean" in last_eval:  # saved for optional reward normalization at serving time
             spec.reward_mean, spec.reward_std = last_eval["eval_reward_mean"], last_eval["eval_reward_std"]
         if cfg.use_peft:
             save_reward_model(raw_model, tokenizer, spec, os.path.join(cfg.output_dir, "adapter"), merge_lora=False)
-        save_reward_model(raw_model, tokenizer, spec, os.path.join(cfg.output_dir, "final"), merge_lora=True)
+        save_reward_model(raw_model, tokenizer, spec, os.path.join(cfg.output_dir, "final"), merge_lora=True,
+                          state_dict=model_state)
         log.write(summary)
     ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                       and not (isinstance(v, float) and math.isnan(v))}, checkpoint=None)

@@ -21,9 +21,10 @@ TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 
 
-def save_training_state(directory: str, *, optimizer, scheduler, step: int, epoch: int, batches_in_epoch: int,
-                        extra: dict | None = None) -> None:
-    osd = optimizer.state_dict()
+def save_training_state(directory: str, *, optimizer_state: dict, scheduler, step: int, epoch: int,
+                        batches_in_epoch: int, extra: dict | None = None) -> None:
+    """``optimizer_state``: ``optimizer.state_dict()``, or the full (unsharded) one under FSDP."""
+    osd = optimizer_state
     tensors, scalars = {}, {}
     for index, param_state in osd["state"].items():
         for name, value in param_state.items():
@@ -42,7 +43,8 @@ def save_training_state(directory: str, *, optimizer, scheduler, step: int, epoc
         json.dump(state, f)
 
 
-def load_training_state(directory: str, *, optimizer, scheduler) -> dict:
+def load_training_state(directory: str, *, scheduler) -> tuple[dict, dict]:
+    """(trainer state, optimizer state dict to load); the scheduler and torch RNG are restored here."""
     with open(os.path.join(directory, TRAINER_STATE)) as f:
         state = json.load(f)
     tensors = load_file(os.path.join(directory, OPTIMIZER_FILE))
@@ -50,14 +52,16 @@ def load_training_state(directory: str, *, optimizer, scheduler) -> dict:
     for key, value in list(tensors.items()) + list(state["optimizer_scalars"].items()):
         index, name = key.split(".", 1)
         per_param.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-    return state
+    return state, {"state": per_param, "param_groups": state["param_groups"]}
 
 
-def load_model_weights(model, directory: str) -> None:
-    """Load checkpoint weights into a live (possibly PEFT-wrapped) model, strictly."""
+def load_model_weights(model, directory: str, load_state=None) -> None:
+    """Load checkpoint weights into a live (possibly PEFT-wrapped) model, strictly.
+
+    ``load_state(state_dict) -> (missing, unexpected)`` replaces ``model.load_state_dict`` where the
+    live parameters are sharded (FSDP)."""
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
@@ -72,7 +76,11 @@ def load_model_weights(model, directory: str) -> None:
     state = {}
     for path in files:
         state.update(load_file(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    if load_state is None:
+        result = model.load_state_dict(state, strict=False)
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+    else:
+        missing, unexpected = load_state(state)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
