@@ -23,6 +23,10 @@ class TrainConfig:
     """Hub id, local folder, or ``pkg:<module>`` for a pip package that ships a model (offline demo)."""
     trust_remote_code: bool = False
     """Run model code from the hub folder. Off unless you trust the source."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weights' dtype at load (TRL's ``ModelConfig.dtype``). ``bfloat16`` halves the memory of a LoRA run's
+    frozen base model (adapters and the reward head stay float32); keep ``float32`` master weights
+    for full fine-tuning (``bf16`` autocast already computes in bf16)."""
     chat_template: Optional[str] = None
     """For conversational data: a ``.jinja`` file, or ``plain`` for rmray's ``role: content`` template.
     Default: the tokenizer's own template (an error if it has none and the data is conversational)."""

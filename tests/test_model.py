@@ -84,3 +84,30 @@ def test_lora_trains_and_saves_head_and_merges_exactly(tiny_qwen, tmp_path):
     with torch.no_grad():
         after = RewardModel(plain).eval()(ids, mask)
     assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_lora_on_a_bf16_base_trains_float32_adapters_and_head(tiny_qwen, tmp_path):
+    """dtype=bfloat16 halves a LoRA run's frozen base; what is trained must stay float32."""
+    from rmray.core.export import save_reward_model
+    from rmray.core.spec import ScoringSpec
+
+    tok = load_tokenizer(tiny_qwen)
+    peft_model = apply_lora(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id, dtype="bfloat16"), r=4, alpha=8,
+                            dropout=0.0, target_modules="all-linear")
+    trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    frozen = [p for p in peft_model.parameters() if not p.requires_grad]
+    assert all(p.dtype == torch.bfloat16 for p in frozen)
+    assert all(p.dtype == torch.float32 for p in trainable.values()) and any("score" in n for n in trainable)
+    model = RewardModel(peft_model)
+    ids, mask = pad_sequences([ids_of(tok, SHORT), ids_of(tok, LONG)], tok.pad_token_id)
+    rewards = model(ids, mask)
+    assert rewards.dtype == torch.float32
+    (rewards[0] - rewards[1]).backward()
+    head_grads = [p.grad for n, p in trainable.items() if "score" in n]
+    assert all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in head_grads)
+    with torch.no_grad():
+        live = model.eval()(ids, mask)
+    out = save_reward_model(model, tok, ScoringSpec(), str(tmp_path / "merged"), merge_lora=True)
+    reloaded = RewardModel(load_hf_model(out, pad_token_id=tok.pad_token_id)).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids, mask), live, atol=0.05)  # bf16 base vs its float32 reload

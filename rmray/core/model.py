@@ -59,8 +59,9 @@ def load_tokenizer(name_or_path: str, *, chat_template: str | None = None, trust
 
 def load_hf_model(
     name_or_path: str, *, pad_token_id: int | None = None, trust_remote_code: bool = False,
-    disable_dropout: bool = True, dtype: torch.dtype = torch.float32,
+    disable_dropout: bool = True, dtype: torch.dtype | str = torch.float32,
 ) -> PreTrainedModel:
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     model = AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(name_or_path), num_labels=1, trust_remote_code=trust_remote_code,
         dtype=dtype, use_safetensors=True,
@@ -104,7 +105,22 @@ def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float, ta
         task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
         target_modules=target_modules, modules_to_save=sorted(set(heads) | set(modules_to_save or [])),
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)  # adapters in float32 even on a bf16/fp16 base (autocast_adapter_dtype)
+    if any(p.dtype != torch.float32 for p in peft_model.parameters()):
+        _float32_heads(peft_model, config.modules_to_save)
+    return peft_model
+
+
+def _float32_heads(peft_model: nn.Module, names) -> None:
+    """Train the full-weight modules (reward head) in float32 on a half-precision base: bf16 weights
+    lose updates smaller than 1/256 of their size. Their inputs are cast up on the way in."""
+    def to_float32(module, args):
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    for name, module in peft_model.named_modules():
+        if name.rsplit(".", 1)[-1] in names and hasattr(module, "modules_to_save"):
+            module.modules_to_save.float()
+            module.register_forward_pre_hook(to_float32)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -135,7 +151,12 @@ class RewardModel(nn.Module):
         """Padded rows (2D mask) -> one reward per row; packed rows (4D mask from
         :func:`rmray.core.packing.pack_groups`) -> one reward per read-out position."""
         if attention_mask.dim() == 4:
-            return self._forward_packed(input_ids, attention_mask, position_ids, readout_row, readout_col)
+            rewards = self._forward_packed(input_ids, attention_mask, position_ids, readout_row, readout_col)
+        else:
+            rewards = self._forward_padded(input_ids, attention_mask)
+        return rewards.clone()  # not a view: FSDP2 hooks this output for the backward all-gather
+
+    def _forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         base = self.hf_model
         if self.readout == "pooler":
             # Encoders pool at position 0 ([CLS]) with absolute positions: our collator right-pads;

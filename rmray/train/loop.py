@@ -249,7 +249,8 @@ def _load_resume_state(cfg: TrainConfig, run_dir: str, strategy, model, raw_mode
 
 def _build_model(cfg: TrainConfig, tokenizer, strategy, use_bf16: bool, device):
     hf = load_hf_model(cfg.model_name_or_path, pad_token_id=tokenizer.pad_token_id,
-                       trust_remote_code=cfg.trust_remote_code, disable_dropout=cfg.disable_dropout)
+                       trust_remote_code=cfg.trust_remote_code, disable_dropout=cfg.disable_dropout,
+                       dtype=cfg.dtype)
     if len(tokenizer) > hf.get_input_embeddings().num_embeddings:
         hf.resize_token_embeddings(len(tokenizer))
     if cfg.gradient_checkpointing:
