@@ -97,6 +97,11 @@ class TrainConfig:
     pack_row_tokens: Optional[int] = None
     """Row length packed sequences are laid into. Default: chosen per micro-batch to minimise padding plus the
     attention a dense mask spends across sequences (``rmray.core.packing.choose_row_tokens``)."""
+    packed_attention: Literal["segments", "dense"] = "segments"
+    """How packed rows attend. ``segments``: each sequence/group is its own SDPA call, so a row can hold a
+    whole micro-batch with no padding and no attention across sequences (``rmray.core.attention``).
+    ``dense``: one SDPA call per row with a block mask; rows sized by ``pack_row_tokens``. Models on
+    flash/flex attention kernels keep them and use ``dense``."""
     max_tokens_per_batch: Optional[int] = None
     """Token budget of one forward pass: larger micro-batches are run in chunks (same gradient)."""
 

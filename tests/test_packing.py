@@ -39,6 +39,14 @@ def rewards_and_grads(model, fn):
     return rewards.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def run_packed(model, pb, attention: str):
+    """The model on a packed batch, with its dense 4D mask or its segment plan."""
+    if attention == "segments":
+        assert model.segments_ok
+        return model(pb.input_ids, None, pb.position_ids, pb.readout_row, pb.readout_col, segments=pb.plan)
+    return model(pb.input_ids, pb.attention_mask, pb.position_ids, pb.readout_row, pb.readout_col)
+
+
 def assert_close_relative(a: torch.Tensor, b: torch.Tensor, rel=1e-4):
     if b.norm() < 1e-8:  # an analytically ~zero gradient (e.g. an unused position row): both must be ~0
         assert a.norm() < 1e-8
@@ -48,7 +56,8 @@ def assert_close_relative(a: torch.Tensor, b: torch.Tensor, rel=1e-4):
 
 @pytest.mark.parametrize("fixture", ["tiny_qwen", "tiny_llama_pad_is_eos"])
 @pytest.mark.parametrize("share_prefix", [True, False])
-def test_causal_packed_and_shared_equal_padded(fixture, share_prefix, request):
+@pytest.mark.parametrize("attention", ["dense", "segments"])
+def test_causal_packed_and_shared_equal_padded(fixture, share_prefix, attention, request):
     path = request.getfixturevalue(fixture)
     tok = load_tokenizer(path)
     torch.manual_seed(0)
@@ -61,10 +70,9 @@ def test_causal_packed_and_shared_equal_padded(fixture, share_prefix, request):
 
     def packed():
         pb = pack_groups(pair_groups(chosen, rejected, share_prefix), row_tokens=64, pad_token_id=tok.pad_token_id,
-                         causal=True)
+                         causal=True, dense_mask=attention == "dense")
         assert pb.input_ids.shape[0] < 2 * n  # several sequences really share rows
-        return model(pb.input_ids, pb.attention_mask, pb.position_ids, pb.readout_row,
-                     pb.readout_col)[pair_readout_order(n, share_prefix)]
+        return run_packed(model, pb, attention)[pair_readout_order(n, share_prefix)]
 
     out, grads = rewards_and_grads(model, packed)
     assert_close_relative(out, ref)
@@ -83,7 +91,8 @@ def test_shared_prefix_computes_fewer_tokens(tiny_qwen):
     assert shared.real_tokens == plain.real_tokens - prefix and prefix > 50
 
 
-def test_encoder_packed_equals_padded(minilm_path):
+@pytest.mark.parametrize("attention", ["dense", "segments"])
+def test_encoder_packed_equals_padded(minilm_path, attention):
     tok = load_tokenizer(minilm_path)
     model = RewardModel(load_hf_model(minilm_path, pad_token_id=tok.pad_token_id))
     chosen, rejected = edge_case_pairs(tok)
@@ -92,9 +101,9 @@ def test_encoder_packed_equals_padded(minilm_path):
 
     def packed():
         pb = pack_groups(pair_groups(chosen, rejected, False), row_tokens=64, pad_token_id=tok.pad_token_id,
-                         causal=False)
+                         causal=False, dense_mask=attention == "dense")
         assert pb.input_ids.shape[0] < 2 * n
-        return model(pb.input_ids, pb.attention_mask, pb.position_ids, pb.readout_row, pb.readout_col)
+        return run_packed(model, pb, attention)
 
     out, grads = rewards_and_grads(model, packed)
     assert_close_relative(out, ref)
@@ -102,7 +111,8 @@ def test_encoder_packed_equals_padded(minilm_path):
         assert_close_relative(grads[name], ref_grads[name])
 
 
-def test_group_of_many_responses_equals_scoring_each_alone(tiny_qwen):
+@pytest.mark.parametrize("attention", ["dense", "segments"])
+def test_group_of_many_responses_equals_scoring_each_alone(tiny_qwen, attention):
     """One prompt x N responses (GRPO-style group scoring) in one packed row."""
     tok = load_tokenizer(tiny_qwen)
     model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id)).eval()
@@ -111,7 +121,7 @@ def test_group_of_many_responses_equals_scoring_each_alone(tiny_qwen):
     with torch.no_grad():
         alone = model(*pad_sequences([prompt + r for r in responses], tok.pad_token_id))
         pb = pack_groups([(prompt, responses)], row_tokens=0, pad_token_id=tok.pad_token_id, causal=True)
-        grouped = model(pb.input_ids, pb.attention_mask, pb.position_ids, pb.readout_row, pb.readout_col)
+        grouped = run_packed(model, pb, attention)
     assert pb.input_ids.shape[0] == 1 and pb.real_tokens == len(prompt) + sum(map(len, responses))
     assert_close_relative(grouped, alone)
 

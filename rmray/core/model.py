@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from . import attention
 from .spec import PLAIN_CHAT_TEMPLATE
 
 
@@ -141,16 +142,27 @@ class RewardModel(nn.Module):
         super().__init__()
         self.model = model
         self.readout = readout_kind(model)
+        # Segment attention where the model runs SDPA/eager (identical to SDPA without a plan).
+        self.segments_ok = attention.enable(self.hf_model)
 
     @property
     def hf_model(self) -> PreTrainedModel:
         return _unwrap(self.model)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
-                readout_row: torch.Tensor | None = None, readout_col: torch.Tensor | None = None) -> torch.Tensor:
-        """Padded rows (2D mask) -> one reward per row; packed rows (4D mask from
-        :func:`rmray.core.packing.pack_groups`) -> one reward per read-out position."""
-        if attention_mask.dim() == 4:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, readout_row: torch.Tensor | None = None,
+                readout_col: torch.Tensor | None = None, segments: list | None = None) -> torch.Tensor:
+        """Padded rows (2D mask) -> one reward per row; packed rows from
+        :func:`rmray.core.packing.pack_groups` (its 4D mask, or its segment ``plan`` as ``segments``)
+        -> one reward per read-out position."""
+        if segments is not None:
+            if not self.segments_ok:
+                raise ValueError(f"segment attention is not available for {type(self.hf_model).__name__} "
+                                 f"(attn_implementation={self.hf_model.config._attn_implementation!r}); "
+                                 f"use packed_attention=dense")
+            with attention.segment_plan(segments):
+                rewards = self._forward_packed(input_ids, None, position_ids, readout_row, readout_col)
+        elif attention_mask.dim() == 4:
             rewards = self._forward_packed(input_ids, attention_mask, position_ids, readout_row, readout_col)
         else:
             rewards = self._forward_padded(input_ids, attention_mask)

@@ -35,10 +35,11 @@ Group = tuple[Sequence[int], Sequence[Sequence[int]]]  # (prefix ids, [response 
 class PackedBatch:
     input_ids: torch.Tensor  # [R, L] long
     position_ids: torch.Tensor  # [R, L] long
-    attention_mask: torch.Tensor  # [R, 1, L, L] bool
+    attention_mask: torch.Tensor | None  # [R, 1, L, L] bool; None when not built (segment attention)
     readout_row: torch.Tensor  # [N] long: row of each response's read-out token, in input order
     readout_col: torch.Tensor  # [N] long: its column
     real_tokens: int  # tokens computed (prefixes once)
+    plan: list  # per row [(start, prefix length, [response lengths])]: rmray.core.attention's segment plan
 
 
 def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -99,10 +100,12 @@ def choose_row_tokens(sizes: Sequence[int], attention_ratio: float) -> int:
     return best
 
 
-def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, causal: bool) -> PackedBatch:
+def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, causal: bool,
+                dense_mask: bool = True) -> PackedBatch:
     """Pack groups into rows; read-outs are returned in group order, responses in their order.
 
     The read-out is a response's last token for causal models and its first ([CLS]) for encoders.
+    ``dense_mask=False`` skips the ``[R, 1, L, L]`` mask (segment attention needs only ``plan``).
     """
     sizes = [len(p) + sum(len(r) for r in rs) for p, rs in groups]
     capacity = max(row_tokens, max(sizes))
@@ -114,11 +117,14 @@ def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, 
     seg = torch.full((n_rows, length), -1, dtype=torch.long)  # group slot in the row, -1 = pad
     resp = torch.zeros((n_rows, length), dtype=torch.long)  # 0 = prefix, k = k-th response
     readout: dict[tuple[int, int], tuple[int, int]] = {}
+    plan: list = []
     for row, members in enumerate(rows):
         col = 0
+        plan.append([])
         for slot, g in enumerate(members):
             prefix, responses = groups[g]
             p = len(prefix)
+            plan[row].append((col, p, [len(r) for r in responses]))
             input_ids[row, col:col + p] = torch.as_tensor(list(prefix), dtype=torch.long)
             position_ids[row, col:col + p] = torch.arange(p)
             seg[row, col:col + p] = slot
@@ -131,21 +137,26 @@ def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, 
                 resp[row, col:col + n] = k
                 readout[(g, k)] = (row, col + n - 1) if causal else (row, col)
                 col += n
+    mask = _dense_mask(seg, resp, causal) if dense_mask else None
+    order = [(g, k) for g, (_, rs) in enumerate(groups) for k in range(1, len(rs) + 1)]
+    return PackedBatch(
+        input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+        readout_row=torch.tensor([readout[key][0] for key in order]),
+        readout_col=torch.tensor([readout[key][1] for key in order]),
+        real_tokens=sum(sizes), plan=plan,
+    )
+
+
+def _dense_mask(seg: torch.Tensor, resp: torch.Tensor, causal: bool) -> torch.Tensor:
+    length = seg.shape[1]
     same_group = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
     if causal:
         visible_resp = (resp[:, None, :] == 0) | (resp[:, :, None] == resp[:, None, :])
-        causal_mask = torch.ones(length, length, dtype=torch.bool).tril()
-        mask = same_group & visible_resp & causal_mask
+        mask = same_group & visible_resp & torch.ones(length, length, dtype=torch.bool).tril()
     else:
         mask = same_group
     mask |= torch.eye(length, dtype=torch.bool)  # pads see themselves: no empty softmax rows
-    order = [(g, k) for g, (_, rs) in enumerate(groups) for k in range(1, len(rs) + 1)]
-    return PackedBatch(
-        input_ids=input_ids, position_ids=position_ids, attention_mask=mask[:, None],
-        readout_row=torch.tensor([readout[key][0] for key in order]),
-        readout_col=torch.tensor([readout[key][1] for key in order]),
-        real_tokens=sum(sizes),
-    )
+    return mask[:, None]
 
 
 def pair_readout_order(num_pairs: int, share_prefix: bool) -> torch.Tensor:

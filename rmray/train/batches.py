@@ -35,11 +35,12 @@ class Layout:
     row_tokens: int | None = None  # None: per micro-batch, by choose_row_tokens
     attention_ratio: float = 2304.0  # see choose_row_tokens; 6 * hidden_size
     max_tokens_per_batch: int | None = None
+    segments: bool = False  # segment attention (rmray.core.attention): one unpadded row per chunk, no 4D mask
 
 
 @dataclass
 class Chunk:
-    inputs: dict[str, torch.Tensor]  # keyword arguments of RewardModel.forward
+    inputs: dict  # keyword arguments of RewardModel.forward (tensors, and the segment plan)
     margin: torch.Tensor  # [n_pairs]
     num_pairs: int
     computed_tokens: int  # positions the model runs over, padding included
@@ -93,14 +94,25 @@ def _chunk(chosen, rejected, margin, layout: Layout) -> Chunk:
         return Chunk(inputs, margin, n, out["input_ids"].numel(), real)
     share = layout.kind == "shared"
     groups = pair_groups(chosen, rejected, share)
-    row_tokens = layout.row_tokens or choose_row_tokens(
-        [len(p) + sum(len(r) for r in rs) for p, rs in groups], layout.attention_ratio)
-    packed = pack_groups(groups, row_tokens=row_tokens, pad_token_id=layout.pad_token_id, causal=layout.causal)
+    sizes = [len(p) + sum(len(r) for r in rs) for p, rs in groups]
+    if layout.segments:  # attention cost no longer grows with the row: one row, no padding
+        row_tokens = layout.row_tokens or sum(sizes)
+    else:
+        row_tokens = layout.row_tokens or choose_row_tokens(sizes, layout.attention_ratio)
+    packed = pack_groups(groups, row_tokens=row_tokens, pad_token_id=layout.pad_token_id, causal=layout.causal,
+                         dense_mask=not layout.segments)
     order = pair_readout_order(n, share)
-    inputs = {"input_ids": packed.input_ids, "attention_mask": packed.attention_mask,
-              "position_ids": packed.position_ids, "readout_row": packed.readout_row[order],
-              "readout_col": packed.readout_col[order]}
+    inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids,
+              "readout_row": packed.readout_row[order], "readout_col": packed.readout_col[order]}
+    if layout.segments:
+        inputs["segments"] = packed.plan
+    else:
+        inputs["attention_mask"] = packed.attention_mask
     return Chunk(inputs, margin, n, packed.input_ids.numel(), real)
+
+
+def on_device(inputs: dict, device) -> dict:
+    return {key: v.to(device) if torch.is_tensor(v) else v for key, v in inputs.items()}
 
 
 def padded_equivalent_tokens(batch: dict) -> int:

@@ -32,7 +32,7 @@ from rmray.core.loss import bradley_terry_loss, metrics_from_sums, preference_su
 from rmray.core.model import RewardModel, apply_lora, load_hf_model
 from rmray.core.spec import ScoringSpec
 
-from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
+from .batches import Layout, choose_layout, iter_pair_batches, on_device, padded_equivalent_tokens, to_chunks
 from .health import Health
 from .metrics_log import MetricsLog
 from .parallel import make_strategy
@@ -89,7 +89,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     causal=raw_model.readout == "last_token", pad_token_id=tokenizer.pad_token_id,
                     pad_to_multiple_of=cfg.pad_to_multiple_of, row_tokens=cfg.pack_row_tokens,
                     attention_ratio=6.0 * raw_model.hf_model.config.get_text_config().hidden_size,
-                    max_tokens_per_batch=cfg.max_tokens_per_batch)
+                    max_tokens_per_batch=cfg.max_tokens_per_batch,
+                    segments=cfg.packed_attention == "segments" and raw_model.segments_ok)
     train_shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval") if "eval" in loop_config["datasets"] else None
     autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -172,7 +173,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         window_start = time.perf_counter()
     state.pairs_seen += window_pairs
     state.tokens_seen += window_tokens
-    _finish(strategy, model, raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout.kind)
+    _finish(strategy, model, raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout)
     log.close()
 
 
@@ -277,7 +278,7 @@ def forward_backward(model, strategy, chunks, device, cfg: TrainConfig, autocast
         last = k == len(weighted) - 1
         with strategy.no_sync(model) if not (last and final_sync) else contextlib.nullcontext():
             with autocast():
-                rewards = model(**{key: v.to(device) for key, v in chunk.inputs.items()}).float()
+                rewards = model(**on_device(chunk.inputs, device)).float()
             chosen, rejected = rewards.chunk(2)
             loss = bradley_terry_loss(chosen, rejected, chunk.margin.to(device), cfg.center_rewards_coefficient)
             (loss * (weight * chunk.num_pairs / total) / cfg.gradient_accumulation_steps).backward()
@@ -300,7 +301,7 @@ def _evaluate(model, strategy, eval_shard, layout: Layout, cfg: TrainConfig, dev
             continue
         for chunk in to_chunks(batch, layout):
             with autocast():
-                rewards = model(**{key: v.to(device) for key, v in chunk.inputs.items()}).float()
+                rewards = model(**on_device(chunk.inputs, device)).float()
             chosen, rejected = rewards.chunk(2)
             loss = bradley_terry_loss(chosen, rejected, chunk.margin.to(device), cfg.center_rewards_coefficient)
             sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.cpu() * chunk.num_pairs)
@@ -347,13 +348,14 @@ def _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, schedule
 
 
 def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict,
-            log, rank, layout_kind: str):
+            log, rank, layout: Layout):
     summary = {
         "event": "summary", "steps": state.step, "epochs": state.epoch, "train_pairs": state.pairs_seen,
         "train_tokens": state.tokens_seen, "train_runtime_s": state.train_time_s,
         "train_pairs_per_s": state.pairs_seen / max(state.train_time_s, 1e-9),
         "train_tokens_per_s": state.tokens_seen / max(state.train_time_s, 1e-9),
-        "time_to_first_step_s": state.first_step_at, "layout": layout_kind,
+        "time_to_first_step_s": state.first_step_at, "layout": layout.kind,
+        "packed_attention": "segments" if layout.segments else "dense",
         "computed_tokens_rank0": state.computed_tokens, "padded_equivalent_tokens_rank0": state.padded_tokens,
         "torch_threads": torch.get_num_threads(),
         "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -130,6 +130,8 @@ def _explain_layout(cfg: TrainConfig, readout: str) -> None:
     text = {"padded": "padded batches", "packed": "padding-free packing", "shared": "shared-prompt packing"}[layout]
     if cfg.padding_free and cfg.share_prompt and readout != "last_token":
         text += " (share_prompt is exact only for causal attention; this encoder attends both ways, so pairs are packed)"
+    if layout != "padded":
+        text += ", segment attention" if cfg.packed_attention == "segments" else ", dense block mask"
     print(f"layout: {text}" + (", length-grouped" if cfg.group_by_length else ""), flush=True)
 
 
