@@ -106,6 +106,7 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     from rmray.core.tokenize import encode_pair
     from rmray.train.batches import Layout, choose_layout, to_chunks
     from rmray.train.loop import forward_backward
+    from rmray.train.parallel import DDPStrategy
 
     tok = load_tokenizer(model_dir)
     spec = ScoringSpec(max_length=args.max_length, eos_token=tok.eos_token)
@@ -114,7 +115,7 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     model = RewardModel(load_hf_model(model_dir, pad_token_id=tok.pad_token_id))
     causal = readout_kind(model) == "last_token"
     layout = Layout(choose_layout(True, True, causal), causal, tok.pad_token_id,
-                    attention_ratio=6.0 * model.hf_model.config.hidden_size)
+                    attention_ratio=6.0 * model.hf_model.config.hidden_size, segments=model.segments_ok)
     cfg = TrainConfig(learning_rate=1e-5)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)  # noqa: E731
@@ -124,7 +125,8 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     for idx in batches:
         batch = {"chosen_ids": [pairs[i].chosen_ids for i in idx], "rejected_ids": [pairs[i].rejected_ids for i in idx],
                  "margin": [0.0] * len(idx)}
-        forward_backward(model, to_chunks(batch, layout), torch.device("cpu"), cfg, autocast, final_sync=True)
+        forward_backward(model, DDPStrategy(), to_chunks(batch, layout), torch.device("cpu"), cfg, autocast,
+                         final_sync=True)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -202,7 +204,8 @@ def main() -> None:
                 "peak_rss_mb_worker": [s["peak_rss_mb_rank0"] for s in rm_runs],
                 "computed_tokens": rm_runs[-1]["computed_tokens_rank0"],
                 "padded_equivalent_tokens": rm_runs[-1]["padded_equivalent_tokens_rank0"],
-                "layout": rm_runs[-1]["layout"], "worker_torch_threads": rm_runs[-1]["torch_threads"],
+                "layout": rm_runs[-1]["layout"], "packed_attention": rm_runs[-1].get("packed_attention"),
+                "worker_torch_threads": rm_runs[-1]["torch_threads"],
             }
             print(json.dumps({name: {k: v for k, v in results["models"][name].items() if not isinstance(v, list)}}), flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -145,7 +145,11 @@ class TrainConfig:
     max_failures: int = 0
     """Worker/node failures survived per run: the run restarts its workers from the latest checkpoint."""
     resume_from_checkpoint: Optional[str] = None
-    """A checkpoint folder to start from (model, optimizer, scheduler, data position) in a new run."""
+    """A checkpoint folder or URI to start from (model, optimizer, scheduler, data position) in a new run."""
+    storage_path: Optional[str] = None
+    """Where Ray Train persists checkpoints: a path every node reaches, or a pyarrow URI (``s3://``,
+    ``gs://``, ``file://``). Default: ``<output_dir>``. With a URI, ``final/``, ``metrics.jsonl`` and the
+    model card are copied there too when training ends."""
     log_consumed_pairs: bool = False
     """Write the row ids of every micro-batch per rank to ``<output_dir>/consumed/`` (audit of exact resume)."""
     chaos_kill_at_step: Optional[int] = None

@@ -62,13 +62,17 @@ def test_killed_worker_recovers_from_the_last_checkpoint(ray_cluster, tiny_qwen,
 def test_resume_from_path_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qwen, tmp_path):
     from rmray.train.run import train
 
-    first = config(tmp_path, "first", tiny_qwen, max_steps=6, report_to=["tensorboard"], save_total_limit=2)
+    store = tmp_path / "store"  # checkpoints through a pyarrow URI, as with s3:// or gs://
+    first = config(tmp_path, "first", tiny_qwen, max_steps=6, report_to=["tensorboard"], save_total_limit=2,
+                   storage_path=f"file://{store}")
     train(first)
     assert glob.glob(os.path.join(first.output_dir, "runs", "events.out.tfevents.*"))  # TensorBoard sink
-    kept = sorted(os.path.basename(k) for k in glob.glob(os.path.join(first.output_dir, "ray", "checkpoint-*")))
+    assert not os.path.exists(os.path.join(first.output_dir, "ray"))
+    kept = sorted(os.path.basename(k) for k in glob.glob(os.path.join(store, "ray", "checkpoint-*")))
     assert kept == ["checkpoint-000004", "checkpoint-000006"]  # save_total_limit=2 of 2, 4, 6
-    ckpt = os.path.join(first.output_dir, "ray", "checkpoint-000004")
-    resumed = config(tmp_path, "resumed", tiny_qwen, max_steps=6, resume_from_checkpoint=ckpt)
+    assert os.path.exists(store / "final" / "model.safetensors") and os.path.exists(store / "metrics.jsonl")
+    ckpt = os.path.join(store, "ray", "checkpoint-000004")
+    resumed = config(tmp_path, "resumed", tiny_qwen, max_steps=6, resume_from_checkpoint=f"file://{ckpt}")
     result = train(resumed)
     assert [r["step"] for r in events(resumed.output_dir, "resume")] == [4]
     assert result.summary["steps"] == 6
@@ -78,7 +82,7 @@ def test_resume_from_path_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qw
 
     crashed = tmp_path / "crashed"
     for step in ("000004", "000006"):
-        shutil.copytree(os.path.join(first.output_dir, "ray", f"checkpoint-{step}"), crashed / "ray" / f"checkpoint-{step}")
+        shutil.copytree(os.path.join(store, "ray", f"checkpoint-{step}"), crashed / "ray" / f"checkpoint-{step}")
     cut = glob.glob(str(crashed / "ray" / "checkpoint-000006" / "*.safetensors"))[0]
     with open(cut, "r+b") as f:
         f.truncate(100)
@@ -87,7 +91,7 @@ def test_resume_from_path_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qw
     assert any(w["kind"] == "bad_checkpoint" and "checkpoint-000006" in w["message"]
                for w in events(again.output_dir, "warning"))
 
-    damaged = os.path.join(first.output_dir, "ray", "checkpoint-000006")
+    damaged = os.path.join(store, "ray", "checkpoint-000006")
     weights = glob.glob(os.path.join(damaged, "*.safetensors"))[0]
     with open(weights, "r+b") as f:
         f.truncate(os.path.getsize(weights) // 2)

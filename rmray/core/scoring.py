@@ -114,12 +114,14 @@ class Scorer:
         for chunk in _chunks_by_tokens(packed_groups, max_batch_tokens):
             sub = [packed_groups[g] for g in chunk]
             sizes = [len(p) + sum(len(r) for r in rs) for p, rs in sub]
+            segments = self.model.segments_ok  # block-by-block attention: one unpadded row
             hidden = self.model.hf_model.config.hidden_size
-            batch = pack_groups(sub, row_tokens=choose_row_tokens(sizes, 6 * hidden),
-                                pad_token_id=self.tokenizer.pad_token_id, causal=True)
-            out = self.model(batch.input_ids.to(self.device), batch.attention_mask.to(self.device),
+            batch = pack_groups(sub, row_tokens=sum(sizes) if segments else choose_row_tokens(sizes, 6 * hidden),
+                                pad_token_id=self.tokenizer.pad_token_id, causal=True, dense_mask=not segments)
+            out = self.model(batch.input_ids.to(self.device),
+                             None if segments else batch.attention_mask.to(self.device),
                              batch.position_ids.to(self.device), batch.readout_row.to(self.device),
-                             batch.readout_col.to(self.device)).tolist()
+                             batch.readout_col.to(self.device), segments=batch.plan if segments else None).tolist()
             pos = 0
             for g, (_, responses) in zip(chunk, sub):
                 results[g] = out[pos:pos + len(responses)]

@@ -60,6 +60,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     spec = ScoringSpec(**loop_config["spec"])
     tokenizer = loop_config["tokenizer"]
     total_steps, started_at = loop_config["total_steps"], loop_config["started_at"]
+    startup = {"ray_ready": loop_config["ray_ready_s"], "data_ready": loop_config["data_ready_s"],
+               "worker_entered": time.time() - started_at}  # seconds since train() was called
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
@@ -68,6 +70,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     strategy = make_strategy(cfg.fsdp)
     model, raw_model = _build_model(cfg, tokenizer, strategy, use_bf16, device)
+    startup["model_ready"] = time.time() - started_at
     # fused: one kernel per step instead of a loop over tensors (what transformers' Trainer uses too)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
@@ -132,7 +135,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if cfg.chaos_kill_at_step == state.step and rank == world - 1:
                 _chaos_kill(cfg.output_dir)
             if state.first_step_at is None:
-                state.first_step_at = time.time() - started_at
+                state.first_step_at = startup["first_step"] = time.time() - started_at
             if state.step % cfg.logging_steps == 0 or state.step >= total_steps:
                 state.train_time_s += time.perf_counter() - t0
                 state.last_train_accuracy = _log_train(log, state, window, window_pairs, window_tokens, time.perf_counter() - window_start,
@@ -173,7 +176,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         window_start = time.perf_counter()
     state.pairs_seen += window_pairs
     state.tokens_seen += window_tokens
-    _finish(strategy, model, raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout)
+    _finish(strategy, model, raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout, startup)
     log.close()
 
 
@@ -214,7 +217,7 @@ def _after_eval(health: Health, last_eval: dict, state: "LoopState", log) -> boo
     return stop
 
 
-def _load_resume_state(cfg: TrainConfig, run_dir: str, strategy, model, raw_model, optimizer, scheduler, log) -> dict | None:
+def _load_resume_state(cfg: TrainConfig, run_dir: str | None, strategy, model, raw_model, optimizer, scheduler, log) -> dict | None:
     """Load the newest whole checkpoint: Ray's latest after a failure (older ones in the run folder if it
     is damaged), else ``resume_from_checkpoint``. A partial or corrupt checkpoint is skipped with a
     warning, never loaded."""
@@ -222,10 +225,11 @@ def _load_resume_state(cfg: TrainConfig, run_dir: str, strategy, model, raw_mode
     # The run folder first, newest step first: a worker killed right after a report can die before Ray's
     # controller registered that checkpoint (measured: a kill one step after a checkpoint restarted from
     # scratch). Ray's own latest comes next (it differs when storage is remote).
-    on_disk = sorted(glob.glob(os.path.join(run_dir, "checkpoint-*")), reverse=True)
+    on_disk = sorted(glob.glob(os.path.join(run_dir, "checkpoint-*")), reverse=True) if run_dir else []
     options: list = on_disk + ([checkpoint] if checkpoint is not None else [])
     if checkpoint is None and not on_disk and cfg.resume_from_checkpoint:
-        options.append(cfg.resume_from_checkpoint)
+        uri = "://" in cfg.resume_from_checkpoint  # downloaded by Ray's Checkpoint, then checked like a folder
+        options.append(ray.train.Checkpoint(cfg.resume_from_checkpoint) if uri else cfg.resume_from_checkpoint)
     problems = []
     for option in options:
         context = option.as_directory() if hasattr(option, "as_directory") else contextlib.nullcontext(option)
@@ -348,13 +352,14 @@ def _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, schedule
 
 
 def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict,
-            log, rank, layout: Layout):
+            log, rank, layout: Layout, startup: dict):
     summary = {
         "event": "summary", "steps": state.step, "epochs": state.epoch, "train_pairs": state.pairs_seen,
         "train_tokens": state.tokens_seen, "train_runtime_s": state.train_time_s,
         "train_pairs_per_s": state.pairs_seen / max(state.train_time_s, 1e-9),
         "train_tokens_per_s": state.tokens_seen / max(state.train_time_s, 1e-9),
-        "time_to_first_step_s": state.first_step_at, "layout": layout.kind,
+        "time_to_first_step_s": state.first_step_at, "startup_s": {k: round(v, 2) for k, v in startup.items()},
+        "layout": layout.kind,
         "packed_attention": "segments" if layout.segments else "dense",
         "computed_tokens_rank0": state.computed_tokens, "padded_equivalent_tokens_rank0": state.padded_tokens,
         "torch_threads": torch.get_num_threads(),

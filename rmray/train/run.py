@@ -34,6 +34,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir))
     _prepare_output_dir(cfg)
     init_ray(cfg.ray_address)
+    ray_ready = time.time() - started_at
 
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -72,16 +73,19 @@ def train(cfg: TrainConfig) -> TrainResult:
     print(f"training on {n_train} pairs ({n_eval} eval) with {cfg.num_workers} workers for {total_steps} steps", flush=True)
 
     datasets = {"train": train_ds} | ({"eval": eval_ds} if eval_ds is not None else {})
+    remote = _is_uri(cfg.storage_path)
+    storage = cfg.storage_path if remote else os.path.abspath(cfg.storage_path or cfg.output_dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": dataclasses.asdict(cfg), "spec": dataclasses.asdict(spec), "tokenizer": tokenizer,
                            "total_steps": total_steps, "started_at": started_at, "datasets": list(datasets),
-                           "run_dir": os.path.join(os.path.abspath(cfg.output_dir), RUN_NAME)},
+                           "ray_ready_s": ray_ready, "data_ready_s": time.time() - started_at,
+                           "run_dir": None if remote else os.path.join(storage, RUN_NAME)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement_strategy,
             resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})),
         run_config=ray.train.RunConfig(
-            name=RUN_NAME, storage_path=os.path.abspath(cfg.output_dir), checkpoint_config=_checkpoint_config(cfg),
+            name=RUN_NAME, storage_path=storage, checkpoint_config=_checkpoint_config(cfg),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
         datasets=datasets,
@@ -95,6 +99,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         from rmray.report.model_card import write_model_card
 
         write_model_card(cfg.output_dir, dataclasses.asdict(cfg), summary, [r.to_dict() for r in reports])
+    if remote and summary:
+        _upload_outputs(cfg.output_dir, cfg.storage_path.rstrip("/"))
     _print_summary(summary, final_dir)
     return TrainResult(cfg.output_dir, final_dir, summary)
 
@@ -160,6 +166,27 @@ def _prepare_output_dir(cfg: TrainConfig) -> None:
             path = os.path.join(cfg.output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
     os.makedirs(cfg.output_dir, exist_ok=True)
+
+
+def _is_uri(path: str | None) -> bool:
+    return bool(path) and "://" in path
+
+
+def _upload_outputs(output_dir: str, uri: str) -> None:
+    """Copy the model and its records next to the checkpoints; metrics.jsonl goes last, so its presence
+    says the upload is whole (object stores have no atomic folder rename)."""
+    import pyarrow.fs
+
+    for name in ("final", "adapter", "plots", "README.md", "data_report.json", "metrics.jsonl"):
+        source = os.path.join(output_dir, name)
+        if os.path.isdir(source):
+            pyarrow.fs.copy_files(source, f"{uri}/{name}")
+        elif os.path.exists(source):
+            filesystem, path = pyarrow.fs.FileSystem.from_uri(f"{uri}/{name}")
+            filesystem.create_dir(os.path.dirname(path), recursive=True)
+            with open(source, "rb") as f, filesystem.open_output_stream(path) as out:
+                out.write(f.read())
+    print(f"outputs copied to {uri}", flush=True)
 
 
 def _save_json(path: str, obj) -> None:
