@@ -28,6 +28,12 @@ def verbose() -> bool:
     return os.environ.get("RMRAY_VERBOSE", "0") not in ("", "0", "false")
 
 
+def _joins_cluster(address: str | None) -> bool:
+    if address == "local":
+        return False
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
 def init_ray(address: str | None = None, **kwargs) -> None:
     """Join ``address`` (``auto`` or ``ray://...``), the cluster of ``ray job submit`` (RAY_ADDRESS), or
     start a local one. A no-op when Ray is already initialised (tests, notebooks)."""
@@ -36,10 +42,12 @@ def init_ray(address: str | None = None, **kwargs) -> None:
 
     if ray.is_initialized():
         return
-    env_vars = {k: os.environ[k] for k in QUIET_ENV}
     kwargs.setdefault("log_to_driver", verbose())
-    ray.init(address=address, logging_level=logging.INFO if verbose() else logging.WARNING,
-             runtime_env={"env_vars": env_vars}, **kwargs)
+    if _joins_cluster(address):  # remote workers get the quiet settings through the job's runtime env
+        kwargs.setdefault("runtime_env", {"env_vars": {k: os.environ[k] for k in QUIET_ENV}})
+    # A local Ray's workers inherit this process's environment; a job-level runtime env would keep
+    # them from using the pre-started worker processes (each task and actor would boot a new one).
+    ray.init(address=address, logging_level=logging.INFO if verbose() else logging.WARNING, **kwargs)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

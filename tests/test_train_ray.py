@@ -54,6 +54,14 @@ def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_p
     with pytest.raises(Exception, match="row bad-missing: field 'chosen' is missing"):
         build_preferences(path, tokenizer=tok, spec=spec, name="train", strict=True)
 
+    # Not preference data at all (detected inside the tokenize tasks, no extra pass): a clear error.
+    other = write_jsonl(tmp_path / "other.jsonl", [{"text": "a"}, {"text": "b"}])
+    with pytest.raises(ValueError, match="all 2 rows were skipped(.|\n)*needs 'chosen' and 'rejected'"):
+        build_preferences(other, tokenizer=tok, spec=spec, name="train")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(Exception, match="no rows|empty"):
+        build_preferences(str(tmp_path / "empty.jsonl"), tokenizer=tok, spec=spec, name="train")
+
 
 @torch.no_grad()
 def plain_transformers_eval(model_dir, pairs):

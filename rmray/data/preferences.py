@@ -28,18 +28,32 @@ PAIR_COLUMNS = ["row_id", "chosen_ids", "rejected_ids", "margin"]
 
 @dataclass
 class TokenizedPreferences:
-    dataset: ray.data.MaterializedDataset
-    """Columns ``row_id`` (str), ``chosen_ids``/``rejected_ids`` (int lists), ``margin`` (float)."""
+    dataset: ray.data.Dataset
+    """Lazy over the materialized tokens (a filter away from them). Columns ``row_id`` (str), ``chosen_ids``/``rejected_ids`` (int lists), ``margin`` (float)."""
     report: DataReport
 
 
 def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool) -> pd.DataFrame:
+    """Format detection (``fmt="auto"``) happens here, from each batch's first row: the driver never
+    runs a separate pass over the data just to look at one row."""
     # Arrow -> Python keeps nulls as None (pandas would turn a missing margin into NaN).
     out = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin", "truncated",
                            "num_tokens", "shared_tokens")}
-    for row in batch.to_pylist():
-        row_id = str(row.pop("_row_id"))
+    rows = batch.to_pylist()
+    undetectable = None
+    if fmt == "auto" and rows:
         try:
+            fmt = detect_format({k: v for k, v in rows[0].items() if k not in ("_row_id", "id")})
+        except ValueError as e:
+            undetectable = BadRow("missing_field", None, str(e))
+            if strict:
+                raise ValueError(str(e)) from None
+    for row in rows:
+        generated_id = row.pop("_row_id")
+        row_id = str(row.pop("id")) if row.get("id") is not None else str(generated_id)
+        try:
+            if undetectable:
+                raise undetectable
             pair = encode_pair(tokenizer, spec, normalize_row(row, fmt))
         except BadRow as e:
             if strict:
@@ -76,20 +90,18 @@ def build_preferences(
     ds = raw if raw is not None else read_source(source)
     if limit:
         ds = ds.limit(limit)
-    first = ds.take(1)
-    if not first:
-        raise ValueError(f"{name} data {source!r} has no rows")
-    fmt = detect_format(first[0]) if data_format == "auto" else data_format
-    if "id" in first[0]:
-        ds = ds.rename_columns({"id": "_row_id"})
-    else:  # unique per row; "block:offset" after formatting (Ray gives no global line number)
-        ds = ds.with_column("_row_id", monotonically_increasing_id())
+    # A row's own "id" column names it in reports when present; otherwise a generated id that is
+    # unique per row ("block:offset" after formatting: Ray gives no global line number).
+    ds = ds.with_column("_row_id", monotonically_increasing_id())
     tokenized = ds.map_batches(
         tokenize_batch, batch_format="pyarrow", batch_size=256, num_cpus=num_cpus,
-        fn_kwargs={"tokenizer": tokenizer, "spec": spec, "fmt": fmt, "strict": strict},
+        fn_kwargs={"tokenizer": tokenizer, "spec": spec, "fmt": data_format, "strict": strict},
     ).materialize()
     report = _report(tokenized, name)
-    kept = tokenized.filter(expr=col("status") == "ok").select_columns(PAIR_COLUMNS).materialize()
+    if report.rows_read == 0:
+        raise ValueError(f"{name} data {source!r} has no rows")
+    # Not materialized again: the caller's split (or the trainer) runs this filter in its own pass.
+    kept = tokenized.filter(expr=col("status") == "ok").select_columns(PAIR_COLUMNS)
     if report.rows_kept == 0:
         raise ValueError(f"{name} data {source!r}: all {report.rows_read} rows were skipped\n{report.format()}")
     return TokenizedPreferences(kept, report)

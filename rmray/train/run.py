@@ -63,6 +63,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         train_ds, eval_ds = train_ds.train_test_split(test_size=cfg.eval_split_ratio, shuffle=True, seed=cfg.seed)
         if cfg.max_eval_samples:
             eval_ds = eval_ds.limit(cfg.max_eval_samples).materialize()
+    # One pass each from the tokens to what the workers read (a split above already materialized).
+    train_ds = _materialized(train_ds)
+    eval_ds = _materialized(eval_ds) if eval_ds is not None else None
     for report in reports:
         print(report.format(), flush=True)
     _save_json(os.path.join(cfg.output_dir, "data_report.json"), [r.to_dict() for r in reports])
@@ -189,6 +192,12 @@ def _upload_outputs(output_dir: str, uri: str) -> None:
     print(f"outputs copied to {uri}", flush=True)
 
 
+def _materialized(ds):
+    from ray.data.dataset import MaterializedDataset
+
+    return ds if isinstance(ds, MaterializedDataset) else ds.materialize()
+
+
 def _save_json(path: str, obj) -> None:
     import json
 
@@ -206,4 +215,8 @@ def _print_summary(summary: dict, final_dir: str) -> None:
     if summary.get("eval_accuracy") is not None:
         parts.append(f"eval accuracy {summary['eval_accuracy']:.3f}")
         parts.append(f"eval loss {summary['eval_loss']:.4f}")
+    startup = summary.get("startup_s") or {}
+    if "first_step" in startup:  # where the wait before training went
+        parts.append(f"first step at {startup['first_step']:.1f}s (Ray {startup['ray_ready']:.1f}s, data ready "
+                     f"{startup['data_ready']:.1f}s, model ready {startup['model_ready']:.1f}s)")
     print("done: " + ", ".join(parts) + f"\nmodel: {final_dir}", flush=True)
