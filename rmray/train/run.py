@@ -180,14 +180,16 @@ def _upload_outputs(output_dir: str, uri: str) -> None:
     says the upload is whole (object stores have no atomic folder rename)."""
     import pyarrow.fs
 
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
     for name in ("final", "adapter", "plots", "README.md", "data_report.json", "metrics.jsonl"):
         source = os.path.join(output_dir, name)
         if os.path.isdir(source):
-            pyarrow.fs.copy_files(source, f"{uri}/{name}")
+            filesystem.create_dir(f"{root}/{name}", recursive=True)
+            pyarrow.fs.copy_files(source, f"{root}/{name}", source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                  destination_filesystem=filesystem)
         elif os.path.exists(source):
-            filesystem, path = pyarrow.fs.FileSystem.from_uri(f"{uri}/{name}")
-            filesystem.create_dir(os.path.dirname(path), recursive=True)
-            with open(source, "rb") as f, filesystem.open_output_stream(path) as out:
+            filesystem.create_dir(root, recursive=True)
+            with open(source, "rb") as f, filesystem.open_output_stream(f"{root}/{name}") as out:
                 out.write(f.read())
     print(f"outputs copied to {uri}", flush=True)
 

@@ -1,0 +1,59 @@
+"""Where the time before the first optimizer step goes, on the path a user takes.
+
+Each run is ``rmray.train.run.train`` in its own process on a fresh local Ray (dashboard on, as
+``rmray train`` starts it), 256 hh-rlhf pairs, eval split 5 %, 1 worker with 2 CPUs; it prints the
+summary's ``startup_s`` (seconds since ``train()`` was called when Ray was up, the data tokenized and
+split, the worker entered the training function, the model was loaded, the first step done).
+
+    scripts/in-loopback-ns .venv/bin/python benchmarks/startup.py --runs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_vs_trl  # noqa: E402  (the same model and pairs as the throughput benchmark)
+
+
+def one_run(model_dir: str, data: str) -> dict:
+    from rmray.config import load_config
+    from rmray.train.run import train
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(None, [f"model_name_or_path={model_dir}", f"train_data={data}", f"output_dir={out}",
+                                 "per_device_train_batch_size=8", "max_length=512", "logging_steps=10000",
+                                 "num_workers=1", "cpus_per_worker=2", "eval_split_ratio=0.05", "report_to=[]"])
+        summary = train(cfg).summary
+    return {"startup_s": summary["startup_s"], "train_pairs_per_s": summary["train_pairs_per_s"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one_run(*args.one)))
+        return
+    with gzip.open(train_vs_trl.HH, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    with tempfile.TemporaryDirectory() as work:
+        model = train_vs_trl.build_models(work, rows[:300])["qwen2-6L-384"]
+        data = os.path.join(work, "pairs.jsonl")
+        with open(data, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in train_vs_trl.kept_by_trl(model, rows, 256, 512))
+        for _ in range(args.runs):
+            out = subprocess.run([sys.executable, __file__, "--one", model, data], capture_output=True, text=True,
+                                 check=True).stdout
+            print(next(line for line in out.splitlines() if line.startswith("RESULT ")), flush=True)
+
+
+if __name__ == "__main__":
+    main()
