@@ -150,6 +150,11 @@ def test_demo_command_reaches_high_accuracy(ray_cluster, tmp_path, capsys):
     out = capsys.readouterr().out
     accuracy = float(out.split("demo eval accuracy: ")[1].split()[0])
     assert accuracy >= 0.90
+    # The start-up breakdown (the run's last line and the summary) is in the order things happen.
+    assert "first step at" in out
+    summary = next(r for r in read_metrics(str(tmp_path / "demo")) if r.get("event") == "summary")
+    phases = [summary["startup_s"][k] for k in ("ray_ready", "data_ready", "worker_entered", "model_ready", "first_step")]
+    assert phases == sorted(phases) and phases[0] >= 0
     assert "rewards from" in out
     card = (tmp_path / "demo" / "README.md").read_text()  # the model card
     assert "## Results" in card and "eval_accuracy" in card and "rmray serve" in card
