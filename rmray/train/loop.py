@@ -240,8 +240,7 @@ def _load_resume_state(cfg: TrainConfig, run_dir: str | None, strategy, model, r
                 log.write({"event": "warning", "kind": "bad_checkpoint",
                            "message": f"skipping checkpoint {directory}: {problem}"})
                 continue
-            load_model_weights(raw_model.model, directory,
-                               None if not strategy.sharded else lambda sd: strategy.load_model_state(model, raw_model, sd))
+            load_model_weights(raw_model.model, directory, lambda sd: strategy.load_model_state(model, raw_model, sd))
             saved, optimizer_state = load_training_state(directory, scheduler=scheduler)
             strategy.load_optimizer_state(model, optimizer, optimizer_state)
             saved["_from"] = str(directory)
@@ -335,8 +334,9 @@ def _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, schedule
     metrics = {"step": state.step, "epoch": state.epoch, **eval_metrics}
     if cfg.metric_for_best_model and cfg.metric_for_best_model not in metrics:  # no eval yet: ranks last
         metrics[cfg.metric_for_best_model] = -math.inf if cfg.best_is_greater else math.inf
-    model_state = strategy.model_state(model, raw_model)  # FSDP: a gather every rank joins
-    optimizer_state = strategy.optimizer_state(model, optimizer) if strategy.sharded or rank == 0 else None
+    # Every rank calls these: under FSDP they are gathers (DDP: the live model saves itself, state_dict()).
+    model_state = strategy.model_state(model, raw_model)
+    optimizer_state = strategy.optimizer_state(model, optimizer)
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return

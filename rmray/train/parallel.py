@@ -26,8 +26,6 @@ FSDP_OPTIONS = {"full_shard", "shard_grad_op", "offload", "auto_wrap"}
 
 
 class DDPStrategy:
-    sharded = False
-
     def wrap(self, raw_model, use_bf16: bool, device):
         import ray.train.torch
 
@@ -67,8 +65,6 @@ class DDPStrategy:
 
 class FSDPStrategy:
     """torch FSDP2 (``fully_shard``); gloo on CPU, nccl on GPU -- whatever Ray Train initialised."""
-
-    sharded = True
 
     def __init__(self, options: set[str]):
         self.options = options
