@@ -147,6 +147,34 @@ def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, 
     )
 
 
+def pack_for_model(groups: Sequence[Group], *, pad_token_id: int, causal: bool, segments: bool,
+                   attention_ratio: float, row_tokens: int | None = None) -> PackedBatch:
+    """The one rule for laying groups out for a forward: with segment attention (rmray.core.attention)
+    the cost does not grow with the row, so all groups go in one unpadded row and no 4D mask is built;
+    with a dense mask the row length trades padding against wasted attention (choose_row_tokens)."""
+    sizes = [len(p) + sum(len(r) for r in rs) for p, rs in groups]
+    if row_tokens is None:
+        row_tokens = sum(sizes) if segments else choose_row_tokens(sizes, attention_ratio)
+    return pack_groups(groups, row_tokens=row_tokens, pad_token_id=pad_token_id, causal=causal,
+                       dense_mask=not segments)
+
+
+def model_inputs(packed: PackedBatch, segments: bool) -> dict:
+    """Keyword arguments of :meth:`rmray.core.model.RewardModel.forward` for a packed batch."""
+    inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids,
+              "readout_row": packed.readout_row, "readout_col": packed.readout_col}
+    if segments:
+        inputs["segments"] = packed.plan
+    else:
+        inputs["attention_mask"] = packed.attention_mask
+    return inputs
+
+
+def on_device(inputs: dict, device) -> dict:
+    """Tensors to ``device``; the segment plan (plain Python) as it is."""
+    return {key: v.to(device) if torch.is_tensor(v) else v for key, v in inputs.items()}
+
+
 def _dense_mask(seg: torch.Tensor, resp: torch.Tensor, causal: bool) -> torch.Tensor:
     length = seg.shape[1]
     same_group = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)

@@ -20,7 +20,7 @@ import torch
 from .collate import pad_sequences
 from .formats import Text
 from .model import RewardModel, load_hf_model, load_tokenizer
-from .packing import choose_row_tokens, pack_groups
+from .packing import model_inputs, on_device, pack_for_model
 from .spec import ScoringSpec
 from .tokenize import Encoded, encode
 
@@ -113,15 +113,10 @@ class Scorer:
         # this on CPU (benchmarks/serve_bench.py groups): one packed row per group it is.
         for chunk in _chunks_by_tokens(packed_groups, max_batch_tokens):
             sub = [packed_groups[g] for g in chunk]
-            sizes = [len(p) + sum(len(r) for r in rs) for p, rs in sub]
-            segments = self.model.segments_ok  # block-by-block attention: one unpadded row
-            hidden = self.model.hf_model.config.hidden_size
-            batch = pack_groups(sub, row_tokens=sum(sizes) if segments else choose_row_tokens(sizes, 6 * hidden),
-                                pad_token_id=self.tokenizer.pad_token_id, causal=True, dense_mask=not segments)
-            out = self.model(batch.input_ids.to(self.device),
-                             None if segments else batch.attention_mask.to(self.device),
-                             batch.position_ids.to(self.device), batch.readout_row.to(self.device),
-                             batch.readout_col.to(self.device), segments=batch.plan if segments else None).tolist()
+            segments = self.model.segments_ok
+            batch = pack_for_model(sub, pad_token_id=self.tokenizer.pad_token_id, causal=True, segments=segments,
+                                   attention_ratio=6 * self.model.hf_model.config.hidden_size)
+            out = self.model(**on_device(model_inputs(batch, segments), self.device)).tolist()
             pos = 0
             for g, (_, responses) in zip(chunk, sub):
                 results[g] = out[pos:pos + len(responses)]

@@ -23,7 +23,7 @@ import torch
 
 from rmray.core.batching import length_grouped_batches
 from rmray.core.collate import collate_pairs
-from rmray.core.packing import choose_row_tokens, pack_groups, pair_groups, pair_readout_order
+from rmray.core.packing import model_inputs, pack_for_model, pair_groups, pair_readout_order
 
 
 @dataclass
@@ -94,25 +94,12 @@ def _chunk(chosen, rejected, margin, layout: Layout) -> Chunk:
         return Chunk(inputs, margin, n, out["input_ids"].numel(), real)
     share = layout.kind == "shared"
     groups = pair_groups(chosen, rejected, share)
-    sizes = [len(p) + sum(len(r) for r in rs) for p, rs in groups]
-    if layout.segments:  # attention cost no longer grows with the row: one row, no padding
-        row_tokens = layout.row_tokens or sum(sizes)
-    else:
-        row_tokens = layout.row_tokens or choose_row_tokens(sizes, layout.attention_ratio)
-    packed = pack_groups(groups, row_tokens=row_tokens, pad_token_id=layout.pad_token_id, causal=layout.causal,
-                         dense_mask=not layout.segments)
+    packed = pack_for_model(groups, pad_token_id=layout.pad_token_id, causal=layout.causal, segments=layout.segments,
+                            attention_ratio=layout.attention_ratio, row_tokens=layout.row_tokens)
     order = pair_readout_order(n, share)
-    inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids,
-              "readout_row": packed.readout_row[order], "readout_col": packed.readout_col[order]}
-    if layout.segments:
-        inputs["segments"] = packed.plan
-    else:
-        inputs["attention_mask"] = packed.attention_mask
+    inputs = model_inputs(packed, layout.segments)
+    inputs["readout_row"], inputs["readout_col"] = packed.readout_row[order], packed.readout_col[order]
     return Chunk(inputs, margin, n, packed.input_ids.numel(), real)
-
-
-def on_device(inputs: dict, device) -> dict:
-    return {key: v.to(device) if torch.is_tensor(v) else v for key, v in inputs.items()}
 
 
 def padded_equivalent_tokens(batch: dict) -> int:

@@ -30,9 +30,10 @@ from rmray.config import TrainConfig
 from rmray.core.export import save_reward_model
 from rmray.core.loss import bradley_terry_loss, metrics_from_sums, preference_sums
 from rmray.core.model import RewardModel, apply_lora, load_hf_model
+from rmray.core.packing import on_device
 from rmray.core.spec import ScoringSpec
 
-from .batches import Layout, choose_layout, iter_pair_batches, on_device, padded_equivalent_tokens, to_chunks
+from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
 from .health import Health
 from .metrics_log import MetricsLog
 from .parallel import make_strategy
@@ -315,9 +316,9 @@ def _evaluate(model, strategy, eval_shard, layout: Layout, cfg: TrainConfig, dev
 
 def _all_reduce(sums: torch.Tensor, device) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
-        on_device = sums.to(device)
-        dist.all_reduce(on_device)  # a sync point: every rank must get here the same number of times
-        return on_device.cpu()
+        reduced = sums.to(device)
+        dist.all_reduce(reduced)  # a sync point: every rank must get here the same number of times
+        return reduced.cpu()
     return sums
 
 
