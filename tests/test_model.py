@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rmray.core.collate import pad_sequences
-from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer
+from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer, readout_kind
 
 SHORT = "\n\nHuman: hi\n\nAssistant: hello there"
 LONG = "\n\nHuman: " + "tell me a long story about a dragon and a knight " * 12 + "\n\nAssistant: once upon a time"
@@ -40,6 +40,14 @@ def test_score_invariant_to_batch_and_padding_side(fixture, request):
 
 
 @torch.no_grad()
+def test_readout_kind_sees_through_wrappers(tiny_qwen, minilm_path):
+    """A benchmark once asked the RewardModel wrapper and got "pooler" for a causal LM: it then packed
+    Qwen2 pairs without sharing the prompt (74k tokens instead of 48k)."""
+    for path, kind in ((tiny_qwen, "last_token"), (minilm_path, "pooler")):
+        hf = load_hf_model(path)
+        assert readout_kind(hf) == readout_kind(RewardModel(hf)) == RewardModel(hf).readout == kind
+
+
 def test_pad_equal_to_eos_is_read_at_the_eos(tiny_llama_pad_is_eos):
     model, tok = load(tiny_llama_pad_is_eos)
     assert tok.pad_token_id == tok.eos_token_id

@@ -125,8 +125,10 @@ def _float32_heads(peft_model: nn.Module, names) -> None:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside DDP / PEFT wrappers (PEFT layers stay injected in it)."""
+    """The transformers model inside DDP / RewardModel / PEFT wrappers (PEFT layers stay injected in it)."""
     model = getattr(model, "module", model)  # DDP
+    if isinstance(model, RewardModel):
+        model = model.model
     if hasattr(model, "get_base_model"):  # PEFT
         model = model.get_base_model()
     return model
