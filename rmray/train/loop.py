@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -29,7 +30,7 @@ import torch.distributed as dist
 from rmray.config import TrainConfig
 from rmray.core.export import save_reward_model
 from rmray.core.loss import bradley_terry_loss, metrics_from_sums, preference_sums
-from rmray.core.model import RewardModel, apply_lora, load_hf_model
+from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer
 from rmray.core.packing import on_device
 from rmray.core.spec import ScoringSpec
 
@@ -52,17 +53,24 @@ class LoopState:
     tokens_seen: int = 0
     computed_tokens: int = 0  # positions run by the model on this rank, padding included
     padded_tokens: int = 0  # what TRL's padded layout would have run on the same batches
+    data_wait_s: float = 0.0  # time spent waiting for the next micro-batch from Ray Data (in train_time_s)
     first_step_at: float | None = None
     last_train_accuracy: float | None = None
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+def train_loop_per_worker(loop_config: dict, shards: dict) -> None:
     cfg = TrainConfig(**loop_config["cfg"])
-    spec = ScoringSpec(**loop_config["spec"])
-    tokenizer = loop_config["tokenizer"]
-    total_steps, started_at = loop_config["total_steps"], loop_config["started_at"]
-    startup = {"ray_ready": loop_config["ray_ready_s"], "data_ready": loop_config["data_ready_s"],
+    started_at = loop_config["started_at"]
+    # The driver's data facts: the trainer may have started before they existed (see rmray.train.handoff).
+    # Ray Train called the dataset callables before this function, so they are there by now.
+    info = ray.get(loop_config["handoff"].get.remote("info"))
+    spec, total_steps = ScoringSpec(**info["spec"]), info["total_steps"]
+    startup = {"ray_ready": loop_config["ray_ready_s"], "data_ready": info["data_ready_s"],
                "worker_entered": time.time() - started_at}  # seconds since train() was called
+    # Rebuilt here by the driver's own call rather than shipped: a pickled tokenizer would make every
+    # process that relays the config import transformers (see run._train_worker).
+    tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
+                               trust_remote_code=cfg.trust_remote_code)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
@@ -95,8 +103,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     attention_ratio=6.0 * raw_model.hf_model.config.get_text_config().hidden_size,
                     max_tokens_per_batch=cfg.max_tokens_per_batch,
                     segments=cfg.packed_attention == "segments" and raw_model.segments_ok)
-    train_shard = ray.train.get_dataset_shard("train")
-    eval_shard = ray.train.get_dataset_shard("eval") if "eval" in loop_config["datasets"] else None
+    train_shard, eval_shard = shards["train"], shards.get("eval")
     autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     window = torch.zeros(8, dtype=torch.float64)  # preference sums since the last log line
@@ -111,7 +118,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                     group_by_length=cfg.group_by_length, window=cfg.length_group_window,
                                     seed=random.Random(f"{cfg.seed}-{state.epoch}-{rank}").randrange(2**31))
         micro, t0 = 0, time.perf_counter()
-        for batch_index, batch in enumerate(batches):
+        for batch_index, batch in enumerate(_timed(batches, state, startup, started_at)):
             if batch_index < state.batches_in_epoch:  # resuming inside an epoch: skip what was trained
                 consumed.write(state, batch_index, batch, "skipped")
                 continue
@@ -177,8 +184,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
         window_start = time.perf_counter()
     state.pairs_seen += window_pairs
     state.tokens_seen += window_tokens
-    _finish(strategy, model, raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout, startup)
+    _finish(strategy, model, raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout, startup,
+            started_early=info["workers_started_early"])
     log.close()
+
+
+def _timed(batches, state: LoopState, startup: dict, started_at: float):
+    """Yield from ``batches``, adding the wait for each one to ``state.data_wait_s`` and noting when the
+    first arrived: a run whose steps wait on data shows it here, not as slow compute."""
+    iterator = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        state.data_wait_s += time.perf_counter() - t0
+        startup.setdefault("first_batch", time.time() - started_at)
+        yield batch
 
 
 class ConsumedLog:
@@ -353,13 +376,16 @@ def _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, schedule
 
 
 def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict,
-            log, rank, layout: Layout, startup: dict):
+            log, rank, layout: Layout, startup: dict,
+            started_early: bool):
     summary = {
         "event": "summary", "steps": state.step, "epochs": state.epoch, "train_pairs": state.pairs_seen,
         "train_tokens": state.tokens_seen, "train_runtime_s": state.train_time_s,
         "train_pairs_per_s": state.pairs_seen / max(state.train_time_s, 1e-9),
         "train_tokens_per_s": state.tokens_seen / max(state.train_time_s, 1e-9),
-        "time_to_first_step_s": state.first_step_at, "startup_s": {k: round(v, 2) for k, v in startup.items()},
+        "time_to_first_step_s": state.first_step_at, "data_wait_s": state.data_wait_s,
+        "workers_started_early": started_early,
+        "startup_s": {k: round(v, 2) for k, v in startup.items()},
         "layout": layout.kind,
         "packed_attention": "segments" if layout.segments else "dense",
         "computed_tokens_rank0": state.computed_tokens, "padded_equivalent_tokens_rank0": state.padded_tokens,

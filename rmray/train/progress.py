@@ -2,7 +2,7 @@
 
 Worker output is not forwarded to the driver by default (Ray's own log lines are noise to most
 users), so the driver follows ``metrics.jsonl`` -- the same record users read afterwards -- while
-``fit()`` runs in a background thread.
+``fit()`` runs in a background thread (:class:`InBackground`).
 """
 
 from __future__ import annotations
@@ -13,27 +13,44 @@ import sys
 import threading
 
 
-def run_with_progress(fit, metrics_path: str, total_steps: int, poll_s: float = 1.0):
-    result: dict = {}
+class InBackground:
+    """Runs ``fn`` in a daemon thread from construction; ``result()`` returns its value or re-raises
+    its error in the caller's thread."""
 
-    def target():
+    def __init__(self, fn, name: str = "rmray-fit"):
+        self._result: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
         try:
-            result["value"] = fit()
-        except BaseException as e:  # re-raised in the caller's thread
-            result["error"] = e
+            self._result["value"] = fn()
+        except BaseException as e:
+            self._result["error"] = e
 
-    thread = threading.Thread(target=target, name="rmray-fit", daemon=True)
-    thread.start()
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._result:
+            raise self._result["error"]
+        return self._result.get("value")
+
+
+def follow_progress(running: InBackground, metrics_path: str, total_steps: int, poll_s: float = 1.0):
+    """Print the run's progress from ``metrics_path`` until ``running`` ends; return its result."""
     printer = _Printer(total_steps)
     offset = 0
-    while thread.is_alive():
-        thread.join(poll_s)
+    while running.is_alive():
+        running.join(poll_s)
         offset = _follow(metrics_path, offset, printer)
     _follow(metrics_path, offset, printer)
     printer.close()
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")
+    return running.result()
 
 
 def _follow(path: str, offset: int, printer) -> int:

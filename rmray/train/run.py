@@ -1,11 +1,15 @@
 """Driver side of training: data pipeline, schedule, TorchTrainer, final report.
 
-``train(cfg)`` is the one function the CLI and ``jobs/train.py`` call.
+``train(cfg)`` is the one function the CLI and ``jobs/train.py`` call. The trainer is started
+before the data is ready whenever that is safe (``_start_workers_early``): Ray Train's controller
+and workers come up (about 10 s) while the driver reads and tokenizes, and the datasets reach them
+through :mod:`rmray.train.handoff`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import shutil
@@ -17,7 +21,7 @@ from rmray.core.spec import ScoringSpec
 from rmray.ray_env import init_ray, verbose
 
 from .metrics_log import read_metrics
-from .progress import run_with_progress
+from .progress import InBackground, follow_progress
 
 RUN_NAME = "ray"  # <output_dir>/ray/: Ray Train's run state and checkpoints
 
@@ -29,6 +33,14 @@ class TrainResult:
     summary: dict
 
 
+@dataclass
+class PreparedData:
+    spec: ScoringSpec
+    datasets: dict  # "train" (and "eval") -> MaterializedDataset of PAIR_COLUMNS
+    reports: list
+    total_steps: int
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     started_at = time.time()
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir))
@@ -36,13 +48,101 @@ def train(cfg: TrainConfig) -> TrainResult:
     init_ray(cfg.ray_address)
     ray_ready = time.time() - started_at
 
+    from .handoff import DataHandoff
+
+    handoff = DataHandoff.remote()
+    trainer = _build_trainer(cfg, handoff, started_at, ray_ready)
+    early = _start_workers_early(cfg)
+    running = InBackground(trainer.fit) if early else None
+    try:
+        data = _prepare_data(cfg)
+    except BaseException as e:
+        handoff.put.remote({"error": f"{type(e).__name__}: {e}"})
+        if running is not None and isinstance(e, Exception):
+            running.join(timeout=120)  # the trainer stops at its first data read: leave no workers behind
+        raise
+    handoff.put.remote({"datasets": data.datasets, "info": {
+        "spec": dataclasses.asdict(data.spec), "total_steps": data.total_steps, "data_ready_s": time.time() - started_at,
+        "workers_started_early": early}})
+    running = running or InBackground(trainer.fit)
+    follow_progress(running, os.path.join(cfg.output_dir, "metrics.jsonl"), data.total_steps)
+
+    summary = next((m for m in reversed(read_metrics(cfg.output_dir)) if m.get("event") == "summary"), {})
+    final_dir = os.path.join(cfg.output_dir, "final")
+    if summary:
+        from rmray.report.model_card import write_model_card
+
+        write_model_card(cfg.output_dir, dataclasses.asdict(cfg), summary, [r.to_dict() for r in data.reports])
+    if _is_uri(cfg.storage_path) and summary:
+        _upload_outputs(cfg.output_dir, cfg.storage_path.rstrip("/"))
+    _print_summary(summary, final_dir)
+    return TrainResult(cfg.output_dir, final_dir, summary)
+
+
+def _start_workers_early(cfg: TrainConfig) -> bool:
+    import ray
+
+    return _room_for_data_tasks(cfg, ray.nodes(), ray.available_resources().get("CPU", 0.0))
+
+
+def _room_for_data_tasks(cfg: TrainConfig, nodes: list[dict], available_cpus: float) -> bool:
+    """Whether the trainer may start while the data is prepared: only if, wherever Ray places the
+    workers, some node keeps the CPU one Ray Data task asks for (1 for reads and plain maps,
+    ``tokenize_num_cpus`` for tokenizing). Otherwise the workers' placement group could hold every
+    CPU those tasks wait for -- a deadlock -- so data and trainer run one after the other.
+
+    ``nodes`` as ``ray.nodes()`` returns them; the worst case puts as many workers on a node as fit."""
+    need = max(1.0, cfg.tokenize_num_cpus)
+    if available_cpus - cfg.num_workers * cfg.cpus_per_worker < need:
+        return False
+    for node in nodes:
+        if not node.get("Alive", True):
+            continue
+        cpus, gpus = node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0)
+        fit = cfg.num_workers
+        if cfg.cpus_per_worker > 0:
+            fit = min(fit, int(cpus // cfg.cpus_per_worker))
+        if cfg.use_gpu:
+            fit = min(fit, int(gpus))
+        if cpus - fit * cfg.cpus_per_worker >= need:
+            return True
+    return False
+
+
+def _build_trainer(cfg: TrainConfig, handoff, started_at: float, ray_ready: float):
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from .handoff import await_dataset
+
+    names = ["train"] + (["eval"] if cfg.eval_data or cfg.eval_split_ratio > 0 else [])
+    remote = _is_uri(cfg.storage_path)
+    storage = cfg.storage_path if remote else os.path.abspath(cfg.storage_path or cfg.output_dir)
+    return TorchTrainer(
+        _train_worker,
+        # Plain data and an actor handle only: every process that relays this (the controller too) unpickles it.
+        train_loop_config={"cfg": dataclasses.asdict(cfg), "handoff": handoff, "started_at": started_at,
+                           "datasets": names, "ray_ready_s": ray_ready,
+                           "run_dir": None if remote else os.path.join(storage, RUN_NAME)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement_strategy,
+            resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})),
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME, storage_path=storage, checkpoint_config=_checkpoint_config(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            logging_config=ray.train.LoggingConfig(
+                log_level=os.environ.get("RMRAY_TRAIN_LOG_LEVEL", "INFO" if verbose() else "WARNING"))),
+        # Callables: the controller calls them once the workers are up; they wait for the driver's data.
+        datasets={name: functools.partial(await_dataset, handoff, name) for name in names},
+        # Eval is not split: every rank reads all of it and scores its share (see loop._evaluate).
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def _prepare_data(cfg: TrainConfig) -> PreparedData:
+    """Read, validate, tokenize, report and split; materialized, so the schedule is known up front."""
     from rmray.core.model import load_tokenizer
     from rmray.data.preferences import build_preferences
-
-    from .loop import train_loop_per_worker
 
     tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
                                trust_remote_code=cfg.trust_remote_code)
@@ -64,48 +164,31 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.max_eval_samples:
             eval_ds = eval_ds.limit(cfg.max_eval_samples).materialize()
     # One pass each from the tokens to what the workers read (a split above already materialized).
-    train_ds = _materialized(train_ds)
-    eval_ds = _materialized(eval_ds) if eval_ds is not None else None
+    datasets = {"train": _materialized(train_ds)} | ({"eval": _materialized(eval_ds)} if eval_ds is not None else {})
     for report in reports:
         print(report.format(), flush=True)
     _save_json(os.path.join(cfg.output_dir, "data_report.json"), [r.to_dict() for r in reports])
 
-    n_train = train_ds.count()
+    n_train = datasets["train"].count()
     total_steps = _total_steps(cfg, n_train)
-    n_eval = eval_ds.count() if eval_ds is not None else 0
+    n_eval = datasets["eval"].count() if "eval" in datasets else 0
     print(f"training on {n_train} pairs ({n_eval} eval) with {cfg.num_workers} workers for {total_steps} steps", flush=True)
+    return PreparedData(spec, datasets, reports, total_steps)
 
-    datasets = {"train": train_ds} | ({"eval": eval_ds} if eval_ds is not None else {})
-    remote = _is_uri(cfg.storage_path)
-    storage = cfg.storage_path if remote else os.path.abspath(cfg.storage_path or cfg.output_dir)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "spec": dataclasses.asdict(spec), "tokenizer": tokenizer,
-                           "total_steps": total_steps, "started_at": started_at, "datasets": list(datasets),
-                           "ray_ready_s": ray_ready, "data_ready_s": time.time() - started_at,
-                           "run_dir": None if remote else os.path.join(storage, RUN_NAME)},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement_strategy,
-            resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})),
-        run_config=ray.train.RunConfig(
-            name=RUN_NAME, storage_path=storage, checkpoint_config=_checkpoint_config(cfg),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
-        datasets=datasets,
-        # Eval is not split: every rank reads all of it and scores its share (see loop._evaluate).
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
-    run_with_progress(trainer.fit, os.path.join(cfg.output_dir, "metrics.jsonl"), total_steps)
-    summary = next((m for m in reversed(read_metrics(cfg.output_dir)) if m.get("event") == "summary"), {})
-    final_dir = os.path.join(cfg.output_dir, "final")
-    if summary:
-        from rmray.report.model_card import write_model_card
 
-        write_model_card(cfg.output_dir, dataclasses.asdict(cfg), summary, [r.to_dict() for r in reports])
-    if remote and summary:
-        _upload_outputs(cfg.output_dir, cfg.storage_path.rstrip("/"))
-    _print_summary(summary, final_dir)
-    return TrainResult(cfg.output_dir, final_dir, summary)
+def _train_worker(loop_config: dict) -> None:
+    """What the trainer ships to its workers. Ray pickles a function by reference, so every process that
+    receives it imports its module -- the controller too, which never runs it. ``rmray.train.loop``
+    imports torch, transformers and peft (about 2 s per process on 2 busy cores, on the path to the
+    first step), so the trainer holds this function of a light module and the loop is imported only
+    where it runs. The shards are asked for first: Ray Train creates the train split (and starts its
+    coordinator actor) on that call, which then overlaps the imports and the model load."""
+    import ray.train
+
+    shards = {name: ray.train.get_dataset_shard(name) for name in loop_config["datasets"]}
+    from .loop import train_loop_per_worker
+
+    train_loop_per_worker(loop_config, shards)
 
 
 def _checkpoint_config(cfg: TrainConfig):

@@ -1,0 +1,80 @@
+"""How a run starts: the workers come up while the data is tokenized when a CPU is left for the
+tokenizer, one after the other when not (a deadlock otherwise), and bad data fails clearly either way."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from rmray.config import TrainConfig
+from rmray.train.metrics_log import read_metrics
+
+pytestmark = pytest.mark.ray
+
+
+def pairs_file(path, n: int) -> str:
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"prompt": f"Q{i}: say hi", "chosen": f" hello {i}", "rejected": " go away"}) + "\n")
+    return str(path)
+
+
+def config(tiny_qwen, tmp_path, **overrides) -> TrainConfig:
+    base = dict(model_name_or_path=tiny_qwen, train_data=pairs_file(tmp_path / "d.jsonl", 32), eval_split_ratio=0,
+                max_length=64, per_device_train_batch_size=8, max_steps=2, logging_steps=1, report_to=[],
+                output_dir=str(tmp_path / "out"))
+    return TrainConfig(**base | overrides)
+
+
+def test_workers_start_early_only_when_a_node_keeps_a_cpu_for_data_tasks(ray_cluster, tiny_qwen, tmp_path):
+    from rmray.train.run import _room_for_data_tasks, _start_workers_early
+
+    assert ray_cluster.available_resources()["CPU"] == 2  # the session cluster, idle
+    shape = lambda workers, cpus: _start_workers_early(config(tiny_qwen, tmp_path, num_workers=workers,  # noqa: E731
+                                                              cpus_per_worker=cpus))
+    assert shape(2, 0.5) and shape(1, 1.0)  # a whole CPU is left for a read or map task
+    assert not shape(2, 1.0) and not shape(1, 2.0) and not shape(1, 1.5)
+
+    def node(cpus, gpus=0):
+        return {"Alive": True, "Resources": {"CPU": cpus, "GPU": gpus}}
+
+    cfg = config(tiny_qwen, tmp_path, num_workers=2, cpus_per_worker=0.5)
+    # Two 1-CPU nodes: one worker per node leaves 0.5 CPU on each, less than a read task takes
+    # (the 2-node test hung here once, in Ray Data's read, before this rule looked per node).
+    assert not _room_for_data_tasks(cfg, [node(1), node(1)], available_cpus=2)
+    assert _room_for_data_tasks(cfg, [node(1), node(2)], available_cpus=3)  # the 2-CPU node keeps one
+    gpu = config(tiny_qwen, tmp_path, num_workers=4, cpus_per_worker=4, use_gpu=True)
+    # GPU workers never land on the CPU-only head, so its CPUs stay free for Ray Data.
+    assert _room_for_data_tasks(gpu, [node(4), node(16, gpus=4)], available_cpus=20)
+    assert not _room_for_data_tasks(gpu, [node(16, gpus=4)], available_cpus=16)
+
+
+def test_run_without_a_spare_cpu_prepares_data_first_and_trains(ray_cluster, tiny_qwen, tmp_path):
+    """One 2-CPU worker on the 2-CPU cluster: started early, its placement group would starve the
+    tokenize tasks and the run would hang; here it must train."""
+    from rmray.train.run import train
+
+    result = train(config(tiny_qwen, tmp_path, num_workers=1, cpus_per_worker=2.0))
+    summary = result.summary
+    assert summary["steps"] == 2 and summary["workers_started_early"] is False
+    assert summary["startup_s"]["data_ready"] < summary["startup_s"]["worker_entered"]
+    assert summary["data_wait_s"] >= 0
+
+
+def test_bad_data_while_workers_start_fails_clearly_and_frees_the_cluster(ray_cluster, tiny_qwen, tmp_path):
+    from rmray.train.run import _start_workers_early, train
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": f"not a pair {i}"}) + "\n" for i in range(4)))
+    cfg = config(tiny_qwen, tmp_path, train_data=str(bad), num_workers=2, cpus_per_worker=0.5)
+    assert _start_workers_early(cfg)  # the trainer is already starting when the data turns out bad
+    with pytest.raises(ValueError, match="all 4 rows were skipped"):  # the driver's own error, not Ray's wrapper
+        train(cfg)
+    assert not read_metrics(cfg.output_dir)  # no step was taken, nothing half-written
+    # The driver let the trainer wind down before raising: no fit() is left running in this process.
+    assert not [t for t in threading.enumerate() if t.name == "rmray-fit"]
+    deadline = time.time() + 30  # the trainer's placement group is released (Ray frees it asynchronously)
+    while ray_cluster.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_cluster.available_resources()["CPU"] == 2
