@@ -91,7 +91,8 @@ def run_rmray(model_dir: str, data_path: str, args, overrides=()) -> dict:
         cfg = load_config(None, [
             f"model_name_or_path={model_dir}", f"train_data={data_path}", "eval_split_ratio=0", f"output_dir={out}",
             f"per_device_train_batch_size={args.batch_size}", f"max_length={args.max_length}", f"bf16={str(args.bf16).lower()}",
-            "num_train_epochs=1", "logging_steps=10000", "learning_rate=1e-5", "num_workers=1", "cpus_per_worker=2",
+            "num_train_epochs=1", "logging_steps=10000", "learning_rate=1e-5", "num_workers=1",
+            f"cpus_per_worker={args.threads}",
             *overrides])
         return train(cfg).summary
 
@@ -101,7 +102,7 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     from rmray.config import TrainConfig
     from rmray.core.batching import length_grouped_batches
     from rmray.core.formats import normalize_row
-    from rmray.core.model import RewardModel, load_hf_model, load_tokenizer, readout_kind
+    from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_pair
     from rmray.train.batches import Layout, choose_layout, to_chunks
@@ -113,7 +114,7 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     pairs = [encode_pair(tok, spec, normalize_row(r, "implicit")) for r in rows]
     torch.manual_seed(0)
     model = RewardModel(load_hf_model(model_dir, pad_token_id=tok.pad_token_id))
-    causal = readout_kind(model) == "last_token"
+    causal = model.readout == "last_token"
     layout = Layout(choose_layout(True, True, causal), causal, tok.pad_token_id,
                     attention_ratio=6.0 * model.hf_model.config.hidden_size, segments=model.segments_ok)
     cfg = TrainConfig(learning_rate=1e-5)
@@ -137,13 +138,14 @@ def run_one(kind: str, model_dir: str, data_path: str, args) -> dict:
     """One measurement in this (fresh) process; prints one JSON line."""
     with open(data_path) as f:
         rows = [json.loads(line) for line in f]
+    torch.set_num_threads(args.threads)  # the Ray worker gets as many CPUs, so Ray sets the same in it
     if kind == "trl":
         return {"pairs_per_s": run_trl(model_dir, rows, args)}
     if kind == "plain":
         return {"pairs_per_s": run_plain_loop(model_dir, rows, args)}
     from rmray.ray_env import init_ray
 
-    init_ray("local", num_cpus=3, include_dashboard=False)  # 2 CPUs for the worker's 2 torch threads + Data
+    init_ray("local", num_cpus=args.threads + 1, include_dashboard=False)  # the worker's CPUs + 1 for Ray Data
     summary = run_rmray(model_dir, data_path, args)
     return {"pairs_per_s": summary["train_pairs_per_s"], **summary}
 
@@ -151,7 +153,8 @@ def run_one(kind: str, model_dir: str, data_path: str, args) -> dict:
 def measure(kind: str, model_dir: str, data_path: str, args) -> dict:
     """Each run in its own process, so no run inherits another's threads, caches or shutting-down actors."""
     cmd = [sys.executable, __file__, "--one", kind, "--model-dir", model_dir, "--data", data_path,
-           "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--bf16" if args.bf16 else "--no-bf16"]
+           "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--bf16" if args.bf16 else "--no-bf16",
+           "--threads", str(args.threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     time.sleep(3)  # let the previous run's processes exit before the next starts
     return json.loads(out.strip().splitlines()[-1])
@@ -167,6 +170,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/train_vs_trl.json")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bf16 autocast on both sides (--no-bf16: fp32; CPUs without AVX512-BF16/AMX emulate bf16 slowly)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads on every side; the Ray worker gets as many CPUs")
     parser.add_argument("--one", choices=["trl", "rmray", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
