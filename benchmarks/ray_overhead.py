@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--threads", default="2,1", help="torch threads (= the Ray worker's CPUs) to test")
     parser.add_argument("--models", default="qwen2-6L-384,minilm-l6")
     parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="bf16 autocast (--no-bf16: fp32), as in train_vs_trl.py")
     parser.add_argument("--out", default="benchmarks/results/ray_overhead.json")
     args = parser.parse_args()
     with gzip.open(train_vs_trl.HH, "rt") as f:
@@ -103,7 +105,7 @@ def main() -> None:
             with open(data, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
             for threads in (int(t) for t in args.threads.split(",")):
-                opts = argparse.Namespace(batch_size=8, max_length=512, bf16=False, threads=threads)
+                opts = argparse.Namespace(batch_size=8, max_length=512, bf16=args.bf16, threads=threads)
                 for rep in range(args.repeats):
                     plain = train_vs_trl.measure("plain", models[name], data, opts)["pairs_per_s"]
                     sampler = CpuSampler(threads)

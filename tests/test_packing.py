@@ -142,3 +142,25 @@ def test_length_grouping_sees_every_row_once_and_cuts_padding():
 
     plain = [list(range(i, i + 8)) for i in range(0, 1000, 8)]
     assert padded(batches) < 0.6 * padded(plain)
+
+
+def test_segment_attention_runs_in_float32_under_cpu_bf16_autocast():
+    """CPU SDPA is slower in bf16 than in float32 (see rmray.core.attention), so under CPU autocast the
+    segment path computes attention in float32: its output equals float32 SDPA, not a bf16 rounding."""
+    import types
+
+    import torch.nn.functional as F
+
+    from rmray.core.attention import segment_attention, segment_plan
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 40, 16) for _ in range(3))
+    module = types.SimpleNamespace(is_causal=True, training=False, num_key_value_groups=1)
+    plan = [[(0, 0, [40])]]  # one causal sequence: exactly one is_causal SDPA call
+    reference = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+    with segment_plan(plan), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = segment_attention(module, q, k, v, None)
+        out_bf16_inputs, _ = segment_attention(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
+    assert out.dtype == torch.float32 and out_bf16_inputs.dtype == torch.bfloat16
+    assert (out - reference).abs().max() < 1e-5  # bf16 attention would be off by ~1e-2
+    assert (out_bf16_inputs.float() - reference).abs().max() < 5e-2

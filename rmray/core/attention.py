@@ -45,6 +45,14 @@ def segment_plan(plan: Plan | None):
 def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                       is_causal=None, **kwargs):
     """transformers attention interface: ``query`` ``[B, H, L, D]`` -> ``([B, L, H, D], None)``."""
+    if query.device.type == "cpu" and (query.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")):
+        # CPU SDPA is slower in half precision than in float32 (torch 2.13, AVX512-BF16: the flash
+        # kernel's backward 2.5x slower, a quarter of a bf16 Qwen2 step), so attention runs in float32
+        # there, autocast or not; the matmuls around it keep bf16. GPUs keep the input dtype.
+        with torch.autocast("cpu", enabled=False):
+            out, _ = segment_attention(module, query.float(), key.float(), value.float(), attention_mask,
+                                       dropout, scaling, is_causal, **kwargs)
+        return out.to(query.dtype), None
     plan = _PLAN.get()
     if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
