@@ -5,10 +5,12 @@
 
 For each model and torch thread count: the plain in-process loop and the Ray Train run (1 worker,
 ``threads`` CPUs) over the same pairs (``train_vs_trl.run_plain_loop`` / ``run_rmray``, alternating).
-While the Ray run trains, the CPU every *other* process uses (Ray's actors, raylet, GCS, agents) is
-sampled from /proc; then the plain loop runs again beside a synthetic neighbour that burns that much
-CPU in 20 short bursts a second. If the neighbour costs the plain loop what Ray costs, the overhead is
-contention for the cores, not work Ray does per step (the run's ``data_wait_s`` prices that part).
+While the Ray run trains, every *other* process (Ray's actors, raylet, GCS, agents) is sampled from
+/proc: the CPU it uses and how often it wakes up. Then the plain loop runs again beside a synthetic
+neighbour of as many processes, each waking every 10 ms (Ray core checks for signals on that period
+in every worker process) and burning the same CPU in total. If the neighbour costs the plain loop
+what Ray costs, the overhead is the interruptions of torch's threads, not work Ray does per step
+(the run's ``data_wait_s`` prices that part).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import gzip
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,13 +31,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_vs_trl  # noqa: E402  (same models, pairs and measurement processes)
 
 NEIGHBOUR = """
-import sys, time
-busy = float(sys.argv[1]) * 0.05  # seconds of work per 50 ms
+import os, sys, time
+processes, busy = int(sys.argv[1]), float(sys.argv[2])  # busy: seconds of work per wake-up
+for _ in range(processes - 1):
+    if os.fork() == 0:
+        break
 while True:
     t = time.perf_counter()
     while time.perf_counter() - t < busy:
         pass
-    time.sleep(0.05 - busy)
+    time.sleep(0.01)
 """
 
 
@@ -51,16 +57,29 @@ def _cpu_ticks() -> dict[str, tuple[int, str]]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        ticks[pid] = (int(fields[11]) + int(fields[12]), cmd)
+        ticks[pid] = (int(fields[11]) + int(fields[12]), cmd, _wakeups(pid))
     return ticks
 
 
+def _wakeups(pid: str) -> int:
+    """Context switches of every thread of the process so far (each one a wake-up or a preemption)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+    except (OSError, ValueError):
+        pass
+    return total
+
+
 class CpuSampler:
-    """Every ``period`` s: cores used by the Ray Train worker and by every other process. Windows where
-    the worker is training (using most of its cores) give the neighbours' share during training."""
+    """Every ``period`` s: cores used by the Ray Train worker and by every other process, and which of
+    those wake up often. Windows where the worker is training (using most of its cores) give the
+    neighbours' share during training."""
 
     def __init__(self, threads: int, period: float = 5.0):
-        self.threads, self.period, self.others = threads, period, []
+        self.threads, self.period, self.others, self.wakers = threads, period, [], []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -74,14 +93,18 @@ class CpuSampler:
             worker = sum(v for pid, v in used.items() if "RayTrainWorker" in after[pid][1])
             if worker >= 0.8 * self.threads:
                 me = str(os.getpid())
-                self.others.append(sum(v for pid, v in used.items()
-                                       if "RayTrainWorker" not in after[pid][1] and pid != me))
+                others = [pid for pid in used if "RayTrainWorker" not in after[pid][1] and pid != me]
+                self.others.append(sum(used[pid] for pid in others))
+                # processes waking 50+ times a second (Ray's actors wake ~100/s each)
+                self.wakers.append(sum((after[pid][2] - before[pid][2]) / self.period >= 50 for pid in others))
             before = after
 
-    def stop(self) -> float | None:
+    def stop(self) -> tuple[float | None, int]:
         self._stop.set()
         self._thread.join()
-        return statistics.median(self.others) if self.others else None
+        if not self.others:
+            return None, 0
+        return statistics.median(self.others), int(statistics.median(self.wakers))
 
 
 def main() -> None:
@@ -110,14 +133,19 @@ def main() -> None:
                     plain = train_vs_trl.measure("plain", models[name], data, opts)["pairs_per_s"]
                     sampler = CpuSampler(threads)
                     ray_run = train_vs_trl.measure("rmray", models[name], data, opts)
-                    others = sampler.stop()
-                    neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR, str(min(others or 0.0, 0.9))])
+                    others, wakers = sampler.stop()
+                    processes = max(wakers, 1)
+                    busy = min(others or 0.0, 0.9) / processes * 0.01  # the same CPU in total, 100 wake-ups/s each
+                    neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR, str(processes), str(busy)],
+                                                 start_new_session=True)
                     try:
                         beside = train_vs_trl.measure("plain", models[name], data, opts)["pairs_per_s"]
                     finally:
-                        neighbour.kill()
+                        os.killpg(neighbour.pid, signal.SIGKILL)
+                        neighbour.wait()
                     run = {"model": name, "threads": threads, "plain": plain, "rmray": ray_run["pairs_per_s"],
                            "plain_beside_neighbour": beside, "others_cores_during_training": others,
+                           "other_processes_waking_50_per_s": wakers,
                            "data_wait_s": ray_run["data_wait_s"], "train_runtime_s": ray_run["train_runtime_s"]}
                     results["runs"].append(run)
                     print(json.dumps(run), flush=True)
