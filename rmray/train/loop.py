@@ -376,8 +376,7 @@ def _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, schedule
 
 
 def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict,
-            log, rank, layout: Layout, startup: dict,
-            started_early: bool):
+            log, rank, layout: Layout, startup: dict, started_early: bool):
     summary = {
         "event": "summary", "steps": state.step, "epochs": state.epoch, "train_pairs": state.pairs_seen,
         "train_tokens": state.tokens_seen, "train_runtime_s": state.train_time_s,
