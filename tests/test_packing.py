@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rmray.core.collate import pad_sequences
 from rmray.core.formats import PreferencePair
@@ -35,7 +36,7 @@ def rewards_and_grads(model, fn):
     model.zero_grad()
     rewards = fn()
     chosen, rejected = rewards.chunk(2)
-    bradley_terry_loss(chosen, rejected, torch.tensor([0.5] * len(chosen))).backward()
+    bradley_terry_loss(chosen, rejected, torch.tensor([0.5] * len(chosen), device=rewards.device)).backward()
     return rewards.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -149,18 +150,80 @@ def test_segment_attention_runs_in_float32_under_cpu_bf16_autocast():
     segment path computes attention in float32: its output equals float32 SDPA, not a bf16 rounding."""
     import types
 
-    import torch.nn.functional as F
-
-    from rmray.core.attention import segment_attention, segment_plan
+    from rmray.core.attention import KWARG, Segments, segment_attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 4, 40, 16) for _ in range(3))
     module = types.SimpleNamespace(is_causal=True, training=False, num_key_value_groups=1)
-    plan = [[(0, 0, [40])]]  # one causal sequence: exactly one is_causal SDPA call
+    plan = {KWARG: Segments([[(0, 0, [40])]])}  # one causal sequence: exactly one is_causal SDPA call
     reference = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
-    with segment_plan(plan), torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = segment_attention(module, q, k, v, None)
-        out_bf16_inputs, _ = segment_attention(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = segment_attention(module, q, k, v, None, **plan)
+        out_bf16_inputs, _ = segment_attention(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), None, **plan)
     assert out.dtype == torch.float32 and out_bf16_inputs.dtype == torch.bfloat16
     assert (out - reference).abs().max() < 1e-5  # bf16 attention would be off by ~1e-2
     assert (out_bf16_inputs.float() - reference).abs().max() < 5e-2
+
+
+def varlen_reference(q, k, v, index, causal):
+    """What a varlen flash kernel computes from an index, in plain torch: each query sequence attends to
+    its key sequence, the causal mask aligned bottom-right (FlashAttention-2's rule when keys > queries)."""
+    q, k, v = (t.transpose(1, 2).flatten(0, 1) for t in (q, k, v))  # [B * L, H, D]
+    if index.key_index is not None:
+        k, v = k[index.key_index], v[index.key_index]
+    out = []
+    for s in range(len(index.cu_q) - 1):
+        qs = q[index.cu_q[s]:index.cu_q[s + 1]].transpose(0, 1)
+        ks, vs = (t[index.cu_k[s]:index.cu_k[s + 1]].transpose(0, 1) for t in (k, v))
+        n, m = qs.shape[1], ks.shape[1]
+        mask = torch.ones(n, m, dtype=torch.bool).tril(m - n) if causal else None
+        out.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask).transpose(0, 1))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_varlen_index_computes_what_the_per_piece_path_computes(causal):
+    """The GPU kernel's input (one flash call per layer over cumulative lengths and gathered keys) is
+    built here on CPU; fed to a plain-torch varlen reference it must give the per-piece SDPA result.
+    Covers: several responses per group, a zero-length prefix, one-token responses, row padding."""
+    from rmray.core.attention import _per_piece, _varlen_index
+
+    torch.manual_seed(0)
+    plan = [[(0, 5, [3, 1, 4]), (13, 0, [2, 6]), (21, 7, [1])], [(0, 2, [9]), (11, 4, [1, 1, 1, 2])]]
+    if not causal:  # encoders: one sequence per group, no shared prefix
+        plan = [[(0, 0, [8]), (8, 0, [1]), (9, 0, [12])], [(0, 0, [5]), (5, 0, [14])]]
+    length = 32
+    q, k, v = (torch.randn(2, 3, length, 8, dtype=torch.float64) for _ in range(3))
+    index = _varlen_index(plan, length, causal, "cpu")
+    expected = _per_piece(q, k, v, plan, 0.0, None, causal).flatten(0, 1)
+    got = varlen_reference(q, k, v, index, causal)
+    real = torch.zeros(2, length, dtype=torch.bool)  # padding outputs are never read
+    for b, row in enumerate(plan):
+        real[b, :sum(p + sum(r) for _, p, r in row)] = True
+    real = real.flatten()
+    assert int(index.cu_q[-1]) == 2 * length and (index.key_index is not None) == causal
+    assert torch.allclose(got[real], expected[real], atol=1e-12)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen", "minilm_path"])
+def test_segment_attention_under_gradient_checkpointing(fixture, request):
+    """Checkpointed layers recompute their forward during backward; the segment plan must reach that
+    recomputation too (it once lived in a context variable, gone by then: the backward raised)."""
+    path = request.getfixturevalue(fixture)
+    tok = load_tokenizer(path)
+    causal = fixture == "tiny_qwen"
+    chosen, rejected = edge_case_pairs(tok)
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = RewardModel(load_hf_model(path, pad_token_id=tok.pad_token_id)).train()
+        if checkpointing:
+            model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        pb = pack_groups(pair_groups(chosen, rejected, causal), row_tokens=0, pad_token_id=tok.pad_token_id,
+                         causal=causal, dense_mask=False)
+        results.append(rewards_and_grads(model, lambda: run_packed(model, pb, "segments")))
+    (ref, ref_grads), (out, grads) = results
+    assert_close_relative(out, ref)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert_close_relative(grads[name], ref_grads[name])

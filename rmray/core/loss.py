@@ -37,13 +37,13 @@ SUM_FIELDS = ("pairs", "correct", "margin", "chosen", "chosen_sq", "rejected", "
 def preference_sums(chosen: torch.Tensor, rejected: torch.Tensor, loss_sum: torch.Tensor | float = 0.0) -> torch.Tensor:
     """Sufficient statistics of one batch as a float64 vector in :data:`SUM_FIELDS` order."""
     c, r = chosen.detach().double(), rejected.detach().double()
-    return torch.stack([
-        torch.tensor(float(c.numel()), dtype=torch.float64),
+    return torch.stack([  # on the rewards' device: summing on a GPU needs no sync per batch
+        torch.tensor(float(c.numel()), dtype=torch.float64, device=c.device),
         (c > r).double().sum(),
         (c - r).sum(),
         c.sum(), (c * c).sum(),
         r.sum(), (r * r).sum(),
-        torch.as_tensor(loss_sum, dtype=torch.float64).detach().reshape(()),
+        torch.as_tensor(loss_sum, dtype=torch.float64, device=c.device).detach().reshape(()),
     ])
 
 

@@ -162,8 +162,8 @@ class RewardModel(nn.Module):
                 raise ValueError(f"segment attention is not available for {type(self.hf_model).__name__} "
                                  f"(attn_implementation={self.hf_model.config._attn_implementation!r}); "
                                  f"use packed_attention=dense")
-            with attention.segment_plan(segments):
-                rewards = self._forward_packed(input_ids, None, position_ids, readout_row, readout_col)
+            rewards = self._forward_packed(input_ids, None, position_ids, readout_row, readout_col,
+                                           {attention.KWARG: attention.Segments(segments)})
         elif attention_mask.dim() == 4:
             rewards = self._forward_packed(input_ids, attention_mask, position_ids, readout_row, readout_col)
         else:
@@ -187,10 +187,11 @@ class RewardModel(nn.Module):
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return base.score(pooled).squeeze(-1).float()
 
-    def _forward_packed(self, input_ids, mask4d, position_ids, readout_row, readout_col) -> torch.Tensor:
+    def _forward_packed(self, input_ids, mask4d, position_ids, readout_row, readout_col, kwargs=None) -> torch.Tensor:
         base = self.hf_model
         backbone = getattr(base, base.base_model_prefix)
-        kwargs = {"use_cache": False} if self.readout == "last_token" else {}
+        # Extra keyword arguments reach every attention call (and are kept for checkpoint recomputation).
+        kwargs = dict(kwargs or {}) | ({"use_cache": False} if self.readout == "last_token" else {})
         hidden = backbone(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, **kwargs).last_hidden_state
         picked = hidden[readout_row, readout_col]  # [N, H]
         if self.readout == "last_token":

@@ -106,7 +106,7 @@ def train_loop_per_worker(loop_config: dict, shards: dict) -> None:
     train_shard, eval_shard = shards["train"], shards.get("eval")
     autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    window = torch.zeros(8, dtype=torch.float64)  # preference sums since the last log line
+    window = torch.zeros(8, dtype=torch.float64, device=device)  # preference sums since the last log line
     window_start, window_pairs, window_tokens = time.perf_counter(), 0, 0
     last_eval: dict = {}
     saved_at = -1
@@ -145,7 +145,7 @@ def train_loop_per_worker(loop_config: dict, shards: dict) -> None:
             if state.first_step_at is None:
                 state.first_step_at = startup["first_step"] = time.time() - started_at
             if state.step % cfg.logging_steps == 0 or state.step >= total_steps:
-                state.train_time_s += time.perf_counter() - t0
+                state.train_time_s += _clock(device) - t0
                 state.last_train_accuracy = _log_train(log, state, window, window_pairs, window_tokens, time.perf_counter() - window_start,
                            scheduler.get_last_lr()[0], strategy.grad_norm(grad_norm), world, device)
                 state.pairs_seen += window_pairs
@@ -154,20 +154,20 @@ def train_loop_per_worker(loop_config: dict, shards: dict) -> None:
                 window_pairs = window_tokens = 0
                 window_start = t0 = time.perf_counter()
             if eval_shard is not None and cfg.eval_steps and state.step % cfg.eval_steps == 0:
-                state.train_time_s += time.perf_counter() - t0
+                state.train_time_s += _clock(device) - t0
                 last_eval = _evaluate(strategy.eval_model(model, raw_model), strategy, eval_shard, layout, cfg, device, autocast, rank, world)
                 evaluated_at = state.step
                 log.write({"step": state.step, "epoch": state.epoch, **last_eval})
                 stopped = _after_eval(health, last_eval, state, log)
                 t0 = window_start = time.perf_counter()
             if cfg.save_steps and state.step % cfg.save_steps == 0:
-                state.train_time_s += time.perf_counter() - t0
+                state.train_time_s += _clock(device) - t0
                 _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval, cfg)
                 saved_at = state.step
                 t0 = window_start = time.perf_counter()
             if state.step >= total_steps or stopped:
                 break
-        state.train_time_s += time.perf_counter() - t0
+        state.train_time_s += _clock(device) - t0
         optimizer.zero_grad(set_to_none=True)  # a partial accumulation at the epoch's end is not carried over
         done = state.step >= total_steps or stopped
         state.epoch += 1
@@ -187,6 +187,13 @@ def train_loop_per_worker(loop_config: dict, shards: dict) -> None:
     _finish(strategy, model, raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout, startup,
             started_early=info["workers_started_early"])
     log.close()
+
+
+def _clock(device) -> float:
+    """perf_counter once the GPU has run what was queued: a step's time is its kernels', not their launch's."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _timed(batches, state: LoopState, startup: dict, started_at: float):
@@ -299,7 +306,8 @@ def forward_backward(model, strategy, chunks, device, cfg: TrainConfig, autocast
     share of the pairs, so the summed gradient is the micro-batch's mean-loss gradient. Under FSDP the
     ranks' chunk counts are padded to the same number with zero-weight chunks (forwards are collectives)."""
     total = sum(c.num_pairs for c in chunks)
-    sums, tokens = torch.zeros(8, dtype=torch.float64), 0
+    # Summed where the rewards are: a .cpu() per chunk would make the host wait for every GPU step.
+    sums, tokens = torch.zeros(8, dtype=torch.float64, device=device), 0
     weighted = strategy.equalize(chunks)
     for k, (chunk, weight) in enumerate(weighted):
         last = k == len(weighted) - 1
@@ -310,7 +318,7 @@ def forward_backward(model, strategy, chunks, device, cfg: TrainConfig, autocast
             loss = bradley_terry_loss(chosen, rejected, chunk.margin.to(device), cfg.center_rewards_coefficient)
             (loss * (weight * chunk.num_pairs / total) / cfg.gradient_accumulation_steps).backward()
         if weight:
-            sums += preference_sums(chosen.detach().cpu(), rejected.detach().cpu(), loss.detach().cpu() * chunk.num_pairs)
+            sums += preference_sums(chosen, rejected, loss.detach() * chunk.num_pairs)
             tokens += chunk.real_tokens
     return sums, tokens
 
@@ -342,7 +350,7 @@ def _all_reduce(sums: torch.Tensor, device) -> torch.Tensor:
         reduced = sums.to(device)
         dist.all_reduce(reduced)  # a sync point: every rank must get here the same number of times
         return reduced.cpu()
-    return sums
+    return sums.cpu()
 
 
 def _log_train(log, state, window, pairs, tokens, seconds, lr, grad_norm, world, device) -> float:
@@ -388,7 +396,8 @@ def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: Train
         "layout": layout.kind,
         "packed_attention": "segments" if layout.segments else "dense",
         "computed_tokens_rank0": state.computed_tokens, "padded_equivalent_tokens_rank0": state.padded_tokens,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "device": str(ray.train.torch.get_device()),
+        "dist_backend": dist.get_backend() if dist.is_initialized() else None,
         "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mem_mb_rank0": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         **last_eval,

@@ -83,6 +83,7 @@ class FSDPStrategy:
             raise ValueError(f"fsdp: {type(raw_model.hf_model).__name__} names no transformer block class "
                              f"(_no_split_modules); train it with DDP (fsdp='')")
         raw_model.to(device)
+        self.device = device  # collectives of the loop's own (chunk counts) go on the backend's device
         for block in blocks:
             fully_shard(block, **kwargs)
         fully_shard(raw_model, **kwargs)
@@ -103,7 +104,7 @@ class FSDPStrategy:
         return accumulate()
 
     def equalize(self, chunks: list) -> list[tuple[object, float]]:
-        count = torch.tensor([len(chunks)])
+        count = torch.tensor([len(chunks)], device=self.device)  # NCCL reduces GPU tensors only
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         smallest = min(chunks, key=lambda c: c.computed_tokens)
         return [(chunk, 1.0) for chunk in chunks] + [(smallest, 0.0)] * (int(count) - len(chunks))
