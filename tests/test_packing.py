@@ -205,10 +205,13 @@ def test_varlen_index_computes_what_the_per_piece_path_computes(causal):
     assert torch.allclose(got[real], expected[real], atol=1e-12)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_qwen", "minilm_path"])
-def test_segment_attention_under_gradient_checkpointing(fixture, request):
+@pytest.mark.parametrize("fixture,lora", [("tiny_qwen", False), ("tiny_qwen", True), ("minilm_path", False)])
+def test_segment_attention_under_gradient_checkpointing(fixture, lora, request):
     """Checkpointed layers recompute their forward during backward; the segment plan must reach that
-    recomputation too (it once lived in a context variable, gone by then: the backward raised)."""
+    recomputation too (it once lived in a context variable, gone by then: the backward raised). LoRA +
+    checkpointing is the README's recipe for large models."""
+    from rmray.core.model import apply_lora
+
     path = request.getfixturevalue(fixture)
     tok = load_tokenizer(path)
     causal = fixture == "tiny_qwen"
@@ -216,9 +219,14 @@ def test_segment_attention_under_gradient_checkpointing(fixture, request):
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = RewardModel(load_hf_model(path, pad_token_id=tok.pad_token_id)).train()
+        hf = load_hf_model(path, pad_token_id=tok.pad_token_id)
         if checkpointing:
-            model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            hf.enable_input_require_grads()
+        if lora:
+            torch.manual_seed(1)
+            hf = apply_lora(hf, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+        model = RewardModel(hf).train()
         pb = pack_groups(pair_groups(chosen, rejected, causal), row_tokens=0, pad_token_id=tok.pad_token_id,
                          causal=causal, dense_mask=False)
         results.append(rewards_and_grads(model, lambda: run_packed(model, pb, "segments")))
@@ -227,3 +235,26 @@ def test_segment_attention_under_gradient_checkpointing(fixture, request):
     assert grads.keys() == ref_grads.keys()
     for name in ref_grads:
         assert_close_relative(grads[name], ref_grads[name])
+
+
+def test_packed_forward_refuses_when_the_plan_never_reaches_attention(tiny_qwen, monkeypatch):
+    """A transformers model that drops attention keyword arguments would attend each packed row as one
+    sequence (across pairs): the forward must fail loudly, not return those rewards."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from rmray.core import attention
+
+    def drops_the_plan(module, query, key, value, attention_mask, **kwargs):
+        kwargs.pop(attention.KWARG)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    tok = load_tokenizer(tiny_qwen)
+    model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id))
+    chosen, rejected = edge_case_pairs(tok)
+    pb = pack_groups(pair_groups(chosen, rejected, True), row_tokens=0, pad_token_id=tok.pad_token_id, causal=True,
+                     dense_mask=False)
+    run_packed(model, pb, "segments")  # the real attention gets the plan
+    monkeypatch.setitem(AttentionInterface._global_mapping, attention.NAME, drops_the_plan)
+    with pytest.raises(RuntimeError, match="packed_attention=dense"):
+        run_packed(model, pb, "segments")

@@ -47,6 +47,7 @@ class Segments:
     """The plan of one forward, and what each kernel derives from it once (not once per layer)."""
 
     plan: Plan
+    calls: int = 0  # attention calls that received this plan: 0 after a forward means it never arrived
     _derived: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def varlen_index(self, length: int, causal: bool, device) -> "VarlenIndex":
@@ -80,6 +81,7 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if segments is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    segments.calls += 1
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)

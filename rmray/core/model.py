@@ -162,8 +162,12 @@ class RewardModel(nn.Module):
                 raise ValueError(f"segment attention is not available for {type(self.hf_model).__name__} "
                                  f"(attn_implementation={self.hf_model.config._attn_implementation!r}); "
                                  f"use packed_attention=dense")
-            rewards = self._forward_packed(input_ids, None, position_ids, readout_row, readout_col,
-                                           {attention.KWARG: attention.Segments(segments)})
+            plan = attention.Segments(segments)
+            rewards = self._forward_packed(input_ids, None, position_ids, readout_row, readout_col, {attention.KWARG: plan})
+            if plan.calls == 0:  # the rows were attended as one sequence each: wrong, so never returned
+                raise RuntimeError(f"{type(self.hf_model).__name__} did not pass the segment plan to its attention "
+                                   "(a transformers version whose model drops attention keyword arguments); "
+                                   "use packed_attention=dense")
         elif attention_mask.dim() == 4:
             rewards = self._forward_packed(input_ids, attention_mask, position_ids, readout_row, readout_col)
         else:
