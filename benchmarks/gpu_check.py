@@ -44,6 +44,7 @@ def _sync():
 
 
 def _count_flash():
+    """Count varlen flash calls, so every bf16 result below is known to come from that kernel."""
     inner = attention._flash_varlen
 
     def counted(*args, **kwargs):
