@@ -33,6 +33,7 @@ from rmray.core.loss import bradley_terry_loss, metrics_from_sums, preference_su
 from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer
 from rmray.core.packing import on_device
 from rmray.core.spec import ScoringSpec
+from rmray.ray_env import normal_policy_for_this_thread
 
 from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
 from .health import Health
@@ -59,6 +60,7 @@ class LoopState:
 
 
 def train_loop_per_worker(loop_config: dict, shards: dict) -> None:
+    normal_policy_for_this_thread()  # before torch starts its threads: they inherit it
     cfg = TrainConfig(**loop_config["cfg"])
     started_at = loop_config["started_at"]
     # The driver's data facts: the trainer may have started before they existed (see rmray.train.handoff).

@@ -45,7 +45,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     started_at = time.time()
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir))
     _prepare_output_dir(cfg)
-    init_ray(cfg.ray_address)
+    init_ray(cfg.ray_address, batch_scheduling=True)
     ray_ready = time.time() - started_at
 
     from .handoff import DataHandoff
