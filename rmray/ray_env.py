@@ -46,15 +46,14 @@ def init_ray(address: str | None = None, *, batch_scheduling: bool = False, **kw
 
     if ray.is_initialized():
         return
-    if batch_scheduling and not _joins_cluster(address):
-        with _batch_policy_for_children():
-            return init_ray(address, **kwargs)
+    joins = _joins_cluster(address)
     kwargs.setdefault("log_to_driver", verbose())
-    if _joins_cluster(address):  # remote workers get the quiet settings through the job's runtime env
+    if joins:  # remote workers get the quiet settings through the job's runtime env
         kwargs.setdefault("runtime_env", {"env_vars": {k: os.environ[k] for k in QUIET_ENV}})
     # A local Ray's workers inherit this process's environment; a job-level runtime env would keep
     # them from using the pre-started worker processes (each task and actor would boot a new one).
-    ray.init(address=address, logging_level=logging.INFO if verbose() else logging.WARNING, **kwargs)
+    with _batch_policy_for_children() if batch_scheduling and not joins else contextlib.nullcontext():
+        ray.init(address=address, logging_level=logging.INFO if verbose() else logging.WARNING, **kwargs)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -75,7 +74,7 @@ def _batch_policy_for_children():
     compute thread, and the other threads of the op then wait at its barrier: measured on 2 cores, the
     two torch threads of a Ray Train worker were preempted 600-800 times a second each (a plain loop:
     8-42). Batch tasks do not preempt on wake-up -- they run at the next tick -- which halves that and
-    costs Ray nothing but a few milliseconds of latency. The training threads go back to the normal
+    costs Ray at most a tick of latency. The training threads go back to the normal
     policy (:func:`normal_policy_for_this_thread`). ``RMRAY_RAY_BATCH_SCHED=0`` turns this off."""
     policy = getattr(os, "SCHED_BATCH", None)
     if policy is None or os.environ.get("RMRAY_RAY_BATCH_SCHED", "1") in ("0", "false"):
