@@ -121,7 +121,7 @@ def main() -> None:
         hh_rows = [json.loads(line) for line in f]
     results = {"args": vars(args), "runs": []}
     with tempfile.TemporaryDirectory() as work:
-        models = train_vs_trl.build_models(work, hh_rows)
+        models = train_vs_trl.build_models(work, hh_rows, args.models.split(","))
         for name in args.models.split(","):
             rows = train_vs_trl.kept_by_trl(models[name], hh_rows, args.pairs, 512)
             data = os.path.join(work, f"{name}.jsonl")

@@ -52,7 +52,7 @@ def main() -> None:
     with gzip.open(train_vs_trl.HH, "rt") as f:
         rows = [json.loads(line) for line in f]
     with tempfile.TemporaryDirectory() as work:
-        model = train_vs_trl.build_models(work, rows[:300])["qwen2-6L-384"]
+        model = train_vs_trl.build_models(work, rows[:300], ["qwen2-6L-384"])["qwen2-6L-384"]
         data = os.path.join(work, "pairs.jsonl")
         with open(data, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in train_vs_trl.kept_by_trl(model, rows, 256, 512))

@@ -78,3 +78,21 @@ def test_bad_data_while_workers_start_fails_clearly_and_frees_the_cluster(ray_cl
     while ray_cluster.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
         time.sleep(0.5)
     assert ray_cluster.available_resources()["CPU"] == 2
+
+
+def test_a_model_that_does_not_load_fails_clearly_after_the_workers_started(ray_cluster, tiny_qwen, tmp_path):
+    """The tokenizer loads in a thread while Ray starts (run._model_facts); its error still reaches the
+    caller as itself, and the trainer that was already starting is wound down."""
+    from rmray.train.run import _start_workers_early, train
+
+    cfg = config(tiny_qwen, tmp_path, model_name_or_path="pkg:rmray_no_such_model_package", num_workers=2,
+                 cpus_per_worker=0.5)
+    assert _start_workers_early(cfg)
+    with pytest.raises(ValueError, match="'rmray_no_such_model_package' is not installed"):
+        train(cfg)
+    assert not read_metrics(cfg.output_dir)
+    assert not [t for t in threading.enumerate() if t.name in ("rmray-fit", "rmray-model-facts")]
+    deadline = time.time() + 30
+    while ray_cluster.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_cluster.available_resources()["CPU"] == 2

@@ -45,6 +45,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     started_at = time.time()
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir))
     _prepare_output_dir(cfg)
+    # Tokenizer and read-out need no Ray: they load (about 3 s of torch/transformers imports on 2 cores)
+    # while ray.init waits on the processes it starts.
+    model_facts = InBackground(lambda: _model_facts(cfg), name="rmray-model-facts")
     init_ray(cfg.ray_address, batch_scheduling=True)
     ray_ready = time.time() - started_at
 
@@ -55,7 +58,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     early = _start_workers_early(cfg)
     running = InBackground(trainer.fit) if early else None
     try:
-        data = _prepare_data(cfg)
+        data = _prepare_data(cfg, *model_facts.result())
     except BaseException as e:
         handoff.put.remote({"error": f"{type(e).__name__}: {e}"})
         if running is not None and isinstance(e, Exception):
@@ -139,14 +142,19 @@ def _build_trainer(cfg: TrainConfig, handoff, started_at: float, ray_ready: floa
     )
 
 
-def _prepare_data(cfg: TrainConfig) -> PreparedData:
-    """Read, validate, tokenize, report and split; materialized, so the schedule is known up front."""
+def _model_facts(cfg: TrainConfig) -> tuple:
+    """The tokenizer and the read-out kind (torch and transformers imported on the way)."""
     from rmray.core.model import load_tokenizer
-    from rmray.data.preferences import build_preferences
 
     tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
                                trust_remote_code=cfg.trust_remote_code)
-    readout = _readout(cfg)
+    return tokenizer, _readout(cfg)
+
+
+def _prepare_data(cfg: TrainConfig, tokenizer, readout: str) -> PreparedData:
+    """Read, validate, tokenize, report and split; materialized, so the schedule is known up front."""
+    from rmray.data.preferences import build_preferences
+
     spec = ScoringSpec(max_length=cfg.max_length, truncation=cfg.truncation, add_eos=cfg.add_eos,
                        eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
                        readout=readout, uses_chat_template=tokenizer.chat_template is not None)
