@@ -10,6 +10,9 @@ takes every CPU of a 2-core machine, so the two run one after the other.
 
     scripts/in-loopback-ns .venv/bin/python benchmarks/startup.py --runs 3
     scripts/in-loopback-ns .venv/bin/python benchmarks/startup.py --runs 3 --workers 1 --cpus-per-worker 2
+
+``--against DIR`` alternates each run with one of another checkout's rmray (``git worktree add DIR REV``),
+the before/after of a start-up change side by side on the same machine state.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_vs_trl  # noqa: E402  (the same model and pairs as the throughput benchmark)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def one_run(model_dir: str, data: str, workers: str, cpus: str) -> dict:
@@ -44,6 +49,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--workers", default="2")
     parser.add_argument("--cpus-per-worker", default="0.5")
+    parser.add_argument("--against", help="another checkout's root: alternate runs with its rmray (before/after)")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -56,10 +62,14 @@ def main() -> None:
         data = os.path.join(work, "pairs.jsonl")
         with open(data, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in train_vs_trl.kept_by_trl(model, rows, 256, 512))
+        trees = [ROOT] + ([os.path.abspath(args.against)] if args.against else [])
         for _ in range(args.runs):
-            out = subprocess.run([sys.executable, __file__, "--one", model, data, args.workers, args.cpus_per_worker],
-                                 capture_output=True, text=True, check=True).stdout
-            print(next(line for line in out.splitlines() if line.startswith("RESULT ")), flush=True)
+            for tree in trees:
+                env = os.environ | {"PYTHONPATH": tree}  # that checkout's rmray, in the driver and in Ray's workers
+                out = subprocess.run([sys.executable, __file__, "--one", model, data, args.workers, args.cpus_per_worker],
+                                     capture_output=True, text=True, check=True, env=env, cwd=tree).stdout
+                result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+                print("RESULT " + json.dumps({"tree": tree, **result}), flush=True)
 
 
 if __name__ == "__main__":
