@@ -27,6 +27,14 @@ def config(tiny_qwen, tmp_path, **overrides) -> TrainConfig:
     return TrainConfig(**base | overrides)
 
 
+def free_cpus_soon(ray_cluster, want: float = 2, within_s: float = 30) -> float:
+    """The cluster's free CPUs once a stopped trainer's placement group is gone (Ray frees it asynchronously)."""
+    deadline = time.time() + within_s
+    while ray_cluster.available_resources().get("CPU", 0) < want and time.time() < deadline:
+        time.sleep(0.5)
+    return ray_cluster.available_resources().get("CPU", 0)
+
+
 def test_workers_start_early_only_when_a_node_keeps_a_cpu_for_data_tasks(ray_cluster, tiny_qwen, tmp_path):
     from rmray.train.run import _room_for_data_tasks, _start_workers_early
 
@@ -74,10 +82,7 @@ def test_bad_data_while_workers_start_fails_clearly_and_frees_the_cluster(ray_cl
     assert not read_metrics(cfg.output_dir)  # no step was taken, nothing half-written
     # The driver let the trainer wind down before raising: no fit() is left running in this process.
     assert not [t for t in threading.enumerate() if t.name == "rmray-fit"]
-    deadline = time.time() + 30  # the trainer's placement group is released (Ray frees it asynchronously)
-    while ray_cluster.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-        time.sleep(0.5)
-    assert ray_cluster.available_resources()["CPU"] == 2
+    assert free_cpus_soon(ray_cluster) == 2
 
 
 def test_a_model_that_does_not_load_fails_clearly_after_the_workers_started(ray_cluster, tiny_qwen, tmp_path):
@@ -92,7 +97,4 @@ def test_a_model_that_does_not_load_fails_clearly_after_the_workers_started(ray_
         train(cfg)
     assert not read_metrics(cfg.output_dir)
     assert not [t for t in threading.enumerate() if t.name in ("rmray-fit", "rmray-model-facts")]
-    deadline = time.time() + 30
-    while ray_cluster.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-        time.sleep(0.5)
-    assert ray_cluster.available_resources()["CPU"] == 2
+    assert free_cpus_soon(ray_cluster) == 2
