@@ -11,6 +11,14 @@ neighbour of as many processes, each waking every 10 ms (Ray core checks for sig
 in every worker process) and burning the same CPU in total. If the neighbour costs the plain loop
 what Ray costs, the overhead is the interruptions of torch's threads, not work Ray does per step
 (the run's ``data_wait_s`` prices that part).
+
+``--ladder N`` climbs from the plain loop to rmray one layer at a time instead, N alternating rounds
+(Qwen2, 2 threads): the plain loop in-process; the same loop as the method of a bare Ray actor
+(a Ray worker process, 2 CPUs); the same loop as a ``TorchTrainer`` training function (Ray Train's
+controller, worker actor, process group and helper actors around it); rmray's ``train()``. The
+step where the rate drops is the layer that costs it.
+
+    scripts/in-loopback-ns .venv/bin/python benchmarks/ray_overhead.py --ladder 5 --out benchmarks/results/ray_overhead_ladder.json
 """
 
 from __future__ import annotations
@@ -107,6 +115,91 @@ class CpuSampler:
         return statistics.median(self.others), int(statistics.median(self.wakers))
 
 
+LADDER = ["plain", "actor", "trainer", "rmray"]
+
+
+def run_rung(kind: str, model_dir: str, data: str, threads: int) -> float:
+    """One rung in this (fresh) process: pairs/s of the same batches and step."""
+    import torch
+
+    opts = argparse.Namespace(batch_size=8, max_length=512, bf16=True, threads=threads, device="cpu")
+    with open(data) as f:
+        rows = [json.loads(line) for line in f]
+    if kind == "plain":
+        torch.set_num_threads(threads)
+        return train_vs_trl.run_plain_loop(model_dir, rows, opts)
+    import ray
+
+    from rmray.ray_env import init_ray
+
+    init_ray("local", num_cpus=threads + 1, include_dashboard=False, batch_scheduling=True)  # as train_vs_trl's rmray runs
+    if kind == "rmray":
+        return train_vs_trl.run_rmray(model_dir, data, opts)["train_pairs_per_s"]
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def plain_loop() -> float:  # runs in a Ray worker process: this file's directory is not on its path
+        import torch
+
+        from rmray.ray_env import normal_policy_for_this_thread
+
+        sys.path.insert(0, here)
+        import train_vs_trl as bench
+
+        normal_policy_for_this_thread()  # as rmray's loop does (Ray's processes run under SCHED_BATCH)
+        torch.set_num_threads(threads)
+        return bench.run_plain_loop(model_dir, rows, opts)
+
+    if kind == "actor":
+        actor = ray.remote(num_cpus=threads)(type("PlainLoop", (), {"run": lambda self: plain_loop()}))
+        return ray.get(actor.remote().run.remote())
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    with tempfile.TemporaryDirectory() as storage:
+        result_file = os.path.join(storage, "pairs_per_s.json")
+
+        def train_fn() -> None:
+            with open(result_file, "w") as f:
+                json.dump(plain_loop(), f)
+
+        TorchTrainer(train_fn, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
+                     run_config=ray.train.RunConfig(storage_path=storage)).fit()
+        with open(result_file) as f:
+            return json.load(f)
+
+
+def ladder(args) -> None:
+    with gzip.open(train_vs_trl.HH, "rt") as f:
+        hh_rows = [json.loads(line) for line in f]
+    results = {"args": vars(args), "rungs": LADDER, "rounds": []}
+    with tempfile.TemporaryDirectory() as work:
+        model_dir = train_vs_trl.build_models(work, hh_rows, ["qwen2-6L-384"])["qwen2-6L-384"]
+        rows = train_vs_trl.kept_by_trl(model_dir, hh_rows, args.pairs, 512)
+        data = os.path.join(work, "pairs.jsonl")
+        with open(data, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        for rnd in range(args.ladder):
+            got = {}
+            for kind in LADDER:
+                cmd = [sys.executable, __file__, "--rung", kind, model_dir, data, "2"]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                got[kind] = json.loads(out.strip().splitlines()[-1])
+                time.sleep(3)  # let the previous run's processes exit
+            results["rounds"].append(got)
+            print(json.dumps({"round": rnd, **got}), flush=True)
+    medians = {k: statistics.median(r[k] for r in results["rounds"]) for k in LADDER}
+    results["medians"] = medians
+    results["vs_plain"] = {k: medians[k] / medians["plain"] - 1 for k in LADDER}
+    # the same round's plain loop as the base: drifts of the machine between rounds cancel
+    results["vs_plain_per_round"] = {k: statistics.median(r[k] / r["plain"] - 1 for r in results["rounds"]) for k in LADDER}
+    results["vs_previous_rung"] = {b: statistics.median(r[b] / r[a] - 1 for r in results["rounds"])
+                                   for a, b in zip(LADDER, LADDER[1:])}
+    print(json.dumps({k: results[k] for k in ("medians", "vs_plain", "vs_plain_per_round", "vs_previous_rung")}, indent=2))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
@@ -116,7 +209,15 @@ def main() -> None:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bf16 autocast (--no-bf16: fp32), as in train_vs_trl.py")
     parser.add_argument("--out", default="benchmarks/results/ray_overhead.json")
+    parser.add_argument("--ladder", type=int, metavar="ROUNDS", help="plain -> Ray actor -> TorchTrainer -> rmray (above)")
+    parser.add_argument("--rung", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rung:
+        print(json.dumps(run_rung(args.rung[0], args.rung[1], args.rung[2], int(args.rung[3]))))
+        return
+    if args.ladder:
+        ladder(args)
+        return
     with gzip.open(train_vs_trl.HH, "rt") as f:
         hh_rows = [json.loads(line) for line in f]
     results = {"args": vars(args), "runs": []}
