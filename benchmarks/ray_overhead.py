@@ -182,8 +182,10 @@ def ladder(args) -> None:
             got = {}
             for kind in LADDER:
                 cmd = [sys.executable, __file__, "--rung", kind, model_dir, data, "2"]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                got[kind] = json.loads(out.strip().splitlines()[-1])
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(f"rung {kind!r} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
+                got[kind] = json.loads(out.stdout.strip().splitlines()[-1])
                 time.sleep(3)  # let the previous run's processes exit
             results["rounds"].append(got)
             print(json.dumps({"round": rnd, **got}), flush=True)
