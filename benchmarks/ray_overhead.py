@@ -118,23 +118,19 @@ class CpuSampler:
 LADDER = ["plain", "actor", "trainer", "rmray"]
 
 
-def run_rung(kind: str, model_dir: str, data: str, threads: int) -> float:
-    """One rung in this (fresh) process: pairs/s of the same batches and step."""
-    import torch
-
-    opts = argparse.Namespace(batch_size=8, max_length=512, bf16=True, threads=threads, device="cpu")
-    with open(data) as f:
-        rows = [json.loads(line) for line in f]
-    if kind == "plain":
-        torch.set_num_threads(threads)
-        return train_vs_trl.run_plain_loop(model_dir, rows, opts)
+def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -> float:
+    """The plain loop inside Ray, in this (fresh) process: as a bare actor's method ("actor") or as a
+    TorchTrainer training function ("trainer"). The plain and rmray rungs are train_vs_trl's own runs."""
     import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
 
     from rmray.ray_env import init_ray
 
+    opts = argparse.Namespace(batch_size=8, max_length=512, bf16=bf16, threads=threads, device="cpu")
+    with open(data) as f:
+        rows = [json.loads(line) for line in f]
     init_ray("local", num_cpus=threads + 1, include_dashboard=False, batch_scheduling=True)  # as train_vs_trl's rmray runs
-    if kind == "rmray":
-        return train_vs_trl.run_rmray(model_dir, data, opts)["train_pairs_per_s"]
     here = os.path.dirname(os.path.abspath(__file__))
 
     def plain_loop() -> float:  # runs in a Ray worker process: this file's directory is not on its path
@@ -152,9 +148,6 @@ def run_rung(kind: str, model_dir: str, data: str, threads: int) -> float:
     if kind == "actor":
         actor = ray.remote(num_cpus=threads)(type("PlainLoop", (), {"run": lambda self: plain_loop()}))
         return ray.get(actor.remote().run.remote())
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     with tempfile.TemporaryDirectory() as storage:
         result_file = os.path.join(storage, "pairs_per_s.json")
 
@@ -168,10 +161,22 @@ def run_rung(kind: str, model_dir: str, data: str, threads: int) -> float:
             return json.load(f)
 
 
+def measure_rung(kind: str, model_dir: str, data: str, opts) -> float:
+    if kind in ("plain", "rmray"):
+        return train_vs_trl.measure(kind, model_dir, data, opts)["pairs_per_s"]
+    cmd = [sys.executable, __file__, "--in-ray", kind, model_dir, data, str(opts.threads), str(opts.bf16)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"rung {kind!r} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
+    time.sleep(3)  # let this run's processes exit before the next starts, as train_vs_trl.measure does
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def ladder(args) -> None:
     with gzip.open(train_vs_trl.HH, "rt") as f:
         hh_rows = [json.loads(line) for line in f]
     results = {"args": vars(args), "rungs": LADDER, "rounds": []}
+    opts = argparse.Namespace(batch_size=8, max_length=512, bf16=args.bf16, threads=2, device="cpu")
     with tempfile.TemporaryDirectory() as work:
         model_dir = train_vs_trl.build_models(work, hh_rows, ["qwen2-6L-384"])["qwen2-6L-384"]
         rows = train_vs_trl.kept_by_trl(model_dir, hh_rows, args.pairs, 512)
@@ -179,14 +184,7 @@ def ladder(args) -> None:
         with open(data, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         for rnd in range(args.ladder):
-            got = {}
-            for kind in LADDER:
-                cmd = [sys.executable, __file__, "--rung", kind, model_dir, data, "2"]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    sys.exit(f"rung {kind!r} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-                got[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-                time.sleep(3)  # let the previous run's processes exit
+            got = {kind: measure_rung(kind, model_dir, data, opts) for kind in LADDER}
             results["rounds"].append(got)
             print(json.dumps({"round": rnd, **got}), flush=True)
     medians = {k: statistics.median(r[k] for r in results["rounds"]) for k in LADDER}
@@ -212,10 +210,11 @@ def main() -> None:
                         help="bf16 autocast (--no-bf16: fp32), as in train_vs_trl.py")
     parser.add_argument("--out", default="benchmarks/results/ray_overhead.json")
     parser.add_argument("--ladder", type=int, metavar="ROUNDS", help="plain -> Ray actor -> TorchTrainer -> rmray (above)")
-    parser.add_argument("--rung", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--in-ray", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rung:
-        print(json.dumps(run_rung(args.rung[0], args.rung[1], args.rung[2], int(args.rung[3]))))
+    if args.in_ray:
+        kind, model_dir, data, threads, bf16 = args.in_ray
+        print(json.dumps(run_in_ray(kind, model_dir, data, int(threads), bf16 == "True")))
         return
     if args.ladder:
         ladder(args)
