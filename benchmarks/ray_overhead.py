@@ -14,9 +14,12 @@ what Ray costs, the overhead is the interruptions of torch's threads, not work R
 
 ``--ladder N`` climbs from the plain loop to rmray one layer at a time instead, N alternating rounds
 (Qwen2, 2 threads): the plain loop in-process; the same loop as the method of a bare Ray actor
-(a Ray worker process, 2 CPUs); the same loop as a ``TorchTrainer`` training function (Ray Train's
-controller, worker actor, process group and helper actors around it); rmray's ``train()``. The
-step where the rate drops is the layer that costs it.
+(a Ray worker process, 2 CPUs); the same loop as a ``TorchTrainer`` training function with Ray
+Train's defaults (its controller, worker actor, process group and helper actors around it); the same
+with rmray's settings (``trainer-lean``: the unused one-worker process group closed, Ray Train's
+metrics and preemption watcher off -- see ``rmray.train.parallel`` and ``rmray.ray_env``); rmray's
+``train()``. The step where the rate drops is the layer that costs it. ``--rungs`` picks and orders
+rungs; the first is the base of ``vs_plain``.
 
     scripts/in-loopback-ns .venv/bin/python benchmarks/ray_overhead.py --ladder 5 --out benchmarks/results/ray_overhead_ladder.json
 """
@@ -115,7 +118,8 @@ class CpuSampler:
         return statistics.median(self.others), int(statistics.median(self.wakers))
 
 
-LADDER = ["plain", "actor", "trainer", "rmray"]
+LADDER = ["plain", "actor", "trainer", "trainer-lean", "rmray"]
+EXTRA_RUNGS = ["trainer-no-pg"]  # the trainer rung with only the process group closed
 
 
 def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -> float:
@@ -130,6 +134,8 @@ def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -
     opts = argparse.Namespace(batch_size=8, max_length=512, bf16=bf16, threads=threads, device="cpu")
     with open(data) as f:
         rows = [json.loads(line) for line in f]
+    if kind in ("trainer", "trainer-no-pg"):  # Ray Train's defaults, not rmray's (ray_env.QUIET_ENV)
+        os.environ.update(RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="1", RAY_TRAIN_METRICS_ENABLED="1")
     init_ray("local", num_cpus=threads + 1, include_dashboard=False, batch_scheduling=True)  # as train_vs_trl's rmray runs
     here = os.path.dirname(os.path.abspath(__file__))
 
@@ -152,6 +158,10 @@ def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -
         result_file = os.path.join(storage, "pairs_per_s.json")
 
         def train_fn() -> None:
+            if kind != "trainer":  # rmray's loop does this first
+                from rmray.train.parallel import DDPStrategy
+
+                DDPStrategy().release_unused_group(ray.train.get_context().get_world_size())
             with open(result_file, "w") as f:
                 json.dump(plain_loop(), f)
 
@@ -173,9 +183,10 @@ def measure_rung(kind: str, model_dir: str, data: str, opts) -> float:
 
 
 def ladder(args) -> None:
+    rungs = args.rungs.split(",")
     with gzip.open(train_vs_trl.HH, "rt") as f:
         hh_rows = [json.loads(line) for line in f]
-    results = {"args": vars(args), "rungs": LADDER, "rounds": []}
+    results = {"args": vars(args), "rungs": rungs, "rounds": []}
     opts = argparse.Namespace(batch_size=8, max_length=512, bf16=args.bf16, threads=2, device="cpu")
     with tempfile.TemporaryDirectory() as work:
         model_dir = train_vs_trl.build_models(work, hh_rows, ["qwen2-6L-384"])["qwen2-6L-384"]
@@ -184,16 +195,16 @@ def ladder(args) -> None:
         with open(data, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         for rnd in range(args.ladder):
-            got = {kind: measure_rung(kind, model_dir, data, opts) for kind in LADDER}
+            got = {kind: measure_rung(kind, model_dir, data, opts) for kind in rungs}
             results["rounds"].append(got)
             print(json.dumps({"round": rnd, **got}), flush=True)
-    medians = {k: statistics.median(r[k] for r in results["rounds"]) for k in LADDER}
+    medians = {k: statistics.median(r[k] for r in results["rounds"]) for k in rungs}
     results["medians"] = medians
-    results["vs_plain"] = {k: medians[k] / medians["plain"] - 1 for k in LADDER}
+    results["vs_plain"] = {k: medians[k] / medians[rungs[0]] - 1 for k in rungs}
     # the same round's plain loop as the base: drifts of the machine between rounds cancel
-    results["vs_plain_per_round"] = {k: statistics.median(r[k] / r["plain"] - 1 for r in results["rounds"]) for k in LADDER}
+    results["vs_plain_per_round"] = {k: statistics.median(r[k] / r[rungs[0]] - 1 for r in results["rounds"]) for k in rungs}
     results["vs_previous_rung"] = {b: statistics.median(r[b] / r[a] - 1 for r in results["rounds"])
-                                   for a, b in zip(LADDER, LADDER[1:])}
+                                   for a, b in zip(rungs, rungs[1:])}
     print(json.dumps({k: results[k] for k in ("medians", "vs_plain", "vs_plain_per_round", "vs_previous_rung")}, indent=2))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -210,6 +221,7 @@ def main() -> None:
                         help="bf16 autocast (--no-bf16: fp32), as in train_vs_trl.py")
     parser.add_argument("--out", default="benchmarks/results/ray_overhead.json")
     parser.add_argument("--ladder", type=int, metavar="ROUNDS", help="plain -> Ray actor -> TorchTrainer -> rmray (above)")
+    parser.add_argument("--rungs", default=",".join(LADDER), help=f"which rungs, in order (also: {', '.join(EXTRA_RUNGS)})")
     parser.add_argument("--in-ray", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_ray:

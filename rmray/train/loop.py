@@ -80,6 +80,7 @@ def train_loop_per_worker(loop_config: dict, shards: dict) -> None:
     use_bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
 
     strategy = make_strategy(cfg.fsdp)
+    strategy.release_unused_group(world)
     model, raw_model = _build_model(cfg, tokenizer, strategy, use_bf16, device)
     startup["model_ready"] = time.time() - started_at
     # fused: one kernel per step instead of a loop over tensors (what transformers' Trainer uses too)
