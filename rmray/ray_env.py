@@ -17,8 +17,8 @@ QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "RAY_DEDUP_LOGS": "1",
     # Two Ray Train extras rmray does not use, each a source of wake-ups beside the training threads:
-    # Prometheus gauges per worker, and an actor per run that only logs node drains. Off, they were
-    # worth ~5 % of a CPU step on 2 cores (BENCHMARKS.md, the overhead ladder).
+    # Prometheus gauges per worker, and an actor per run that only logs node drains. Off: +5-7 % per
+    # step on 2 cores in paired runs, and an earlier first step (BENCHMARKS.md, stop 16).
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }

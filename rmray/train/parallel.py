@@ -28,8 +28,8 @@ FSDP_OPTIONS = {"full_shard", "shard_grad_op", "offload", "auto_wrap"}
 class DDPStrategy:
     def release_unused_group(self, world_size: int) -> None:
         """Ray Train opens a process group even for one worker, where DDP never uses it; gloo's TCP
-        loop thread then wakes every 10 ms beside torch's compute threads. Closing it was worth ~7 %
-        of a CPU step on 2 cores (BENCHMARKS.md, the overhead ladder)."""
+        loop thread then wakes every 10 ms beside torch's compute threads. Closing it: +7.6 % on the
+        overhead ladder's plain loop on 2 cores, not established on a whole run (BENCHMARKS.md)."""
         if world_size == 1 and dist.is_initialized():
             dist.destroy_process_group()
 
