@@ -69,6 +69,11 @@ def test_run_without_a_spare_cpu_prepares_data_first_and_trains(ray_cluster, tin
     assert summary["startup_s"]["data_ready"] < summary["startup_s"]["worker_entered"]
     assert summary["data_wait_s"] >= 0
     assert summary["dist_backend"] is None  # Ray Train's gloo group, unused by one DDP worker, was closed
+    # rmray's Ray defaults reach Ray Train's controller: no run of this session started a preemption watcher
+    import ray._private.state
+
+    actor_classes = {a["ActorClassName"] for a in ray._private.state.actors().values()}
+    assert "TrainController" in actor_classes and "PreemptionWatcher" not in actor_classes
 
 
 def test_bad_data_while_workers_start_fails_clearly_and_frees_the_cluster(ray_cluster, tiny_qwen, tmp_path):
