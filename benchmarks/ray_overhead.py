@@ -184,6 +184,9 @@ def measure_rung(kind: str, model_dir: str, data: str, opts) -> float:
 
 def ladder(args) -> None:
     rungs = args.rungs.split(",")
+    unknown = [r for r in rungs if r not in LADDER + EXTRA_RUNGS]
+    if unknown:  # an unknown name would otherwise run as a TorchTrainer rung
+        sys.exit(f"--rungs: unknown {', '.join(unknown)}; choose from {', '.join(LADDER + EXTRA_RUNGS)}")
     with gzip.open(train_vs_trl.HH, "rt") as f:
         hh_rows = [json.loads(line) for line in f]
     results = {"args": vars(args), "rungs": rungs, "rounds": []}
