@@ -107,13 +107,13 @@ def run_rmray(model_dir: str, data_path: str, args, overrides=()) -> dict:
             f"per_device_train_batch_size={args.batch_size}", f"max_length={args.max_length}", f"bf16={str(args.bf16).lower()}",
             "num_train_epochs=1", "logging_steps=10000", "learning_rate=1e-5", "num_workers=1",
             f"cpus_per_worker={args.threads}", f"use_gpu={str(args.device == 'cuda').lower()}",
-            *overrides])
+            *overrides, *args.set])
         return train(cfg).summary
 
 
 def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     """rmray's own batches and train step, in this process, no Ray: the floor Ray Train is priced against."""
-    from rmray.config import TrainConfig
+    from rmray.config import load_config
     from rmray.core.batching import length_grouped_batches
     from rmray.core.formats import normalize_row
     from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
@@ -128,11 +128,12 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     pairs = [encode_pair(tok, spec, normalize_row(r, "implicit")) for r in rows]
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = RewardModel(load_hf_model(model_dir, pad_token_id=tok.pad_token_id)).to(device)
+    cfg = load_config(None, ["learning_rate=1e-5", *args.set])
+    model = RewardModel(load_hf_model(model_dir, pad_token_id=tok.pad_token_id),
+                        last_layer_readout_only=cfg.last_layer_readout_only).to(device)
     causal = model.readout == "last_token"
     layout = Layout(choose_layout(True, True, causal), causal, tok.pad_token_id,
                     attention_ratio=6.0 * model.hf_model.config.hidden_size, segments=model.segments_ok)
-    cfg = TrainConfig(learning_rate=1e-5)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)  # noqa: E731
     lengths = [len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
@@ -172,7 +173,7 @@ def measure(kind: str, model_dir: str, data_path: str, args) -> dict:
     """Each run in its own process, so no run inherits another's threads, caches or shutting-down actors."""
     cmd = [sys.executable, __file__, "--one", kind, "--model-dir", model_dir, "--data", data_path,
            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--bf16" if args.bf16 else "--no-bf16",
-           "--threads", str(args.threads), "--device", args.device]
+           "--threads", str(args.threads), "--device", args.device, *(f"--set={kv}" for kv in args.set)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     time.sleep(3)  # let the previous run's processes exit before the next starts
     return json.loads(out.strip().splitlines()[-1])
@@ -194,6 +195,8 @@ def main() -> None:
                         help="cuda: TRL on the GPU, rmray's Ray Train worker with use_gpu, the plain loop on the GPU")
     parser.add_argument("--hh", default=HH, help="the hh-rlhf pairs (.jsonl.gz)")
     parser.add_argument("--minilm-config", help="MiniLM config + tokenizer folder, random weights (no package)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="rmray config override for the rmray and plain-loop runs (A/B of a switch)")
     parser.add_argument("--one", choices=["trl", "rmray", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)

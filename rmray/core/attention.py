@@ -37,6 +37,9 @@ from transformers.masking_utils import sdpa_mask
 
 NAME = "rmray_segments"
 KWARG = "rmray_segments"
+# Set by the read-out last layer (rmray.core.last_layer): only each piece's read-out query is needed --
+# its last token (causal) or its first ([CLS], encoders); the other outputs are zeros, never read.
+READOUT_ONLY = "rmray_readout_only"
 
 # Per row: [(start column, prefix length, [response lengths...]), ...]; the rest of the row is padding.
 Plan = Sequence[Sequence[tuple[int, int, Sequence[int]]]]
@@ -47,7 +50,9 @@ class Segments:
     """The plan of one forward, and what each kernel derives from it once (not once per layer)."""
 
     plan: Plan
+    readout: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, cols): the last layer computes only these
     calls: int = 0  # attention calls that received this plan: 0 after a forward means it never arrived
+    readout_calls: int = 0  # last-layer calls that took the read-out path (rmray.core.last_layer)
     _derived: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def varlen_index(self, length: int, causal: bool, device) -> "VarlenIndex":
@@ -70,13 +75,15 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
                       is_causal=None, **kwargs):
     """transformers attention interface: ``query`` ``[B, H, L, D]`` -> ``([B, L, H, D], None)``."""
     segments: Segments | None = kwargs.pop(KWARG, None)
+    readout_only = kwargs.pop(READOUT_ONLY, False)
     if query.device.type == "cpu" and (query.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")):
         # CPU SDPA is slower in half precision than in float32 (torch 2.13, AVX512-BF16: the flash
         # kernel's backward 2.5x slower, a quarter of a bf16 Qwen2 step), so attention runs in float32
         # there, autocast or not; the matmuls around it keep bf16. GPUs keep the input dtype.
         with torch.autocast("cpu", enabled=False):
             out, _ = segment_attention(module, query.float(), key.float(), value.float(), attention_mask,
-                                       dropout, scaling, is_causal, **kwargs, **{KWARG: segments})
+                                       dropout, scaling, is_causal, **kwargs,
+                                       **{KWARG: segments, READOUT_ONLY: readout_only})
         return out.to(query.dtype), None
     if segments is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -90,8 +97,8 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     half = flash_dtype(query)
     if half is not None:
         index = segments.varlen_index(query.shape[2], causal, query.device)
-        return _flash_varlen(query, key, value, index, half, dropout, scaling, causal), None
-    return _per_piece(query, key, value, segments.plan, dropout, scaling, causal), None
+        return _flash_varlen(query, key, value, index, half, dropout, scaling, causal), None  # every query
+    return _per_piece(query, key, value, segments.plan, dropout, scaling, causal, readout_only), None
 
 
 def flash_dtype(query: torch.Tensor) -> torch.dtype | None:
@@ -119,8 +126,10 @@ def _flash_varlen(query, key, value, index: VarlenIndex, dtype, dropout: float, 
     return out.view(b, length, h, d)
 
 
-def _per_piece(query, key, value, plan: Plan, dropout: float, scaling, causal: bool):
+def _per_piece(query, key, value, plan: Plan, dropout: float, scaling, causal: bool, readout_only: bool = False):
     sdpa = functools.partial(F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling)
+    if readout_only:
+        sdpa = functools.partial(_readout_query, sdpa, causal)
     rows = []
     for b, row_plan in enumerate(plan):
         # One split per tensor and row, never a slice per segment: a slice's backward writes its gradient
@@ -146,6 +155,15 @@ def _per_piece(query, key, value, plan: Plan, dropout: float, scaling, causal: b
             parts.append(query.new_zeros(1, query.shape[1], sizes[-1], query.shape[3]))
         rows.append(torch.cat(parts, 2))
     return torch.cat(rows, 0).transpose(1, 2).contiguous()
+
+
+def _readout_query(sdpa, causal: bool, q, k, v, is_causal=False, attn_mask=None):
+    """One piece's attention at its read-out query only: the last query sees every key of its piece
+    (the whole prefix, the whole response), [CLS] too (bidirectional), so no mask is needed."""
+    n = q.shape[2]
+    if causal:
+        return torch.cat([q.new_zeros(*q.shape[:2], n - 1, q.shape[3]), sdpa(q[:, :, -1:], k, v)], 2)
+    return torch.cat([sdpa(q[:, :, :1], k, v), q.new_zeros(*q.shape[:2], n - 1, q.shape[3])], 2)
 
 
 def _piece_sizes(row_plan, length: int, causal: bool) -> list[int]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from . import attention
+from . import attention, last_layer
 from .spec import PLAIN_CHAT_TEMPLATE
 
 
@@ -140,12 +140,15 @@ class RewardModel(nn.Module):
     This is the module DDP wraps, so gradient sync covers the custom read-out path.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, last_layer_readout_only: bool = True):
         super().__init__()
         self.model = model
         self.readout = readout_kind(model)
         # Segment attention where the model runs SDPA/eager (identical to SDPA without a plan).
         self.segments_ok = attention.enable(self.hf_model)
+        # Packed forwards with a segment plan compute the last layer at read-out positions only.
+        self.last_layer_readout_only = last_layer_readout_only and self.segments_ok and last_layer.enable(self.hf_model)
+        self.position_offset = _position_offset(self.hf_model)
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -162,7 +165,7 @@ class RewardModel(nn.Module):
                 raise ValueError(f"segment attention is not available for {type(self.hf_model).__name__} "
                                  f"(attn_implementation={self.hf_model.config._attn_implementation!r}); "
                                  f"use packed_attention=dense")
-            plan = attention.Segments(segments)
+            plan = attention.Segments(segments, readout=(readout_row, readout_col) if self.last_layer_readout_only else None)
             rewards = self._forward_packed(input_ids, None, position_ids, readout_row, readout_col, {attention.KWARG: plan})
             if plan.calls == 0:  # the rows were attended as one sequence each: wrong, so never returned
                 raise RuntimeError(f"{type(self.hf_model).__name__} did not pass the segment plan to its attention "
@@ -196,8 +199,12 @@ class RewardModel(nn.Module):
         backbone = getattr(base, base.base_model_prefix)
         # Extra keyword arguments reach every attention call (and are kept for checkpoint recomputation).
         kwargs = dict(kwargs or {}) | ({"use_cache": False} if self.readout == "last_token" else {})
+        if self.position_offset:
+            position_ids = position_ids + self.position_offset
         hidden = backbone(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, **kwargs).last_hidden_state
-        picked = hidden[readout_row, readout_col]  # [N, H]
+        plan = kwargs.get(attention.KWARG)
+        # The read-out last layer returns the picked rows already, as one row [1, N, H].
+        picked = hidden[0] if plan is not None and plan.readout_calls else hidden[readout_row, readout_col]  # [N, H]
         if self.readout == "last_token":
             return base.score(picked).squeeze(-1).float()
         # Encoder heads read position 0 of a sequence: hand them each picked [CLS] state as a length-1 row.
@@ -206,6 +213,16 @@ class RewardModel(nn.Module):
         if pooler is not None:  # BERT-style: pooler(dense + tanh) -> dropout -> classifier
             return base.classifier(base.dropout(pooler(x)) if hasattr(base, "dropout") else pooler(x)).squeeze(-1).float()
         return base.classifier(x).squeeze(-1).float()  # RoBERTa-style heads take features[:, 0]
+
+
+def _position_offset(hf_model: nn.Module) -> int:
+    """Where a sequence's position ids start. RoBERTa-family embeddings (XLM-R, CamemBERT, MPNet, ...)
+    number positions from ``padding_idx + 1`` when they derive them from the input ids, as they do for
+    padded rows; packed rows pass 0-based ids per sequence, which must be shifted the same way."""
+    backbone = getattr(hf_model, hf_model.base_model_prefix, None)
+    embeddings = getattr(backbone, "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return padding_idx + 1 if hasattr(embeddings, "create_position_ids_from_input_ids") and padding_idx is not None else 0
 
 
 def _last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -299,7 +299,7 @@ def _build_model(cfg: TrainConfig, tokenizer, strategy, use_bf16: bool, device):
         hf = apply_lora(hf, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                         target_modules=cfg.lora_target_modules if cfg.lora_target_modules != ["all-linear"] else "all-linear",
                         modules_to_save=cfg.lora_modules_to_save)
-    raw = RewardModel(hf)
+    raw = RewardModel(hf, last_layer_readout_only=cfg.last_layer_readout_only)
     # DDP or FSDP around the whole reward path, so the custom read-out syncs gradients too.
     return strategy.wrap(raw, use_bf16, device), raw
 
@@ -398,6 +398,8 @@ def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: Train
         "startup_s": {k: round(v, 2) for k, v in startup.items()},
         "layout": layout.kind,
         "packed_attention": "segments" if layout.segments else "dense",
+        # what ran, not what was asked: only packed rows with segment attention carry read-out positions
+        "last_layer_readout_only": raw_model.last_layer_readout_only and layout.segments and layout.kind != "padded",
         "computed_tokens_rank0": state.computed_tokens, "padded_equivalent_tokens_rank0": state.padded_tokens,
         "torch_threads": torch.get_num_threads(), "device": str(ray.train.torch.get_device()),
         "dist_backend": dist.get_backend() if dist.is_initialized() else None,

@@ -1,0 +1,88 @@
+"""The last transformer layer computed only at the positions a reward is read from.
+
+A reward model reads one position per sequence: the last token (causal LMs) or ``[CLS]`` (encoders).
+Every layer but the last must run at every position -- the next layer's keys and values need them --
+but the last layer's output is read at those positions alone. A plain forward still runs that
+layer's MLP (and, in BERT, its attention output projection) over the whole sequence and throws the
+result away: about ``1 / num_layers`` of the model's cost for nothing. Here the last layer runs its
+self-attention as usual (keys and values over every position) and everything after it -- residual
+adds, norms, MLP -- on the read-out rows only. Same rewards, same gradients.
+
+The layer's ``forward`` is replaced on the instance (the state dict, PEFT, DDP and FSDP see the same
+module) by one that takes this path when the segment plan carries read-out positions and behaves as
+the original otherwise. It returns the read-out rows as one ``[1, N, H]`` row; the backbone's final
+norm (or BERT's pooler) is per position, so it applies unchanged. Only layer classes whose forward is
+known are patched; any other model computes its last layer in full, as before.
+"""
+
+from __future__ import annotations
+
+import types
+
+from torch import nn
+
+from .attention import KWARG, READOUT_ONLY
+
+# Pre-norm decoder layers with the same forward in transformers 5.x (checked against their source):
+# x + attn(norm(x)), then x + mlp(norm(x)).
+PRE_NORM = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer"}
+# Post-norm encoder layers: norm(x + dense(attn(x))), then norm(x + mlp(x)).
+POST_NORM = {"BertLayer", "RobertaLayer"}
+
+
+def find(hf_model: nn.Module) -> nn.Module | None:
+    """The backbone's last transformer layer, or None where it is not one of the known shapes."""
+    backbone = getattr(hf_model, hf_model.base_model_prefix, None)
+    layers = getattr(backbone, "layers", None)  # decoders
+    if layers is None:
+        layers = getattr(getattr(backbone, "encoder", None), "layer", None)  # BERT-style encoders
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        return None
+    layer = layers[-1]
+    name = type(layer).__name__
+    if name in POST_NORM and (layer.is_decoder or layer.add_cross_attention):
+        return None
+    return layer if name in PRE_NORM | POST_NORM else None
+
+
+def enable(hf_model: nn.Module) -> bool:
+    """Give the last layer the read-out path (inert until a plan carries read-out positions);
+    False where the layer is not a known shape."""
+    layer = find(hf_model)
+    if layer is None:
+        return False
+    if "_rmray_readout" not in vars(layer):
+        layer._rmray_readout = _pre_norm if type(layer).__name__ in PRE_NORM else _post_norm
+        layer.forward = types.MethodType(_forward, layer)  # a bound method: deepcopy rebinds it to the copy
+    return True
+
+
+def _forward(layer, hidden_states, *args, **kwargs):
+    segments = kwargs.get(KWARG)
+    if segments is None or segments.readout is None:
+        return type(layer).forward(layer, hidden_states, *args, **kwargs)
+    rows, cols = segments.readout
+    out = layer._rmray_readout(layer, hidden_states, rows, cols, args, kwargs)
+    segments.readout_calls += 1
+    return out.unsqueeze(0)
+
+
+def _pre_norm(layer, hidden, rows, cols, args, kwargs):
+    if args:  # transformers' decoders pass everything after hidden_states by keyword
+        raise TypeError(f"{type(layer).__name__}: unexpected positional arguments for the read-out path")
+    attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), **kwargs, **{READOUT_ONLY: True})
+    x = hidden[rows, cols] + attended[rows, cols]
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _post_norm(layer, hidden, rows, cols, args, kwargs):
+    # BertEncoder passes (attention_mask, encoder_hidden_states) positionally; the latter is None
+    # without cross-attention, which find() requires.
+    kwargs = dict(kwargs)
+    mask = args[0] if args else kwargs.pop("attention_mask", None)
+    for name in ("encoder_hidden_states", "encoder_attention_mask"):
+        kwargs.pop(name, None)
+    attention = layer.attention
+    context, _ = attention.self(hidden, attention_mask=mask, **kwargs, **{READOUT_ONLY: True})
+    x = attention.output(context[rows, cols], hidden[rows, cols])
+    return layer.feed_forward_chunk(x)

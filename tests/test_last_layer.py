@@ -1,0 +1,116 @@
+"""The last layer computed at read-out positions only (rmray.core.last_layer): exact, and really smaller."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, MistralConfig, Qwen3Config, RobertaConfig
+
+from rmray.core import last_layer
+from rmray.core.collate import pad_sequences
+from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+from rmray.core.packing import pack_groups, pair_groups, pair_readout_order
+from tests.test_packing import assert_close_relative, edge_case_pairs, rewards_and_grads, run_packed
+
+
+def _random_model(kind: str, vocab: int, pad_id: int):
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_labels=1, pad_token_id=pad_id)
+    config = {
+        "qwen3": lambda: Qwen3Config(**common, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
+        "mistral": lambda: MistralConfig(**common, num_key_value_heads=2, tie_word_embeddings=False),
+        "roberta": lambda: RobertaConfig(**common, max_position_embeddings=600),
+        "bert": lambda: BertConfig(**common, max_position_embeddings=600),
+    }[kind]()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def _mlp_rows(layer) -> list[int]:
+    """Positions the last layer's MLP computes, per forward (recorded by a hook)."""
+    seen = []
+    mlp = layer.mlp if hasattr(layer, "mlp") else layer.intermediate
+    mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[:-1].numel()))
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["tiny_qwen", "tiny_llama_pad_is_eos", "qwen3", "mistral", "minilm", "bert",
+                                  "roberta"])
+def test_readout_last_layer_equals_full_forward_and_computes_only_readout_rows(kind, tiny_qwen, minilm_path, request,
+                                                                                monkeypatch):
+    path = minilm_path if kind == "minilm" else tiny_qwen if kind in ("tiny_qwen", "qwen3", "mistral", "bert", "roberta") \
+        else request.getfixturevalue(kind)
+    tok = load_tokenizer(path)
+    if kind in ("qwen3", "mistral", "bert", "roberta"):
+        hf = _random_model(kind, len(tok), tok.pad_token_id)
+    else:
+        torch.manual_seed(0)
+        hf = load_hf_model(path, pad_token_id=tok.pad_token_id)
+    causal = kind not in ("minilm", "bert", "roberta")
+    chosen, rejected = edge_case_pairs(tok)
+    n = len(chosen)
+    pb = pack_groups(pair_groups(chosen, rejected, causal), row_tokens=0, pad_token_id=tok.pad_token_id,
+                     causal=causal, dense_mask=False)
+    order = pair_readout_order(n, causal)
+
+    full = RewardModel(copy.deepcopy(hf), last_layer_readout_only=False)
+    fast = RewardModel(hf)
+    assert fast.last_layer_readout_only and not full.last_layer_readout_only
+    rows = _mlp_rows(last_layer.find(fast.hf_model))
+
+    ref, ref_grads = rewards_and_grads(full, lambda: full(*pad_sequences(chosen + rejected, tok.pad_token_id)))
+    queries = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **k: queries.append(q.shape[2]) or sdpa(q, *a, **k))
+    out, grads = rewards_and_grads(fast, lambda: run_packed(fast, pb, "segments")[order])
+    assert rows == [2 * n]  # one position per sequence, not the packed row's pb.real_tokens
+    layers = hf.config.num_hidden_layers
+    assert sum(queries) == (layers - 1) * pb.real_tokens + 2 * n  # the last layer: one query per sequence
+    assert pb.real_tokens > 10 * n
+    assert_close_relative(out, ref)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 10
+    for name in ref_grads:
+        assert_close_relative(grads[name], ref_grads[name])
+
+
+def test_padded_and_dense_forwards_keep_the_full_last_layer(tiny_qwen):
+    """Only the segment path carries read-out positions; the others must run the layer as transformers does."""
+    tok = load_tokenizer(tiny_qwen)
+    model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id))
+    rows = _mlp_rows(last_layer.find(model.hf_model))
+    chosen, rejected = edge_case_pairs(tok)
+    ids, mask = pad_sequences(chosen + rejected, tok.pad_token_id)
+    model(ids, mask)
+    dense = pack_groups(pair_groups(chosen, rejected, True), row_tokens=64, pad_token_id=tok.pad_token_id,
+                        causal=True, dense_mask=True)
+    run_packed(model, dense, "dense")
+    assert rows == [ids.numel(), dense.input_ids.numel()]
+
+
+def test_deepcopy_keeps_the_readout_path_on_the_copy(tiny_qwen):
+    """The patched forward is a bound method: a copied model must run its own layer, not the original's."""
+    tok = load_tokenizer(tiny_qwen)
+    model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id))
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in last_layer.find(clone.hf_model).mlp.parameters():
+            p.add_(1.0)
+    chosen, rejected = edge_case_pairs(tok)
+    pb = pack_groups(pair_groups(chosen, rejected, True), row_tokens=0, pad_token_id=tok.pad_token_id, causal=True,
+                     dense_mask=False)
+    with torch.no_grad():
+        a, b = run_packed(model, pb, "segments"), run_packed(clone, pb, "segments")
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_unknown_layer_types_are_left_alone(tiny_qwen, monkeypatch):
+    monkeypatch.setattr(last_layer, "PRE_NORM", set())
+    tok = load_tokenizer(tiny_qwen)
+    model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id))
+    assert not model.last_layer_readout_only
+    assert "forward" not in vars(model.hf_model.model.layers[-1])
