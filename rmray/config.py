@@ -105,8 +105,9 @@ class TrainConfig:
     last_layer_readout_only: bool = True
     """Compute the last layer only at the positions rewards are read from (last token / ``[CLS]``): its
     attention still sees every position, its MLP runs on 2 rows per pair instead of every token. Exact;
-    saves about 1/num_layers of a step. Packed rows with segment attention on Llama, Qwen2/3, Mistral,
-    BERT and RoBERTa layers; other models compute the last layer in full (``rmray.core.last_layer``)."""
+    saves about 1/num_layers of a step. Llama, Qwen2/3, Mistral layers (packed and padded rows) and BERT,
+    RoBERTa layers (packed rows) on SDPA/eager attention; other models compute the last layer in full
+    (``rmray.core.last_layer``); the run summary says which ran."""
     max_tokens_per_batch: Optional[int] = None
     """Token budget of one forward pass: larger micro-batches are run in chunks (same gradient)."""
 

@@ -78,18 +78,27 @@ def test_readout_last_layer_equals_full_forward_and_computes_only_readout_rows(k
         assert_close_relative(grads[name], ref_grads[name])
 
 
-def test_padded_and_dense_forwards_keep_the_full_last_layer(tiny_qwen):
-    """Only the segment path carries read-out positions; the others must run the layer as transformers does."""
+def test_padded_causal_rows_use_it_and_dense_packed_rows_keep_the_full_last_layer(tiny_qwen):
+    """Padded causal rows (scoring, serving) read at each row's last real token; the dense-mask path
+    carries no read-out positions and must run the layer as transformers does."""
     tok = load_tokenizer(tiny_qwen)
-    model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id))
+    torch.manual_seed(0)
+    hf = load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id)
+    full = RewardModel(copy.deepcopy(hf), last_layer_readout_only=False)
+    model = RewardModel(hf)
     rows = _mlp_rows(last_layer.find(model.hf_model))
     chosen, rejected = edge_case_pairs(tok)
     ids, mask = pad_sequences(chosen + rejected, tok.pad_token_id)
-    model(ids, mask)
-    dense = pack_groups(pair_groups(chosen, rejected, True), row_tokens=64, pad_token_id=tok.pad_token_id,
-                        causal=True, dense_mask=True)
-    run_packed(model, dense, "dense")
-    assert rows == [ids.numel(), dense.input_ids.numel()]
+    with torch.no_grad():
+        assert_close_relative(model(ids, mask), full(ids, mask))
+        left = torch.stack([m.roll(int((m == 0).sum())) for m in mask])  # the same rows, left-padded
+        left_ids = torch.stack([i.roll(int((m == 0).sum())) for i, m in zip(ids, mask)])
+        assert_close_relative(model(left_ids, left), full(ids, mask))
+        dense = pack_groups(pair_groups(chosen, rejected, True), row_tokens=64, pad_token_id=tok.pad_token_id,
+                            causal=True, dense_mask=True)
+        run_packed(model, dense, "dense")
+    assert rows == [ids.shape[0], ids.shape[0], dense.input_ids.numel()]
+    assert model.last_layer_readout_used and not full.last_layer_readout_used
 
 
 def test_deepcopy_keeps_the_readout_path_on_the_copy(tiny_qwen):

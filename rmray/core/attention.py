@@ -49,7 +49,7 @@ Plan = Sequence[Sequence[tuple[int, int, Sequence[int]]]]
 class Segments:
     """The plan of one forward, and what each kernel derives from it once (not once per layer)."""
 
-    plan: Plan
+    plan: Plan | None  # None: padded rows, attended by SDPA with the model's mask
     readout: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, cols): the last layer computes only these
     calls: int = 0  # attention calls that received this plan: 0 after a forward means it never arrived
     readout_calls: int = 0  # last-layer calls that took the read-out path (rmray.core.last_layer)
@@ -85,7 +85,7 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
                                        dropout, scaling, is_causal, **kwargs,
                                        **{KWARG: segments, READOUT_ONLY: readout_only})
         return out.to(query.dtype), None
-    if segments is None:
+    if segments is None or segments.plan is None:  # padded rows (a plan may still carry read-out rows)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     segments.calls += 1

@@ -148,6 +148,7 @@ class RewardModel(nn.Module):
         self.segments_ok = attention.enable(self.hf_model)
         # Packed forwards with a segment plan compute the last layer at read-out positions only.
         self.last_layer_readout_only = last_layer_readout_only and self.segments_ok and last_layer.enable(self.hf_model)
+        self.last_layer_readout_used = False  # whether a forward took that path (the run summary reports it)
         self.position_offset = _position_offset(self.hf_model)
 
     @property
@@ -187,11 +188,15 @@ class RewardModel(nn.Module):
             return base(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         backbone = getattr(base, base.base_model_prefix)
-        hidden = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         last = _last_real_index(attention_mask)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        plan = attention.Segments(None, readout=(rows, last)) if self.last_layer_readout_only else None
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+            **({attention.KWARG: plan} if plan else {}),
+        ).last_hidden_state
+        self.last_layer_readout_used |= bool(plan and plan.readout_calls)
+        pooled = hidden[0] if plan and plan.readout_calls else hidden[rows, last]
         return base.score(pooled).squeeze(-1).float()
 
     def _forward_packed(self, input_ids, mask4d, position_ids, readout_row, readout_col, kwargs=None) -> torch.Tensor:
@@ -204,7 +209,9 @@ class RewardModel(nn.Module):
         hidden = backbone(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, **kwargs).last_hidden_state
         plan = kwargs.get(attention.KWARG)
         # The read-out last layer returns the picked rows already, as one row [1, N, H].
-        picked = hidden[0] if plan is not None and plan.readout_calls else hidden[readout_row, readout_col]  # [N, H]
+        used = plan is not None and plan.readout_calls > 0
+        self.last_layer_readout_used |= used
+        picked = hidden[0] if used else hidden[readout_row, readout_col]  # [N, H]
         if self.readout == "last_token":
             return base.score(picked).squeeze(-1).float()
         # Encoder heads read position 0 of a sequence: hand them each picked [CLS] state as a length-1 row.

@@ -398,8 +398,7 @@ def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: Train
         "startup_s": {k: round(v, 2) for k, v in startup.items()},
         "layout": layout.kind,
         "packed_attention": "segments" if layout.segments else "dense",
-        # what ran, not what was asked: only packed rows with segment attention carry read-out positions
-        "last_layer_readout_only": raw_model.last_layer_readout_only and layout.segments and layout.kind != "padded",
+        "last_layer_readout_only": raw_model.last_layer_readout_used,  # what ran, not what was asked
         "computed_tokens_rank0": state.computed_tokens, "padded_equivalent_tokens_rank0": state.padded_tokens,
         "torch_threads": torch.get_num_threads(), "device": str(ray.train.torch.get_device()),
         "dist_backend": dist.get_backend() if dist.is_initialized() else None,
