@@ -42,14 +42,11 @@ def _mlp_rows(layer) -> list[int]:
                                   "roberta"])
 def test_readout_last_layer_equals_full_forward_and_computes_only_readout_rows(kind, tiny_qwen, minilm_path, request,
                                                                                 monkeypatch):
-    path = minilm_path if kind == "minilm" else tiny_qwen if kind in ("tiny_qwen", "qwen3", "mistral", "bert", "roberta") \
-        else request.getfixturevalue(kind)
+    built_here = kind in ("qwen3", "mistral", "bert", "roberta")  # random configs; tiny_qwen lends its tokenizer
+    path = minilm_path if kind == "minilm" else tiny_qwen if built_here else request.getfixturevalue(kind)
     tok = load_tokenizer(path)
-    if kind in ("qwen3", "mistral", "bert", "roberta"):
-        hf = _random_model(kind, len(tok), tok.pad_token_id)
-    else:
-        torch.manual_seed(0)
-        hf = load_hf_model(path, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    hf = _random_model(kind, len(tok), tok.pad_token_id) if built_here else load_hf_model(path, pad_token_id=tok.pad_token_id)
     causal = kind not in ("minilm", "bert", "roberta")
     chosen, rejected = edge_case_pairs(tok)
     n = len(chosen)
