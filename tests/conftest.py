@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import time
 
 import pytest
 
@@ -81,6 +82,15 @@ def ray_cluster():
     init_ray("local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
+
+
+def free_cpus_soon(ray, want: float = 2, within_s: float = 30) -> float:
+    """The cluster's free CPUs once finished work is gone: Ray frees a stopped trainer's placement
+    group and Ray Data's actors asynchronously, so a test that reads free CPUs waits for them."""
+    deadline = time.time() + within_s
+    while ray.available_resources().get("CPU", 0) < want and time.time() < deadline:
+        time.sleep(0.5)
+    return ray.available_resources().get("CPU", 0)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from rmray.config import load_config
 from rmray.core.loss import metrics_from_sums, preference_sums
 from rmray.train.metrics_log import read_metrics
 
-from .conftest import ROOT
+from .conftest import ROOT, free_cpus_soon
 
 pytestmark = pytest.mark.ray
 
@@ -83,6 +83,9 @@ def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
         f"train_data={train}", f"eval_data={evals}", f"output_dir={tmp_path / 'out'}", "max_length=128",
         "num_train_epochs=2", "logging_steps=2", "eval_steps=10", "learning_rate=1e-4", "warmup_ratio=0"])
     from rmray.train.run import train as run_train
+
+    # The early start below needs the idle cluster, not the previous test's Ray Data actors on their way out.
+    assert free_cpus_soon(ray_cluster) == 2
 
     result = run_train(cfg)
     records = read_metrics(result.output_dir)

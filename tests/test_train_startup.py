@@ -3,12 +3,13 @@ tokenizer, one after the other when not (a deadlock otherwise), and bad data fai
 
 import json
 import threading
-import time
 
 import pytest
 
 from rmray.config import TrainConfig
 from rmray.train.metrics_log import read_metrics
+
+from .conftest import free_cpus_soon
 
 pytestmark = pytest.mark.ray
 
@@ -27,27 +28,29 @@ def config(tiny_qwen, tmp_path, **overrides) -> TrainConfig:
     return TrainConfig(**base | overrides)
 
 
-def free_cpus_soon(ray_cluster, want: float = 2, within_s: float = 30) -> float:
-    """The cluster's free CPUs once a stopped trainer's placement group is gone (Ray frees it asynchronously)."""
-    deadline = time.time() + within_s
-    while ray_cluster.available_resources().get("CPU", 0) < want and time.time() < deadline:
-        time.sleep(0.5)
-    return ray_cluster.available_resources().get("CPU", 0)
-
-
 def test_workers_start_early_only_when_a_node_keeps_a_cpu_for_data_tasks(ray_cluster, tiny_qwen, tmp_path):
     from rmray.train.run import _room_for_data_tasks, _start_workers_early
 
-    assert ray_cluster.available_resources()["CPU"] == 2  # the session cluster, idle
+    assert free_cpus_soon(ray_cluster) == 2  # the session cluster, idle
     shape = lambda workers, cpus: _start_workers_early(config(tiny_qwen, tmp_path, num_workers=workers,  # noqa: E731
                                                               cpus_per_worker=cpus))
     assert shape(2, 0.5) and shape(1, 1.0)  # a whole CPU is left for a read or map task
     assert not shape(2, 1.0) and not shape(1, 2.0) and not shape(1, 1.5)
 
+    # CPUs held by work that is ending (here a placement group removed 1 s later) are waited for,
+    # briefly: the early start is not lost to Ray's asynchronous release.
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    held = placement_group([{"CPU": 1.5}])
+    ray_cluster.get(held.ready(), timeout=30)
+    cfg = config(tiny_qwen, tmp_path, num_workers=2, cpus_per_worker=0.5)
+    assert not _start_workers_early(cfg, settle_s=0)
+    threading.Timer(1.0, remove_placement_group, args=(held,)).start()
+    assert _start_workers_early(cfg)
+
     def node(cpus, gpus=0):
         return {"Alive": True, "Resources": {"CPU": cpus, "GPU": gpus}}
 
-    cfg = config(tiny_qwen, tmp_path, num_workers=2, cpus_per_worker=0.5)
     # Two 1-CPU nodes: one worker per node leaves 0.5 CPU on each, less than a read task takes
     # (the 2-node test hung here once, in Ray Data's read, before this rule looked per node).
     assert not _room_for_data_tasks(cfg, [node(1), node(1)], available_cpus=2)

@@ -82,10 +82,21 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(cfg.output_dir, final_dir, summary)
 
 
-def _start_workers_early(cfg: TrainConfig) -> bool:
+def _start_workers_early(cfg: TrainConfig, settle_s: float = 3.0) -> bool:
+    """Ray frees the CPUs of finished work (a previous run's placement group, Ray Data's actors)
+    asynchronously, so right after such work the free CPUs read low for a second or two. Where the
+    cluster's totals leave room, wait up to ``settle_s`` for them rather than lose the early start."""
     import ray
 
-    return _room_for_data_tasks(cfg, ray.nodes(), ray.available_resources().get("CPU", 0.0))
+    nodes = ray.nodes()
+    if not _room_for_data_tasks(cfg, nodes, ray.cluster_resources().get("CPU", 0.0)):
+        return False
+    deadline = time.monotonic() + settle_s
+    while not _room_for_data_tasks(cfg, nodes, ray.available_resources().get("CPU", 0.0)):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.25)
+    return True
 
 
 def _room_for_data_tasks(cfg: TrainConfig, nodes: list[dict], available_cpus: float) -> bool:
