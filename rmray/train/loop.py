@@ -59,16 +59,11 @@ class LoopState:
     last_train_accuracy: float | None = None
 
 
-def train_loop_per_worker(loop_config: dict, shards: dict) -> None:
+def train_loop_per_worker(loop_config: dict) -> None:
     normal_policy_for_this_thread()  # before torch starts its threads: they inherit it
     cfg = TrainConfig(**loop_config["cfg"])
     started_at = loop_config["started_at"]
-    # The driver's data facts: the trainer may have started before they existed (see rmray.train.handoff).
-    # Ray Train called the dataset callables before this function, so they are there by now.
-    info = ray.get(loop_config["handoff"].get.remote("info"))
-    spec, total_steps = ScoringSpec(**info["spec"]), info["total_steps"]
-    startup = {"ray_ready": loop_config["ray_ready_s"], "data_ready": info["data_ready_s"],
-               "worker_entered": time.time() - started_at}  # seconds since train() was called
+    startup = {"ray_ready": loop_config["ray_ready_s"], "worker_entered": time.time() - started_at}  # s since train()
     # Rebuilt here by the driver's own call rather than shipped: a pickled tokenizer would make every
     # process that relays the config import transformers (see run._train_worker).
     tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
@@ -83,6 +78,12 @@ def train_loop_per_worker(loop_config: dict, shards: dict) -> None:
     strategy.release_unused_group(world)
     model, raw_model = _build_model(cfg, tokenizer, strategy, use_bf16, device)
     startup["model_ready"] = time.time() - started_at
+    # The model is built while the driver may still be tokenizing (see rmray.train.handoff); from here on
+    # the run needs the data: this rank's train shard, the eval set, the schedule.
+    data = ray.get(loop_config["handoff"].get.remote("data"))
+    info, train_shard, eval_shard = data["info"], data["train"][rank], data.get("eval")
+    spec, total_steps = ScoringSpec(**info["spec"]), info["total_steps"]
+    startup["data_ready"] = info["data_ready_s"]
     # fused: one kernel per step instead of a loop over tensors (what transformers' Trainer uses too)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
@@ -106,7 +107,6 @@ def train_loop_per_worker(loop_config: dict, shards: dict) -> None:
                     attention_ratio=6.0 * raw_model.hf_model.config.get_text_config().hidden_size,
                     max_tokens_per_batch=cfg.max_tokens_per_batch,
                     segments=cfg.packed_attention == "segments" and raw_model.segments_ok)
-    train_shard, eval_shard = shards["train"], shards.get("eval")
     autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     window = torch.zeros(8, dtype=torch.float64, device=device)  # preference sums since the last log line

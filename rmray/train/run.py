@@ -2,14 +2,13 @@
 
 ``train(cfg)`` is the one function the CLI and ``jobs/train.py`` call. The trainer is started
 before the data is ready whenever that is safe (``_start_workers_early``): Ray Train's controller
-and workers come up (about 10 s) while the driver reads and tokenizes, and the datasets reach them
-through :mod:`rmray.train.handoff`.
+and workers come up and load the model while the driver reads and tokenizes, and the data -- one
+train shard per rank -- reaches them through :mod:`rmray.train.handoff`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import shutil
@@ -59,14 +58,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     running = InBackground(trainer.fit) if early else None
     try:
         data = _prepare_data(cfg, *model_facts.result())
+        payload = _worker_data(cfg, data, early, started_at)
     except BaseException as e:
         handoff.put.remote({"error": f"{type(e).__name__}: {e}"})
         if running is not None and isinstance(e, Exception):
-            running.join(timeout=120)  # the trainer stops at its first data read: leave no workers behind
+            running.join(timeout=120)  # the ranks stop when they ask for the data: leave no workers behind
         raise
-    handoff.put.remote({"datasets": data.datasets, "info": {
-        "spec": dataclasses.asdict(data.spec), "total_steps": data.total_steps, "data_ready_s": time.time() - started_at,
-        "workers_started_early": early}})
+    handoff.put.remote({"data": payload})
     running = running or InBackground(trainer.fit)
     follow_progress(running, os.path.join(cfg.output_dir, "metrics.jsonl"), data.total_steps)
 
@@ -127,16 +125,13 @@ def _build_trainer(cfg: TrainConfig, handoff, started_at: float, ray_ready: floa
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from .handoff import await_dataset
-
-    names = ["train"] + (["eval"] if cfg.eval_data or cfg.eval_split_ratio > 0 else [])
     remote = _is_uri(cfg.storage_path)
     storage = cfg.storage_path if remote else os.path.abspath(cfg.storage_path or cfg.output_dir)
     return TorchTrainer(
         _train_worker,
         # Plain data and an actor handle only: every process that relays this (the controller too) unpickles it.
         train_loop_config={"cfg": dataclasses.asdict(cfg), "handoff": handoff, "started_at": started_at,
-                           "datasets": names, "ray_ready_s": ray_ready,
+                           "ray_ready_s": ray_ready,
                            "run_dir": None if remote else os.path.join(storage, RUN_NAME)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement_strategy,
@@ -146,11 +141,21 @@ def _build_trainer(cfg: TrainConfig, handoff, started_at: float, ray_ready: floa
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             logging_config=ray.train.LoggingConfig(
                 log_level=os.environ.get("RMRAY_TRAIN_LOG_LEVEL", "INFO" if verbose() else "WARNING"))),
-        # Callables: the controller calls them once the workers are up; they wait for the driver's data.
-        datasets={name: functools.partial(await_dataset, handoff, name) for name in names},
-        # Eval is not split: every rank reads all of it and scores its share (see loop._evaluate).
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
+
+
+def _worker_data(cfg: TrainConfig, data: PreparedData, early: bool, started_at: float) -> dict:
+    """What every rank takes from the handoff: its own train shard (equal sizes, so every rank runs the
+    same number of steps; at most ``num_workers - 1`` pairs are left out), the whole eval set (each
+    rank scores its share, see ``loop._evaluate``) and the schedule. The split is rmray's rather than
+    Ray Train's ``datasets=``: that path calls a trainer's training function only once the data
+    exists and adds two actors and a coordinator process, while this one lets the workers import and
+    load the model during tokenization. A split of materialized blocks, fixed for the run: a resumed
+    epoch reads the same rows in the same order."""
+    shards = data.datasets["train"].split(cfg.num_workers, equal=True)
+    return {"train": shards, "eval": data.datasets.get("eval"), "info": {
+        "spec": dataclasses.asdict(data.spec), "total_steps": data.total_steps, "data_ready_s": time.time() - started_at,
+        "workers_started_early": early}}
 
 
 def _model_facts(cfg: TrainConfig) -> tuple:
@@ -200,14 +205,10 @@ def _train_worker(loop_config: dict) -> None:
     receives it imports its module -- the controller too, which never runs it. ``rmray.train.loop``
     imports torch, transformers and peft (about 2 s per process on 2 busy cores, on the path to the
     first step), so the trainer holds this function of a light module and the loop is imported only
-    where it runs. The shards are asked for first: Ray Train creates the train split (and starts its
-    coordinator actor) on that call, which then overlaps the imports and the model load."""
-    import ray.train
-
-    shards = {name: ray.train.get_dataset_shard(name) for name in loop_config["datasets"]}
+    where it runs."""
     from .loop import train_loop_per_worker
 
-    train_loop_per_worker(loop_config, shards)
+    train_loop_per_worker(loop_config)
 
 
 def _checkpoint_config(cfg: TrainConfig):
