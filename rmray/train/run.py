@@ -148,10 +148,10 @@ def _worker_data(cfg: TrainConfig, data: PreparedData, early: bool, started_at: 
     """What every rank takes from the handoff: its own train shard (equal sizes, so every rank runs the
     same number of steps; at most ``num_workers - 1`` pairs are left out), the whole eval set (each
     rank scores its share, see ``loop._evaluate``) and the schedule. The split is rmray's rather than
-    Ray Train's ``datasets=``: that path calls a trainer's training function only once the data
-    exists and adds two actors and a coordinator process, while this one lets the workers import and
-    load the model during tokenization. A split of materialized blocks, fixed for the run: a resumed
-    epoch reads the same rows in the same order."""
+    Ray Train's ``datasets=``: that path calls the training function only once the data exists (and
+    streams the split through a coordinator actor), while this one lets the workers import and load
+    the model during tokenization. A split of materialized blocks, fixed for the run: a resumed epoch
+    reads the same rows in the same order."""
     shards = data.datasets["train"].split(cfg.num_workers, equal=True)
     return {"train": shards, "eval": data.datasets.get("eval"), "info": {
         "spec": dataclasses.asdict(data.spec), "total_steps": data.total_steps, "data_ready_s": time.time() - started_at,
