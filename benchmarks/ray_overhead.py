@@ -131,7 +131,7 @@ def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -
 
     from rmray.ray_env import init_ray
 
-    opts = argparse.Namespace(batch_size=8, max_length=512, bf16=bf16, threads=threads, device="cpu")
+    opts = argparse.Namespace(batch_size=8, max_length=512, bf16=bf16, threads=threads, device="cpu", set=[])
     with open(data) as f:
         rows = [json.loads(line) for line in f]
     if kind in ("trainer", "trainer-no-pg"):  # Ray Train's defaults, not rmray's (ray_env.QUIET_ENV)
@@ -190,7 +190,7 @@ def ladder(args) -> None:
     with gzip.open(train_vs_trl.HH, "rt") as f:
         hh_rows = [json.loads(line) for line in f]
     results = {"args": vars(args), "rungs": rungs, "rounds": []}
-    opts = argparse.Namespace(batch_size=8, max_length=512, bf16=args.bf16, threads=2, device="cpu")
+    opts = argparse.Namespace(batch_size=8, max_length=512, bf16=args.bf16, threads=2, device="cpu", set=[])
     with tempfile.TemporaryDirectory() as work:
         model_dir = train_vs_trl.build_models(work, hh_rows, ["qwen2-6L-384"])["qwen2-6L-384"]
         rows = train_vs_trl.kept_by_trl(model_dir, hh_rows, args.pairs, 512)
@@ -245,7 +245,7 @@ def main() -> None:
             with open(data, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
             for threads in (int(t) for t in args.threads.split(",")):
-                opts = argparse.Namespace(batch_size=8, max_length=512, bf16=args.bf16, threads=threads)
+                opts = argparse.Namespace(batch_size=8, max_length=512, bf16=args.bf16, threads=threads, device="cpu", set=[])
                 for rep in range(args.repeats):
                     plain = train_vs_trl.measure("plain", models[name], data, opts)["pairs_per_s"]
                     sampler = CpuSampler(threads)
