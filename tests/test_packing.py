@@ -258,3 +258,29 @@ def test_packed_forward_refuses_when_the_plan_never_reaches_attention(tiny_qwen,
     monkeypatch.setitem(AttentionInterface._global_mapping, attention.NAME, drops_the_plan)
     with pytest.raises(RuntimeError, match="packed_attention=dense"):
         run_packed(model, pb, "segments")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen", "minilm_path"])
+def test_segment_forward_builds_no_attention_mask(fixture, request):
+    """transformers builds its mask before the layers run: for packed rows an [L, L] packed-sequence
+    mask that segment attention never reads. On a plan every attention call must get none (and the
+    rewards stay those of the padded forward); padded rows must still get theirs."""
+    path = request.getfixturevalue(fixture)
+    tok = load_tokenizer(path)
+    model = RewardModel(load_hf_model(path, pad_token_id=tok.pad_token_id)).eval()
+    causal = model.readout == "last_token"
+    masks = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, kwargs: masks.append(kwargs.get("attention_mask")),
+                                         with_kwargs=True)
+             for name, m in model.named_modules() if name.endswith("self_attn") or name.endswith("attention.self")]
+    assert hooks
+    chosen, rejected = edge_case_pairs(tok)
+    pb = pack_groups(pair_groups(chosen, rejected, causal), row_tokens=0, pad_token_id=tok.pad_token_id,
+                     causal=causal, dense_mask=False)
+    with torch.no_grad():
+        packed = run_packed(model, pb, "segments")[pair_readout_order(len(chosen), causal)]
+        assert len(masks) == len(hooks) and all(m is None for m in masks)
+        masks.clear()
+        padded = model(*pad_sequences(chosen + rejected, tok.pad_token_id))
+    assert len(masks) == len(hooks) and all(m is not None for m in masks)
+    assert_close_relative(packed, padded)

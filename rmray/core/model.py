@@ -10,6 +10,7 @@ ids, padding side nor batch composition can move a score.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -206,8 +207,9 @@ class RewardModel(nn.Module):
         kwargs = dict(kwargs or {}) | ({"use_cache": False} if self.readout == "last_token" else {})
         if self.position_offset:
             position_ids = position_ids + self.position_offset
-        hidden = backbone(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, **kwargs).last_hidden_state
         plan = kwargs.get(attention.KWARG)
+        with attention.plan_active() if plan is not None and plan.plan is not None else contextlib.nullcontext():
+            hidden = backbone(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, **kwargs).last_hidden_state
         # The read-out last layer returns the picked rows already, as one row [1, N, H].
         used = plan is not None and plan.readout_calls > 0
         self.last_layer_readout_used |= used
