@@ -100,7 +100,7 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if half is not None:
         index = segments.varlen_index(query.shape[2], causal, query.device)
         return _flash_varlen(query, key, value, index, half, dropout, scaling, causal), None  # every query
-    return _per_piece(query, key, value, segments.plan, dropout, scaling, causal, readout_only), None
+    return _per_piece(query, key, value, segments.plan, dropout, scaling, causal, readout_only, segments._derived), None
 
 
 def flash_dtype(query: torch.Tensor) -> torch.dtype | None:
@@ -128,7 +128,10 @@ def _flash_varlen(query, key, value, index: VarlenIndex, dtype, dropout: float, 
     return out.view(b, length, h, d)
 
 
-def _per_piece(query, key, value, plan: Plan, dropout: float, scaling, causal: bool, readout_only: bool = False):
+def _per_piece(query, key, value, plan: Plan, dropout: float, scaling, causal: bool, readout_only: bool = False,
+               masks: dict | None = None):
+    """``masks``: a cache for the forward's further-response masks; every layer needs the same ones."""
+    masks = {} if masks is None else masks
     sdpa = functools.partial(F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling)
     if readout_only:
         sdpa = functools.partial(_readout_query, sdpa, causal)
@@ -151,7 +154,7 @@ def _per_piece(query, key, value, plan: Plan, dropout: float, scaling, causal: b
             i += 1
             for n in responses[1:]:  # every further response sees the prefix and itself, causally
                 parts.append(sdpa(q[i], torch.cat([prefix_k, k[i]], 2), torch.cat([prefix_v, v[i]], 2),
-                                  attn_mask=_prefix_causal_mask(prefix, n, query.device)))
+                                  attn_mask=_prefix_causal_mask(prefix, n, query.device, masks)))
                 i += 1
         if i < len(sizes):  # padding: its outputs are never read and nothing attends to it
             parts.append(query.new_zeros(1, query.shape[1], sizes[-1], query.shape[3]))
@@ -210,11 +213,14 @@ def _varlen_index(plan: Plan, length: int, causal: bool, device) -> VarlenIndex:
                        max_q=max(q_sizes), max_k=max(k_sizes))
 
 
-def _prefix_causal_mask(prefix: int, n: int, device) -> torch.Tensor:
+def _prefix_causal_mask(prefix: int, n: int, device, cache: dict) -> torch.Tensor:
     """``[n, prefix + n]``: every prefix key visible, own keys causally."""
-    mask = torch.ones(n, prefix + n, dtype=torch.bool, device=device)
-    mask[:, prefix:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    return mask
+    key = ("prefix_mask", prefix, n, str(device))
+    if key not in cache:
+        mask = torch.ones(n, prefix + n, dtype=torch.bool, device=device)
+        mask[:, prefix:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        cache[key] = mask
+    return cache[key]
 
 
 # True while a forward runs on a segment plan. transformers builds the attention mask before the
