@@ -13,7 +13,8 @@ what Ray costs, the overhead is the interruptions of torch's threads, not work R
 (the run's ``data_wait_s`` prices that part).
 
 ``--ladder N`` climbs from the plain loop to rmray one layer at a time instead, N alternating rounds
-(Qwen2, 2 threads): the plain loop in-process; the same loop as the method of a bare Ray actor
+(Qwen2, 2 threads; ``--ladder-model qwen2-2L-64``: a 2-layer, hidden-64 one whose step is mostly
+per-step work outside the matmuls): the plain loop in-process; the same loop as the method of a bare Ray actor
 (a Ray worker process, 2 CPUs); the same loop as a ``TorchTrainer`` training function with Ray
 Train's defaults (its controller, worker actor, process group and helper actors around it); the same
 with rmray's settings (``trainer-lean``: the unused one-worker process group closed, Ray Train's
@@ -192,7 +193,7 @@ def ladder(args) -> None:
     results = {"args": vars(args), "rungs": rungs, "rounds": []}
     opts = argparse.Namespace(batch_size=8, max_length=512, bf16=args.bf16, threads=2, device="cpu", set=[])
     with tempfile.TemporaryDirectory() as work:
-        model_dir = train_vs_trl.build_models(work, hh_rows, ["qwen2-6L-384"])["qwen2-6L-384"]
+        model_dir = train_vs_trl.build_models(work, hh_rows, [args.ladder_model])[args.ladder_model]
         rows = train_vs_trl.kept_by_trl(model_dir, hh_rows, args.pairs, 512)
         data = os.path.join(work, "pairs.jsonl")
         with open(data, "w") as f:
@@ -225,6 +226,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/ray_overhead.json")
     parser.add_argument("--ladder", type=int, metavar="ROUNDS", help="plain -> Ray actor -> TorchTrainer -> rmray (above)")
     parser.add_argument("--rungs", default=",".join(LADDER), help=f"which rungs, in order (also: {', '.join(EXTRA_RUNGS)})")
+    parser.add_argument("--ladder-model", default="qwen2-6L-384", choices=["qwen2-6L-384", "qwen2-2L-64"],
+                        help="qwen2-2L-64: a step of a few ms of compute, so what Ray adds per step shows (use --pairs 2000)")
     parser.add_argument("--in-ray", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_ray:

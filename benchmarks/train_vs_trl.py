@@ -36,8 +36,9 @@ def build_models(workdir: str, hh_rows: list[dict], names: list[str], minilm_con
 
     texts = [r["chosen"] for r in hh_rows] + [r["rejected"] for r in hh_rows]
     models = {}
-    # The model, and one of Qwen2-0.5B's shape (24 layers, hidden 896) where a GPU is busy enough to time.
-    for name, layers, hidden, heads in [("qwen2-6L-384", 6, 384, 6), ("qwen2-24L-896", 24, 896, 14)]:
+    # The model, one of Qwen2-0.5B's shape (24 layers, hidden 896) where a GPU is busy enough to time,
+    # and a tiny one whose step is short enough that per-step costs outside the model show (ray_overhead.py).
+    for name, layers, hidden, heads in [("qwen2-6L-384", 6, 384, 6), ("qwen2-24L-896", 24, 896, 14), ("qwen2-2L-64", 2, 64, 2)]:
         if name in names:
             models[name] = build_tiny_causal_rm(os.path.join(workdir, name), texts, arch="qwen2", num_layers=layers,
                                                 hidden=hidden, heads=heads, vocab_size=8000)
