@@ -123,6 +123,11 @@ LADDER = ["plain", "actor", "trainer", "trainer-lean", "rmray"]
 EXTRA_RUNGS = ["trainer-no-pg"]  # the trainer rung with only the process group closed
 
 
+def _opts(bf16: bool, threads: int) -> argparse.Namespace:
+    """The options train_vs_trl's runs read, as its command line would give them."""
+    return argparse.Namespace(batch_size=8, max_length=512, bf16=bf16, threads=threads, device="cpu", set=[])
+
+
 def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -> float:
     """The plain loop inside Ray, in this (fresh) process: as a bare actor's method ("actor") or as a
     TorchTrainer training function ("trainer"). The plain and rmray rungs are train_vs_trl's own runs."""
@@ -132,7 +137,7 @@ def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -
 
     from rmray.ray_env import init_ray
 
-    opts = argparse.Namespace(batch_size=8, max_length=512, bf16=bf16, threads=threads, device="cpu", set=[])
+    opts = _opts(bf16, threads)
     with open(data) as f:
         rows = [json.loads(line) for line in f]
     if kind in ("trainer", "trainer-no-pg"):  # Ray Train's defaults, not rmray's (ray_env.QUIET_ENV)
@@ -191,7 +196,7 @@ def ladder(args) -> None:
     with gzip.open(train_vs_trl.HH, "rt") as f:
         hh_rows = [json.loads(line) for line in f]
     results = {"args": vars(args), "rungs": rungs, "rounds": []}
-    opts = argparse.Namespace(batch_size=8, max_length=512, bf16=args.bf16, threads=2, device="cpu", set=[])
+    opts = _opts(args.bf16, 2)
     with tempfile.TemporaryDirectory() as work:
         model_dir = train_vs_trl.build_models(work, hh_rows, [args.ladder_model])[args.ladder_model]
         rows = train_vs_trl.kept_by_trl(model_dir, hh_rows, args.pairs, 512)
@@ -248,7 +253,7 @@ def main() -> None:
             with open(data, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
             for threads in (int(t) for t in args.threads.split(",")):
-                opts = argparse.Namespace(batch_size=8, max_length=512, bf16=args.bf16, threads=threads, device="cpu", set=[])
+                opts = _opts(args.bf16, threads)
                 for rep in range(args.repeats):
                     plain = train_vs_trl.measure("plain", models[name], data, opts)["pairs_per_s"]
                     sampler = CpuSampler(threads)

@@ -56,6 +56,8 @@ class Segments:
     calls: int = 0  # attention calls that received this plan: 0 after a forward means it never arrived
     readout_calls: int = 0  # last-layer calls that took the read-out path (rmray.core.last_layer)
     _derived: dict = dataclasses.field(default_factory=dict, repr=False)
+    # a further response's [n, prefix + n] mask by (prefix, n, device): every layer needs the same ones
+    prefix_masks: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def varlen_index(self, length: int, causal: bool, device) -> "VarlenIndex":
         key = (length, causal, str(device))
@@ -100,7 +102,7 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if half is not None:
         index = segments.varlen_index(query.shape[2], causal, query.device)
         return _flash_varlen(query, key, value, index, half, dropout, scaling, causal), None  # every query
-    return _per_piece(query, key, value, segments.plan, dropout, scaling, causal, readout_only, segments._derived), None
+    return _per_piece(query, key, value, segments.plan, dropout, scaling, causal, readout_only, segments.prefix_masks), None
 
 
 def flash_dtype(query: torch.Tensor) -> torch.dtype | None:
@@ -130,7 +132,7 @@ def _flash_varlen(query, key, value, index: VarlenIndex, dtype, dropout: float, 
 
 def _per_piece(query, key, value, plan: Plan, dropout: float, scaling, causal: bool, readout_only: bool = False,
                masks: dict | None = None):
-    """``masks``: a cache for the forward's further-response masks; every layer needs the same ones."""
+    """``masks``: the forward's cache of further-response masks (``Segments.prefix_masks``)."""
     masks = {} if masks is None else masks
     sdpa = functools.partial(F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling)
     if readout_only:
@@ -215,7 +217,7 @@ def _varlen_index(plan: Plan, length: int, causal: bool, device) -> VarlenIndex:
 
 def _prefix_causal_mask(prefix: int, n: int, device, cache: dict) -> torch.Tensor:
     """``[n, prefix + n]``: every prefix key visible, own keys causally."""
-    key = ("prefix_mask", prefix, n, str(device))
+    key = (prefix, n, str(device))
     if key not in cache:
         mask = torch.ones(n, prefix + n, dtype=torch.bool, device=device)
         mask[:, prefix:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()

@@ -10,7 +10,6 @@ ids, padding side nor batch composition can move a score.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 
@@ -168,7 +167,8 @@ class RewardModel(nn.Module):
                                  f"(attn_implementation={self.hf_model.config._attn_implementation!r}); "
                                  f"use packed_attention=dense")
             plan = attention.Segments(segments, readout=(readout_row, readout_col) if self.last_layer_readout_only else None)
-            rewards = self._forward_packed(input_ids, None, position_ids, readout_row, readout_col, {attention.KWARG: plan})
+            with attention.plan_active():  # no [L, L] mask: segment attention reads the plan
+                rewards = self._forward_packed(input_ids, None, position_ids, readout_row, readout_col, {attention.KWARG: plan})
             if plan.calls == 0:  # the rows were attended as one sequence each: wrong, so never returned
                 raise RuntimeError(f"{type(self.hf_model).__name__} did not pass the segment plan to its attention "
                                    "(a transformers version whose model drops attention keyword arguments); "
@@ -207,9 +207,8 @@ class RewardModel(nn.Module):
         kwargs = dict(kwargs or {}) | ({"use_cache": False} if self.readout == "last_token" else {})
         if self.position_offset:
             position_ids = position_ids + self.position_offset
+        hidden = backbone(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, **kwargs).last_hidden_state
         plan = kwargs.get(attention.KWARG)
-        with attention.plan_active() if plan is not None and plan.plan is not None else contextlib.nullcontext():
-            hidden = backbone(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, **kwargs).last_hidden_state
         # The read-out last layer returns the picked rows already, as one row [1, N, H].
         used = plan is not None and plan.readout_calls > 0
         self.last_layer_readout_used |= used
