@@ -42,6 +42,7 @@ def test_truncated_or_altered_checkpoint_is_detected(tmp_path):
     assert "500 bytes" in checkpoint_problem(str(ckpt))
     (ckpt / "model.safetensors").write_bytes(b"y" * 1000)
     assert "checksum" in checkpoint_problem(str(ckpt))
+    assert checkpoint_problem(str(ckpt), checksums=False) is None  # the driver's quick check: sizes only
     (ckpt / "model.safetensors").write_bytes(b"x" * 1000)
     assert checkpoint_problem(str(ckpt)) is None
     os.remove(ckpt / "trainer_state.json")
@@ -53,3 +54,23 @@ def test_config_validates_new_keys():
         TrainConfig(report_to=["tensorbored"])
     with pytest.raises(ValueError, match="early_stopping_patience"):
         TrainConfig(early_stopping_patience=0)
+
+
+def test_a_bad_resume_path_fails_before_ray_starts(tmp_path):
+    """train() refuses a missing or cut-short resume_from_checkpoint on the driver, before ray.init: the
+    error names the path and what is wrong, and no Ray run folder is made."""
+    from rmray.train.run import train
+
+    ckpt = tmp_path / "checkpoint-000004"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"x" * 1000)
+    write_manifest(str(ckpt))
+    with open(ckpt / "model.safetensors", "r+b") as f:
+        f.truncate(10)
+    for path, problem in [(ckpt, "model.safetensors has 10 bytes, expected 1000"), (tmp_path / "nope", "not found")]:
+        out = tmp_path / f"out-{path.name}"
+        cfg = TrainConfig(model_name_or_path="unused", train_data="demo", output_dir=str(out),
+                          resume_from_checkpoint=str(path))
+        with pytest.raises(ValueError, match=f"not a whole rmray checkpoint: {path}: {problem}"):
+            train(cfg)
+        assert not (out / "ray").exists() and not (out / "final").exists()

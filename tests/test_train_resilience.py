@@ -95,9 +95,11 @@ def test_resume_from_path_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qw
     weights = glob.glob(os.path.join(damaged, "*.safetensors"))[0]
     with open(weights, "r+b") as f:
         f.truncate(os.path.getsize(weights) // 2)
-    with pytest.raises(Exception, match="not a whole rmray checkpoint"):
+    with pytest.raises(ValueError, match="not a whole rmray checkpoint"):
         train(config(tmp_path, "refused", tiny_qwen, max_steps=6, resume_from_checkpoint=damaged))
+    # refused on the driver (sizes; workers check checksums too), before any Ray Train run folder exists
     assert not os.path.exists(os.path.join(tmp_path, "refused", "final"))
+    assert not os.path.exists(os.path.join(tmp_path, "refused", "ray"))
 
 
 def test_early_stopping_and_reward_collapse_warning(ray_cluster, tiny_qwen, tmp_path):

@@ -9,6 +9,7 @@ train shard per rank -- reaches them through :mod:`rmray.train.handoff`.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import os
 import shutil
@@ -44,6 +45,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     started_at = time.time()
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir))
     _prepare_output_dir(cfg)
+    _check_resume_path(cfg)
     # Tokenizer and read-out need no Ray: they load (about 3 s of torch/transformers imports on 2 cores)
     # while ray.init waits on the processes it starts.
     model_facts = InBackground(lambda: _model_facts(cfg), name="rmray-model-facts")
@@ -272,6 +274,25 @@ def _prepare_output_dir(cfg: TrainConfig) -> None:
             path = os.path.join(cfg.output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
     os.makedirs(cfg.output_dir, exist_ok=True)
+
+
+def _check_resume_path(cfg: TrainConfig) -> None:
+    """A local ``resume_from_checkpoint`` that is missing or cut short fails here, in a second, not after
+    Ray Train has started its workers (most of a minute on 2 cores) only for them to refuse it. Sizes
+    only; the workers still verify checksums before loading. The run folder's own checkpoints take
+    precedence over the path (``loop._load_resume_state``), so with any there this check stands aside."""
+    path = cfg.resume_from_checkpoint
+    if not path or _is_uri(path) or _is_uri(cfg.storage_path):
+        return
+    run_dir = os.path.join(os.path.abspath(cfg.storage_path or cfg.output_dir), RUN_NAME)
+    if glob.glob(os.path.join(run_dir, "checkpoint-*")):
+        return
+    from .state import checkpoint_problem
+
+    problem = "not found" if not os.path.isdir(path) else checkpoint_problem(path, checksums=False)
+    if problem:
+        raise ValueError(f"resume_from_checkpoint={path!r} is not a whole rmray checkpoint: {path}: {problem}. "
+                         "Point it at a checkpoint-NNNNNN folder whose rmray_checkpoint.json is present.")
 
 
 def _is_uri(path: str | None) -> bool:
