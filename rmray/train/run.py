@@ -127,14 +127,13 @@ def _build_trainer(cfg: TrainConfig, handoff, started_at: float, ray_ready: floa
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    remote = _is_uri(cfg.storage_path)
-    storage = cfg.storage_path if remote else os.path.abspath(cfg.storage_path or cfg.output_dir)
+    storage = cfg.storage_path if _is_uri(cfg.storage_path) else os.path.abspath(cfg.storage_path or cfg.output_dir)
     return TorchTrainer(
         _train_worker,
         # Plain data and an actor handle only: every process that relays this (the controller too) unpickles it.
         train_loop_config={"cfg": dataclasses.asdict(cfg), "handoff": handoff, "started_at": started_at,
                            "ray_ready_s": ray_ready,
-                           "run_dir": None if remote else os.path.join(storage, RUN_NAME)},
+                           "run_dir": _local_run_dir(cfg)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement_strategy,
             resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})),
@@ -281,11 +280,8 @@ def _check_resume_path(cfg: TrainConfig) -> None:
     Ray Train has started its workers (most of a minute on 2 cores) only for them to refuse it. Sizes
     only; the workers still verify checksums before loading. The run folder's own checkpoints take
     precedence over the path (``loop._load_resume_state``), so with any there this check stands aside."""
-    path = cfg.resume_from_checkpoint
-    if not path or _is_uri(path) or _is_uri(cfg.storage_path):
-        return
-    run_dir = os.path.join(os.path.abspath(cfg.storage_path or cfg.output_dir), RUN_NAME)
-    if glob.glob(os.path.join(run_dir, "checkpoint-*")):
+    path, run_dir = cfg.resume_from_checkpoint, _local_run_dir(cfg)
+    if not path or _is_uri(path) or run_dir is None or glob.glob(os.path.join(run_dir, "checkpoint-*")):
         return
     from .state import checkpoint_problem
 
@@ -293,6 +289,13 @@ def _check_resume_path(cfg: TrainConfig) -> None:
     if problem:
         raise ValueError(f"resume_from_checkpoint={path!r} is not a whole rmray checkpoint: {path}: {problem}. "
                          "Point it at a checkpoint-NNNNNN folder whose rmray_checkpoint.json is present.")
+
+
+def _local_run_dir(cfg: TrainConfig) -> str | None:
+    """Ray Train's run folder (checkpoints) when storage is local; None on remote storage."""
+    if _is_uri(cfg.storage_path):
+        return None
+    return os.path.join(os.path.abspath(cfg.storage_path or cfg.output_dir), RUN_NAME)
 
 
 def _is_uri(path: str | None) -> bool:
