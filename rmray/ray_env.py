@@ -105,3 +105,22 @@ def normal_policy_for_this_thread() -> None:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except (AttributeError, OSError):
         pass
+
+
+@contextlib.contextmanager
+def without_no_cpu_warning():
+    """Drop Ray Data's "no available CPUs ... will hang" warning inside, for callers that reserved a
+    CPU for the data tasks themselves. Ray Data prints it from a snapshot of free CPUs taken when a
+    dataset executes; right after a task ends Ray frees its CPU asynchronously, so the snapshot can read
+    0 while the reserved CPU is about to be free again -- a warning of a hang that cannot happen."""
+    data_logger = logging.getLogger("ray.data.dataset")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "does not have any available CPUs" not in record.getMessage()
+
+    data_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        data_logger.removeFilter(keep)
+

@@ -1,4 +1,4 @@
-"""The scheduling policy rmray gives a local Ray started for training (see rmray.ray_env)."""
+"""What rmray.ray_env sets up around a local Ray: the scheduling policy for training, quiet logs."""
 
 import os
 import subprocess
@@ -9,10 +9,11 @@ import pytest
 
 from rmray.ray_env import _batch_policy_for_children, normal_policy_for_this_thread
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies only")
+linux_policies = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies only")
 CHILD_POLICY = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"]
 
 
+@linux_policies
 def test_processes_started_for_training_inherit_batch_and_the_caller_is_restored():
     before = os.sched_getscheduler(0)
     with _batch_policy_for_children():
@@ -22,6 +23,7 @@ def test_processes_started_for_training_inherit_batch_and_the_caller_is_restored
     assert int(subprocess.run(CHILD_POLICY, capture_output=True, text=True, check=True).stdout) == before
 
 
+@linux_policies
 def test_opt_out_leaves_children_normal(monkeypatch):
     monkeypatch.setenv("RMRAY_RAY_BATCH_SCHED", "0")
     with _batch_policy_for_children():
@@ -29,6 +31,7 @@ def test_opt_out_leaves_children_normal(monkeypatch):
     assert child == os.sched_getscheduler(0) != os.SCHED_BATCH
 
 
+@linux_policies
 def test_training_thread_and_the_threads_it_starts_go_back_to_normal():
     seen = {}
 
@@ -44,3 +47,32 @@ def test_training_thread_and_the_threads_it_starts_go_back_to_normal():
     t.start()
     t.join()
     assert seen == {"self": os.SCHED_OTHER, "child": os.SCHED_OTHER}
+
+
+def test_ray_datas_false_hang_warning_is_dropped_only_inside():
+    """The early start reserves a CPU for the data tasks, so Ray Data's "will hang" snapshot is wrong
+    there; everywhere else it must still reach the user. The text is read from the installed Ray, so
+    a Ray upgrade that rewords it fails here instead of letting the warning through unnoticed."""
+    import inspect
+    import logging
+
+    import ray.data.dataset as ray_dataset
+
+    from rmray.ray_env import without_no_cpu_warning
+
+    source = inspect.getsource(ray_dataset)
+    assert '"Warning: The Ray cluster currently does not have any "\n' in source
+    logger = logging.getLogger("ray.data.dataset")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger.addHandler(handler)
+    try:
+        message = "Warning: The Ray cluster currently does not have any available CPUs. The Dataset job will hang"
+        with without_no_cpu_warning():
+            logger.warning(message)
+            logger.warning("another Ray Data warning")
+        logger.warning(message)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in seen] == ["another Ray Data warning", message]

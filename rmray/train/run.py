@@ -8,6 +8,7 @@ train shard per rank -- reaches them through :mod:`rmray.train.handoff`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import math
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from rmray.config import TrainConfig
 from rmray.core.spec import ScoringSpec
-from rmray.ray_env import init_ray, verbose
+from rmray.ray_env import init_ray, verbose, without_no_cpu_warning
 
 from .metrics_log import read_metrics
 from .progress import InBackground, follow_progress
@@ -59,7 +60,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     early = _start_workers_early(cfg)
     running = InBackground(trainer.fit) if early else None
     try:
-        data = _prepare_data(cfg, *model_facts.result())
+        # The early start left a CPU for the data tasks (_room_for_data_tasks): Ray Data's hang warning is false.
+        with without_no_cpu_warning() if early else contextlib.nullcontext():
+            data = _prepare_data(cfg, *model_facts.result())
         payload = _worker_data(cfg, data, early, started_at)
     except BaseException as e:
         handoff.put.remote({"error": f"{type(e).__name__}: {e}"})
