@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 DEMO_EXAMPLES = [
@@ -82,9 +83,16 @@ def _train(args) -> int:
     from rmray.config import config_help, load_config
 
     if args.help or not args.config:
-        print("usage: rmray train CONFIG.yaml [key=value ...]\n\nconfig keys:\n" + config_help())
+        print("usage: rmray train [CONFIG.yaml] [key=value ...]\n\nconfig keys:\n" + config_help())
         return 0 if args.help else 2
-    cfg = load_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if "=" in config and not os.path.exists(config):  # no YAML: every argument is an override
+        config, overrides = None, [config, *overrides]
+    if config is not None and not os.path.isfile(config):
+        print(f"rmray train: config file {config!r} not found (give a YAML file, key=value overrides, or both)",
+              file=sys.stderr)
+        return 2
+    cfg = load_config(config, overrides)
     from rmray.train.run import train
 
     train(cfg)

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from rmray.config import TrainConfig
+from rmray.core.cpu_bf16 import slow_bf16_warning
 from rmray.core.export import save_reward_model
 from rmray.core.loss import bradley_terry_loss, metrics_from_sums, preference_sums
 from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer
@@ -98,6 +99,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state.train_time_s, state.pairs_seen = saved.get("train_time_s", 0.0), saved.get("pairs_seen", 0)
         log.write({"event": "resume", "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
                    "from": saved["_from"]})
+    slow_bf16 = slow_bf16_warning(device.type, use_bf16, cfg.dtype)
+    if slow_bf16:
+        log.write({"event": "warning", "step": state.step, "kind": "slow_bf16", "message": slow_bf16})
     health = Health.from_config(cfg)
     consumed = ConsumedLog(cfg.output_dir if cfg.log_consumed_pairs else None, rank, state.step)
 
