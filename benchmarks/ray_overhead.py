@@ -148,12 +148,12 @@ def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -
     def plain_loop() -> float:  # runs in a Ray worker process: this file's directory is not on its path
         import torch
 
-        from rmray.ray_env import normal_policy_for_this_thread
+        from rmray.ray_env import training_thread_priority
 
         sys.path.insert(0, here)
         import train_vs_trl as bench
 
-        normal_policy_for_this_thread()  # as rmray's loop does (Ray's processes run under SCHED_BATCH)
+        training_thread_priority()  # as rmray's loop does (Ray's processes run under SCHED_BATCH)
         torch.set_num_threads(threads)
         return bench.run_plain_loop(model_dir, rows, opts)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 
 # Set before Ray starts so its actors inherit them. Each is a default the user can override.
 QUIET_ENV = {
@@ -80,7 +81,7 @@ def _batch_policy_for_children():
     two torch threads of a Ray Train worker were preempted 600-800 times a second each (a plain loop:
     8-42). Batch tasks do not preempt on wake-up -- they run at the next tick -- which halves that and
     costs Ray at most a tick of latency. The training threads go back to the normal
-    policy (:func:`normal_policy_for_this_thread`). ``RMRAY_RAY_BATCH_SCHED=0`` turns this off."""
+    policy (:func:`training_thread_priority`). ``RMRAY_RAY_BATCH_SCHED=0`` turns this off."""
     policy = getattr(os, "SCHED_BATCH", None)
     if policy is None or os.environ.get("RMRAY_RAY_BATCH_SCHED", "1") in ("0", "false"):
         yield
@@ -97,14 +98,35 @@ def _batch_policy_for_children():
         os.sched_setscheduler(0, old, param)
 
 
-def normal_policy_for_this_thread() -> None:
-    """Put the calling thread (and the threads it starts later: torch's OpenMP pool) back on the normal
-    policy, so the work that matters preempts Ray's batch processes rather than waiting for them."""
-    try:
-        if os.sched_getscheduler(0) == os.SCHED_BATCH:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (AttributeError, OSError):
-        pass
+def training_thread_priority(priority: str = "normal") -> str:
+    """Put the calling thread -- and the threads it starts later: torch's OpenMP pool -- ahead of Ray's own
+    processes: on a node whose cores the step fills, each wake-up of theirs that preempts a compute
+    thread stalls the other threads at the op's barrier.
+
+    ``normal``: back from ``SCHED_BATCH`` to the normal policy, and from Ray's worker niceness (15) to 0
+    where the process may raise its priority (root with CAP_SYS_NICE; otherwise the niceness stays).
+    ``realtime``: ``SCHED_FIFO`` priority 1 -- no normal process preempts these threads; the kernel's RT
+    throttling still leaves the others 5 % of each core. For nodes with no more training threads than
+    cores; needs CAP_SYS_NICE, falls back to ``normal`` without it. Returns what was applied."""
+    if not hasattr(os, "SCHED_BATCH"):
+        return "unchanged (no Linux scheduling policies)"
+    if priority == "realtime":
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            return "realtime"
+        except OSError as e:
+            refused = e.strerror
+        return f"{training_thread_priority('normal')} (realtime refused: {refused}; needs CAP_SYS_NICE)"
+    if os.sched_getscheduler(0) == os.SCHED_BATCH:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    tid = threading.get_native_id()
+    nice = os.getpriority(os.PRIO_PROCESS, tid)  # per thread on Linux
+    if nice > 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+        except OSError:
+            return f"normal, niceness {nice}"
+    return "normal"
 
 
 @contextlib.contextmanager

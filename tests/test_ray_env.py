@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from rmray.ray_env import _batch_policy_for_children, normal_policy_for_this_thread
+from rmray.ray_env import _batch_policy_for_children, training_thread_priority
 
 linux_policies = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies only")
 CHILD_POLICY = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"]
@@ -37,7 +37,7 @@ def test_training_thread_and_the_threads_it_starts_go_back_to_normal():
 
     def worker():  # a thread of a batch-policy Ray worker, as the training function runs in
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-        normal_policy_for_this_thread()
+        training_thread_priority()
         seen["self"] = os.sched_getscheduler(0)
         inner = threading.Thread(target=lambda: seen.setdefault("child", os.sched_getscheduler(0)))
         inner.start()
@@ -47,6 +47,71 @@ def test_training_thread_and_the_threads_it_starts_go_back_to_normal():
     t.start()
     t.join()
     assert seen == {"self": os.SCHED_OTHER, "child": os.SCHED_OTHER}
+
+
+def _in_thread(fn):
+    """Run ``fn`` on a fresh thread (policy and niceness are per thread on Linux) and return its result."""
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", fn()))
+    t.start()
+    t.join()
+    return out["r"]
+
+
+def _may_raise_priority() -> bool:
+    def probe():
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, 5)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+            return True
+        except PermissionError:
+            return False
+    return _in_thread(probe)
+
+
+@linux_policies
+def test_training_threads_leave_rays_worker_niceness_where_permitted():
+    """Ray starts its workers at niceness 15, so the training threads lose every contest for a core to
+    the raylet, the GCS and Ray Data; at 0 they share as a plain process would."""
+    permitted = _may_raise_priority()
+
+    def worker():  # as in a Ray worker: niceness 15, batch policy
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, 15)
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        applied = training_thread_priority("normal")
+        child = _in_thread(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return applied, os.getpriority(os.PRIO_PROCESS, tid), child, os.sched_getscheduler(0)
+
+    applied, nice, child_nice, policy = _in_thread(worker)
+    assert policy == os.SCHED_OTHER
+    if permitted:
+        assert (applied, nice, child_nice) == ("normal", 0, 0)
+    else:  # an unprivileged container: the niceness stays, and the summary says so
+        assert (applied, nice, child_nice) == ("normal, niceness 15", 15, 15)
+
+
+@linux_policies
+def test_realtime_training_threads_or_a_named_fallback():
+    def worker():
+        applied = training_thread_priority("realtime")
+        child = _in_thread(lambda: os.sched_getscheduler(0))
+        return applied, os.sched_getscheduler(0), child
+
+    applied, policy, child = _in_thread(worker)
+    if applied == "realtime":  # root with CAP_SYS_NICE, as on this project's machines
+        assert policy == child == os.SCHED_FIFO
+    else:
+        assert "realtime refused" in applied and "CAP_SYS_NICE" in applied
+        assert policy == child == os.SCHED_OTHER
+
+
+def test_an_unknown_thread_priority_is_named():
+    from rmray.config import load_config
+
+    with pytest.raises(ValueError, match="train_thread_priority.*'fast' is not one of"):
+        load_config(None, ["train_thread_priority=fast"])
 
 
 def test_ray_datas_false_hang_warning_is_dropped_only_inside():
