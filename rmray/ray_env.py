@@ -117,10 +117,13 @@ def training_thread_priority(priority: str = "normal") -> str:
         except OSError as e:
             refused = e.strerror
         return f"{training_thread_priority('normal')} (realtime refused: {refused}; needs CAP_SYS_NICE)"
-    if os.sched_getscheduler(0) == os.SCHED_BATCH:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    tid = threading.get_native_id()
-    nice = os.getpriority(os.PRIO_PROCESS, tid)  # per thread on Linux
+    try:  # a sandbox's seccomp filter may refuse any of these: training then runs as Ray started it
+        if os.sched_getscheduler(0) == os.SCHED_BATCH:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        tid = threading.get_native_id()
+        nice = os.getpriority(os.PRIO_PROCESS, tid)  # per thread on Linux
+    except OSError as e:
+        return f"unchanged ({e.strerror})"
     if nice > 0:
         try:
             os.setpriority(os.PRIO_PROCESS, tid, 0)
