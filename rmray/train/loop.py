@@ -103,7 +103,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     slow_bf16 = slow_bf16_warning(device.type, use_bf16, cfg.dtype)
     if slow_bf16:
         log.write({"event": "warning", "step": state.step, "kind": "slow_bf16", "message": slow_bf16})
-    if thread_priority != cfg.train_thread_priority and cfg.train_thread_priority == "realtime":
+    if cfg.train_thread_priority == "realtime" and thread_priority != "realtime":
         log.write({"event": "warning", "step": state.step, "kind": "thread_priority",
                    "message": f"train_thread_priority=realtime not applied, running {thread_priority}"})
     health = Health.from_config(cfg)
