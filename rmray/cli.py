@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 
+from rmray.errors import UsageError
+from rmray.ray_env import verbose
+from rmray.serve.settings import ServeSettings
+
 DEMO_EXAMPLES = [
     ("How do I keep basil fresh?", "Trim the stems and keep the bunch in a glass of water at room temperature."),
     ("How do I keep basil fresh?", "Figure it out yourself."),
@@ -36,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--max-replicas", type=int, default=None, help="enable autoscaling up to this many")
     p_serve.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per scorer replica")
     p_serve.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per scorer replica (fractions allowed)")
+    p_serve.add_argument("--max-inflight", type=int, default=ServeSettings.max_inflight,
+                         help="requests the HTTP ingress holds at once; more get 503 + Retry-After at once")
+    p_serve.add_argument("--max-body-bytes", type=int, default=ServeSettings.max_body_bytes,
+                         help="largest request body accepted (413 above it)")
+    p_serve.add_argument("--ensemble", choices=["normalized", "raw"], default=ServeSettings.ensemble,
+                         help="several models: average rewards standardized by each model's saved eval "
+                              "mean/std (when all have them), or raw rewards")
     p_serve.add_argument("--ray-address", default=None, help="join this cluster instead of starting one")
     p_sc = sub.add_parser("score", help="score every row of a dataset offline (Ray Data) into Parquet")
     p_sc.add_argument("model_dir")
@@ -65,7 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     p_ev.add_argument("--num-gpus", type=float, default=0.0)
     p_ev.add_argument("--ray-address", default=None)
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as err:
+        if verbose():
+            raise
+        print(f"rmray: error: {err}", file=sys.stderr)
+        return 2
 
+
+def _run(args) -> int:
     if args.command == "train":
         return _train(args)
     if args.command == "demo":
@@ -138,10 +158,14 @@ def _eval(args) -> int:
 
 def _serve(args) -> int:
     from rmray.serve.run import serve_forever
-    from rmray.serve.settings import ServeSettings
 
-    settings = ServeSettings(model_dirs=args.model_dirs, host=args.host, port=args.port, replicas=args.replicas,
-                             max_replicas=args.max_replicas, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    try:
+        settings = ServeSettings(model_dirs=args.model_dirs, host=args.host, port=args.port, replicas=args.replicas,
+                                 max_replicas=args.max_replicas, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                                 max_inflight=args.max_inflight, max_body_bytes=args.max_body_bytes,
+                                 ensemble=args.ensemble)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
         print(f"warning: serving on {settings.host} without a token; set RMRAY_API_TOKEN to require one",
               file=sys.stderr)

@@ -13,32 +13,44 @@ from typing import Iterable
 
 import torch
 
+# Qwen2's ChatML template: each turn "<|im_start|>role\n...<|im_end|>\n".
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
-def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2000, pad_token: str | None = "<|pad|>"):
+
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2000, pad_token: str | None = "<|pad|>",
+                        chatml: bool = False):
+    """A byte-level BPE trained on ``texts``; ``chatml`` adds Qwen2's turn tokens and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>"] + ([pad_token] if pad_token else [])
+    specials = ["<|endoftext|>"] + ([pad_token] if pad_token else []) + (["<|im_start|>", "<|im_end|>"] if chatml else [])
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token=pad_token,
-                                   clean_up_tokenization_spaces=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token=pad_token,
+                                        clean_up_tokenization_spaces=False,
+                                        additional_special_tokens=specials[len(specials) - 2:] if chatml else None)
+    if chatml:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
 
 
 def build_tiny_causal_rm(out_dir: str, texts: Iterable[str], *, arch: str = "qwen2", num_layers: int = 2,
                          hidden: int = 64, heads: int = 4, vocab_size: int = 2000, pad_token: str | None = "<|pad|>",
-                         seed: int = 0) -> str:
+                         seed: int = 0, chatml: bool = False) -> str:
     """Write a random-init ``*ForSequenceClassification`` (num_labels=1) plus tokenizer to ``out_dir``.
 
     ``pad_token=None`` makes the tokenizer's pad token its EOS (the Llama-3 situation).
     """
     from transformers import AutoModelForSequenceClassification, LlamaConfig, Qwen2Config
 
-    tokenizer = build_bpe_tokenizer(texts, vocab_size, pad_token)
+    tokenizer = build_bpe_tokenizer(texts, vocab_size, pad_token, chatml)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     config_cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
@@ -70,10 +82,11 @@ def as_rmray_model(model_path: str, out_dir: str, *, max_length: int = 512) -> s
     return save_reward_model(model, tokenizer, spec, out_dir)
 
 
-def plain_transformers_scores(model_path: str, texts: list[str]) -> list[float]:
+def plain_transformers_scores(model_path: str, texts: list[str], add_eos: bool = True) -> list[float]:
     """Independent reference for parity tests: stock transformers, one text at a time, no padding.
 
-    Decoders get the EOS appended (rmray's default ``add_eos``); encoders score the text as is.
+    Decoders get the EOS appended (rmray's default ``add_eos``) unless ``add_eos=False`` (a text the chat
+    template rendered, which ends its own turns); encoders score the text as is.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -83,7 +96,22 @@ def plain_transformers_scores(model_path: str, texts: list[str]) -> list[float]:
     out = []
     with torch.no_grad():
         for text in texts:
-            if decoder and tokenizer.eos_token and not text.endswith(tokenizer.eos_token):
+            if add_eos and decoder and tokenizer.eos_token and not text.endswith(tokenizer.eos_token):
                 text += tokenizer.eos_token
             out.append(model(**tokenizer(text, return_tensors="pt")).logits[0, 0].item())
     return out
+
+
+def build_tiny_policy(out_dir: str, tokenizer_dir: str, *, hidden: int = 32, seed: int = 0) -> str:
+    """A random 1-layer Qwen2 causal LM sharing ``tokenizer_dir``'s tokenizer: a policy for RL-loop tests."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -102,6 +102,15 @@ def rm_qwen(tiny_qwen, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def rm_qwen_chat(tmp_path_factory) -> str:
+    """A tiny Qwen2 reward model whose tokenizer has Qwen2's ChatML template and turn tokens."""
+    from rmray.testing import as_rmray_model, build_tiny_causal_rm
+
+    raw = build_tiny_causal_rm(str(tmp_path_factory.mktemp("tiny-qwen2-chat")), _corpus(), arch="qwen2", chatml=True)
+    return as_rmray_model(raw, str(tmp_path_factory.mktemp("rm") / "qwen-chat"), max_length=256)
+
+
+@pytest.fixture(scope="session")
 def rm_minilm(minilm_path, tmp_path_factory) -> str:
     from rmray.testing import as_rmray_model
 

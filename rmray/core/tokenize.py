@@ -67,14 +67,78 @@ def encode(tokenizer, spec: ScoringSpec, prompt: Text, response: Text) -> Encode
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     if len(ids) <= spec.max_length:
         return Encoded(ids, False)
+    _refuse_long(spec, len(ids), spec.max_length)
+    return Encoded(_truncate(ids, offsets, len(prompt_text), spec.max_length, appended_eos), True)
+
+
+def encode_text(tokenizer, spec: ScoringSpec, text: str, *, add_special_tokens: bool = True,
+                max_length: int | None = None) -> Encoded:
+    """Tokenize one whole text whose prompt/response boundary is unknown (vLLM's ``/classify`` input,
+    OpenRLHF's ``query`` without a matching prompt).
+
+    A text the model's chat template rendered (it ends with the template's end of an assistant turn) is
+    tokenized as that conversation is by :func:`encode`: no EOS appended, and no second BOS where the
+    text already starts with one. Any other text follows the plain-text rule, EOS appended. Too long,
+    the beginning is cut and the end kept: the response, where the reward is read, is at the end.
+    """
+    limit = min(max_length or spec.max_length, spec.max_length)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos):
+        add_special_tokens = False  # the text carries its BOS; adding one would score another sequence
+    appended_eos = False
+    if not is_rendered_chat(tokenizer, text) and spec.add_eos and spec.eos_token and not text.endswith(spec.eos_token):
+        text += spec.eos_token
+        appended_eos = True
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    if len(ids) <= limit:
+        return Encoded(ids, False)
+    _refuse_long(spec, len(ids), limit)
+    return Encoded(_truncate(ids, offsets, len(text), limit, appended_eos), True)
+
+
+def keep_end(ids: list[int], spec: ScoringSpec, max_length: int | None = None) -> Encoded:
+    """Token ids given as they are (no special tokens added); too long, the last ``max_length`` kept."""
+    limit = min(max_length or spec.max_length, spec.max_length)
+    if len(ids) <= limit:
+        return Encoded(list(ids), False)
+    _refuse_long(spec, len(ids), limit)
+    return Encoded(list(ids[-limit:]), True)
+
+
+def is_rendered_chat(tokenizer, text: str) -> bool:
+    """Whether ``text`` ends as the tokenizer's chat template ends an assistant turn (``<|im_end|>\\n``
+    for ChatML). Templates whose turn end is only whitespace cannot be told from plain text: False."""
+    end = _assistant_turn_end(tokenizer)
+    return bool(end) and text.endswith(end)
+
+
+def _assistant_turn_end(tokenizer) -> str | None:
+    cached = getattr(tokenizer, "_rmray_turn_end", False)
+    if cached is not False:
+        return cached
+    end = None
+    if getattr(tokenizer, "chat_template", None):
+        sentinel = "rmray-sentinel-7f3a"
+        try:
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "u"}, {"role": "assistant", "content": sentinel}], tokenize=False)
+            tail = rendered[rendered.rindex(sentinel) + len(sentinel):]
+            end = tail if tail.strip() else None
+        except Exception:  # noqa: BLE001 - a template that cannot render this turn: no detection
+            end = None
+    tokenizer._rmray_turn_end = end
+    return end
+
+
+def _refuse_long(spec: ScoringSpec, n: int, limit: int) -> None:
     if spec.truncation == "drop":
-        raise BadRow("too_long", None, f"{len(ids)} tokens > max_length={spec.max_length}")
+        raise BadRow("too_long", None, f"{n} tokens > max_length={limit}")
     if spec.truncation == "error":
         raise ValueError(
-            f"a text has {len(ids)} tokens, more than max_length={spec.max_length}. Raise max_length, or set "
+            f"a text has {n} tokens, more than max_length={limit}. Raise max_length, or set "
             "truncation=truncate (cut the prompt from the left) or truncation=drop (skip and count such pairs)."
         )
-    return Encoded(_truncate(ids, offsets, len(prompt_text), spec.max_length, appended_eos), True)
 
 
 def encode_pair(tokenizer, spec: ScoringSpec, pair: PreferencePair) -> EncodedPair:

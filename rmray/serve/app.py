@@ -23,9 +23,10 @@ from rmray.core.formats import BadRow
 from rmray.core.model import load_tokenizer
 from rmray.core.scoring import ensemble
 from rmray.core.spec import ScoringSpec
-from rmray.core.tokenize import encode
+from rmray.core.tokenize import encode, encode_text, keep_end
 
 from .guard import Guard
+from .listen import bind_replica_grpc_privately
 from .schemas import (
     ClassifyRequest,
     GetRewardRequest,
@@ -38,6 +39,7 @@ from .schemas import (
 from .settings import ServeSettings
 
 logger = logging.getLogger("rmray.serve")
+TOKENIZE_THREADS = 4  # a few big bodies in tokenization leave a thread for the small requests behind them
 
 
 class _ModelScorer:
@@ -49,6 +51,7 @@ class _ModelScorer:
         from rmray.core.scoring import Scorer
 
         s = ServeSettings.from_dict(settings)
+        bind_replica_grpc_privately()
         torch.set_num_threads(s.torch_threads or max(1, int(s.num_cpus)))
         device = "cuda" if s.num_gpus > 0 and torch.cuda.is_available() else None
         self.scorer = Scorer.load(model_dir, trust_remote_code=s.trust_remote_code, device=device)
@@ -77,26 +80,66 @@ class _Model:
         self.name, self.handle = name, handle
         self.spec = ScoringSpec.load(model_dir)
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+        self.vocab_size = len(self.tokenizer)
 
     def encode(self, items: list[Item], where: str) -> tuple[list[list[int]], list[bool]]:
-        ids, truncated = [], []
-        for i, item in enumerate(items):
+        """``(prompt, response)`` items under the training rule (:func:`rmray.core.tokenize.encode`)."""
+        def one(item):
             prompt, response = _plain(item.prompt), _plain(item.response)
             if isinstance(prompt, list) and isinstance(response, str):
                 response = [{"role": "assistant", "content": response}]
-            try:
-                enc = encode(self.tokenizer, self.spec, prompt, response)
-            except BadRow as err:
-                raise HTTPException(422, f"{where}[{i}].{err.field or 'text'}: {err}") from None
-            except ValueError as err:
-                raise HTTPException(422, f"{where}[{i}]: {err}") from None
-            ids.append(enc.ids)
-            truncated.append(enc.truncated)
-        return ids, truncated
+            return encode(self.tokenizer, self.spec, prompt, response)
+
+        return _encode_all(items, where, one)
+
+    def encode_texts(self, texts: list, where: str, add_special_tokens: bool = True,
+                     max_length: int | None = None) -> tuple[list[list[int]], list[bool]]:
+        """Whole texts (or token ids) whose prompt boundary is unknown; too long, the end is kept."""
+        def one(text):
+            if isinstance(text, str):
+                return encode_text(self.tokenizer, self.spec, text, add_special_tokens=add_special_tokens,
+                                   max_length=max_length)
+            if max(text) >= self.vocab_size:
+                raise ValueError(f"token id {max(text)} is outside the model's vocabulary of {self.vocab_size}")
+            return keep_end(text, self.spec, max_length)
+
+        return _encode_all(texts, where, one)
+
+
+def _encode_all(inputs: list, where: str, encode_one) -> tuple[list[list[int]], list[bool]]:
+    ids, truncated = [], []
+    for i, value in enumerate(inputs):
+        try:
+            enc = encode_one(value)
+        except BadRow as err:
+            raise HTTPException(422, f"{where}[{i}].{err.field or 'text'}: {err}") from None
+        except ValueError as err:
+            raise HTTPException(422, f"{where}[{i}]: {err}") from None
+        ids.append(enc.ids)
+        truncated.append(enc.truncated)
+    return ids, truncated
 
 
 def _plain(text):
     return [m.model_dump() if hasattr(m, "model_dump") else dict(m) for m in text] if isinstance(text, list) else text
+
+
+def _unavailable(err: BaseException) -> bool:
+    """A dead or restarting replica, or a full queue: load, worth a retry. Anything else (an exception the
+    scorer raised) is a fault that a retry repeats."""
+    from ray import exceptions as rex
+    from ray.serve import exceptions as sex
+
+    transient = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError,
+                 rex.OutOfMemoryError, sex.BackPressureError, sex.DeploymentUnavailableError,
+                 sex.ReplicaUnavailableError)
+    return isinstance(err, transient) and not isinstance(err, rex.RayTaskError)
+
+
+def _cause(err: BaseException) -> str:
+    """The scorer's own exception, one line: ``IndexError: index out of range in self``."""
+    cause = getattr(err, "cause", None) or err
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"[:500]
 
 
 class _RewardAPI:
@@ -105,9 +148,14 @@ class _RewardAPI:
 
     def __init__(self, scorers: list, settings: dict):
         s = ServeSettings.from_dict(settings)
+        bind_replica_grpc_privately()
         self.guard_settings = SimpleNamespace(token=s.api_token, max_body_bytes=s.max_body_bytes,
                                               max_inflight=s.max_inflight)
         self.models = [_Model(n, d, h, s.trust_remote_code) for n, d, h in zip(s.model_names, s.model_dirs, scorers)]
+        self.normalized = s.ensemble == "normalized" and all(m.spec.reward_std for m in self.models)
+        # Tokenizing a multi-megabyte body takes seconds; on the event loop it would stall every other
+        # request and /healthz. Threads: the fast tokenizers release the GIL while they work.
+        self.tokenize_pool = ThreadPoolExecutor(TOKENIZE_THREADS, thread_name_prefix="rmray-tokenize")
         self.started = time.time()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -127,36 +175,32 @@ class _RewardAPI:
         return {"status": "ok", "models": [m.name for m in self.models], "uptime_s": round(time.time() - self.started, 1)}
 
     async def score(self, request: ScoreRequest) -> dict:
-        out = await self._score(request.as_items(), "items" if request.items is not None else "item",
-                                "items", request.normalize)
+        where = "items" if request.items is not None else "item"
+        out = await self._score(lambda m: m.encode(request.as_items(), where), "items", request.normalize)
         out.pop("_tokens")
         return out
 
     async def score_group(self, request: GroupRequest) -> dict:
         items = [Item(prompt=request.prompt, response=r) for r in request.responses]
-        out = await self._score(items, "responses", "group", request.normalize)
+        out = await self._score(lambda m: m.encode(items, "responses"), "group", request.normalize)
         out.pop("_tokens")
         return out
 
     async def get_reward(self, request: GetRewardRequest) -> dict:
         if not request.query:  # OpenRLHF shards by server and may send an empty shard
             return {"rewards": [], "scores": [], "extra_logs": {}}
-        items = []
+        prompts = request.prompts or [""] * len(request.query)
         for i, query in enumerate(request.query):
-            prompt = request.prompts[i] if request.prompts is not None else ""
-            # Split at the prompt when it is a prefix: truncation then cuts the prompt first, as in training.
-            if prompt and query.startswith(prompt) and len(query) > len(prompt):
-                items.append(Item(prompt=prompt, response=query[len(prompt):]))
-            elif query:
-                items.append(Item(prompt="", response=query))
-            else:
+            if not query:
                 raise HTTPException(422, f"query[{i}] is empty")
-        out = await self._score(items, "query", "items", False)
+        out = await self._score(lambda m: _split_queries(m, request.query, prompts), "items", False)
         return {"rewards": out["rewards"], "scores": out["rewards"], "extra_logs": {}}
 
     async def classify(self, request: ClassifyRequest) -> dict:
-        texts = [request.input] if isinstance(request.input, str) else request.input
-        out = await self._score([Item(prompt="", response=t) for t in texts], "input", "items", False)
+        limit = request.truncate_prompt_tokens
+        limit = None if limit in (None, -1) else max(limit, 1)
+        out = await self._score(lambda m: m.encode_texts(request.texts(), "input", request.add_special_tokens, limit),
+                                "items", False)
         sigmoid = bool(request.activation or request.use_activation)
         probs = [1 / (1 + math.exp(-r)) if sigmoid else r for r in out["rewards"]]
         tokens = sum(out.pop("_tokens"))
@@ -170,29 +214,65 @@ class _RewardAPI:
     async def score_items(self, items: list[dict], normalize: bool = False) -> dict:
         """Handle API for RL loops inside the cluster: ``[{prompt, response}, ...]`` -> the /score body."""
         request = ScoreRequest(items=items, normalize=normalize)
-        out = await self._score(request.as_items(), "items", "items", normalize)
+        out = await self._score(lambda m: m.encode(request.as_items(), "items"), "items", normalize)
         out.pop("_tokens", None)
         return out
 
-    async def _score(self, items: list[Item], where: str, kind: str, normalize: bool) -> dict:
-        encoded = [m.encode(items, where) for m in self.models]
-        try:
-            per_model = await asyncio.gather(*[m.handle.score.remote((kind, ids))
-                                               for m, (ids, _) in zip(self.models, encoded)])
-        except Exception as err:  # a replica died or restarted: retryable, not the client's fault
-            logger.warning("scorer call failed: %r", err)
-            raise HTTPException(503, "a scorer replica is unavailable; retry", headers={"Retry-After": "1"}) from None
+    async def _score(self, encode_for, kind: str, normalize: bool) -> dict:
+        """``encode_for(model) -> (ids, truncated)`` runs on the tokenizer threads; the forwards on the scorers."""
+        loop = asyncio.get_running_loop()
+        encoded = [await loop.run_in_executor(self.tokenize_pool, encode_for, m) for m in self.models]
+        per_model = await self._forward(kind, [ids for ids, _ in encoded])
         truncated = [any(flags) for flags in zip(*[t for _, t in encoded])]
-        mean, std = ensemble(per_model)
-        body = {"rewards": mean, "truncated": truncated, "_tokens": [len(x) for x in encoded[0][0]]}
+        body = {"truncated": truncated, "_tokens": [len(x) for x in encoded[0][0]]}
+        body.update(combine(self.models, per_model, self.normalized))
         if normalize:
             normed = [m.spec.normalize(r) for m, r in zip(self.models, per_model)]
             if all(n is not None for n in normed):
                 body["normalized_rewards"] = ensemble(normed)[0]
-        if len(self.models) > 1:
-            body["reward_std"] = std
-            body["per_model"] = {m.name: r for m, r in zip(self.models, per_model)}
         return body
+
+    async def _forward(self, kind: str, ids_per_model: list) -> list[list[float]]:
+        try:
+            return await asyncio.gather(*[m.handle.score.remote((kind, ids))
+                                          for m, ids in zip(self.models, ids_per_model)])
+        except Exception as err:  # noqa: BLE001 - sorted into load (503) and faults (500) below
+            if _unavailable(err):  # a replica died or restarted, or the queue is full: retry helps
+                logger.warning("scorer unavailable: %r", err)
+                raise HTTPException(503, "a scorer replica is unavailable; retry",
+                                    headers={"Retry-After": "1"}) from None
+            logger.error("scorer failed: %s", _cause(err))
+            raise HTTPException(500, f"the scorer failed: {_cause(err)}") from None
+
+
+def _split_queries(model: _Model, queries: list[str], prompts: list[str]) -> tuple[list[list[int]], list[bool]]:
+    """OpenRLHF's full texts: split at the prompt where it is a prefix (truncation then cuts the prompt's
+    beginning, as in training), else scored whole with the end kept."""
+    ids, truncated = [None] * len(queries), [False] * len(queries)
+    split = [i for i, (q, p) in enumerate(zip(queries, prompts)) if p and q.startswith(p) and len(q) > len(p)]
+    whole = sorted(set(range(len(queries))) - set(split))
+    for rows, (row_ids, flags) in (
+        (split, model.encode([Item(prompt=prompts[i], response=queries[i][len(prompts[i]):]) for i in split], "query")),
+        (whole, model.encode_texts([queries[i] for i in whole], "query")),
+    ):
+        for i, x, t in zip(rows, row_ids, flags):
+            ids[i], truncated[i] = x, t
+    return ids, truncated
+
+
+def combine(models: list, per_model: list[list[float]], normalized: bool) -> dict:
+    """One reward per item from one or several models.
+
+    Models on different scales (one around 0, one around 8) make the raw mean a weighted vote and the
+    raw std their scale gap. When every model carries its eval-set mean/std, the ensemble combines
+    standardized rewards, so ``reward_std`` measures disagreement; ``combined`` says which was used.
+    """
+    if len(models) == 1:
+        return {"rewards": per_model[0]}
+    values = [m.spec.normalize(r) for m, r in zip(models, per_model)] if normalized else per_model
+    mean, std = ensemble(values)
+    return {"rewards": mean, "reward_std": std, "combined": "normalized" if normalized else "raw",
+            "per_model": {m.name: r for m, r in zip(models, per_model)}}
 
 
 async def _validation_error(request, exc: RequestValidationError) -> JSONResponse:

@@ -13,10 +13,6 @@ import json
 OPEN_PATHS = frozenset({"/healthz"})
 
 
-class _TooLarge(Exception):
-    pass
-
-
 async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
@@ -43,12 +39,10 @@ class Guard:
             path = path[len(root):] or "/"
         headers = dict(scope.get("headers") or [])
         token = self.settings.token
-        if token and path not in OPEN_PATHS:
-            given = headers.get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return await _send_json(send, 401, {"detail": "missing or wrong bearer token: send "
-                                                    "'Authorization: Bearer <token>' (RMRAY_API_TOKEN)"},
-                                        [(b"www-authenticate", b"Bearer")])
+        if token and path not in OPEN_PATHS and not _authorized(headers.get(b"authorization", b""), token):
+            return await _send_json(send, 401, {"detail": "missing or wrong bearer token: send "
+                                                "'Authorization: Bearer <token>' (RMRAY_API_TOKEN)"},
+                                    [(b"www-authenticate", b"Bearer")])
         if scope.get("method") != "POST":
             return await self.app(scope, receive, send)
         limit = self.settings.max_body_bytes
@@ -58,28 +52,48 @@ class Guard:
         if self.inflight >= self.settings.max_inflight:
             return await _send_json(send, 503, {"detail": "overloaded: too many requests in flight, retry later"},
                                     [(b"retry-after", b"1")])
-        seen = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         self.inflight += 1
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_json(send, 413, {"detail": f"body larger than {limit} bytes; split the request"})
+            # The whole body is read here, bounded, before the app sees it: a chunked body (no
+            # content-length) over the limit is a 413 like any other, not a parse error inside FastAPI.
+            body = await _read_body(receive, limit)
+            if body is None:
+                return await _send_json(send, 413, {"detail": f"body larger than {limit} bytes; split the request"})
+            await self.app(scope, _replay(body, receive), send)
         finally:
             self.inflight -= 1
+
+
+def _authorized(header: bytes, token: str) -> bool:
+    """``Authorization: Bearer <token>``; the scheme is case-insensitive (RFC 7235), the token is not."""
+    scheme, _, given = header.decode("latin-1").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` bytes."""
+    chunks, seen = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: the disconnect message, when it comes
+
+    return replay

@@ -1,13 +1,48 @@
-"""Start the Serve app from the command line and keep it up until Ctrl-C."""
+"""Start the Serve app from the command line and keep it up until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+import socket
 import threading
 
+from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 
 from .settings import ServeSettings
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before Ray starts.
+
+    Ray Serve's proxy opens its socket with port reuse, so a second ``rmray serve`` on a taken port would
+    start, and the kernel would then split requests between the two servers -- an RL loop would get
+    rewards from two models at random. This probe binds without port reuse, which fails on any socket
+    bound there, a Serve proxy's included."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is already in use (another rmray serve or server?) "
+                                 f"(fix: stop it, or pass --port with a free port)") from None
+            raise UsageError(f"cannot bind {host}:{port}: {err.strerror} (fix: --host/--port)") from None
+
+
+def check_model_dirs(model_dirs: list[str]) -> None:
+    """Each folder must be a model rmray saved: ``config.json`` and the scoring spec."""
+    from rmray.core.spec import SPEC_FILE
+
+    for path in model_dirs:
+        if not os.path.isdir(path):
+            raise UsageError(f"model folder {path} not found (fix: give a training run's final/ folder)")
+        for name in ("config.json", SPEC_FILE):
+            if not os.path.isfile(os.path.join(path, name)):
+                raise UsageError(f"{path} is not an rmray model: {name} is missing (fix: give a training run's "
+                                 "final/ folder, or export the model with rmray)")
 
 
 def start(settings: ServeSettings, *, ray_address: str | None = None):
@@ -26,14 +61,26 @@ def start(settings: ServeSettings, *, ray_address: str | None = None):
 def serve_forever(settings: ServeSettings, *, ray_address: str | None = None) -> None:
     from ray import serve
 
+    check_model_dirs(settings.model_dirs)
+    check_port_free(settings.host, settings.port)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # before start: Ctrl-C during start-up still shuts down cleanly
-        signal.signal(sig, lambda *_: stop.set())
+
+    def on_signal(*_):
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before start: a stop during start-up still shuts down cleanly
+        signal.signal(sig, on_signal)
+    print("rmray: starting Ray and the Serve app...", flush=True)
     start(settings, ray_address=ray_address)
+    # ray.init installs its own SIGTERM handler (it exits the process with 134, skipping serve.shutdown);
+    # Docker, Kubernetes and systemd stop with SIGTERM, so ours goes back in place.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     prefix = settings.route_prefix.rstrip("/")
     print(f"rmray: serving {', '.join(settings.model_names)} at http://{settings.host}:{settings.port}{prefix}  "
           f"(POST /score /score_group /get_reward /classify, GET /healthz, docs at /docs)"
           + ("; bearer token required" if settings.api_token else ""), flush=True)
-    stop.wait()
+    while not stop.wait(1.0):  # a timed wait: signal handlers run between the waits
+        pass
     print("rmray: shutting down", flush=True)
     serve.shutdown()

@@ -7,23 +7,42 @@ here and the byte size of a body by :mod:`rmray.serve.guard`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 MAX_ITEMS = 1024
 MAX_TEXT_CHARS = 200_000
 
 
+def _utf8(text: str) -> str:
+    # JSON may carry a lone surrogate ("\ud800"): valid JSON, not text. Refused here, it is a 422 naming
+    # the field; let through, it fails the tokenizer or the UTF-8 encoding of the answer (a 500).
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate such as \\ud800)") from None
+    return text
+
+
+Str = Annotated[StrictStr, AfterValidator(_utf8)]
+Text = Annotated[Str, Field(max_length=MAX_TEXT_CHARS)]
+TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Annotated[StrictStr, Field(min_length=1, max_length=64)]
-    content: Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)]
+    role: Annotated[Str, Field(min_length=1, max_length=64)]
+    content: Text
 
 
 Messages = Annotated[list[Message], Field(min_length=1, max_length=MAX_ITEMS)]
-Prompt = Union[Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)], Messages]
-Response = Union[Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT_CHARS)], Messages]
+Prompt = Union[Text, Messages]
+Response = Union[Text, Messages]
+
+
+def _is_empty(text) -> bool:
+    return text == "" or (isinstance(text, list) and all(not m.content for m in text))
 
 
 class Item(BaseModel):
@@ -32,6 +51,14 @@ class Item(BaseModel):
     """Text, or chat messages (then ``response`` is the assistant's messages and the model's chat template
     renders both)."""
     response: Response
+    """May be empty: a policy that emits EOS first made an empty completion, a legitimate RL sample; it
+    is scored as the prompt alone (plus EOS), as TRL scores it in-process."""
+
+    @model_validator(mode="after")
+    def _not_both_empty(self):
+        if _is_empty(self.prompt) and _is_empty(self.response):
+            raise ValueError("prompt and response are both empty: there is nothing to score")
+        return self
 
 
 class ScoreRequest(BaseModel):
@@ -65,8 +92,10 @@ class GroupRequest(BaseModel):
 class GetRewardRequest(BaseModel):
     """OpenRLHF's remote reward-model protocol (``--remote_rm_url``): ``query`` holds full texts."""
     model_config = ConfigDict(extra="forbid")
-    query: Annotated[list[Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)]], Field(max_length=MAX_ITEMS)]
-    prompts: Annotated[list[StrictStr], Field(max_length=MAX_ITEMS)] | None = None
+    query: Annotated[list[Text], Field(max_length=MAX_ITEMS)]
+    prompts: Annotated[list[Text], Field(max_length=MAX_ITEMS)] | None = None
+    """Where ``prompts[i]`` is a prefix of ``query[i]``, the text is split there and a too-long text loses
+    the prompt's beginning, as in training; otherwise the whole query's beginning is cut (the end kept)."""
     labels: Annotated[list[Any], Field(max_length=MAX_ITEMS)] | None = None
 
     @model_validator(mode="after")
@@ -76,17 +105,34 @@ class GetRewardRequest(BaseModel):
         return self
 
 
+NonEmptyText = Annotated[Str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+
+
 class ClassifyRequest(BaseModel):
     """vLLM's pooling ``/classify`` request, as verl's reward loop sends it."""
     model_config = ConfigDict(extra="forbid")
-    model: StrictStr | None = None
-    input: Union[Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT_CHARS)],
-                 Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT_CHARS)]],
-                           Field(min_length=1, max_length=MAX_ITEMS)]]
+    model: Annotated[Str, Field(max_length=1024)] | None = None
+    """Not checked (verl sends its model path): the answer names the served model."""
+    input: Union[NonEmptyText, Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_ITEMS)],
+                 TokenIds, Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_ITEMS)]]
+    """A text, texts, a list of token ids, or lists of token ids (used as given, no special tokens added)."""
     activation: StrictBool | None = None
-    """vLLM's flag: true applies a sigmoid to the reward; false/absent returns the raw reward."""
+    """vLLM's flag: true applies a sigmoid to the reward; false/absent returns the raw reward (vLLM's own
+    default is the sigmoid; rmray's is the raw reward that training and ``/score`` give)."""
     use_activation: StrictBool | None = None
-    user: StrictStr | None = None
+    add_special_tokens: StrictBool = True
+    """As in vLLM: whether the tokenizer adds its special tokens (BOS) to a text input."""
+    truncate_prompt_tokens: Annotated[StrictInt, Field(ge=-1)] | None = None
+    """As in vLLM: keep only the last k tokens (-1: the model's max_length). The scoring spec's max_length
+    bounds it either way."""
+    priority: StrictInt = 0
+    """Accepted for vLLM compatibility and ignored: rmray schedules requests in arrival order."""
+    user: Str | None = None
+
+    def texts(self) -> list:
+        """The inputs as a list: strings or token-id lists."""
+        one = isinstance(self.input, str) or (self.input and isinstance(self.input[0], int))
+        return [self.input] if one else list(self.input)
 
 
 class ScoreResponse(BaseModel):
@@ -97,6 +143,9 @@ class ScoreResponse(BaseModel):
     """True where the text was longer than the model's max_length and was cut as in training."""
     reward_std: list[float] | None = None
     """Ensembles only: the models' disagreement (population std) per item."""
+    combined: Literal["normalized", "raw"] | None = None
+    """Ensembles only: whether ``rewards``/``reward_std`` come from standardized rewards (every model
+    saved its eval-set mean/std) or raw ones."""
     per_model: dict[str, list[float]] | None = None
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields
-
-from rmray.core.scoring import model_name
+from typing import Literal
 
 
 @dataclass
@@ -35,13 +34,18 @@ class ServeSettings:
     a batch of short ones."""
     max_ongoing_requests: int = 128
     max_queued_requests: int = 1024
-    max_inflight: int = 256
-    """Requests the HTTP ingress holds at once; beyond that it answers 503 with Retry-After."""
+    max_inflight: int = 64
+    """Requests the HTTP ingress holds at once; beyond that it answers 503 with Retry-After at once. Keep
+    it at what the scorers finish within the clients' timeout (OpenRLHF 180 s, rmray's client 120 s):
+    admitted requests wait for the forwards ahead of them, rejected ones retry with back-off."""
     max_body_bytes: int = 8 * 2**20
     ingress_num_cpus: float = 0.25
     api_token: str | None = None
     """Bearer token; default: the ``RMRAY_API_TOKEN`` environment variable. Unset: no auth (loopback)."""
     trust_remote_code: bool = False
+    ensemble: Literal["normalized", "raw"] = "normalized"
+    """Several models: average rewards standardized by each model's saved eval mean/std (when every model
+    has them; else raw), so models on different scales count alike. ``raw`` averages raw rewards."""
 
     def __post_init__(self):
         if isinstance(self.model_dirs, str):
@@ -49,6 +53,8 @@ class ServeSettings:
         if not self.model_dirs:
             raise ValueError("model_dirs is empty: give at least one rmray model folder (a training run's final/)")
         if self.model_names is None:
+            from rmray.core.scoring import model_name  # here, not at import: it loads torch
+
             self.model_names = [model_name(d) for d in self.model_dirs]
         if len(self.model_names) != len(self.model_dirs):
             raise ValueError(f"{len(self.model_names)} model_names for {len(self.model_dirs)} model_dirs")
@@ -56,6 +62,8 @@ class ServeSettings:
             self.model_names = [f"{n}-{i}" for i, n in enumerate(self.model_names)]
         if self.api_token is None:
             self.api_token = os.environ.get("RMRAY_API_TOKEN") or None
+        if self.ensemble not in ("normalized", "raw"):
+            raise ValueError(f"ensemble must be 'normalized' or 'raw', got {self.ensemble!r}")
         for key in ("replicas", "max_batch_size", "max_batch_tokens", "max_inflight", "max_body_bytes"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
