@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test setup lint clean
 
-$(BIN)/rmray: pyproject.toml
+$(BIN)/rmray: pyproject.toml tests/frameworks.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0          # CPU wheel first; an unpinned torch pulls a CUDA build
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps -r tests/frameworks.txt   # the RL frameworks' own client code, for tests
 	touch $@
 
 setup: $(BIN)/rmray

@@ -83,6 +83,47 @@ def http_load(url: str, items, clients: int, per_request: int) -> dict:
             "requests": len(latencies)}
 
 
+def latency_beside_big_requests(url: str, items, big: int, big_bytes: int) -> dict:
+    """p50/p99 of a one-text /score sent every 0.1 s while ``big`` requests of ~``big_bytes`` each are in
+    flight (long real texts, tokenized then truncated by the ingress): does one big body stall the rest?"""
+    import requests
+
+    long_prompt = "".join(p for p, _ in items)
+    long_prompt = (long_prompt * (1 + 200_000 // max(1, len(long_prompt))))[:199_000]
+    n = max(1, big_bytes // (len(long_prompt) + 200))
+    body = {"items": [{"prompt": long_prompt, "response": r} for _, r in items[:n]]}
+    size = len(json.dumps(body))
+    done, latencies, big_s = threading.Event(), [], []
+
+    def send_big():
+        t = time.perf_counter()
+        status = requests.post(url + "/score", json=body, timeout=600).status_code
+        big_s.append((time.perf_counter() - t, status))
+
+    threads = [threading.Thread(target=send_big) for _ in range(big)]
+    for t in threads:
+        t.start()
+    def wait_big():
+        for t in threads:
+            t.join()
+        done.set()
+
+    waiter = threading.Thread(target=wait_big)
+    waiter.start()
+    tiny = {"prompt": items[0][0], "response": items[0][1]}
+    with requests.Session() as session:
+        while not done.is_set():
+            t = time.perf_counter()
+            assert session.post(url + "/score", json=tiny, timeout=600).status_code == 200
+            latencies.append(time.perf_counter() - t)
+            time.sleep(0.1)
+    waiter.join()
+    return {"big_requests": big, "big_request_bytes": size, "big_request_s": [round(s, 2) for s, _ in big_s],
+            "big_request_status": [c for _, c in big_s], "tiny_requests": len(latencies),
+            "tiny_p50_ms": 1000 * percentile(latencies, 0.5), "tiny_p99_ms": 1000 * percentile(latencies, 0.99),
+            "tiny_max_ms": 1000 * max(latencies)}
+
+
 def groups_of(items, rows, group_size: int, n_groups: int):
     """n_groups prompts, each with group_size responses (its own two answers plus others')."""
     pool = [r for _, r in items]
@@ -104,6 +145,8 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=16)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=2, help="per scorer replica")
+    parser.add_argument("--big-requests", type=int, default=2, help="big bodies in flight for the latency check")
+    parser.add_argument("--big-bytes", type=int, default=7_900_000, help="size of each big body")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "serve_bench.json"))
     args = parser.parse_args()
 
@@ -173,6 +216,7 @@ def main() -> None:
                 call(prompt, responses)
             http_times[name].append(time.perf_counter() - start)
     http_group_s, http_independent_s = statistics.median(http_times["group"]), statistics.median(http_times["items"])
+    beside_big = latency_beside_big_requests(url, items, args.big_requests, args.big_bytes)
     from ray import serve
 
     serve.shutdown()
@@ -189,6 +233,7 @@ def main() -> None:
         "replicas": args.replicas, "replica_torch_threads": args.torch_threads,
         "group_1x16_http_speedup": http_independent_s / http_group_s,
         "groups": len(groups), "torch_threads": torch.get_num_threads(),
+        "beside_big_requests": beside_big,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

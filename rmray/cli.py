@@ -157,8 +157,10 @@ def _eval(args) -> int:
 
 
 def _serve(args) -> int:
-    from rmray.serve.run import serve_forever
+    from rmray.serve.run import check_model_dirs, check_port_free, serve_forever
 
+    check_model_dirs(args.model_dirs)  # before anything loads torch or starts Ray: an answer in a second
+    check_port_free(args.host, args.port)
     try:
         settings = ServeSettings(model_dirs=args.model_dirs, host=args.host, port=args.port, replicas=args.replicas,
                                  max_replicas=args.max_replicas, num_cpus=args.num_cpus, num_gpus=args.num_gpus,

@@ -28,7 +28,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def post(port, path, body, token=TOKEN, raw: bytes | None = None, headers=None):
+def post(port, path, body, token=TOKEN, raw=None, headers=None):
     data = raw if raw is not None else json.dumps(body).encode()
     hdrs = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {}),
             **(headers or {})}
@@ -72,6 +72,21 @@ def served(ray_cluster, rm_qwen, rm_minilm, tmp_path_factory):
               name="ens", route_prefix="/ens")
     serve.run(build_app(ServeSettings(model_dirs=[rm_qwen], max_inflight=2, max_body_bytes=4096, **small)),
               name="tight", route_prefix="/tight")
+    tiny = dict(num_cpus=0.1, ingress_num_cpus=0.05)
+    # An ensemble of two models on different saved scales, and a model whose spec allows more tokens
+    # than its position embeddings (a deterministic fault in the scorer, not load).
+    scaled = str(tmp_path_factory.mktemp("served") / "qwen-scaled")
+    shutil.copytree(normed, scaled)
+    spec.reward_mean, spec.reward_std = 8.0, 0.5
+    spec.save(scaled)
+    serve.run(build_app(ServeSettings(model_dirs=[normed, scaled], model_names=["a", "b"], **tiny)),
+              name="ensn", route_prefix="/ensn")
+    faulty = str(tmp_path_factory.mktemp("served") / "minilm-1024")
+    shutil.copytree(rm_minilm, faulty)
+    faulty_spec = ScoringSpec.load(faulty)
+    faulty_spec.max_length = 1024  # MiniLM has 512 positions
+    faulty_spec.save(faulty)
+    serve.run(build_app(ServeSettings(model_dirs=[faulty], **tiny)), name="faulty", route_prefix="/faulty")
     try:
         yield {"port": port, "qwen": normed, "raw_qwen": rm_qwen, "minilm": rm_minilm}
     finally:
@@ -158,7 +173,8 @@ def test_auth_and_client_errors_are_4xx_naming_the_field(served):
     cases = {
         "wrong type": ({"prompt": "a", "response": 3}, "response"),
         "empty items": ({"items": []}, "items"),
-        "empty response": ({"prompt": "a", "response": ""}, "response"),
+        "nothing to score": ({"prompt": "", "response": ""}, "empty"),
+        "nothing in an item": ({"items": [{"response": "b"}, {"prompt": "", "response": ""}]}, "items"),
         "unknown field": ({"prompt": "a", "response": "b", "temperature": 1}, "temperature"),
         "too many": ({"items": [{"response": "b"}] * 1025}, "items"),
         "no response": ({"prompt": "a"}, "response"),
@@ -177,6 +193,65 @@ def test_auth_and_client_errors_are_4xx_naming_the_field(served):
     assert status == 413 and "larger" in out["detail"]
     status, out, _ = post(port, "/ens/score", {"prompt": [{"role": "user", "content": "hi"}], "response": "hello"})
     assert status == 422 and "chat template" in out["detail"]  # names what to do, not a 500
+
+
+def test_empty_response_is_scored_as_the_prompt(served):
+    port = served["port"]
+    expected = plain_transformers_scores(served["qwen"], [PROMPT])[0]  # prompt + EOS
+    status, body, _ = post(port, "/score", {"prompt": PROMPT, "response": ""})
+    assert status == 200 and body["rewards"][0] == pytest.approx(expected, abs=1e-4)
+    status, group, _ = post(port, "/score_group", {"prompt": PROMPT, "responses": ["", RESPONSES[0]]})
+    assert status == 200 and group["rewards"][0] == pytest.approx(expected, abs=1e-4)
+    status, out, _ = post(port, "/score_group", {"prompt": "", "responses": ["x", ""]})
+    assert status == 422 and "responses[1]" in json.dumps(out)
+
+
+def test_edges_found_by_fuzzing(served):
+    port = served["port"]
+    # A lone surrogate is valid JSON but not text: a 422 naming the field, never a 500.
+    for path, raw in (("/classify", b'{"model": "\\ud800", "input": "hi"}'),
+                      ("/score", b'{"prompt": "a", "response": "b\\udfff"}')):
+        status, out, _ = post(port, path, None, raw=raw)
+        assert status == 422, (path, status, out)
+    # A chunked body (no content-length) over the limit is a 413 like any other.
+    chunks = iter([b'{"prompt": "a", "response": "', b"b" * 3000, b"b" * 3000, b'"}'])
+    status, out, _ = post(port, "/tight/score", None, raw=chunks,
+                          headers={"Transfer-Encoding": "chunked"})
+    assert status == 413 and "larger" in out["detail"], (status, out)
+    # The bearer scheme is case-insensitive (RFC 7235); the token is not.
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        status, out, _ = post(port, "/score", {"prompt": "a", "response": "b"}, token=None,
+                              headers={"Authorization": f"{scheme} {TOKEN}"})
+        assert status == 200, (scheme, out)
+    assert post(port, "/score", {"prompt": "a", "response": "b"}, token=TOKEN.upper())[0] == 401
+
+
+def test_a_scorer_fault_is_a_500_naming_it_not_a_retryable_503(served):
+    port = served["port"]
+    status, out, headers = post(port, "/faulty/score", {"prompt": "", "response": "word " * 700})
+    assert status == 500, (status, out)
+    # BERT's 512 positions: the scorer's own error, named (a RuntimeError from the embeddings here)
+    assert "Error" in out["detail"] and "512" in out["detail"], out
+    assert "retry-after" not in {k.lower() for k in headers}
+    client = RewardClient(f"http://127.0.0.1:{port}/faulty", retries=5, backoff_s=30)  # a retry would wait 30 s
+    with pytest.raises(RuntimeError, match="500"):
+        client.score([""], ["word " * 700])
+    assert post(port, "/faulty/score", {"prompt": "a", "response": "short"})[0] == 200
+
+
+def test_ensemble_of_saved_scales_combines_standardized_rewards(served):
+    port = served["port"]
+    raw = plain_transformers_scores(served["qwen"], [PROMPT + r for r in RESPONSES[:2]])
+    status, body, _ = post(port, "/ensn/score", {"items": [{"prompt": PROMPT, "response": r} for r in RESPONSES[:2]]})
+    assert status == 200, body
+    a = [(r - 0.5) / 2.0 for r in raw]
+    b = [(r - 8.0) / 0.5 for r in raw]
+    assert body["combined"] == "normalized"
+    assert body["rewards"] == pytest.approx([(x + y) / 2 for x, y in zip(a, b)], abs=1e-4)
+    assert body["reward_std"] == pytest.approx([abs(x - y) / 2 for x, y in zip(a, b)], abs=1e-4)
+    assert body["per_model"]["b"] == pytest.approx(raw, abs=1e-4)  # raw rewards stay available
+    status, plain, _ = post(port, "/ens/score", {"prompt": PROMPT, "response": RESPONSES[0]})
+    assert plain["combined"] == "raw"  # these models carry no saved scale
 
 
 def test_fuzzed_requests_never_5xx(served):
@@ -280,8 +355,27 @@ def test_serve_config_file_is_valid_and_builds():
         ServeSettings.from_dict({**app.args, "replica": 2})
 
 
+def _listening(root_pid: int, pid_filter) -> dict[str, list[str]]:
+    """Listening TCP addresses of ``root_pid``'s descendants whose command line passes ``pid_filter``."""
+    import psutil
+
+    out = {}
+    for proc in psutil.Process(root_pid).children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if pid_filter(cmd):
+            try:
+                out[cmd[:60]] = [c.laddr.ip for c in proc.net_connections(kind="tcp") if c.status == "LISTEN"]
+            except psutil.Error:
+                pass
+    return out
+
+
 def test_rmray_serve_command_end_to_end(rm_qwen, tmp_path):
-    """The CLI in its own process and its own Ray: ready, scores, exits cleanly on Ctrl-C."""
+    """The CLI in its own process and its own Ray: ready, scores, no replica listening on every
+    interface, exits cleanly on SIGTERM (how Docker, Kubernetes and systemd stop it)."""
     import signal
     import subprocess
     import sys
@@ -293,25 +387,52 @@ def test_rmray_serve_command_end_to_end(rm_qwen, tmp_path):
                             start_new_session=True)
     try:
         deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
+        while "rmray: serving" not in (tmp_path / "serve.log").read_text() and time.time() < deadline:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(0.5)
         status, body, _ = post(port, "/score", {"prompt": PROMPT, "response": RESPONSES[0]}, token=None)
         assert status == 200, body
         assert body["rewards"][0] == pytest.approx(plain_transformers_scores(rm_qwen, [PROMPT + RESPONSES[0]])[0],
                                                    abs=1e-4)
-        while "rmray: serving" not in (tmp_path / "serve.log").read_text() and time.time() < deadline:
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        replicas = _listening(proc.pid, lambda cmd: "ServeReplica" in cmd)
+        assert len(replicas) == 2 and all(replicas.values()), replicas
+        assert not [ip for ips in replicas.values() for ip in ips if ip in ("::", "0.0.0.0")], replicas
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()
         out = (tmp_path / "serve.log").read_text()
-        assert f"http://127.0.0.1:{port}" in out
+        assert f"http://127.0.0.1:{port}" in out and "rmray: shutting down" in out
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def _rmray(*args, timeout=60):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "rmray.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "RAY_ADDRESS": ""})
+
+
+def test_rmray_serve_refuses_a_taken_port_before_ray_starts(rm_qwen, tmp_path):
+    """A Serve proxy opens its port with SO_REUSEPORT, so a second server would start and share it."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as Ray Serve's proxy does
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = _rmray("serve", rm_qwen, "--port", str(port), "--ray-address", "local")
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port}" in lines[0] and lines[0].startswith("rmray: error:"), result.stderr
+    assert "starting Ray" not in result.stdout
+
+
+def test_rmray_serve_refuses_a_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    for path in (str(tmp_path), str(tmp_path / "missing")):
+        result = _rmray("serve", path, "--port", str(_free_port()))
+        assert result.returncode == 2, result
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and path in lines[0] and "fix:" in lines[0], result.stderr

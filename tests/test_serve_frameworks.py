@@ -189,3 +189,37 @@ def test_trl_grpo_trainer_with_reward_client(apps, tmp_path, conversational):
     if not conversational:
         assert reward == pytest.approx(plain_transformers_scores(apps["chat"], [prompt])[0], abs=1e-4)
     assert os.path.isdir(tmp_path / "grpo")
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def test_verl_custom_reward_function_example(apps):
+    """examples/verl_reward.py loaded by verl's own loader, called as verl's reward manager calls it."""
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    config = OmegaConf.create({"reward": {"custom_reward_function": {
+        "path": os.path.join(EXAMPLES, "verl_reward.py"), "name": "compute_score",
+        "reward_kwargs": {"url": f"http://127.0.0.1:{apps['port']}/chat"}}}})
+    compute_score = get_custom_reward_fn(config)
+    chat, response = CHATS[0]
+    parquet_like = np.empty(len(chat), dtype=object)  # how a message list comes back from Parquet
+    parquet_like[:] = chat
+    for extra_info, prompt in (({"prompt": parquet_like}, chat), ({"question": PROMPT}, PROMPT)):
+        score = compute_score(data_source="hh", solution_str=response, ground_truth=None, extra_info=extra_info)
+        status, body, _ = post(apps["port"], "/chat/score", {"prompt": prompt, "response": response}, token=None)
+        assert status == 200 and score == pytest.approx(body["rewards"][0], abs=1e-6)
+
+
+def test_trl_grpo_example_runs_as_written(apps, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trl_grpo", os.path.join(EXAMPLES, "trl_grpo.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    policy = build_tiny_policy(str(tmp_path / "policy"), apps["chat"])
+    trainer = example.main(["--url", f"http://127.0.0.1:{apps['port']}/chat", "--policy", policy, "--cpu",
+                            "--max-steps", "1", "--num-generations", "2", "--max-completion-length", "4",
+                            "--output-dir", str(tmp_path / "grpo"), "--conversational"])
+    assert trainer.state.global_step == 1

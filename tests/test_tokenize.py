@@ -88,3 +88,32 @@ def test_conversational_uses_chat_template(qwen_tok, bert_tok):
     plain = load_tokenizer(bert_tok.name_or_path, chat_template="plain")
     enc = encode_pair(plain, spec_for(plain, readout="pooler"), pair)
     assert plain.decode(enc.chosen_ids) == "[CLS] user : hi assistant : hello [SEP]"
+
+
+def test_whole_text_rules(rm_qwen_chat, tiny_qwen):
+    """vLLM-style whole texts: a chat-rendered text is the conversation (no EOS added), plain text gets
+    the EOS, and a too-long text keeps its end (the response)."""
+    from rmray.core.spec import PLAIN_CHAT_TEMPLATE
+    from rmray.core.tokenize import encode_text, is_rendered_chat, keep_end
+
+    chat_tok = load_tokenizer(rm_qwen_chat)
+    spec = spec_for(chat_tok)
+    messages = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"}]
+    rendered = chat_tok.apply_chat_template(messages, tokenize=False)
+    assert rendered.endswith("<|im_end|>\n") and is_rendered_chat(chat_tok, rendered)
+    assert encode_text(chat_tok, spec, rendered).ids == encode(chat_tok, spec, messages[:1], messages[1:]).ids
+    assert encode_text(chat_tok, spec, rendered).ids == chat_tok(rendered)["input_ids"]
+    plain = "Human: hi\n\nAssistant: hello"
+    assert not is_rendered_chat(chat_tok, plain)
+    assert encode_text(chat_tok, spec, plain).ids == chat_tok(plain + "<|endoftext|>")["input_ids"]
+    plain_template = load_tokenizer(tiny_qwen)
+    plain_template.chat_template = PLAIN_CHAT_TEMPLATE  # its turn end is only "\n": not told from plain text
+    assert not is_rendered_chat(plain_template, "user: hi\nassistant: hello\n")
+    long_text = "word " * 200 + "the response"
+    ids = chat_tok(long_text + "<|endoftext|>")["input_ids"]
+    cut = encode_text(chat_tok, spec_for(chat_tok, max_length=30), long_text)
+    assert cut.truncated and cut.ids == ids[-30:]
+    assert encode_text(chat_tok, spec_for(chat_tok, max_length=300), long_text, max_length=12).ids == ids[-12:]
+    assert keep_end([5, 6, 7, 8], spec_for(chat_tok, max_length=3)).ids == [6, 7, 8]
+    with pytest.raises(BadRow):
+        keep_end([5, 6, 7, 8], spec_for(chat_tok, max_length=3, truncation="drop"))

@@ -76,6 +76,8 @@ class ScoreRequest(BaseModel):
             raise ValueError("give either 'items' (a list of {prompt, response}) or 'response' (and 'prompt')")
         if self.items is not None and (self.response is not None or self.prompt is not None):
             raise ValueError("give either 'items' or a single 'prompt'/'response', not both")
+        if self.items is None and _is_empty(self.prompt or "") and _is_empty(self.response):
+            raise ValueError("prompt and response are both empty: there is nothing to score")
         return self
 
     def as_items(self) -> list[Item]:
@@ -87,6 +89,14 @@ class GroupRequest(BaseModel):
     prompt: Prompt
     responses: Annotated[list[Response], Field(min_length=1, max_length=MAX_ITEMS)]
     normalize: StrictBool = False
+
+    @model_validator(mode="after")
+    def _something_to_score(self):
+        if _is_empty(self.prompt):
+            for i, response in enumerate(self.responses):
+                if _is_empty(response):
+                    raise ValueError(f"responses[{i}] and the prompt are both empty: there is nothing to score")
+        return self
 
 
 class GetRewardRequest(BaseModel):
