@@ -109,10 +109,11 @@ def _train(args) -> int:
     if "=" in config and not os.path.exists(config):  # no YAML: every argument is an override
         config, overrides = None, [config, *overrides]
     if config is not None and not os.path.isfile(config):
-        print(f"rmray train: config file {config!r} not found (give a YAML file, key=value overrides, or both)",
-              file=sys.stderr)
-        return 2
-    cfg = load_config(config, overrides)
+        raise UsageError(f"config file {config!r} not found (fix: give a YAML file, key=value overrides, or both)")
+    try:
+        cfg = load_config(config, overrides)
+    except ValueError as err:  # a value of the wrong type or out of range, named by its key
+        raise UsageError(str(err)) from None
     from rmray.train.run import train
 
     train(cfg)

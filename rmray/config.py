@@ -15,6 +15,8 @@ from typing import Literal, Optional
 
 import yaml
 
+from rmray.errors import UsageError
+
 
 @dataclass
 class TrainConfig:
@@ -249,9 +251,12 @@ def load_config(path: str | None, overrides: list[str] = (), cls=TrainConfig):
         values.update(loaded)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value")
+            raise UsageError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
-        values[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+        key = key.strip()
+        if key not in {f.name for f in dataclasses.fields(cls)}:  # named as typed, not blamed on the YAML
+            build_config({key: None}, cls, source=f"override {item!r}")
+        values[key] = yaml.safe_load(raw) if raw != "" else None
     return build_config(values, cls, source=path or "overrides")
 
 
@@ -262,7 +267,7 @@ def build_config(values: dict, cls=TrainConfig, source: str = "config"):
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else "; run `rmray train --help` for the keys"
-            raise ValueError(f"{source}: unknown config key '{key}'{hint}")
+            raise UsageError(f"{source}: unknown config key '{key}'{hint}")
     kwargs = {key: _coerce(key, value, hints[key]) for key, value in values.items()}
     return cls(**kwargs)
 

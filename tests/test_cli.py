@@ -1,6 +1,5 @@
 """``rmray train``'s arguments: a YAML file, overrides alone, and what a wrong path says (no Ray)."""
 
-import pytest
 
 from rmray import cli
 
@@ -34,8 +33,40 @@ def test_a_missing_config_file_is_named_without_a_traceback(monkeypatch, capsys)
     assert "config file 'no-such.yaml' not found" in capsys.readouterr().err and not got
 
 
-def test_an_unknown_override_key_is_refused_before_training(monkeypatch):
+def test_an_unknown_override_key_is_refused_before_training(monkeypatch, tmp_path, capsys):
+    """Named as typed (not blamed on the YAML file), one line, exit code 2."""
     got = _loaded(monkeypatch)
-    with pytest.raises(ValueError, match="unknown config key 'max_stepz'"):
-        cli.main(["train", "model_name_or_path=m", "max_stepz=3"])
+    assert cli.main(["train", "model_name_or_path=m", "max_stepz=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "rmray: error: override 'max_stepz=3': unknown config key 'max_stepz'; did you mean 'max_steps'?"
+    path = tmp_path / "c.yaml"
+    path.write_text("model_name_or_path: m\n")
+    assert cli.main(["train", str(path), "learning_rat=1e-3"]) == 2
+    assert "override 'learning_rat=1e-3'" in capsys.readouterr().err
     assert not got
+
+
+def test_training_mistakes_are_one_line_before_ray(tmp_path, capsys):
+    """Missing data, a model folder that is not one, an absent metric sink: one line in a second, no
+    Ray started (train() runs for real here; each check is before ray.init)."""
+    import importlib.util
+
+    import ray
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    cases = {
+        "train_data=": ([f"train_data={tmp_path}/missing.jsonl"], "missing.jsonl: file not found"),
+        "train_data=*": ([f"train_data={tmp_path}/nothing-*.jsonl"], "no file matches"),
+        "eval_data=": ([f"train_data={data}", f"eval_data={tmp_path}/gone.parquet"], "gone.parquet: file not found"),
+        "model": ([f"train_data={data}", f"model_name_or_path={tmp_path}"], "has no config.json"),
+        "model missing": ([f"train_data={data}", f"model_name_or_path={tmp_path}/nope"], "nope: not found"),
+        "mlflow": ([f"train_data={data}", "report_to=[mlflow]"], "report_to=mlflow: the mlflow package"),
+    }
+    if importlib.util.find_spec("mlflow") is not None:
+        del cases["mlflow"]  # installed here: nothing to refuse
+    for name, (overrides, expected) in cases.items():
+        code = cli.main(["train", *overrides, f"output_dir={tmp_path}/out", "max_steps=1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and expected in err[0] and err[0].startswith("rmray: error:"), (name, err)
+    assert not ray.is_initialized()

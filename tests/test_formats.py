@@ -77,3 +77,31 @@ def test_bad_rows_name_reason_and_field(row, fmt, reason, field):
         normalize_row(row, fmt)
     assert info.value.reason == reason
     assert info.value.field == field
+
+
+def test_a_file_mixing_formats_keeps_every_prompt_in_either_order(tiny_qwen):
+    """Arrow gives implicit rows a null prompt; the format is decided per row, so no row's prompt is
+    dropped and none is refused, whichever kind comes first."""
+    import pyarrow as pa
+
+    from rmray.core.model import load_tokenizer
+    from rmray.core.spec import ScoringSpec
+    from rmray.data.preferences import tokenize_batch
+
+    tokenizer = load_tokenizer(tiny_qwen)
+    spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
+    standard = {"prompt": "Q: name a color?\nA:", "chosen": " Blue.", "rejected": " Seven."}
+    implicit = {"chosen": "Q: 2+2?\nA: 4", "rejected": "Q: 2+2?\nA: 5"}
+    broken = {"prompt": "Q: x?", "rejected": " y"}  # no chosen: counted, named
+    for rows in ([implicit, standard, broken], [standard, implicit, broken]):
+        columns = ["prompt", "chosen", "rejected"]  # as Ray's JSON reader unifies them: null where absent
+        table = pa.table({**{c: [r.get(c) for r in rows] for c in columns}, "_row_id": list(range(len(rows)))})
+        out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=False)
+        got = {id(r): rec for r, rec in zip(rows, out.to_dict("records"))}
+        std = got[id(standard)]
+        assert std["status"] == "ok"
+        assert list(std["chosen_ids"]) == tokenizer(standard["prompt"] + standard["chosen"] + "<|endoftext|>")["input_ids"]
+        imp = got[id(implicit)]
+        assert imp["status"] == "ok"
+        assert list(imp["chosen_ids"]) == tokenizer(implicit["chosen"] + "<|endoftext|>")["input_ids"]
+        assert got[id(broken)]["status"] == "missing_field" and "chosen" in got[id(broken)]["message"]

@@ -64,7 +64,7 @@ class PreferencePair:
 
 
 def detect_format(row: dict[str, Any]) -> Format:
-    """Pick the format from the first row; ``data_format`` in the config overrides this."""
+    """Pick one row's format (each row is decided on its own); ``data_format`` in the config overrides this."""
     if "chosen" not in row or "rejected" not in row:
         raise ValueError(
             f"cannot detect the preference format: the data has columns {sorted(row)}, but a preference "

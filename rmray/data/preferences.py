@@ -34,52 +34,52 @@ class TokenizedPreferences:
 
 
 def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool) -> pd.DataFrame:
-    """Format detection (``fmt="auto"``) happens here, from each batch's first row: the driver never
-    runs a separate pass over the data just to look at one row."""
+    """Validate and tokenize one batch; every row comes out with a status.
+
+    With ``fmt="auto"`` the format is decided for each row on its own: a file may mix implicit rows
+    (``chosen``/``rejected`` only) with standard ones (``prompt`` too), and Arrow gives the implicit rows
+    a null ``prompt``. Deciding once per batch would drop the later rows' prompts or refuse them,
+    depending on row order.
+    """
     # Arrow -> Python keeps nulls as None (pandas would turn a missing margin into NaN).
     out = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin", "truncated",
                            "num_tokens", "shared_tokens")}
-    rows = batch.to_pylist()
-    undetectable = None
-    if fmt == "auto" and rows:
-        try:
-            fmt = detect_format({k: v for k, v in rows[0].items() if k not in ("_row_id", "id")})
-        except ValueError as e:
-            undetectable = BadRow("missing_field", None, str(e))
-            if strict:
-                raise ValueError(str(e)) from None
-    for row in rows:
+    for row in batch.to_pylist():
         generated_id = row.pop("_row_id")
         row_id = str(row.pop("id")) if row.get("id") is not None else str(generated_id)
         try:
-            if undetectable:
-                raise undetectable
-            pair = encode_pair(tokenizer, spec, normalize_row(row, fmt))
+            pair = encode_pair(tokenizer, spec, normalize_row(row, _row_format(row, fmt)))
         except BadRow as e:
             if strict:
                 raise ValueError(f"row {row_id}: {e} (field {e.field!r}, reason {e.reason}); "
                                  "fix the row or set on_bad_row=skip to skip and count such rows") from None
-            out["status"].append(e.reason)
-            out["message"].append(str(e))
-            out["chosen_ids"].append([])
-            out["rejected_ids"].append([])
-            out["margin"].append(0.0)
-            out["truncated"].append(False)
-            out["num_tokens"].append(0)
-            out["shared_tokens"].append(0)
+            _append(out, row_id, e.reason, str(e), None)
         except ValueError as e:  # truncation="error" and other configuration-level problems
             raise ValueError(f"row {row_id}: {e}") from None
         else:
-            out["status"].append("ok")
-            out["message"].append("")
-            out["chosen_ids"].append(pair.chosen_ids)
-            out["rejected_ids"].append(pair.rejected_ids)
-            out["margin"].append(pair.margin)
-            out["truncated"].append(pair.truncated)
-            out["num_tokens"].append(len(pair.chosen_ids) + len(pair.rejected_ids))
-            out["shared_tokens"].append(shared_prefix_length(pair.chosen_ids, pair.rejected_ids))
-        out["row_id"].append(row_id)
+            _append(out, row_id, "ok", "", pair)
     return pd.DataFrame(out)
+
+
+def _row_format(row: dict, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    try:
+        return detect_format(row)
+    except ValueError as e:
+        raise BadRow("missing_field", None, str(e)) from None
+
+
+def _append(out: dict, row_id: str, status: str, message: str, pair) -> None:
+    out["row_id"].append(row_id)
+    out["status"].append(status)
+    out["message"].append(message)
+    out["chosen_ids"].append(pair.chosen_ids if pair else [])
+    out["rejected_ids"].append(pair.rejected_ids if pair else [])
+    out["margin"].append(pair.margin if pair else 0.0)
+    out["truncated"].append(pair.truncated if pair else False)
+    out["num_tokens"].append(len(pair.chosen_ids) + len(pair.rejected_ids) if pair else 0)
+    out["shared_tokens"].append(shared_prefix_length(pair.chosen_ids, pair.rejected_ids) if pair else 0)
 
 
 def build_preferences(

