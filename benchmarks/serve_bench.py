@@ -121,7 +121,7 @@ def latency_beside_big_requests(url: str, items, big: int, big_bytes: int) -> di
     return {"big_requests": big, "big_request_bytes": size, "big_request_s": [round(s, 2) for s, _ in big_s],
             "big_request_status": [c for _, c in big_s], "tiny_requests": len(latencies),
             "tiny_p50_ms": 1000 * percentile(latencies, 0.5), "tiny_p99_ms": 1000 * percentile(latencies, 0.99),
-            "tiny_max_ms": 1000 * max(latencies)}
+            "tiny_max_ms": 1000 * max(latencies), "tiny_ms_sorted": sorted(round(1000 * x) for x in latencies)}
 
 
 def groups_of(items, rows, group_size: int, n_groups: int):

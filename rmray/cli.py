@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p_sc.add_argument("--threshold", type=float, default=None, help="keep rows with reward >= this")
     p_sc.add_argument("--group-by", default=None, help="column to group by for --top-k (default: the prompt field)")
     p_sc.add_argument("--selected", default=None, help="where selected rows go (default: OUTPUT-selected)")
+    p_sc.add_argument("--overwrite", action="store_true",
+                      help="score again the files another model (or spec, or text column) wrote in OUTPUT")
     p_sc.add_argument("--ray-address", default=None)
     p_ev = sub.add_parser("eval", help="preference accuracy, margin and calibration, with a report")
     p_ev.add_argument("model_dir")
@@ -137,7 +139,7 @@ def _score(args) -> int:
                       prompt_field=args.prompt_field, response_field=args.response_field,
                       concurrency=args.concurrency, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                       torch_threads=args.torch_threads, batch_size=args.batch_size,
-                      max_batch_tokens=args.max_batch_tokens, ray_address=args.ray_address)
+                      max_batch_tokens=args.max_batch_tokens, ray_address=args.ray_address, overwrite=args.overwrite)
     score_dataset(cfg)
     if args.top_k is not None or args.threshold is not None:
         from rmray.score.select import select_best

@@ -70,3 +70,24 @@ def test_training_mistakes_are_one_line_before_ray(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0] and err[0].startswith("rmray: error:"), (name, err)
     assert not ray.is_initialized()
+
+
+def test_score_mistakes_are_one_line_before_ray(tmp_path, capsys):
+    import ray
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "rmray_scoring.json").write_text("{}")
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+    cases = {
+        "no model": ([str(tmp_path / "nope"), str(tmp_path / "rows.jsonl")], "model folder"),
+        "not a model": ([str(tmp_path), str(tmp_path / "rows.jsonl")], "config.json is missing"),
+        "no input": ([str(model), str(tmp_path / "gone.jsonl")], "gone.jsonl: file not found"),
+        "no match": ([str(model), str(tmp_path / "x-*.parquet")], "no file matches"),
+    }
+    for name, (args, expected) in cases.items():
+        code = cli.main(["score", *args, str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and expected in err[0], (name, err)
+    assert not ray.is_initialized()

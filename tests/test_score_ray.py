@@ -67,6 +67,23 @@ def test_score_dataset_rewards_columns_bad_rows_and_resume(ray_cluster, rm_qwen,
         [{k: v for k, v in r.items() if k != "reward"} for r in scored]
     assert [r["reward"] for r in rescored] == pytest.approx([r["reward"] for r in scored], abs=1e-5)
 
+    # Another model into the same folder: refused before Ray work, naming the file; --overwrite rescores.
+    from rmray.errors import UsageError
+
+    other = ScoreConfig(model_dirs=[rm_minilm], input=str(tmp_path / "in"), output=str(tmp_path / "other"))
+    shutil.copytree(out, other.output)
+    with pytest.raises(UsageError, match=r"part-00000-a.parquet was scored differently: models: \[qwen@"):
+        score_dataset(other)
+    assert os.path.getmtime(os.path.join(out, files[0])) == mtime
+    other.overwrite = True
+    redone = score_dataset(other)
+    assert redone.files_written == files and not redone.files_skipped
+    minilm = [r["reward"] for r in read_output(other.output)[1] if r["score_error"] is None]
+    assert minilm == pytest.approx(plain_transformers_scores(rm_minilm, [r["prompt"] + r["response"] for r in good]),
+                                   abs=1e-4)
+    other.overwrite = False  # the same model again: skipped
+    assert score_dataset(other).files_skipped == files
+
     # Best-of-n: exactly the top 2 per prompt.
     kept = select_best(out, str(tmp_path / "best"), top_k=2)
     best = read_output(str(tmp_path / "best"))[1]

@@ -436,3 +436,11 @@ def test_rmray_serve_refuses_a_folder_that_is_not_a_model(tmp_path):
         assert result.returncode == 2, result
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and path in lines[0] and "fix:" in lines[0], result.stderr
+
+
+def test_big_requests_go_to_the_scorer_in_pieces():
+    from rmray.serve.app import _pieces
+
+    ids = [[1] * 5, [1] * 5, [1] * 7, [1] * 30, [1] * 2]
+    assert [[len(s) for s in p] for p in _pieces(ids, 12)] == [[5, 5], [7], [30], [2]]
+    assert _pieces([], 12) == []

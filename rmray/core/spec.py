@@ -72,3 +72,16 @@ class ScoringSpec:
             data = json.load(f)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def check_model_dir(path: str) -> None:
+    """A folder rmray saved (``config.json`` and the scoring spec), checked in a second before any
+    model loads or Ray starts; the error names the folder and the fix."""
+    from rmray.errors import UsageError
+
+    if not os.path.isdir(path):
+        raise UsageError(f"model folder {path} not found (fix: give a training run's final/ folder)")
+    for name in ("config.json", SPEC_FILE):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise UsageError(f"{path} is not an rmray model: {name} is missing (fix: give a training run's "
+                             "final/ folder, or export the model with rmray)")

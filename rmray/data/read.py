@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import os
 
 import ray
 
 from rmray.core.demo_data import demo_pairs
+from rmray.errors import UsageError
 
 _READERS = {
     ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json", ".jsonl.zst": "json",
@@ -44,6 +46,24 @@ def read_source(source: str) -> ray.data.Dataset:
         f"cannot read {source!r}: expected a .jsonl/.json/.parquet/.csv path or glob, a saved `datasets` folder, "
         "a hub dataset id (online), or 'demo'"
     )
+
+
+def _looks_local(source: str) -> bool:
+    return (os.path.exists(source) or source.startswith((".", "/", "~")) or any(c in source for c in "*?[")
+            or bool(_file_kind(source)) or source.count("/") > 1)
+
+
+def check_source(key: str, source: str) -> None:
+    """A local file, folder or glob must exist; ``demo``, URIs and hub ids (``org/name[:split]``) pass."""
+    if source == "demo" or "://" in source or not _looks_local(source):
+        return
+    path = os.path.expanduser(source)
+    if any(c in path for c in "*?["):
+        if not glob.glob(path):
+            raise UsageError(f"{key}={source}: no file matches (fix: check the path and pattern)")
+    elif not os.path.exists(path):
+        raise UsageError(f"{key}={source}: file not found (fix: give an existing .jsonl/.json/.parquet/.csv file, "
+                         "folder or glob, a hub dataset id, or demo)")
 
 
 def _read_hub(source: str) -> ray.data.Dataset:

@@ -2,8 +2,9 @@
 
 Input files are scored in one streaming pipeline (actor pool, bounded memory) with their order kept;
 the driver writes one Parquet file per input file, atomically (temp name, then rename) as soon as that
-file's last row is in. A rerun into the same output skips input files whose output exists, so a
-crash costs at most the files in flight.
+file's last row is in. A rerun into the same output skips input files whose output the same models
+wrote (recorded in each file's metadata), so a crash costs at most the files in flight; output of
+another model is refused unless ``overwrite`` (see :mod:`rmray.score.provenance`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rmray.core.scoring import model_name
+from rmray.core.spec import check_model_dir
+from rmray.data.read import check_source
+from rmray.errors import UsageError
 from rmray.ray_env import init_ray
+
+from .provenance import METADATA_KEY, check_scored_by, provenance
 
 FILE_TAG = "__rmray_file"
 PARSE_ERROR = "__rmray_parse_error"
@@ -42,6 +48,9 @@ class ScoreConfig:
     max_batch_tokens: int = 16384
     model_names: list[str] | None = None
     ray_address: str | None = None
+    overwrite: bool = False
+    """Score again the input files whose output another model (or spec, or text column) wrote; without
+    it such a rerun is refused, naming the file."""
 
 
 @dataclass
@@ -66,7 +75,7 @@ def list_inputs(source: str) -> list[str | None]:
     if any(ch in source for ch in "*?["):
         files = sorted(glob.glob(source))
         if not files:
-            raise FileNotFoundError(f"no files match {source!r}")
+            raise UsageError(f"input {source}: no files match (fix: check the path and pattern)")
         return files
     if "://" in source:  # object stores and other pyarrow filesystems: a file or a folder of files
         import pyarrow.fs as pafs
@@ -160,11 +169,14 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
 
     from .batch import ResponseScorer
 
+    for path in cfg.model_dirs:  # before Ray: a mistake costs a second, not a start-up
+        check_model_dir(path)
+    check_source("input", cfg.input)
     names = cfg.model_names or [model_name(d) for d in cfg.model_dirs]
     inputs = list_inputs(cfg.input)
     os.makedirs(cfg.output, exist_ok=True)
-    pending = [(k, p) for k, p in enumerate(inputs)
-               if not os.path.exists(os.path.join(cfg.output, output_name(k, p)))]
+    scored_by = provenance(cfg.model_dirs, names, cfg.prompt_field, cfg.response_field)
+    pending = [(k, p) for k, p in enumerate(inputs) if not _already_scored(cfg, output_name(k, p), scored_by)]
     skipped = [output_name(k, p) for k, p in enumerate(inputs) if (k, p) not in pending]
     for stale in glob.glob(os.path.join(cfg.output, ".*.tmp")):  # partial files of an interrupted run
         os.remove(stale)
@@ -182,10 +194,23 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
                                    response_field=cfg.response_field, max_batch_tokens=cfg.max_batch_tokens,
                                    num_gpus=cfg.num_gpus, torch_threads=cfg.torch_threads),
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
-    return _write(scored, cfg, pending, skipped)
+    return _write(scored, cfg, pending, skipped, scored_by)
 
 
-def _write(scored, cfg: ScoreConfig, pending, skipped) -> ScoreResult:
+def _already_scored(cfg: ScoreConfig, name: str, scored_by: dict) -> bool:
+    """Skip an output file only when these models scored it; refuse another model's (see provenance)."""
+    path = os.path.join(cfg.output, name)
+    if not os.path.exists(path):
+        return False
+    try:
+        return check_scored_by(path, scored_by)
+    except UsageError:
+        if cfg.overwrite:
+            return False  # scored again; the new file replaces it atomically when done
+        raise
+
+
+def _write(scored, cfg: ScoreConfig, pending, skipped, scored_by: dict) -> ScoreResult:
     from tqdm import tqdm
 
     paths = dict(pending)
@@ -224,7 +249,8 @@ def _write(scored, cfg: ScoreConfig, pending, skipped) -> ScoreResult:
                     done.add(current)
                 finish()
                 current, row_in_file = tags[start_row], 0
-                writer = pq.ParquetWriter(_tmp_path(cfg.output, current, paths[current]), piece.schema)
+                schema = piece.schema.with_metadata({METADATA_KEY: json.dumps(scored_by).encode()})
+                writer = pq.ParquetWriter(_tmp_path(cfg.output, current, paths[current]), schema)
             try:
                 piece = piece.cast(writer.schema)
             except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as err:

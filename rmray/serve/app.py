@@ -152,6 +152,7 @@ class _RewardAPI:
         self.guard_settings = SimpleNamespace(token=s.api_token, max_body_bytes=s.max_body_bytes,
                                               max_inflight=s.max_inflight)
         self.models = [_Model(n, d, h, s.trust_remote_code) for n, d, h in zip(s.model_names, s.model_dirs, scorers)]
+        self.max_batch_tokens = s.max_batch_tokens
         self.normalized = s.ensemble == "normalized" and all(m.spec.reward_std for m in self.models)
         # Tokenizing a multi-megabyte body takes seconds; on the event loop it would stall every other
         # request and /healthz. Threads: the fast tokenizers release the GIL while they work.
@@ -234,8 +235,7 @@ class _RewardAPI:
 
     async def _forward(self, kind: str, ids_per_model: list) -> list[list[float]]:
         try:
-            return await asyncio.gather(*[m.handle.score.remote((kind, ids))
-                                          for m, ids in zip(self.models, ids_per_model)])
+            return await asyncio.gather(*[self._forward_one(m, kind, ids) for m, ids in zip(self.models, ids_per_model)])
         except Exception as err:  # noqa: BLE001 - sorted into load (503) and faults (500) below
             if _unavailable(err):  # a replica died or restarted, or the queue is full: retry helps
                 logger.warning("scorer unavailable: %r", err)
@@ -243,6 +243,30 @@ class _RewardAPI:
                                     headers={"Retry-After": "1"}) from None
             logger.error("scorer failed: %s", _cause(err))
             raise HTTPException(500, f"the scorer failed: {_cause(err)}") from None
+
+
+    async def _forward_one(self, model: _Model, kind: str, ids: list[list[int]]) -> list[float]:
+        """A big request goes to the scorer in pieces of about ``max_batch_tokens``, one after another:
+        a small request arriving meanwhile joins the next piece's batch instead of waiting behind the
+        whole big one. A group stays whole (its prompt is shared)."""
+        if kind == "group":
+            return await model.handle.score.remote((kind, ids))
+        rewards = []
+        for piece in _pieces(ids, self.max_batch_tokens):
+            rewards += await model.handle.score.remote((kind, piece))
+        return rewards
+
+
+def _pieces(ids: list[list[int]], budget: int) -> list[list[list[int]]]:
+    """Consecutive runs of sequences of at most ``budget`` tokens together (a longer one alone)."""
+    pieces, current, tokens = [], [], 0
+    for seq in ids:
+        if current and tokens + len(seq) > budget:
+            pieces.append(current)
+            current, tokens = [], 0
+        current.append(seq)
+        tokens += len(seq)
+    return pieces + [current] if current else pieces
 
 
 def _split_queries(model: _Model, queries: list[str], prompts: list[str]) -> tuple[list[list[int]], list[bool]]:

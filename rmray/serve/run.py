@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import socket
 import threading
 
+from rmray.core.spec import check_model_dir
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 
@@ -33,16 +33,8 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def check_model_dirs(model_dirs: list[str]) -> None:
-    """Each folder must be a model rmray saved: ``config.json`` and the scoring spec."""
-    from rmray.core.spec import SPEC_FILE
-
     for path in model_dirs:
-        if not os.path.isdir(path):
-            raise UsageError(f"model folder {path} not found (fix: give a training run's final/ folder)")
-        for name in ("config.json", SPEC_FILE):
-            if not os.path.isfile(os.path.join(path, name)):
-                raise UsageError(f"{path} is not an rmray model: {name} is missing (fix: give a training run's "
-                                 "final/ folder, or export the model with rmray)")
+        check_model_dir(path)
 
 
 def start(settings: ServeSettings, *, ray_address: str | None = None):

@@ -7,10 +7,10 @@ naming the setting and the fix (the command line prints it as ``rmray: error: ..
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 
+from rmray.data.read import check_source
 from rmray.errors import UsageError
 
 # report_to name -> the module its sink imports
@@ -24,26 +24,6 @@ def check_before_ray(cfg) -> None:
         check_source("eval_data", cfg.eval_data)
     check_model("model_name_or_path", cfg.model_name_or_path)
     check_sinks(cfg.report_to)
-
-
-def _looks_local(source: str) -> bool:
-    from rmray.data.read import _file_kind
-
-    return (os.path.exists(source) or source.startswith((".", "/", "~")) or any(c in source for c in "*?[")
-            or bool(_file_kind(source)) or source.count("/") > 1)
-
-
-def check_source(key: str, source: str) -> None:
-    """A local file, folder or glob must exist; ``demo``, URIs and hub ids (``org/name[:split]``) pass."""
-    if source == "demo" or "://" in source or not _looks_local(source):
-        return
-    path = os.path.expanduser(source)
-    if any(c in path for c in "*?["):
-        if not glob.glob(path):
-            raise UsageError(f"{key}={source}: no file matches (fix: check the path and pattern)")
-    elif not os.path.exists(path):
-        raise UsageError(f"{key}={source}: file not found (fix: give an existing .jsonl/.json/.parquet/.csv file, "
-                         "folder or glob, a hub dataset id, or demo)")
 
 
 def check_model(key: str, name: str) -> None:

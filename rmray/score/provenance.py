@@ -1,0 +1,71 @@
+"""Which model made a scored file: a fingerprint stored in each output Parquet file's metadata.
+
+A rerun into the same output folder skips files already scored -- but only when the same models,
+under the same scoring specs and text columns, scored them. Rewards of another model must never be
+left behind as if they were this one's: a mismatch is refused, naming the file and what differs,
+unless ``overwrite`` asks for the files to be scored again.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+
+import pyarrow.parquet as pq
+
+from rmray.errors import UsageError
+
+METADATA_KEY = b"rmray.scored_by"
+_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """SHA-256 over the scoring spec, ``config.json`` and, per weights file, its size and 16 evenly spaced
+    64 KiB samples: two trainings of one architecture differ in every sample, and a 15 GB model is
+    fingerprinted in milliseconds instead of the seconds a whole-file hash takes."""
+    digest = hashlib.sha256()
+    for name in ("rmray_scoring.json", "config.json"):
+        path = os.path.join(model_dir, name)
+        if os.path.exists(path):
+            digest.update(name.encode() + open(path, "rb").read())
+    for path in sorted(glob.glob(os.path.join(model_dir, "*.safetensors"))):
+        size = os.path.getsize(path)
+        digest.update(f"{os.path.basename(path)}:{size}".encode())
+        with open(path, "rb") as f:
+            for k in range(_SAMPLES):
+                f.seek(size * k // _SAMPLES)
+                digest.update(f.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def provenance(model_dirs: list[str], names: list[str], prompt_field: str, response_field: str) -> dict:
+    return {"models": [{"name": n, "fingerprint": model_fingerprint(d)} for n, d in zip(names, model_dirs)],
+            "prompt_field": prompt_field, "response_field": response_field}
+
+
+def recorded(path: str) -> dict | None:
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
+def check_scored_by(path: str, expected: dict) -> bool:
+    """True when ``path`` was scored as ``expected`` (skip it); raise when it was not."""
+    found = recorded(path)
+    if found == expected:
+        return True
+    if found is None:
+        what = "it records no model (written by an older rmray or another tool)"
+    else:
+        diff = [key for key in expected if found.get(key) != expected[key]]
+        what = "; ".join(f"{key}: {_show(found.get(key))} there, {_show(expected[key])} now" for key in diff)
+    raise UsageError(f"{path} was scored differently: {what} (fix: another output folder, or --overwrite to "
+                     "score those files again)")
+
+
+def _show(value) -> str:
+    if isinstance(value, list):  # models: names and short fingerprints
+        return "[" + ", ".join(f"{m.get('name')}@{str(m.get('fingerprint'))[:12]}" for m in value) + "]"
+    return repr(value)
