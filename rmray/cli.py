@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="train the offline demo model and score a few examples")
     p_demo.add_argument("config", nargs="?", default="jobs/configs/demo.yaml")
     p_demo.add_argument("overrides", nargs="*", help="key=value overrides")
-    p_score = sub.add_parser("score-text", help="score prompt/response pairs with a trained model")
+    p_score = sub.add_parser("score-text", help="score prompt/response pairs with a trained model, texts as given "
+                                                "(the same reward /score gives)")
     p_score.add_argument("model_dir")
     p_score.add_argument("--prompt", action="append", required=True)
     p_score.add_argument("--response", action="append", required=True)
@@ -129,7 +130,9 @@ def _demo(config: str, overrides: list[str]) -> int:
     result = train(load_config(config, ["overwrite_output_dir=true", *overrides]))
     accuracy = result.summary.get("eval_accuracy")
     print(f"\ndemo eval accuracy: {accuracy:.3f}" if accuracy is not None else "\ndemo finished (no eval)")
-    return _score_text(result.final_model_dir, [p for p, _ in DEMO_EXAMPLES], [r for _, r in DEMO_EXAMPLES])
+    # The demo model is trained on hh-rlhf-style dialogues, so its examples are written as one.
+    return _score_text(result.final_model_dir, [f"\n\nHuman: {p}\n\nAssistant:" for p, _ in DEMO_EXAMPLES],
+                       [" " + r for _, r in DEMO_EXAMPLES])
 
 
 def _score(args) -> int:
@@ -180,13 +183,14 @@ def _serve(args) -> int:
 
 def _score_text(model_dir: str, prompts: list[str], responses: list[str]) -> int:
     from rmray.core.scoring import Scorer
+    from rmray.core.spec import check_model_dir
 
     if len(prompts) != len(responses):
         print(f"error: {len(prompts)} --prompt but {len(responses)} --response; give them in pairs", file=sys.stderr)
         return 2
-    scorer = Scorer.load(model_dir)
-    dialogue = [f"\n\nHuman: {p}\n\nAssistant:" for p in prompts]
-    rewards = scorer.score(dialogue, [" " + r for r in responses])
+    check_model_dir(model_dir)
+    # Scored exactly as given, as /score and rmray score take them (no template added here).
+    rewards = Scorer.load(model_dir).score(prompts, responses)
     print(f"\nrewards from {model_dir}:")
     for prompt, response, reward in zip(prompts, responses, rewards):
         print(f"  {reward:+.3f}  {prompt!r} -> {response!r}")

@@ -50,3 +50,15 @@ def test_normalize_uses_saved_stats(rm_qwen):
     assert scorer.normalize([1.0]) is None
     scorer.spec.reward_mean, scorer.spec.reward_std = 1.0, 2.0
     assert scorer.normalize([3.0, -1.0]) == [1.0, -1.0]
+
+
+def test_a_saved_model_is_readable_like_any_folder(rm_qwen):
+    """Written through a private temporary folder, the model still gets the umask's modes, not 700/600."""
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(rm_qwen).st_mode) == 0o777 & ~umask
+    for name in os.listdir(rm_qwen):
+        assert stat.S_IMODE(os.stat(os.path.join(rm_qwen, name)).st_mode) == 0o666 & ~umask, name

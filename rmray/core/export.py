@@ -45,6 +45,19 @@ def _write_model(model, tokenizer, spec: ScoringSpec, directory: str, state_dict
     spec.save(directory)
 
 
+def _readable_like_a_plain_folder(directory: str) -> None:
+    """``mkdtemp`` makes the folder 700, so a model other users (a serving account, a shared cluster)
+    should load would be private to its writer; give it what ``mkdir``/``open`` would under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 def _atomic_write(out_dir: str, write) -> str:
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
@@ -52,6 +65,7 @@ def _atomic_write(out_dir: str, write) -> str:
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
         write(tmp)
+        _readable_like_a_plain_folder(tmp)
         if os.path.exists(out_dir):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
             os.replace(out_dir, os.path.join(old, "x"))
