@@ -59,16 +59,7 @@ def encode(tokenizer, spec: ScoringSpec, prompt: Text, response: Text) -> Encode
     prompt_text, full, add_special = render(tokenizer, prompt, response)
     # Encoders pool at [CLS], so they need their special tokens even around a chat-rendered text.
     add_special = add_special or spec.readout == "pooler"
-    appended_eos = False
-    if not isinstance(response, list) and spec.add_eos and spec.eos_token and not full.endswith(spec.eos_token):
-        full += spec.eos_token
-        appended_eos = True
-    enc = tokenizer(full, add_special_tokens=add_special, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-    if len(ids) <= spec.max_length:
-        return Encoded(ids, False)
-    _refuse_long(spec, len(ids), spec.max_length)
-    return Encoded(_truncate(ids, offsets, len(prompt_text), spec.max_length, appended_eos), True)
+    return _fit(tokenizer, spec, full, add_special, not isinstance(response, list), len(prompt_text), spec.max_length)
 
 
 def encode_text(tokenizer, spec: ScoringSpec, text: str, *, add_special_tokens: bool = True,
@@ -85,16 +76,24 @@ def encode_text(tokenizer, spec: ScoringSpec, text: str, *, add_special_tokens: 
     bos = getattr(tokenizer, "bos_token", None)
     if bos and text.startswith(bos):
         add_special_tokens = False  # the text carries its BOS; adding one would score another sequence
+    # The whole text counts as prompt for truncation: its beginning goes first, the end stays.
+    return _fit(tokenizer, spec, text, add_special_tokens, not is_rendered_chat(tokenizer, text), len(text), limit)
+
+
+def _fit(tokenizer, spec: ScoringSpec, text: str, add_special: bool, plain: bool, prompt_chars: int,
+         limit: int) -> Encoded:
+    """Tokenize ``text`` (EOS appended to ``plain`` text under the spec) and cut it to ``limit`` tokens:
+    the first ``prompt_chars`` characters lose their beginning first, then the rest its end."""
     appended_eos = False
-    if not is_rendered_chat(tokenizer, text) and spec.add_eos and spec.eos_token and not text.endswith(spec.eos_token):
+    if plain and spec.add_eos and spec.eos_token and not text.endswith(spec.eos_token):
         text += spec.eos_token
         appended_eos = True
-    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     if len(ids) <= limit:
         return Encoded(ids, False)
     _refuse_long(spec, len(ids), limit)
-    return Encoded(_truncate(ids, offsets, len(text), limit, appended_eos), True)
+    return Encoded(_truncate(ids, offsets, prompt_chars, limit, appended_eos), True)
 
 
 def keep_end(ids: list[int], spec: ScoringSpec, max_length: int | None = None) -> Encoded:
