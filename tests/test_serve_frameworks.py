@@ -223,3 +223,32 @@ def test_trl_grpo_example_runs_as_written(apps, tmp_path):
                             "--max-steps", "1", "--num-generations", "2", "--max-completion-length", "4",
                             "--output-dir", str(tmp_path / "grpo"), "--conversational"])
     assert trainer.state.global_step == 1
+
+
+def _openrlhf_parser():
+    """OpenRLHF 0.11 builds its parser inside ``train_ppo_ray.py``'s ``__main__`` block, beside imports of
+    vLLM and DeepSpeed: run exactly those lines of its source, nothing else."""
+    import argparse
+    import datetime
+    import importlib.util
+    import textwrap
+
+    source = open(importlib.util.find_spec("openrlhf.cli.train_ppo_ray").origin).read().splitlines()
+    start = next(i for i, line in enumerate(source) if line.strip() == "parser = argparse.ArgumentParser()")
+    end = next(i for i, line in enumerate(source) if line.strip().startswith("args = parser.parse_args()"))
+    scope = {"argparse": argparse, "os": os, "datetime": datetime.datetime}
+    exec(textwrap.dedent("\n".join(source[start:end])), scope)
+    return scope["parser"]
+
+
+def test_openrlhf_command_in_examples_parses_with_openrlhfs_parser():
+    import shlex
+
+    text = open(os.path.join(EXAMPLES, "openrlhf.md")).read()
+    command = text[text.index("python -m openrlhf.cli.train_ppo_ray"):]
+    command = command[:command.index("```")].replace("\\\n", " ")
+    argv = shlex.split(command)[3:]
+    args = _openrlhf_parser().parse_args(argv)
+    assert getattr(args, "reward.remote_url") == "http://127.0.0.1:8000/get_reward"
+    with pytest.raises(SystemExit):  # the flag older docs (and rmray's README) named
+        _openrlhf_parser().parse_args(["--remote_rm_url", "http://127.0.0.1:8000/get_reward"])
