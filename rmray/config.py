@@ -152,6 +152,9 @@ class TrainConfig:
     # --- fault tolerance ---
     max_failures: int = 0
     """Worker/node failures survived per run: the run restarts its workers from the latest checkpoint."""
+    resume_other_run: bool = False
+    """Resume ``output_dir``'s checkpoints even though model, data, schedule or loss settings differ from
+    the run that wrote them (``run_identity.json``); without it such a rerun is refused, naming the keys."""
     resume_from_checkpoint: Optional[str] = None
     """A checkpoint folder or URI to start from (model, optimizer, scheduler, data position) in a new run."""
     storage_path: Optional[str] = None

@@ -21,6 +21,7 @@ from rmray.config import TrainConfig
 from rmray.core.spec import ScoringSpec
 from rmray.ray_env import init_ray, verbose, without_no_cpu_warning
 
+from .identity import check_or_record
 from .metrics_log import read_metrics
 from .preflight import check_before_ray
 from .progress import InBackground, follow_progress
@@ -48,6 +49,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir))
     check_before_ray(cfg)
     _prepare_output_dir(cfg)
+    check_or_record(cfg, _local_run_dir(cfg))
     _check_resume_path(cfg)
     # Tokenizer and read-out need no Ray: they load (about 3 s of torch/transformers imports on 2 cores)
     # while ray.init waits on the processes it starts.
@@ -274,7 +276,7 @@ def _prepare_output_dir(cfg: TrainConfig) -> None:
                 f"{final} already holds a trained model. Choose another output_dir, or set overwrite_output_dir=true "
                 "to replace it (its checkpoints and metrics.jsonl are removed)."
             )
-        for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json", "README.md", "plots", "runs", "consumed", ".chaos_killed"):
+        for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json", "README.md", "plots", "runs", "consumed", ".chaos_killed", "run_identity.json"):
             path = os.path.join(cfg.output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
     os.makedirs(cfg.output_dir, exist_ok=True)

@@ -1,0 +1,81 @@
+"""What defines a training run, saved beside its checkpoints, so a rerun resumes only its own run.
+
+Rerunning into an ``output_dir`` whose run was interrupted resumes from its last checkpoint. With
+another model, other data or another schedule that would silently make one model out of two runs;
+the rerun is refused instead, in a second and before Ray starts, naming the keys that differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+
+from rmray.errors import UsageError
+
+IDENTITY_FILE = "run_identity.json"
+# Keys that change which pairs are trained on, in what order, with which loss and schedule. Speed and
+# logging settings (batching layout, eval/save cadence, Ray resources) may change across a resume.
+RUN_KEYS = (
+    "model_name_or_path", "chat_template", "train_data", "eval_data", "eval_split_ratio", "data_format",
+    "max_train_samples", "max_length", "truncation", "add_eos", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "num_workers", "learning_rate", "weight_decay", "lr_scheduler_type",
+    "warmup_ratio", "warmup_steps", "num_train_epochs", "max_steps", "max_grad_norm", "seed",
+    "center_rewards_coefficient", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+)
+
+
+def run_identity(cfg) -> dict:
+    """The run-defining settings, and for local data files a fingerprint of their contents."""
+    values = dataclasses.asdict(cfg)
+    identity = {key: values[key] for key in RUN_KEYS if key in values}
+    for key in ("train_data", "eval_data"):
+        if values.get(key):
+            identity[f"{key}_fingerprint"] = _data_fingerprint(values[key])
+    return identity
+
+
+def check_or_record(cfg, run_dir: str | None) -> None:
+    """Refuse to resume another run's checkpoints; record this run's identity when it starts fresh.
+
+    ``resume_other_run=true`` continues anyway (and records the new identity)."""
+    path = os.path.join(cfg.output_dir, IDENTITY_FILE)
+    mine = json.loads(json.dumps(run_identity(cfg)))  # as it reads back from JSON (tuples -> lists)
+    resuming = run_dir is not None and glob.glob(os.path.join(run_dir, "checkpoint-*"))
+    if resuming and os.path.exists(path) and not cfg.resume_other_run:
+        with open(path) as f:
+            saved = json.load(f)
+        differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        if differ:
+            shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine.get(k)!r} now" for k in differ[:6])
+            raise UsageError(f"{cfg.output_dir} holds checkpoints of another run ({shown}) (fix: another "
+                             "output_dir, overwrite_output_dir=true to start over, or resume_other_run=true to "
+                             "continue that run with these settings)")
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(mine, f, indent=2)
+
+
+def _data_fingerprint(source: str) -> str | None:
+    """Sizes and sampled bytes of the local files behind ``source``; None for hub ids and URIs."""
+    from rmray.data.read import _file_kind
+
+    if os.path.isdir(source):
+        files = sorted(os.path.join(source, f) for f in os.listdir(source) if _file_kind(f))
+    elif any(c in source for c in "*?["):
+        files = sorted(glob.glob(source))
+    elif os.path.isfile(source):
+        files = [source]
+    else:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        size = os.path.getsize(path)
+        digest.update(f"{os.path.basename(path)}:{size}".encode())
+        with open(path, "rb") as f:
+            for k in range(8):
+                f.seek(size * k // 8)
+                digest.update(f.read(1 << 16))
+    return digest.hexdigest()

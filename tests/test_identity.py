@@ -1,0 +1,53 @@
+"""A rerun into an unfinished run's folder resumes only that run (no Ray: refused before it starts)."""
+
+import json
+import os
+
+import pytest
+
+from rmray.config import TrainConfig
+from rmray.errors import UsageError
+from rmray.train.identity import IDENTITY_FILE, check_or_record
+
+
+def _interrupted_run(tmp_path, cfg: TrainConfig) -> str:
+    """What a run killed after its checkpoint 10 leaves: its identity and a checkpoint folder."""
+    run_dir = os.path.join(cfg.output_dir, "ray")
+    check_or_record(cfg, run_dir)
+    os.makedirs(os.path.join(run_dir, "checkpoint-000010"))
+    return run_dir
+
+
+def test_another_run_into_an_unfinished_folder_is_refused_naming_what_differs(tmp_path):
+    import ray
+
+    from rmray.train.run import train
+
+    (tmp_path / "other.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    demo = TrainConfig(train_data="demo", output_dir=str(tmp_path / "out"), max_steps=40, save_steps=5)
+    run_dir = _interrupted_run(tmp_path, demo)
+    other = TrainConfig(train_data=str(tmp_path / "other.jsonl"), output_dir=demo.output_dir, max_steps=12,
+                        learning_rate=1e-3)
+    with pytest.raises(UsageError) as err:
+        train(other)
+    message = str(err.value)
+    for key in ("train_data", "max_steps", "learning_rate", "fix: another output_dir"):
+        assert key in message, message
+    assert "save_steps" not in message  # cadence may change across a resume
+    assert not ray.is_initialized()
+    assert json.load(open(os.path.join(demo.output_dir, IDENTITY_FILE)))["max_steps"] == 40  # untouched
+
+    check_or_record(TrainConfig(train_data="demo", output_dir=demo.output_dir, max_steps=40, save_steps=10,
+                                logging_steps=3), run_dir)  # the same run with other cadences: resumes
+    check_or_record(TrainConfig(**{**other.__dict__, "resume_other_run": True}), run_dir)  # asked for
+    assert json.load(open(os.path.join(demo.output_dir, IDENTITY_FILE)))["max_steps"] == 12
+
+
+def test_changed_data_contents_count_as_another_run(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    cfg = TrainConfig(train_data=str(data), output_dir=str(tmp_path / "out"), max_steps=4)
+    run_dir = _interrupted_run(tmp_path, cfg)
+    data.write_text('{"prompt": "q", "chosen": "c", "rejected": "d"}\n')  # same name, same size, new rows
+    with pytest.raises(UsageError, match="train_data_fingerprint"):
+        check_or_record(cfg, run_dir)
