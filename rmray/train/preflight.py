@@ -11,6 +11,7 @@ import importlib.util
 import os
 
 from rmray.data.read import check_source
+from rmray.data.readable import check_readable
 from rmray.errors import UsageError
 
 # report_to name -> the module its sink imports
@@ -19,9 +20,10 @@ _SINK_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wan
 
 def check_before_ray(cfg) -> None:
     """Data sources, the model, and the metric sinks of a :class:`rmray.config.TrainConfig`."""
-    check_source("train_data", cfg.train_data)
-    if cfg.eval_data:
-        check_source("eval_data", cfg.eval_data)
+    for key in ("train_data", "eval_data"):
+        if getattr(cfg, key):
+            check_source(key, getattr(cfg, key))
+            check_readable(getattr(cfg, key))
     check_model("model_name_or_path", cfg.model_name_or_path)
     check_sinks(cfg.report_to)
 

@@ -1,0 +1,132 @@
+"""Is each local input file readable as what its name says? Checked on the driver before Ray starts.
+
+Ray Data's readers stop on the first unreadable byte with a traceback from inside a read task that
+names neither file nor line, after Ray's start-up. These checks open each local file the way its reader
+will and answer in seconds with one line: the file, the line where there is one, and the fix. JSON-lines
+files are parsed whole up to a total of ``SCAN_BYTES`` (a bad line there would stop the read anyway);
+above it only their first lines are read, as for every other kind.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+
+from rmray.errors import UsageError
+
+SCAN_BYTES = 512 * 2**20
+FIRST_LINES = 20
+
+
+def local_files(source: str) -> list[str]:
+    """The local files behind ``source`` (a file, folder or glob); [] for hub ids, URIs and ``demo``."""
+    from .read import _file_kind
+
+    path = os.path.expanduser(source)
+    if "://" in source or source == "demo":
+        return []
+    if any(c in path for c in "*?["):
+        return sorted(f for f in glob.glob(path) if os.path.isfile(f))
+    if os.path.isdir(path):
+        return sorted(os.path.join(path, f) for f in os.listdir(path) if _file_kind(f))
+    return [path] if os.path.isfile(path) else []
+
+
+def check_readable(source: str, *, parse_lines: bool = True) -> None:
+    """Raise :class:`UsageError` naming the first file (and line) its reader could not read.
+
+    ``parse_lines=False`` checks JSON-lines files as text only (UTF-8, whole gzip streams): for
+    ``rmray score``, which keeps a line that is not JSON as a row with its reason."""
+    from .read import _file_kind, _is_lines
+
+    files = local_files(source)
+    budget = SCAN_BYTES
+    for path in files:
+        kind = _file_kind(path)
+        if kind == "parquet":
+            _check_parquet(path)
+        elif kind == "json" and _is_lines(path):
+            size = os.path.getsize(path)
+            _check_json_lines(path, whole=size <= budget, parse=parse_lines)
+            budget -= size
+        elif kind == "json" and os.path.getsize(path) <= budget:
+            _check_json_document(path)
+            budget -= os.path.getsize(path)
+        elif kind in ("json", "csv"):
+            _check_first_lines(path, kind)
+
+
+def _open_lines(path: str):
+    """Binary lines, decompressed: decoding each line on its own names the line a bad byte is in."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".zst"):
+        import zstandard
+
+        return zstandard.open(path, "rb")
+    return open(path, "rb")
+
+
+def _check_json_lines(path: str, whole: bool, parse: bool) -> None:
+    line_no, rows = 0, 0
+    try:
+        with _open_lines(path) as f:
+            for line_no, raw in enumerate(f, 1):
+                if not whole and line_no > FIRST_LINES:
+                    return
+                line = raw.decode("utf-8")
+                if parse and line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise ValueError(f"expected a JSON object per line, got {type(row).__name__}")
+                    rows += 1
+    except (EOFError, OSError) as err:  # a cut-short or corrupt compressed stream: the whole file
+        raise UsageError(f"{path}: the file is cut short or not the compressed stream its name says "
+                         f"({_short(err)}) (fix: copy or download it again)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        where = f"{path}:{line_no}" if line_no else path
+        raise UsageError(f"{where}: not readable as JSON lines ({_short(err)}) (fix: repair or remove that line, "
+                         "or re-export the file as UTF-8)") from None
+    if parse and whole and rows == 0:
+        raise UsageError(f"{path}: no rows (fix: give a file with one JSON object per line, or leave it out)")
+
+
+def _check_first_lines(path: str, kind: str) -> None:
+    try:
+        with _open_lines(path) as f:
+            head = "".join(raw.decode("utf-8") for _, raw in zip(range(FIRST_LINES), f))
+    except (UnicodeDecodeError, EOFError, OSError) as err:
+        raise UsageError(f"{path}: not readable as {kind.upper()} text ({_short(err)}) (fix: re-export it as "
+                         "UTF-8)") from None
+    if kind == "json" and head.strip()[:1] not in ("[", "{"):
+        raise UsageError(f"{path}: does not start as JSON (fix: a .json file holds an array of objects; use "
+                         ".jsonl for one object per line)")
+
+
+def _check_json_document(path: str) -> None:
+    try:
+        with _open_lines(path) as f:
+            document = json.loads(f.read().decode("utf-8"))
+    except (EOFError, OSError) as err:
+        raise UsageError(f"{path}: the file is cut short or not the compressed stream its name says "
+                         f"({_short(err)}) (fix: copy or download it again)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: not a JSON document ({_short(err)}) (fix: a .json file holds one array of "
+                         "objects as UTF-8; name a file of one object per line .jsonl)") from None
+    if not isinstance(document, (list, dict)):
+        raise UsageError(f"{path}: a JSON {type(document).__name__}, not an array of objects (fix: re-export it)")
+
+
+def _check_parquet(path: str) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a bad footer
+        raise UsageError(f"{path}: not a readable Parquet file ({_short(err)}) (fix: re-export it)") from None
+
+
+def _short(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]

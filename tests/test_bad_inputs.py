@@ -1,0 +1,66 @@
+"""A corpus of unreadable inputs: each one is refused by ``rmray train`` and ``rmray score`` in one line
+naming the file (and the line, where there is one), before Ray starts."""
+
+import gzip
+import json
+
+import pytest
+
+from rmray import cli
+
+GOOD = {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5", "response": " 4"}
+
+
+def _write_corpus(folder) -> dict[str, tuple[bytes, str]]:
+    """name -> (bytes, what the error must name besides the file)."""
+    line = json.dumps(GOOD).encode() + b"\n"
+    whole = gzip.compress(line * 200)
+    return {
+        "garbage.jsonl": (bytes(range(256)) * 4, "not readable as JSON lines"),
+        "broken-line.jsonl": (line * 3 + b'{"prompt": "x", "chosen": \n' + line, ":4"),
+        "not-utf8.jsonl": (line + '{"prompt": "caf\u00e9"}\n'.encode("latin-1"), ":2"),
+        "array-line.jsonl": (line + b"[1, 2, 3]\n", ":2"),
+        "truncated.jsonl.gz": (whole[: len(whole) // 2], "cut short"),
+        "not-gzip.jsonl.gz": (line * 2, "compressed stream"),
+        "empty.jsonl": (b"", "no rows"),
+        "blank-lines.jsonl": (b"\n\n  \n", "no rows"),
+        "garbage.parquet": (b"PAR1" + bytes(100), "Parquet"),
+        "text.parquet": (line, "Parquet"),
+        "not-utf8.csv": (b"prompt,chosen,rejected\n" + "caf\u00e9,a,b\n".encode("latin-1"), "UTF-8"),
+        "lines-in.json": (line * 2 + b"x", "not a JSON document"),
+        "binary.json": (b"\x00\x01\x02", "not a JSON document"),
+    }
+
+
+def test_unreadable_inputs_are_refused_before_ray(tmp_path, capsys):
+    import ray
+
+    corpus = _write_corpus(tmp_path)
+    for name, (data, _) in corpus.items():
+        (tmp_path / name).write_bytes(data)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "rmray_scoring.json").write_text("{}")
+    for name, (_, expected) in corpus.items():
+        path = str(tmp_path / name)
+        runs = {"train": ["train", f"train_data={path}", f"output_dir={tmp_path}/out", "max_steps=1"]}
+        if expected not in ("no rows",) and not name.startswith(("broken-line", "array-line")):
+            runs["score"] = ["score", str(model), path, str(tmp_path / "scored")]  # score keeps a bad line as a row
+        for command, argv in runs.items():
+            code = cli.main(argv)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code == 2 and len(err) == 1, (name, command, err)
+            assert err[0].startswith(f"rmray: error: {path}") and expected.lower() in err[0].lower(), (name, command, err)
+            assert "fix:" in err[0], err
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("name", ["ok.jsonl", "ok.jsonl.gz"])
+def test_readable_inputs_pass(tmp_path, name):
+    from rmray.data.readable import check_readable
+
+    data = (json.dumps(GOOD) + "\n").encode() * 3
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    check_readable(str(tmp_path / name))
+    check_readable(str(tmp_path))  # the folder
