@@ -24,9 +24,13 @@ def write_model_card(output_dir: str, config: dict, summary: dict, data_reports:
     if os.path.exists(metrics_file):
         plot = plots.training_curves(metrics_file, os.path.join(output_dir, "plots", "training_curves.png"))
     final = os.path.join(output_dir, "final")
-    metric_rows = [(k, summary[k]) for k in ("eval_accuracy", "eval_loss", "eval_margin", "eval_reward_mean",
-                                             "eval_reward_std", "steps", "epochs", "train_pairs",
-                                             "train_pairs_per_s", "train_runtime_s") if k in summary]
+    # Labels say what the numbers count: a run stopped mid-epoch has started an epoch, not finished it,
+    # and pairs are counted once per epoch that saw them.
+    labels = {"epochs": "epochs (started)", "train_pairs": "pairs trained (pairs x epochs)"}
+    metric_rows = [(labels.get(k, k), summary[k]) for k in ("eval_accuracy", "eval_loss", "eval_margin",
+                                                            "eval_reward_mean", "eval_reward_std", "steps", "epochs",
+                                                            "train_pairs", "train_pairs_per_s", "train_runtime_s")
+                   if k in summary]
     data_rows = []
     for report in data_reports:
         data_rows.append((f"{report.get('name', 'data')}: rows read / kept / truncated",
