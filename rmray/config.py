@@ -42,7 +42,13 @@ class TrainConfig:
     eval_split_ratio: float = 0.1
     """Fraction of train rows held out for eval when ``eval_data`` is unset (0 disables eval)."""
     data_format: Literal["auto", "standard", "implicit", "conversational"] = "auto"
-    """``auto`` detects from the first row; force one when a dataset mixes shapes."""
+    """``auto`` decides each row's format from its fields; force one to refuse rows of another shape."""
+    prompt_field: str = "prompt"
+    """The column holding the prompt, when your data names it otherwise (``question``, ``instruction``)."""
+    chosen_field: str = "chosen"
+    """The column holding the preferred response (``response_a``, ``better``, ...)."""
+    rejected_field: str = "rejected"
+    """The column holding the other response."""
     max_train_samples: Optional[int] = None
     """Use only the first N train rows (before validation)."""
     max_eval_samples: Optional[int] = None
@@ -183,6 +189,10 @@ class TrainConfig:
     """Logical CPUs per Ray Data tokenization task."""
     ray_address: Optional[str] = None
     """Ray cluster to join (``auto`` inside ``ray job submit``); default starts a local Ray."""
+
+    def fields(self) -> dict[str, str]:
+        """rmray's column names -> the data's (``prompt_field``, ``chosen_field``, ``rejected_field``)."""
+        return {"prompt": self.prompt_field, "chosen": self.chosen_field, "rejected": self.rejected_field}
 
     def __post_init__(self):
         def need(ok: bool, key: str, message: str):

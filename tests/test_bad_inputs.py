@@ -64,3 +64,29 @@ def test_readable_inputs_pass(tmp_path, name):
     (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
     check_readable(str(tmp_path / name))
     check_readable(str(tmp_path))  # the folder
+
+
+def test_column_names_are_mapped_and_missing_ones_named_before_ray(tmp_path, capsys, tiny_qwen):
+    """prompt_field/chosen_field/rejected_field read data whose columns are named otherwise."""
+    import pyarrow as pa
+    import ray
+
+    from rmray.core.model import load_tokenizer
+    from rmray.core.spec import ScoringSpec
+    from rmray.data.preferences import tokenize_batch
+
+    rows = [{"question": "Q: 2+2?\nA:", "better": " 4", "worse": " 5", "prompt": "ignored"}]
+    (tmp_path / "named.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = cli.main(["train", f"train_data={tmp_path}/named.jsonl", f"output_dir={tmp_path}/out", "max_steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no column 'chosen'" in err[0] and "chosen_field=" in err[0], err
+    assert "better, prompt, question, worse" in err[0]  # the columns it does have
+    assert not ray.is_initialized()
+
+    tokenizer = load_tokenizer(tiny_qwen)
+    spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
+    table = pa.Table.from_pylist([{**rows[0], "_row_id": 0}])
+    out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=True,
+                         fields={"prompt": "question", "chosen": "better", "rejected": "worse"})
+    assert list(out["chosen_ids"][0]) == tokenizer("Q: 2+2?\nA: 4" + tokenizer.eos_token)["input_ids"]
+    assert list(out["rejected_ids"][0]) == tokenizer("Q: 2+2?\nA: 5" + tokenizer.eos_token)["input_ids"]

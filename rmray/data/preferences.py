@@ -33,18 +33,23 @@ class TokenizedPreferences:
     report: DataReport
 
 
-def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool) -> pd.DataFrame:
+def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool,
+                   fields: dict[str, str] | None = None) -> pd.DataFrame:
     """Validate and tokenize one batch; every row comes out with a status.
 
     With ``fmt="auto"`` the format is decided for each row on its own: a file may mix implicit rows
     (``chosen``/``rejected`` only) with standard ones (``prompt`` too), and Arrow gives the implicit rows
     a null ``prompt``. Deciding once per batch would drop the later rows' prompts or refuse them,
-    depending on row order.
+    depending on row order. ``fields`` maps rmray's names (``prompt``, ``chosen``, ``rejected``) to the
+    data's own column names.
     """
     # Arrow -> Python keeps nulls as None (pandas would turn a missing margin into NaN).
     out = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin", "truncated",
                            "num_tokens", "shared_tokens")}
+    renames = {theirs: ours for ours, theirs in (fields or {}).items() if theirs != ours}
     for row in batch.to_pylist():
+        if renames:
+            row = {renames.get(k, k): v for k, v in row.items() if k not in renames.values() or k in renames}
         generated_id = row.pop("_row_id")
         row_id = str(row.pop("id")) if row.get("id") is not None else str(generated_id)
         try:
@@ -85,6 +90,7 @@ def _append(out: dict, row_id: str, status: str, message: str, pair) -> None:
 def build_preferences(
     source: str, *, tokenizer, spec: ScoringSpec, name: str, data_format: str = "auto", limit: int | None = None,
     strict: bool = False, num_cpus: float = 0.5, raw: ray.data.Dataset | None = None,
+    fields: dict[str, str] | None = None,
 ) -> TokenizedPreferences:
     """Read, validate and tokenize ``source`` (or an already-read ``raw`` dataset)."""
     ds = raw if raw is not None else read_source(source)
@@ -95,7 +101,7 @@ def build_preferences(
     ds = ds.with_column("_row_id", monotonically_increasing_id())
     tokenized = ds.map_batches(
         tokenize_batch, batch_format="pyarrow", batch_size=256, num_cpus=num_cpus,
-        fn_kwargs={"tokenizer": tokenizer, "spec": spec, "fmt": data_format, "strict": strict},
+        fn_kwargs={"tokenizer": tokenizer, "spec": spec, "fmt": data_format, "strict": strict, "fields": fields},
     ).materialize()
     report = _report(tokenized, name)
     if report.rows_read == 0:

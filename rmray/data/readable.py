@@ -130,3 +130,45 @@ def _check_parquet(path: str) -> None:
 
 def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+
+
+def check_columns(source: str, required: dict[str, str]) -> None:
+    """Each local file's first row has the ``required`` columns (setting name -> column name)."""
+    for path in local_files(source):
+        columns = _first_columns(path)
+        if columns is None:
+            continue
+        for setting, column in required.items():
+            if column not in columns:
+                raise UsageError(f"{path}: no column {column!r} (columns: {', '.join(sorted(columns))}) (fix: "
+                                 f"{setting}=<the column that holds it>)")
+
+
+def _first_columns(path: str) -> set[str] | None:
+    """Column names of the first row; None where they cannot be read cheaply (a huge .json document)."""
+    from .read import _file_kind, _is_lines
+
+    kind = _file_kind(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return set(pq.read_schema(path).names)
+    with _open_lines(path) as f:
+        if kind == "csv":
+            import csv
+
+            return set(next(csv.reader([f.readline().decode("utf-8")]), []))
+        if _is_lines(path):  # the first line that is a JSON object (rmray score keeps the others as rows)
+            for _, raw in zip(range(FIRST_LINES), f):
+                try:
+                    row = json.loads(raw) if raw.strip() else None
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    return set(row)
+            return None
+        if os.path.getsize(path) > SCAN_BYTES:
+            return None
+        document = json.loads(f.read().decode("utf-8"))
+    rows = document if isinstance(document, list) else [document]
+    return set(rows[0]) if rows and isinstance(rows[0], dict) else set()

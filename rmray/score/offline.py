@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from rmray.core.scoring import model_name
 from rmray.core.spec import check_model_dir
 from rmray.data.read import check_source
-from rmray.data.readable import check_readable
+from rmray.data.readable import check_columns, check_readable
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 
@@ -174,6 +174,7 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
         check_model_dir(path)
     check_source("input", cfg.input)
     check_readable(cfg.input, parse_lines=False)  # a line that is not JSON is a row with its score_error
+    check_columns(cfg.input, {"--response-field": cfg.response_field})
     names = cfg.model_names or [model_name(d) for d in cfg.model_dirs]
     inputs = list_inputs(cfg.input)
     os.makedirs(cfg.output, exist_ok=True)

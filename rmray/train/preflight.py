@@ -11,7 +11,7 @@ import importlib.util
 import os
 
 from rmray.data.read import check_source
-from rmray.data.readable import check_readable
+from rmray.data.readable import check_columns, check_readable
 from rmray.errors import UsageError
 
 # report_to name -> the module its sink imports
@@ -24,6 +24,7 @@ def check_before_ray(cfg) -> None:
         if getattr(cfg, key):
             check_source(key, getattr(cfg, key))
             check_readable(getattr(cfg, key))
+            check_columns(getattr(cfg, key), {"chosen_field": cfg.chosen_field, "rejected_field": cfg.rejected_field})
     check_model("model_name_or_path", cfg.model_name_or_path)
     check_sinks(cfg.report_to)
 

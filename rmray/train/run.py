@@ -184,7 +184,7 @@ def _prepare_data(cfg: TrainConfig, tokenizer, readout: str) -> PreparedData:
                        readout=readout, uses_chat_template=tokenizer.chat_template is not None)
     _explain_layout(cfg, readout)
     common = dict(tokenizer=tokenizer, spec=spec, data_format=cfg.data_format, strict=cfg.on_bad_row == "error",
-                  num_cpus=cfg.tokenize_num_cpus)
+                  num_cpus=cfg.tokenize_num_cpus, fields=cfg.fields())
     train_prefs = build_preferences(cfg.train_data, name="train", limit=cfg.max_train_samples, **common)
     train_ds, eval_ds, reports = train_prefs.dataset, None, [train_prefs.report]
     if cfg.eval_data:
