@@ -19,6 +19,17 @@ DEMO_EXAMPLES = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as err:  # a mistake the user can fix: one line, no traceback (RMRAY_VERBOSE=1 shows it)
+        if verbose():
+            raise
+        print(f"rmray: error: {err}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmray", description="Train and serve reward models on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train a reward model", add_help=False)
@@ -78,14 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p_ev.add_argument("--concurrency", type=int, default=1)
     p_ev.add_argument("--num-gpus", type=float, default=0.0)
     p_ev.add_argument("--ray-address", default=None)
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except UsageError as err:
-        if verbose():
-            raise
-        print(f"rmray: error: {err}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def _run(args) -> int:
