@@ -72,6 +72,19 @@ def tiny_llama_pad_is_eos(tmp_path_factory) -> str:
     return build_tiny_causal_rm(str(tmp_path_factory.mktemp("tiny-llama")), _corpus(), arch="llama", pad_token=None)
 
 
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if training or scoring reaches ``init_ray``: what it checks must be refused before."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started; the mistake should have been caught before")
+
+    import rmray.score.offline
+    import rmray.train.run
+
+    monkeypatch.setattr(rmray.train.run, "init_ray", refuse)
+    monkeypatch.setattr(rmray.score.offline, "init_ray", refuse)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local 2-CPU Ray for the session; tests keep to 0.5-CPU workers and tasks (RAY-NOTES P5)."""

@@ -32,9 +32,7 @@ def _write_corpus(folder) -> dict[str, tuple[bytes, str]]:
     }
 
 
-def test_unreadable_inputs_are_refused_before_ray(tmp_path, capsys):
-    import ray
-
+def test_unreadable_inputs_are_refused_before_ray(tmp_path, capsys, no_ray):
     corpus = _write_corpus(tmp_path)
     for name, (data, _) in corpus.items():
         (tmp_path / name).write_bytes(data)
@@ -53,7 +51,6 @@ def test_unreadable_inputs_are_refused_before_ray(tmp_path, capsys):
             assert code == 2 and len(err) == 1, (name, command, err)
             assert err[0].startswith(f"rmray: error: {path}") and expected.lower() in err[0].lower(), (name, command, err)
             assert "fix:" in err[0], err
-    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize("name", ["ok.jsonl", "ok.jsonl.gz"])
@@ -66,10 +63,9 @@ def test_readable_inputs_pass(tmp_path, name):
     check_readable(str(tmp_path))  # the folder
 
 
-def test_column_names_are_mapped_and_missing_ones_named_before_ray(tmp_path, capsys, tiny_qwen):
+def test_column_names_are_mapped_and_missing_ones_named_before_ray(tmp_path, capsys, tiny_qwen, no_ray):
     """prompt_field/chosen_field/rejected_field read data whose columns are named otherwise."""
     import pyarrow as pa
-    import ray
 
     from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
@@ -81,7 +77,6 @@ def test_column_names_are_mapped_and_missing_ones_named_before_ray(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no column 'chosen'" in err[0] and "chosen_field=" in err[0], err
     assert "better, prompt, question, worse" in err[0]  # the columns it does have
-    assert not ray.is_initialized()
 
     tokenizer = load_tokenizer(tiny_qwen)
     spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)

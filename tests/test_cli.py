@@ -46,12 +46,10 @@ def test_an_unknown_override_key_is_refused_before_training(monkeypatch, tmp_pat
     assert not got
 
 
-def test_training_mistakes_are_one_line_before_ray(tmp_path, capsys):
+def test_training_mistakes_are_one_line_before_ray(tmp_path, capsys, no_ray):
     """Missing data, a model folder that is not one, an absent metric sink: one line in a second, no
     Ray started (train() runs for real here; each check is before ray.init)."""
     import importlib.util
-
-    import ray
 
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
@@ -69,12 +67,9 @@ def test_training_mistakes_are_one_line_before_ray(tmp_path, capsys):
         code = cli.main(["train", *overrides, f"output_dir={tmp_path}/out", "max_steps=1"])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0] and err[0].startswith("rmray: error:"), (name, err)
-    assert not ray.is_initialized()
 
 
-def test_score_mistakes_are_one_line_before_ray(tmp_path, capsys):
-    import ray
-
+def test_score_mistakes_are_one_line_before_ray(tmp_path, capsys, no_ray):
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
@@ -90,4 +85,3 @@ def test_score_mistakes_are_one_line_before_ray(tmp_path, capsys):
         code = cli.main(["score", *args, str(tmp_path / "out")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0], (name, err)
-    assert not ray.is_initialized()
