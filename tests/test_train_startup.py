@@ -83,7 +83,8 @@ def test_bad_data_while_workers_start_fails_clearly_and_frees_the_cluster(ray_cl
     from rmray.train.run import _start_workers_early, train
 
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("".join(json.dumps({"text": f"not a pair {i}"}) + "\n" for i in range(4)))
+    # Readable, with the right columns (checked before Ray), but no row is a usable pair.
+    bad.write_text("".join(json.dumps({"chosen": f"same {i}", "rejected": f"same {i}"}) + "\n" for i in range(4)))
     cfg = config(tiny_qwen, tmp_path, train_data=str(bad), num_workers=2, cpus_per_worker=0.5)
     assert _start_workers_early(cfg)  # the trainer is already starting when the data turns out bad
     with pytest.raises(ValueError, match="all 4 rows were skipped"):  # the driver's own error, not Ray's wrapper
