@@ -100,7 +100,7 @@ class GroupRequest(BaseModel):
 
 
 class GetRewardRequest(BaseModel):
-    """OpenRLHF's remote reward-model protocol (``--remote_rm_url``): ``query`` holds full texts."""
+    """OpenRLHF's remote reward-model protocol (``--reward.remote_url``; ``--remote_rm_url`` before 0.11): ``query`` holds full texts."""
     model_config = ConfigDict(extra="forbid")
     query: Annotated[list[Text], Field(max_length=MAX_ITEMS)]
     prompts: Annotated[list[Text], Field(max_length=MAX_ITEMS)] | None = None
