@@ -7,7 +7,7 @@ import os
 import sys
 
 from rmray.errors import UsageError
-from rmray.ray_env import verbose
+from rmray.ray_env import quiet_env, verbose
 from rmray.serve.settings import ServeSettings
 
 DEMO_EXAMPLES = [
@@ -19,6 +19,7 @@ DEMO_EXAMPLES = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_env()  # before transformers is imported: it reads the progress-bar switch once, at import
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
