@@ -60,15 +60,10 @@ def check_or_record(cfg, run_dir: str | None) -> None:
 
 def _data_fingerprint(source: str) -> str | None:
     """Sizes and sampled bytes of the local files behind ``source``; None for hub ids and URIs."""
-    from rmray.data.read import _file_kind
+    from rmray.data.readable import local_files
 
-    if os.path.isdir(source):
-        files = sorted(os.path.join(source, f) for f in os.listdir(source) if _file_kind(f))
-    elif any(c in source for c in "*?["):
-        files = sorted(glob.glob(source))
-    elif os.path.isfile(source):
-        files = [source]
-    else:
+    files = local_files(source)
+    if not files:
         return None
     digest = hashlib.sha256()
     for path in files:
