@@ -42,6 +42,8 @@ def build_models(workdir: str, hh_rows: list[dict], names: list[str], minilm_con
         if name in names:
             models[name] = build_tiny_causal_rm(os.path.join(workdir, name), texts, arch="qwen2", num_layers=layers,
                                                 hidden=hidden, heads=heads, vocab_size=8000)
+    if "qwen2-0.5b" in names:
+        models["qwen2-0.5b"] = build_qwen2_0p5b(os.path.join(workdir, "qwen2-0.5b"), texts)
     if "minilm-l6" in names:
         # MiniLM has no EOS; TRL appends one, so both sides get "[SEP]" as EOS (identical token ids).
         minilm = models["minilm-l6"] = os.path.join(workdir, "minilm")
@@ -57,6 +59,25 @@ def build_models(workdir: str, hh_rows: list[dict], names: list[str], minilm_con
         tok.eos_token = "[SEP]"
         tok.save_pretrained(minilm)
     return models
+
+
+def build_qwen2_0p5b(out_dir: str, texts: list[str]) -> str:
+    """Qwen2-0.5B's shape with random weights: 24 layers, hidden 896, 14 heads (2 KV heads), MLP 4864 and its
+    real-size vocabulary (151,936 rows, tied), under the byte-level BPE the tests use (ids it never emits
+    just sit in the embedding, as a real tokenizer's rare ids do)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config
+
+    from rmray.testing import build_tiny_causal_rm
+
+    build_tiny_causal_rm(out_dir, texts, arch="qwen2", num_layers=1, hidden=64, heads=2, vocab_size=8000)
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    config = Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32_768,
+                         tie_word_embeddings=True, rope_theta=1_000_000.0, num_labels=1,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(out_dir)
+    return out_dir
 
 
 def kept_by_trl(model_dir: str, hh_rows: list[dict], n: int, max_length: int) -> list[dict]:
@@ -86,12 +107,18 @@ def run_trl(model_dir: str, rows: list[dict], args) -> float:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="SEQ_CLS")
     with tempfile.TemporaryDirectory() as out:
         config = trl.RewardConfig(
             output_dir=out, per_device_train_batch_size=args.batch_size, max_length=args.max_length, bf16=args.bf16,
-            use_cpu=args.device == "cpu", gradient_checkpointing=False, num_train_epochs=1, logging_steps=10_000, save_strategy="no",
+            use_cpu=args.device == "cpu", gradient_checkpointing=args.lora, num_train_epochs=1, logging_steps=10_000, save_strategy="no",
             report_to="none", learning_rate=1e-5, disable_dropout=True, seed=0)
-        trainer = trl.RewardTrainer(model=model, args=config, processing_class=tok, train_dataset=Dataset.from_list(rows))
+        trainer = trl.RewardTrainer(model=model, args=config, processing_class=tok, train_dataset=Dataset.from_list(rows),
+                                    peft_config=peft_config)
         assert len(trainer.train_dataset) == len(rows), "TRL dropped pairs; choose pairs it keeps"
         metrics = trainer.train().metrics
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
@@ -108,6 +135,7 @@ def run_rmray(model_dir: str, data_path: str, args, overrides=()) -> dict:
             f"per_device_train_batch_size={args.batch_size}", f"max_length={args.max_length}", f"bf16={str(args.bf16).lower()}",
             "num_train_epochs=1", "logging_steps=10000", "learning_rate=1e-5", "num_workers=1",
             f"cpus_per_worker={args.threads}", f"use_gpu={str(args.device == 'cuda').lower()}",
+            *(["use_peft=true", "lora_r=16", "lora_alpha=32", "gradient_checkpointing=true"] if args.lora else []),
             *overrides, *args.set])
         return train(cfg).summary
 
@@ -174,7 +202,8 @@ def measure(kind: str, model_dir: str, data_path: str, args) -> dict:
     """Each run in its own process, so no run inherits another's threads, caches or shutting-down actors."""
     cmd = [sys.executable, __file__, "--one", kind, "--model-dir", model_dir, "--data", data_path,
            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--bf16" if args.bf16 else "--no-bf16",
-           "--threads", str(args.threads), "--device", args.device, *(f"--set={kv}" for kv in args.set)]
+           "--threads", str(args.threads), "--device", args.device, *(["--lora"] if args.lora else []),
+           *(f"--set={kv}" for kv in args.set)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     time.sleep(3)  # let the previous run's processes exit before the next starts
     return json.loads(out.strip().splitlines()[-1])
@@ -196,6 +225,8 @@ def main() -> None:
                         help="cuda: TRL on the GPU, rmray's Ray Train worker with use_gpu, the plain loop on the GPU")
     parser.add_argument("--hh", default=HH, help="the hh-rlhf pairs (.jsonl.gz)")
     parser.add_argument("--minilm-config", help="MiniLM config + tokenizer folder, random weights (no package)")
+    parser.add_argument("--lora", action="store_true",
+                        help="LoRA r=16 on all linear layers + gradient checkpointing, on both sides")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="rmray config override for the rmray and plain-loop runs (A/B of a switch)")
     parser.add_argument("--one", choices=["trl", "rmray", "plain"], help=argparse.SUPPRESS)
