@@ -307,7 +307,9 @@ def _build_model(cfg: TrainConfig, tokenizer, strategy, use_bf16: bool, device):
         hf = apply_lora(hf, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                         target_modules=cfg.lora_target_modules if cfg.lora_target_modules != ["all-linear"] else "all-linear",
                         modules_to_save=cfg.lora_modules_to_save)
-    raw = RewardModel(hf, last_layer_readout_only=cfg.last_layer_readout_only)
+    # from_pretrained returns a model in eval mode: left so, gradient checkpointing (which acts only in
+    # training mode) and dropout would be silently off until the first evaluation switched modes.
+    raw = RewardModel(hf, last_layer_readout_only=cfg.last_layer_readout_only).train()
     # DDP or FSDP around the whole reward path, so the custom read-out syncs gradients too.
     return strategy.wrap(raw, use_bf16, device), raw
 
