@@ -169,8 +169,10 @@ class TrainConfig:
     model card are copied there too when training ends."""
     log_consumed_pairs: bool = False
     """Write the row ids of every micro-batch per rank to ``<output_dir>/consumed/`` (audit of exact resume)."""
-    chaos_kill_at_step: Optional[int] = None
-    """Chaos test of your setup: SIGKILL the last worker's process once when it reaches this step."""
+    chaos_kill_at_step: list[int] = field(default_factory=list)
+    """Chaos test of your setup: SIGKILL the last worker's process once when it reaches each of these steps."""
+    chaos_damage_checkpoint: Optional[int] = None
+    """Chaos test: before a chaos kill, truncate this step's checkpoint weights (a crash while writing)."""
 
     # --- Ray ---
     num_workers: int = 2
@@ -195,6 +197,9 @@ class TrainConfig:
         return {"prompt": self.prompt_field, "chosen": self.chosen_field, "rejected": self.rejected_field}
 
     def __post_init__(self):
+        if isinstance(self.chaos_kill_at_step, int):  # one step, as YAML or Python may give it
+            self.chaos_kill_at_step = [self.chaos_kill_at_step]
+
         def need(ok: bool, key: str, message: str):
             if not ok:
                 raise ValueError(f"config key '{key}': {message}")
@@ -298,7 +303,7 @@ def _coerce(key: str, value, hint):
             raise ValueError(f"config key '{key}': {value!r} is not one of {list(args)}")
         return value
     if origin is list:
-        value = [value] if isinstance(value, str) else value
+        value = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
         if not isinstance(value, list):
             raise ValueError(f"config key '{key}': expected a list, got {value!r}")
         return value

@@ -1,6 +1,7 @@
 """Exactness of padding-free packing and the shared-prefix forward against the plain padded forward."""
 
 import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F

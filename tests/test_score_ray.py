@@ -31,8 +31,15 @@ def write_inputs(folder):
 
 
 def read_output(folder):
+    """The output rows, with the columns written as JSON text (types varied by row) decoded back."""
     files = sorted(f for f in os.listdir(folder) if f.endswith(".parquet"))
-    return files, [row for f in files for row in pq.read_table(os.path.join(folder, f)).to_pylist()]
+    rows = []
+    for f in files:
+        table = pq.read_table(os.path.join(folder, f))
+        as_json = json.loads((table.schema.metadata or {}).get(b"rmray.json_columns", b"[]"))
+        for row in table.to_pylist():
+            rows.append({k: json.loads(v) if k in as_json and v is not None else v for k, v in row.items()})
+    return files, rows
 
 
 def test_score_dataset_rewards_columns_bad_rows_and_resume(ray_cluster, rm_qwen, rm_minilm, tmp_path):
@@ -52,7 +59,7 @@ def test_score_dataset_rewards_columns_bad_rows_and_resume(ray_cluster, rm_qwen,
     assert good[0]["meta"] == {"k": 0} and set(good[0]) >= {"id", "prompt", "response", "meta", "reward", "truncated"}
     bad = {r["id"]: r for r in scored if r["score_error"] is not None}
     assert bad["bad1"]["reward"] is None and bad["bad1"]["score_error"] == "response: missing"
-    assert "response" in bad["bad2"]["score_error"]
+    assert "response" in bad["bad2"]["score_error"] and bad["bad2"]["response"] == 42  # kept as it was
     report = json.load(open(os.path.join(out, "_score_report.json")))
     assert any("a.jsonl row 7" in s for s in report["bad_row_samples"])
 
@@ -155,3 +162,37 @@ def test_eval_matches_plain_transformers_and_writes_a_report(ray_cluster, rm_qwe
     subprocess.run(common + [f"--screenshot={shot}", "--window-size=1000,1400", (out / "report.html").as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
+
+
+def test_score_keeps_every_input_column_whatever_the_rows_hold(ray_cluster, rm_qwen, tmp_path):
+    """Keys missing from the first row or first seen in a later batch, a prompt that is text in one row
+    and chat messages in another, an extra column that is int then str, an int response and a line
+    that is not JSON: every line comes out as a row, every column with the values that went in."""
+    from rmray.score.offline import ScoreConfig, score_dataset
+
+    chat = [{"role": "user", "content": "Name a fast land animal."}]
+    lines = [
+        "this line is not JSON",
+        json.dumps({"prompt": PROMPTS[0], "response": ANSWERS[0]}),
+        json.dumps({"prompt": PROMPTS[1], "response": ANSWERS[3], "tag": 7}),
+        json.dumps({"prompt": chat, "response": ANSWERS[3], "tag": "seven"}),
+        json.dumps({"prompt": PROMPTS[1], "response": 5}),
+        json.dumps({"prompt": PROMPTS[0], "response": ANSWERS[2], "late": {"deep": [1, 2]}}),
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    result = score_dataset(ScoreConfig(model_dirs=[rm_qwen], input=str(src), output=str(tmp_path / "out"), batch_size=2))
+    _, scored = read_output(tmp_path / "out")
+    assert result.rows == len(scored) == 6 and result.bad_rows == 2
+    assert "not a JSON object" in scored[0]["score_error"] and scored[0]["reward"] is None
+    originals = [{}] + [json.loads(line) for line in lines[1:]]
+    for row, original in zip(scored, originals):
+        for key in ("prompt", "response", "tag", "late"):
+            assert row[key] == original.get(key), (key, row, original)
+    assert [r["tag"] for r in scored] == [None, None, 7, "seven", None, None]
+    assert scored[4]["reward"] is None and "response" in scored[4]["score_error"]
+    good = [r for r in scored if r["score_error"] is None]
+    assert len(good) == 4 and all(r["reward"] is not None for r in good)
+    text_rows = [r for r in good if isinstance(r["prompt"], str)]
+    expected = plain_transformers_scores(rm_qwen, [r["prompt"] + r["response"] for r in text_rows])
+    assert [r["reward"] for r in text_rows] == pytest.approx(expected, abs=1e-4)

@@ -125,3 +125,44 @@ def test_early_stopping_and_reward_collapse_warning(ray_cluster, tiny_qwen, tmp_
     evals = [r for r in read_metrics(cfg.output_dir) if "eval_accuracy" in r and "event" not in r]
     assert [r["step"] for r in evals] == [2, 4, 6]
     json.dumps(warnings)  # records are plain JSON
+
+
+def effective_batches(output_dir: str, rank: int) -> list[list[str]]:
+    """The micro-batches whose gradients are in the final model: each attempt (a worker start) keeps what
+    the attempts before it trained up to the step it resumed from, then adds its own."""
+    with open(os.path.join(output_dir, "consumed", f"rank-{rank}.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    kept: list[tuple[int, list[str]]] = []
+    attempts = list(dict.fromkeys(x["attempt"] for x in lines))
+    for attempt in attempts:
+        mine = [x for x in lines if x["attempt"] == attempt]
+        start = mine[0]["started_at_step"]
+        kept = [(step, rows) for step, rows in kept if step < start]
+        kept += [(x["step"], x["row_ids"]) for x in mine if x["kind"] == "trained"]
+    return [rows for _, rows in kept]
+
+
+@pytest.mark.timeout(900)
+def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undisturbed_pairs(ray_cluster, tiny_qwen,
+                                                                                          tmp_path):
+    """Kill after checkpoint 2, kill again after checkpoint 4 with 4's weights cut in half: the run rolls
+    back to 2 twice, re-reaches 4 (a second checkpoint of step 4, beside the damaged one), and ends with
+    final/ and a summary -- training exactly the pairs an undisturbed run trains."""
+    from rmray.train.run import train
+
+    common = dict(max_steps=8, save_steps=2, save_total_limit=2, log_consumed_pairs=True, eval_split_ratio=0)
+    cfg = config(tmp_path, "chaos", tiny_qwen, chaos_kill_at_step=[3, 5], chaos_damage_checkpoint=4, max_failures=2,
+                 **common)
+    result = train(cfg)
+    with open(os.path.join(cfg.output_dir, ".chaos_killed")) as f:
+        assert f.read().split() == ["3", "5"]  # both kills happened
+    assert [r["step"] for r in events(cfg.output_dir, "resume")] == [2, 2]
+    assert any(w["kind"] == "bad_checkpoint" and "checkpoint-000004" in w["message"]
+               for w in events(cfg.output_dir, "warning"))
+    assert result.summary["steps"] == 8 and len(events(cfg.output_dir, "summary")) == 1
+    assert os.path.exists(os.path.join(result.final_model_dir, "model.safetensors"))
+
+    reference = train(config(tmp_path, "undisturbed", tiny_qwen, **common))
+    for rank in (0, 1):
+        got, want = effective_batches(cfg.output_dir, rank), effective_batches(reference.output_dir, rank)
+        assert got == want and len(want) == 8

@@ -8,6 +8,8 @@ later epochs re-read the tokens instead of re-tokenizing (Ray spills to disk if 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -24,12 +26,14 @@ from rmray.core.tokenize import encode_pair
 from .read import read_source
 
 PAIR_COLUMNS = ["row_id", "chosen_ids", "rejected_ids", "margin"]
+SPLIT_COLUMNS = PAIR_COLUMNS + ["split_key"]
 
 
 @dataclass
 class TokenizedPreferences:
     dataset: ray.data.Dataset
-    """Lazy over the materialized tokens (a filter away from them). Columns ``row_id`` (str), ``chosen_ids``/``rejected_ids`` (int lists), ``margin`` (float)."""
+    """Lazy over the materialized tokens (a filter away from them), in the source's row order. Columns
+    ``row_id`` (str), ``chosen_ids``/``rejected_ids`` (int lists), ``margin`` (float), ``split_key``."""
     report: DataReport
 
 
@@ -45,12 +49,13 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
     """
     # Arrow -> Python keeps nulls as None (pandas would turn a missing margin into NaN).
     out = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin", "truncated",
-                           "num_tokens", "shared_tokens")}
+                           "num_tokens", "shared_tokens", "split_key")}
     renames = {theirs: ours for ours, theirs in (fields or {}).items() if theirs != ours}
     for row in batch.to_pylist():
         if renames:
             row = {renames.get(k, k): v for k, v in row.items() if k not in renames.values() or k in renames}
         generated_id = row.pop("_row_id")
+        out["split_key"].append(split_key(row))
         row_id = str(row.pop("id")) if row.get("id") is not None else str(generated_id)
         try:
             pair = encode_pair(tokenizer, spec, normalize_row(row, _row_format(row, fmt)))
@@ -64,6 +69,15 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
         else:
             _append(out, row_id, "ok", "", pair)
     return pd.DataFrame(out)
+
+
+def split_key(row: dict) -> float:
+    """A number in [0, 1) that is a pure function of the row's content (its ``id`` included): the eval
+    split takes the rows under ``eval_split_ratio``. No shuffle of the whole set and no dependence on
+    Ray's block layout, so a new driver -- or another cluster -- splits the same data the same way, and
+    duplicated rows land on the same side (no copy of a training pair in the eval set)."""
+    text = json.dumps(row, sort_keys=True, default=str, ensure_ascii=False)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") / 2**64
 
 
 def _row_format(row: dict, fmt: str) -> str:
@@ -92,7 +106,10 @@ def build_preferences(
     strict: bool = False, num_cpus: float = 0.5, raw: ray.data.Dataset | None = None,
     fields: dict[str, str] | None = None,
 ) -> TokenizedPreferences:
-    """Read, validate and tokenize ``source`` (or an already-read ``raw`` dataset)."""
+    """Read, validate and tokenize ``source`` (or an already-read ``raw`` dataset), keeping the
+    source's row order: what each rank trains on must be a function of (data, seed), so that a resume
+    in a new driver finds the same pairs at the same positions."""
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = raw if raw is not None else read_source(source)
     if limit:
         ds = ds.limit(limit)
@@ -107,7 +124,7 @@ def build_preferences(
     if report.rows_read == 0:
         raise ValueError(f"{name} data {source!r} has no rows")
     # Not materialized again: the caller's split (or the trainer) runs this filter in its own pass.
-    kept = tokenized.filter(expr=col("status") == "ok").select_columns(PAIR_COLUMNS)
+    kept = tokenized.filter(expr=col("status") == "ok").select_columns(SPLIT_COLUMNS)
     if report.rows_kept == 0:
         raise ValueError(f"{name} data {source!r}: all {report.rows_read} rows were skipped\n{report.format()}")
     return TokenizedPreferences(kept, report)

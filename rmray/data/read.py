@@ -24,12 +24,11 @@ def read_source(source: str) -> ray.data.Dataset:
     if source == "demo":
         return ray.data.from_items(demo_pairs())
     kind = _file_kind(source)
-    if kind == "json":
-        return ray.data.read_json(source, lines=_is_lines(source))
-    if kind == "parquet":
-        return ray.data.read_parquet(source)
-    if kind == "csv":
-        return ray.data.read_csv(source)
+    if kind and "://" not in source and any(c in source for c in "*?["):
+        # Ray's readers take files and folders, not patterns: the matches, sorted (a fixed row order)
+        return _read_files(kind, sorted(f for f in glob.glob(os.path.expanduser(source)) if os.path.isfile(f)), source)
+    if kind:
+        return _read_files(kind, source, source)
     if os.path.isdir(source):
         if os.path.exists(os.path.join(source, "dataset_info.json")) or os.path.exists(os.path.join(source, "state.json")):
             import datasets
@@ -38,7 +37,8 @@ def read_source(source: str) -> ray.data.Dataset:
         files = sorted(f for f in os.listdir(source) if _file_kind(f))
         if not files:
             raise ValueError(f"{source}: folder has no .jsonl/.json/.parquet/.csv files and is not a saved `datasets` dataset")
-        return read_source(os.path.join(source, "*" + _suffix(files[0])))
+        kind = _file_kind(files[0])  # the first file's kind; the folder's other kinds are not mixed in
+        return _read_files(kind, [os.path.join(source, f) for f in files if _file_kind(f) == kind], source)
     looks_local = os.path.exists(source) or "://" in source or source.startswith((".", "/", "~")) or "*" in source
     if not looks_local:  # "org/name" or "org/name:split"
         return _read_hub(source)
@@ -46,6 +46,16 @@ def read_source(source: str) -> ray.data.Dataset:
         f"cannot read {source!r}: expected a .jsonl/.json/.parquet/.csv path or glob, a saved `datasets` folder, "
         "a hub dataset id (online), or 'demo'"
     )
+
+
+def _read_files(kind: str, paths, source: str) -> ray.data.Dataset:
+    if isinstance(paths, list) and not paths:
+        raise UsageError(f"{source}: no file matches (fix: check the path and pattern)")
+    if kind == "json":
+        return ray.data.read_json(paths, lines=_is_lines(source))
+    if kind == "parquet":
+        return ray.data.read_parquet(paths)
+    return ray.data.read_csv(paths)
 
 
 def _looks_local(source: str) -> bool:

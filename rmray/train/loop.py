@@ -19,6 +19,7 @@ import resource
 import signal
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 
 import ray
@@ -42,7 +43,14 @@ from .metrics_log import MetricsLog
 from .parallel import make_strategy
 from .schedule import build_scheduler
 from .sinks import Sinks
-from .state import checkpoint_problem, load_model_weights, load_training_state, save_training_state, write_manifest
+from .state import (
+    checkpoint_name,
+    checkpoint_problem,
+    load_model_weights,
+    load_training_state,
+    save_training_state,
+    write_manifest,
+)
 
 
 @dataclass
@@ -151,8 +159,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            if cfg.chaos_kill_at_step == state.step and rank == world - 1:
-                _chaos_kill(cfg.output_dir)
+            if state.step in cfg.chaos_kill_at_step and rank == world - 1:
+                _chaos_kill(cfg, loop_config["run_dir"], state.step)
             if state.first_step_at is None:
                 state.first_step_at = startup["first_step"] = time.time() - started_at
             if state.step % cfg.logging_steps == 0 or state.step >= total_steps:
@@ -229,22 +237,31 @@ class ConsumedLog:
     def __init__(self, output_dir: str | None, rank: int, start_step: int):
         self.path = os.path.join(output_dir, "consumed", f"rank-{rank}.jsonl") if output_dir else None
         self.start_step = start_step
+        self.attempt = uuid.uuid4().hex[:12]  # two restarts from the same step are two attempts
         if self.path:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
 
     def write(self, state, batch_index: int, batch: dict, kind: str) -> None:
         if self.path:
             with open(self.path, "a") as f:
-                f.write(json.dumps({"started_at_step": self.start_step, "epoch": state.epoch, "batch": batch_index,
+                f.write(json.dumps({"attempt": self.attempt, "started_at_step": self.start_step, "epoch": state.epoch, "batch": batch_index,
                                     "step": state.step, "kind": kind,
                                     "row_ids": [str(r) for r in batch["row_id"]]}) + "\n")
 
 
-def _chaos_kill(output_dir: str) -> None:
-    marker = os.path.join(output_dir, ".chaos_killed")
-    if os.path.exists(marker):  # once per run: the restarted worker passes this step
+def _chaos_kill(cfg: TrainConfig, run_dir: str | None, step: int) -> None:
+    """SIGKILL this worker once per listed step (a marker file remembers the steps already killed at);
+    with ``chaos_damage_checkpoint``, that step's checkpoint weights are cut in half first."""
+    marker = os.path.join(cfg.output_dir, ".chaos_killed")
+    done = open(marker).read().split() if os.path.exists(marker) else []
+    if str(step) in done:  # the restarted worker passes this step
         return
-    open(marker, "w").close()
+    with open(marker, "a") as f:
+        f.write(f"{step}\n")
+    damaged = cfg.chaos_damage_checkpoint
+    if damaged is not None and run_dir:
+        for weights in glob.glob(os.path.join(run_dir, f"checkpoint-{damaged:06d}*", "*.safetensors")):
+            os.truncate(weights, os.path.getsize(weights) // 2)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -393,7 +410,7 @@ def _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, schedule
                             extra={"train_time_s": state.train_time_s, "pairs_seen": state.pairs_seen})
         write_manifest(ckpt)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt),
-                         checkpoint_dir_name=f"checkpoint-{state.step:06d}")
+                         checkpoint_dir_name=checkpoint_name(cfg, state.step))
 
 
 def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from rmray.config import TrainConfig
 from rmray.core.spec import ScoringSpec
+from rmray.errors import UsageError
 from rmray.ray_env import init_ray, verbose, without_no_cpu_warning
 
 from .identity import check_or_record
@@ -177,7 +178,9 @@ def _model_facts(cfg: TrainConfig) -> tuple:
 
 def _prepare_data(cfg: TrainConfig, tokenizer, readout: str) -> PreparedData:
     """Read, validate, tokenize, report and split; materialized, so the schedule is known up front."""
-    from rmray.data.preferences import build_preferences
+    from ray.data.expressions import col
+
+    from rmray.data.preferences import PAIR_COLUMNS, build_preferences
 
     spec = ScoringSpec(max_length=cfg.max_length, truncation=cfg.truncation, add_eos=cfg.add_eos,
                        eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
@@ -191,12 +194,18 @@ def _prepare_data(cfg: TrainConfig, tokenizer, readout: str) -> PreparedData:
         eval_prefs = build_preferences(cfg.eval_data, name="eval", limit=cfg.max_eval_samples, **common)
         eval_ds = eval_prefs.dataset
         reports.append(eval_prefs.report)
-    elif cfg.eval_split_ratio > 0:
-        train_ds, eval_ds = train_ds.train_test_split(test_size=cfg.eval_split_ratio, shuffle=True, seed=cfg.seed)
+    elif cfg.eval_split_ratio > 0:  # by a hash of each row (preferences.split_key): the same split in any driver
+        eval_ds = train_ds.filter(expr=col("split_key") < cfg.eval_split_ratio)
+        train_ds = train_ds.filter(expr=col("split_key") >= cfg.eval_split_ratio)
         if cfg.max_eval_samples:
-            eval_ds = eval_ds.limit(cfg.max_eval_samples).materialize()
-    # One pass each from the tokens to what the workers read (a split above already materialized).
-    datasets = {"train": _materialized(train_ds)} | ({"eval": _materialized(eval_ds)} if eval_ds is not None else {})
+            eval_ds = eval_ds.limit(cfg.max_eval_samples)
+    # One pass each from the tokens to what the workers read.
+    datasets = {"train": _materialized(train_ds.select_columns(PAIR_COLUMNS))}
+    if eval_ds is not None:
+        datasets["eval"] = _materialized(eval_ds.select_columns(PAIR_COLUMNS))
+        if datasets["eval"].count() == 0:
+            raise UsageError(f"eval_split_ratio={cfg.eval_split_ratio} left no eval pairs out of {reports[0].rows_kept}: "
+                             "raise eval_split_ratio, give eval_data, or set eval_split_ratio=0")
     for report in reports:
         print(report.format(), flush=True)
     _save_json(os.path.join(cfg.output_dir, "data_report.json"), [r.to_dict() for r in reports])

@@ -134,3 +134,25 @@ def _sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checkpoint_name(cfg, step: int) -> str:
+    """``checkpoint-NNNNNN``, or ``checkpoint-NNNNNN-K`` when a checkpoint of that step already exists.
+
+    A run that rolled back over a damaged checkpoint re-reaches its step: reusing the name would write
+    into the folder Ray's checkpoint manager still lists as the old one, and pruning one of the two
+    deletes the other's files (the run then died at its end on "Path not found"). Newest-first order
+    by name still holds: ``-1`` sorts after the bare name, and any later step after both."""
+    root = (cfg.storage_path or cfg.output_dir).rstrip("/") + "/ray"
+    base = f"checkpoint-{step:06d}"
+    if "://" in root:
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(root)
+        exists = lambda name: filesystem.get_file_info(f"{path}/{name}").type != pyarrow.fs.FileType.NotFound  # noqa: E731
+    else:
+        exists = lambda name: os.path.exists(os.path.join(os.path.abspath(root), name))  # noqa: E731
+    name, k = base, 1
+    while exists(name):
+        name, k = f"{base}-{k}", k + 1
+    return name
