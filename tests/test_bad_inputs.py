@@ -85,3 +85,57 @@ def test_column_names_are_mapped_and_missing_ones_named_before_ray(tmp_path, cap
                          fields={"prompt": "question", "chosen": "better", "rejected": "worse"})
     assert list(out["chosen_ids"][0]) == tokenizer("Q: 2+2?\nA: 4" + tokenizer.eos_token)["input_ids"]
     assert list(out["rejected_ids"][0]) == tokenizer("Q: 2+2?\nA: 5" + tokenizer.eos_token)["input_ids"]
+
+
+def _readable_corpus() -> dict[str, list]:
+    """Readable files whose rows are bad, odd or mixed: name -> rows (dicts, or raw text for a bad line)."""
+    good = {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5"}
+    chat = [{"role": "user", "content": "2+2?"}]
+    return {
+        "chosen-equals-rejected.jsonl": [good, {"prompt": "Q:", "chosen": " same", "rejected": " same"}, good],
+        "wrong-types.jsonl": [good, {"prompt": "Q:", "chosen": 4, "rejected": " 5"},
+                              {"prompt": "Q:", "chosen": " 4", "rejected": " 5", "margin": "big"}, {"prompt": 7, **{
+                                  k: v for k, v in good.items() if k != "prompt"}}],
+        "mixed-formats.jsonl": [{"chosen": "Q: 2+2? A: 4", "rejected": "Q: 2+2? A: 5"}, good,
+                                {"chosen": chat + [{"role": "assistant", "content": "4"}],
+                                 "rejected": chat + [{"role": "assistant", "content": "5"}]}, good],
+        "huge-row.jsonl": [good, {"prompt": "Q: " + "long words " * 200_000, "chosen": " 4", "rejected": " 5"}],
+        "missing-fields.jsonl": [good, {"prompt": "Q:", "chosen": " 4"}, {"rejected": " 5"}, good],
+        "empty-strings.jsonl": [good, {"prompt": "Q:", "chosen": "", "rejected": " 5"}, {"prompt": "", "chosen": "", "rejected": ""}],
+        "varying-extra-column.jsonl": [dict(good, extra=1), dict(good, extra="one"), dict(good, extra=[1]), good],
+    }
+
+
+def test_readable_bad_rows_are_kept_or_counted_and_scored_with_every_column(ray_cluster, rm_qwen_chat, tmp_path):
+    """Every row of a readable file is either kept or reported with its reason by training's data stage
+    (rows in = kept + reported), and comes out of ``rmray score`` with all its input columns."""
+    import pyarrow.parquet as pq
+
+    from rmray.core.model import load_tokenizer
+    from rmray.core.spec import ScoringSpec
+    from rmray.data.preferences import build_preferences
+    from rmray.score.offline import ScoreConfig, score_dataset
+
+    tok = load_tokenizer(rm_qwen_chat)
+    spec = ScoringSpec(max_length=128, eos_token=tok.eos_token, pad_token=tok.pad_token)
+    for name, rows in _readable_corpus().items():
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        prefs = build_preferences(str(path), tokenizer=tok, spec=spec, name=name)
+        report = prefs.report
+        assert report.rows_read == len(rows), name
+        assert report.rows_kept + sum(report.skipped.values()) == report.rows_read, (name, report.format())
+        assert report.rows_kept == prefs.dataset.count(), name
+
+        out = tmp_path / f"scored-{name}"
+        result = score_dataset(ScoreConfig(model_dirs=[rm_qwen_chat], input=str(path), output=str(out),
+                                           response_field="chosen", batch_size=2))
+        table = pq.read_table(next(out.glob("*.parquet")))
+        as_json = json.loads((table.schema.metadata or {}).get(b"rmray.json_columns", b"[]"))
+        scored = table.to_pylist()
+        assert result.rows == len(scored) == len(rows), name
+        for row, original in zip(scored, rows):
+            for key, value in original.items():
+                got = json.loads(row[key]) if key in as_json and row[key] is not None else row[key]
+                assert got == value, (name, key)
+            assert (row["reward"] is None) == (row["score_error"] is not None), (name, row["score_error"])

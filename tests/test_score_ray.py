@@ -164,7 +164,7 @@ def test_eval_matches_plain_transformers_and_writes_a_report(ray_cluster, rm_qwe
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
 
 
-def test_score_keeps_every_input_column_whatever_the_rows_hold(ray_cluster, rm_qwen, tmp_path):
+def test_score_keeps_every_input_column_whatever_the_rows_hold(ray_cluster, rm_qwen_chat, tmp_path):
     """Keys missing from the first row or first seen in a later batch, a prompt that is text in one row
     and chat messages in another, an extra column that is int then str, an int response and a line
     that is not JSON: every line comes out as a row, every column with the values that went in."""
@@ -175,13 +175,13 @@ def test_score_keeps_every_input_column_whatever_the_rows_hold(ray_cluster, rm_q
         "this line is not JSON",
         json.dumps({"prompt": PROMPTS[0], "response": ANSWERS[0]}),
         json.dumps({"prompt": PROMPTS[1], "response": ANSWERS[3], "tag": 7}),
-        json.dumps({"prompt": chat, "response": ANSWERS[3], "tag": "seven"}),
+        json.dumps({"prompt": chat, "response": [{"role": "assistant", "content": ANSWERS[3]}], "tag": "seven"}),
         json.dumps({"prompt": PROMPTS[1], "response": 5}),
         json.dumps({"prompt": PROMPTS[0], "response": ANSWERS[2], "late": {"deep": [1, 2]}}),
     ]
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")
-    result = score_dataset(ScoreConfig(model_dirs=[rm_qwen], input=str(src), output=str(tmp_path / "out"), batch_size=2))
+    result = score_dataset(ScoreConfig(model_dirs=[rm_qwen_chat], input=str(src), output=str(tmp_path / "out"), batch_size=2))
     _, scored = read_output(tmp_path / "out")
     assert result.rows == len(scored) == 6 and result.bad_rows == 2
     assert "not a JSON object" in scored[0]["score_error"] and scored[0]["reward"] is None
@@ -194,5 +194,5 @@ def test_score_keeps_every_input_column_whatever_the_rows_hold(ray_cluster, rm_q
     good = [r for r in scored if r["score_error"] is None]
     assert len(good) == 4 and all(r["reward"] is not None for r in good)
     text_rows = [r for r in good if isinstance(r["prompt"], str)]
-    expected = plain_transformers_scores(rm_qwen, [r["prompt"] + r["response"] for r in text_rows])
+    expected = plain_transformers_scores(rm_qwen_chat, [r["prompt"] + r["response"] for r in text_rows])
     assert [r["reward"] for r in text_rows] == pytest.approx(expected, abs=1e-4)

@@ -6,11 +6,15 @@ is null and ``score_error`` says which field is wrong and why, so the driver can
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 from rmray.core.formats import BadRow, detect_format, normalize_row
 from rmray.core.scoring import Scorer, ensemble
 from rmray.core.tokenize import encode, encode_pair
+
+from .columns import TEXT_COLUMN
 
 
 def _device(num_gpus: float) -> str | None:
@@ -45,15 +49,26 @@ class ResponseScorer:
         self.names, self.prompt_field, self.response_field = names, prompt_field, response_field
         self.max_batch_tokens = max_batch_tokens
 
+    @staticmethod
+    def _texts(batch: pa.Table, field: str, missing) -> list:
+        """A text field's values: from the JSON-lines reader's JSON copy when there is one (the visible
+        column may have become JSON text), else from the column itself."""
+        hidden = TEXT_COLUMN.format(field)
+        if hidden in batch.column_names:
+            return [json.loads(v) if v is not None else None for v in batch.column(hidden).to_pylist()]
+        if field in batch.column_names:
+            return batch.column(field).to_pylist()
+        return [missing] * batch.num_rows
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         parsed: list = [None] * n
         if PARSE_ERROR in batch.column_names:  # set by the JSON-lines reader for rows it could not type
             parsed = batch.column(PARSE_ERROR).to_pylist()
             batch = batch.drop_columns([PARSE_ERROR])
-        prompts = batch.column(self.prompt_field).to_pylist() if self.prompt_field in batch.column_names else [""] * n
-        responses = batch.column(self.response_field).to_pylist() if self.response_field in batch.column_names \
-            else [None] * n  # the driver stops with the column named
+        prompts = self._texts(batch, self.prompt_field, "")
+        responses = self._texts(batch, self.response_field, None)
+        batch = batch.drop_columns([c for c in batch.column_names if c.startswith(TEXT_COLUMN.format(""))])
         errors: list[str | None] = [e or _text_error(r, self.response_field) or
                                     (_text_error(p, self.prompt_field) if p is not None else None)
                                     for e, p, r in zip(parsed, prompts, responses)]

@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rmray.core.scoring import model_name
 from rmray.core.spec import check_model_dir
@@ -26,6 +25,7 @@ from rmray.data.readable import check_columns, check_readable
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 
+from .columns import LINE_COLUMN, TEXT_COLUMN, FileParts, expand_lines, to_json
 from .provenance import METADATA_KEY, check_scored_by, provenance
 
 FILE_TAG = "__rmray_file"
@@ -105,29 +105,28 @@ def output_name(index: int, path: str | None) -> str:
 
 
 def _parse_lines(batch: pa.Table, text_fields: tuple[str, ...], index_of: dict[str, int]) -> pa.Table:
-    """JSON lines -> rows. A text field of the wrong type cannot share an Arrow column with text, so it
-    becomes null and the row carries the reason (reported by row, never a crash of the whole run)."""
-    rows, errors = [], []
+    """JSON lines -> rows whose columns have fixed types: the line itself (the driver builds the user's
+    columns from it when writing, see :mod:`rmray.score.columns` -- blocks of different column types
+    would not even concatenate inside Ray Data), the text fields as JSON for the scorer, and the reason
+    for a line that is not a JSON object (a row with its reason, never a crash of the whole run)."""
+    kept, texts, errors = [], {name: [] for name in text_fields}, []
     for line in batch.column("text").to_pylist():
         try:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError(f"expected a JSON object, got {type(row).__name__}")
         except ValueError as err:
-            rows.append({})
-            errors.append(f"line is not a JSON object: {err}")
-            continue
-        error = None
-        for name in text_fields:
-            value = row.get(name)
-            if value is not None and not isinstance(value, (str, list)):
-                row[name] = None
-                error = error or f"{name}: expected text or a list of messages, got {type(value).__name__}"
-        rows.append(row)
+            row, error, line = {}, f"line is not a JSON object: {err}", None
+        else:
+            error = None
+        kept.append(line)
         errors.append(error)
-    table = pa.Table.from_pylist(rows)
-    table = table.append_column(PARSE_ERROR, pa.array(errors, pa.string()))
-    return table.append_column(FILE_TAG, pa.array([index_of[p] for p in batch.column("path").to_pylist()], pa.int32()))
+        for name in text_fields:
+            texts[name].append(to_json(row.get(name)))
+    return pa.table({LINE_COLUMN: pa.array(kept, pa.string()),
+                     **{TEXT_COLUMN.format(name): pa.array(values, pa.string()) for name, values in texts.items()},
+                     PARSE_ERROR: pa.array(errors, pa.string()),
+                     FILE_TAG: pa.array([index_of[p] for p in batch.column("path").to_pylist()], pa.int32())})
 
 
 def _tag_by_path(batch: pa.Table, index_of: dict[str, int]) -> pa.Table:
@@ -181,7 +180,7 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
     scored_by = provenance(cfg.model_dirs, names, cfg.prompt_field, cfg.response_field)
     pending = [(k, p) for k, p in enumerate(inputs) if not _already_scored(cfg, output_name(k, p), scored_by)]
     skipped = [output_name(k, p) for k, p in enumerate(inputs) if (k, p) not in pending]
-    for stale in glob.glob(os.path.join(cfg.output, ".*.tmp")):  # partial files of an interrupted run
+    for stale in glob.glob(os.path.join(cfg.output, ".*.tmp*")):  # partial files of an interrupted run
         os.remove(stale)
     if skipped:
         print(f"rmray score: {len(skipped)} of {len(inputs)} input files already scored in {cfg.output}; skipping them")
@@ -218,33 +217,27 @@ def _write(scored, cfg: ScoreConfig, pending, skipped, scored_by: dict) -> Score
 
     paths = dict(pending)
     written, bad_samples, rows, bad = [], [], 0, 0
-    writer = current = None
-    row_in_file = 0
+    parts: FileParts | None = None
+    current, row_in_file = None, 0
     done: set[int] = set()
     start = time.perf_counter()
     bar = tqdm(desc="scoring", unit="row", disable=None, file=sys.stderr)
+    metadata = {METADATA_KEY: json.dumps(scored_by).encode()}
 
     def finish():
-        nonlocal writer
-        if writer is not None:
-            writer.close()
+        if parts is not None:
             final = os.path.join(cfg.output, output_name(current, paths[current]))
-            os.replace(_tmp_path(cfg.output, current, paths[current]), final)
+            parts.finish(final)
             written.append(os.path.basename(final))
-            writer = None
 
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
-        if cfg.response_field not in batch.column_names:
-            raise ValueError(f"{cfg.input}: no column {cfg.response_field!r} to score (columns: "
-                             f"{[c for c in batch.column_names if not c.startswith('__')]}); set --response-field "
-                             "(and --prompt-field) to the text columns")
         tags = batch.column(FILE_TAG).to_pylist()
         start_row = 0
         while start_row < len(tags):  # split the batch where the source file changes (order is kept)
             end = start_row
             while end < len(tags) and tags[end] == tags[start_row]:
                 end += 1
-            piece = batch.slice(start_row, end - start_row).drop_columns([FILE_TAG])
+            piece = expand_lines(batch.slice(start_row, end - start_row).drop_columns([FILE_TAG]))
             if tags[start_row] != current:
                 if tags[start_row] in done:  # order is kept by construction; never overwrite a finished file
                     raise RuntimeError(f"rows of {paths[tags[start_row]]} arrived after the file was finished")
@@ -252,14 +245,8 @@ def _write(scored, cfg: ScoreConfig, pending, skipped, scored_by: dict) -> Score
                     done.add(current)
                 finish()
                 current, row_in_file = tags[start_row], 0
-                schema = piece.schema.with_metadata({METADATA_KEY: json.dumps(scored_by).encode()})
-                writer = pq.ParquetWriter(_tmp_path(cfg.output, current, paths[current]), schema)
-            try:
-                piece = piece.cast(writer.schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as err:
-                raise ValueError(f"{paths[current]}: column types change between rows ({err}); "
-                                 "make the column types consistent") from err
-            writer.write_table(piece)
+                parts = FileParts(_tmp_path(cfg.output, current, paths[current]), metadata)
+            parts.write(piece)
             for offset, error in enumerate(piece.column("score_error").to_pylist()):
                 if error is not None:
                     bad += 1
