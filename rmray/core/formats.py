@@ -34,6 +34,7 @@ BAD_ROW_REASONS = (
     "identical_chosen_rejected",
     "bad_margin",
     "too_long",
+    "bad_json",  # a JSON line that is not an object (data.preferences)
 )
 
 # A turn marker such as "\n\nAssistant:" or "\nGPT:" -- the hh-rlhf and ShareGPT-style dialogue markers.

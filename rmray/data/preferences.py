@@ -23,7 +23,7 @@ from rmray.core.report import DataReport
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import encode_pair
 
-from .read import read_source
+from .read import read_lines, read_source
 
 PAIR_COLUMNS = ["row_id", "chosen_ids", "rejected_ids", "margin"]
 SPLIT_COLUMNS = PAIR_COLUMNS + ["split_key"]
@@ -51,7 +51,14 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
     out = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin", "truncated",
                            "num_tokens", "shared_tokens", "split_key")}
     renames = {theirs: ours for ours, theirs in (fields or {}).items() if theirs != ours}
-    for row in batch.to_pylist():
+    for row in _rows(batch):
+        if "_bad_line" in row:  # a JSON line that is not an object: counted, never silently dropped
+            out["split_key"].append(0.0)
+            message = row["_bad_line"]
+            if strict:
+                raise ValueError(f"row {row['_row_id']}: {message}; fix the line or set on_bad_row=skip")
+            _append(out, str(row["_row_id"]), "bad_json", message, None)
+            continue
         if renames:
             row = {renames.get(k, k): v for k, v in row.items() if k not in renames.values() or k in renames}
         generated_id = row.pop("_row_id")
@@ -69,6 +76,25 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
         else:
             _append(out, row_id, "ok", "", pair)
     return pd.DataFrame(out)
+
+
+def _rows(batch: pa.Table) -> list[dict]:
+    """The batch's rows. JSON lines arrive as their text (``read.read_lines``) and are parsed here, value
+    for value: Arrow's and pandas' JSON readers infer one type per column and convert values to it (a
+    ``" 4"`` beside a ``4`` came out as the int 4), so a row's data would depend on its neighbours."""
+    if "_line" not in batch.column_names:
+        return batch.to_pylist()
+    rows = []
+    for line, row_id in zip(batch.column("_line").to_pylist(), batch.column("_row_id").to_pylist()):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        except ValueError as e:
+            row = {"_bad_line": f"line is not a JSON object: {e}"}
+        row["_row_id"] = row_id
+        rows.append(row)
+    return rows
 
 
 def split_key(row: dict) -> float:
@@ -110,7 +136,7 @@ def build_preferences(
     source's row order: what each rank trains on must be a function of (data, seed), so that a resume
     in a new driver finds the same pairs at the same positions."""
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = raw if raw is not None else read_source(source)
+    ds = raw if raw is not None else (read_lines(source) or read_source(source))
     if limit:
         ds = ds.limit(limit)
     # A row's own "id" column names it in reports when present; otherwise a generated id that is
