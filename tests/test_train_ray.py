@@ -158,6 +158,12 @@ def test_demo_command_reaches_high_accuracy(ray_cluster, tmp_path, capsys):
     assert accuracy >= 0.90
     # The start-up breakdown (the run's last line and the summary) is in the order things happen.
     assert "first step at" in out
+    # progress through the silent part of start-up, in order
+    lines = out.splitlines()
+    starting = next(i for i, x in enumerate(lines) if x.startswith("starting Ray"))
+    reading = next(i for i, x in enumerate(lines) if x.startswith("reading and tokenizing demo"))
+    report = next(i for i, x in enumerate(lines) if x.startswith("data report [train]"))
+    assert starting < reading < report
     summary = next(r for r in read_metrics(str(tmp_path / "demo")) if r.get("event") == "summary")
     phases = [summary["startup_s"][k] for k in ("ray_ready", "data_ready", "worker_entered", "model_ready", "first_step")]
     assert phases == sorted(phases) and phases[0] >= 0

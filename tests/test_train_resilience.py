@@ -163,6 +163,9 @@ def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undistu
     assert os.path.exists(os.path.join(result.final_model_dir, "model.safetensors"))
 
     reference = train(config(tmp_path, "undisturbed", tiny_qwen, **common))
+    # the same pairs, so the same tokens: counted across the resumes, not only since the last one
+    assert result.summary["train_tokens"] == reference.summary["train_tokens"]
+    assert result.summary["train_pairs"] == reference.summary["train_pairs"]
     for rank in (0, 1):
         got, want = effective_batches(cfg.output_dir, rank), effective_batches(reference.output_dir, rank)
         assert got == want and len(want) == 8

@@ -106,6 +106,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if saved is not None:
         state.step, state.epoch, state.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
         state.train_time_s, state.pairs_seen = saved.get("train_time_s", 0.0), saved.get("pairs_seen", 0)
+        state.tokens_seen = saved.get("tokens_seen", 0)  # else tokens/s after a resume counts only the new steps
         log.write({"event": "resume", "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
                    "from": saved["_from"]})
     slow_bf16 = slow_bf16_warning(device.type, use_bf16, cfg.dtype)
@@ -407,7 +408,8 @@ def _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, schedule
         save_reward_model(raw_model, tokenizer, spec, ckpt, merge_lora=False, state_dict=model_state)
         save_training_state(ckpt, optimizer_state=optimizer_state, scheduler=scheduler, step=state.step, epoch=state.epoch,
                             batches_in_epoch=state.batches_in_epoch,
-                            extra={"train_time_s": state.train_time_s, "pairs_seen": state.pairs_seen})
+                            extra={"train_time_s": state.train_time_s, "pairs_seen": state.pairs_seen,
+                                   "tokens_seen": state.tokens_seen})
         write_manifest(ckpt)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt),
                          checkpoint_dir_name=checkpoint_name(cfg, state.step))

@@ -55,6 +55,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     # Tokenizer and read-out need no Ray: they load (about 3 s of torch/transformers imports on 2 cores)
     # while ray.init waits on the processes it starts.
     model_facts = InBackground(lambda: _model_facts(cfg), name="rmray-model-facts")
+    print(f"starting Ray ({cfg.ray_address or os.environ.get('RAY_ADDRESS') or 'local'})...", flush=True)
     init_ray(cfg.ray_address, batch_scheduling=True)
     ray_ready = time.time() - started_at
 
@@ -188,6 +189,7 @@ def _prepare_data(cfg: TrainConfig, tokenizer, readout: str) -> PreparedData:
     _explain_layout(cfg, readout)
     common = dict(tokenizer=tokenizer, spec=spec, data_format=cfg.data_format, strict=cfg.on_bad_row == "error",
                   num_cpus=cfg.tokenize_num_cpus, fields=cfg.fields())
+    print(f"reading and tokenizing {cfg.train_data}...", flush=True)
     train_prefs = build_preferences(cfg.train_data, name="train", limit=cfg.max_train_samples, **common)
     train_ds, eval_ds, reports = train_prefs.dataset, None, [train_prefs.report]
     if cfg.eval_data:
