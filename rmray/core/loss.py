@@ -1,4 +1,4 @@
-"""Bradley-Terry loss and the preference metrics every consumer logs.
+"""Bradley-Terry loss (pairs and groups), Plackett-Luce, and the preference metrics every consumer logs.
 
 Loss, per pair i with rewards c_i (chosen), r_i (rejected) and margin m_i (0 when absent)::
 
@@ -27,6 +27,76 @@ def bradley_terry_loss(
     if center_rewards_coefficient:
         loss = loss + center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
     return loss
+
+
+# --- Losses over groups: one prompt, K responses, rewards as a [G, K] tensor -----------------------
+#
+# A pair is the K = 2 group whose ratings are [1, 0]; the group losses below reproduce
+# ``bradley_terry_loss`` exactly there (tested), so pairs and groups are one code path.
+#
+# Worked example (Plackett-Luce), rewards [2, 1, 0] ranked in that order:
+#     -(2 - log(e^2 + e^1 + e^0)) - (1 - log(e^1 + e^0)) = 0.407606 + 0.313262 = 0.720868
+# Bradley-Terry over the group's ordered pairs, same rewards and ratings [2, 1, 0]:
+#     mean(-log sigmoid(2-1), -log sigmoid(2-0), -log sigmoid(1-0)) = mean(0.313262, 0.126928, 0.313262) = 0.251151
+
+
+def pair_groups(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None) -> dict:
+    """Pairs as [G, 2] groups -- ``rewards``, ``ratings`` [1, 0] and the pair's margin where the group
+    losses read it (``margins[g, 0, 1]``) -- as keyword arguments of any group loss."""
+    rewards = torch.stack([chosen, rejected], dim=1)
+    ratings = torch.tensor([1.0, 0.0], device=rewards.device).expand_as(rewards)
+    margins = None
+    if margin is not None:
+        margins = torch.zeros(rewards.shape[0], 2, 2, dtype=rewards.dtype, device=rewards.device)
+        margins[:, 0, 1] = margin.to(rewards.dtype)
+    return {"rewards": rewards, "ratings": ratings, "margins": margins}
+
+
+def bradley_terry_group(rewards: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor | None = None,
+                        margins: torch.Tensor | None = None, center_rewards_coefficient: float | None = None) -> torch.Tensor:
+    """Mean of -log sigmoid(r_i - r_j - margins[g, i, j]) over every ordered pair of a group whose
+    ratings differ (i rated higher), both responses present in ``mask``. Ties make no pair.
+
+    The centering term generalizes TRL's ``(c + r)^2``: ``coef * mean_g (2 * mean_k r_gk)^2``."""
+    mask = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.bool()
+    better = (ratings.unsqueeze(2) > ratings.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)  # [G, K, K]
+    diff = rewards.unsqueeze(2) - rewards.unsqueeze(1)
+    if margins is not None:
+        diff = diff - margins.to(diff.dtype)
+    loss = -F.logsigmoid(diff[better]).mean()
+    if center_rewards_coefficient:
+        means = (rewards * mask).sum(1) / mask.sum(1).clamp_min(1)
+        loss = loss + center_rewards_coefficient * torch.mean((2 * means) ** 2)
+    return loss
+
+
+def plackett_luce(rewards: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor | None = None,
+                  margins: torch.Tensor | None = None, center_rewards_coefficient: float | None = None) -> torch.Tensor:
+    """Listwise: minus the log-probability of the ranking by ``ratings`` (best first) under
+    P(first) = softmax over the responses not yet placed. Mean over groups; ties keep their order in
+    the group. K = 2 is -log sigmoid(c - r), Bradley-Terry's pair loss. ``margins`` are not used."""
+    mask = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.bool()
+    order = torch.sort(ratings.masked_fill(~mask, float("-inf")), dim=1, descending=True, stable=True).indices
+    ranked = rewards.gather(1, order).masked_fill(~mask.gather(1, order), float("-inf"))
+    # log sum_{j >= i} exp(r_j): a reversed cumulative logsumexp
+    tails = torch.logcumsumexp(ranked.flip(1), dim=1).flip(1)
+    placed = mask.gather(1, order).clone()
+    placed[torch.arange(len(placed)), mask.sum(1) - 1] = False  # the last one left is chosen with probability 1
+    loss = -(ranked - tails)[placed].sum() / rewards.shape[0]
+    if center_rewards_coefficient:
+        means = (rewards * mask).sum(1) / mask.sum(1).clamp_min(1)
+        loss = loss + center_rewards_coefficient * torch.mean((2 * means) ** 2)
+    return loss
+
+
+GROUP_LOSSES = {"bradley_terry": bradley_terry_group, "plackett_luce": plackett_luce}
+
+
+def group_loss(name: str):
+    """The loss a ``loss`` config key names."""
+    if name not in GROUP_LOSSES:
+        raise ValueError(f"loss={name!r} is not one of {sorted(GROUP_LOSSES)}")
+    return GROUP_LOSSES[name]
 
 
 # Order of the sufficient statistics in a sums vector; sums add across batches and ranks, so the

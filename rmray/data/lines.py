@@ -23,8 +23,6 @@ class JsonLinesText(FileBasedDatasource):
     """Rows ``{"_line": text, "_where": "name.jsonl:17"}``; a line that is not UTF-8 has ``_line`` None
     and its reason in ``_where``'s place of the report (``_error``)."""
 
-    _FILE_EXTENSIONS = None
-
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         name = os.path.basename(path)
         lines, wheres, errors = [], [], []

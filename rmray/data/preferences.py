@@ -85,14 +85,16 @@ def _rows(batch: pa.Table) -> list[dict]:
     if "_line" not in batch.column_names:
         return batch.to_pylist()
     rows = []
-    for line, row_id in zip(batch.column("_line").to_pylist(), batch.column("_row_id").to_pylist()):
+    for line, where, error in zip(*(batch.column(c).to_pylist() for c in ("_line", "_where", "_error"))):
         try:
+            if error:
+                raise ValueError(error)
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError(f"expected a JSON object, got {type(row).__name__}")
         except ValueError as e:
-            row = {"_bad_line": f"line is not a JSON object: {e}"}
-        row["_row_id"] = row_id
+            row = {"_bad_line": str(e) if error else f"line is not a JSON object: {e}"}
+        row["_row_id"] = where  # file:line
         rows.append(row)
     return rows
 
@@ -136,12 +138,14 @@ def build_preferences(
     source's row order: what each rank trains on must be a function of (data, seed), so that a resume
     in a new driver finds the same pairs at the same positions."""
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = raw if raw is not None else (read_lines(source) or read_source(source))
+    lines = read_lines(source) if raw is None else None
+    ds = raw if raw is not None else (lines if lines is not None else read_source(source))
     if limit:
         ds = ds.limit(limit)
-    # A row's own "id" column names it in reports when present; otherwise a generated id that is
-    # unique per row ("block:offset" after formatting: Ray gives no global line number).
-    ds = ds.with_column("_row_id", monotonically_increasing_id())
+    # A row's own "id" column names it in reports when present; otherwise file:line for JSON lines, or a
+    # generated id that is unique per row ("block:offset" after formatting) for other sources.
+    if lines is None:
+        ds = ds.with_column("_row_id", monotonically_increasing_id())
     tokenized = ds.map_batches(
         tokenize_batch, batch_format="pyarrow", batch_size=256, num_cpus=num_cpus,
         fn_kwargs={"tokenizer": tokenizer, "spec": spec, "fmt": data_format, "strict": strict, "fields": fields},

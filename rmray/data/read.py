@@ -48,15 +48,16 @@ def read_source(source: str) -> ray.data.Dataset:
     )
 
 
-def read_lines(source: str) -> ray.data.Dataset | None:
-    """Local JSON-lines files as one ``_line`` column of text (each line parsed later, value for value),
-    or None for any other source. Blank lines are dropped; their count is not a row."""
+def read_lines(source: str, include_paths: bool = False) -> ray.data.Dataset | None:
+    """Local JSON-lines files as text rows ``_line`` named ``_where`` = ``file:line`` (parsed later,
+    value for value; see :mod:`rmray.data.lines`), or None for any other source. Blank lines are not rows."""
+    from .lines import JsonLinesText
     from .readable import local_files
 
     files = [f for f in local_files(source) if _file_kind(f) == "json" and _is_lines(f)]
     if not files or "://" in source:
         return None
-    return ray.data.read_text(files, drop_empty_lines=True).rename_columns({"text": "_line"})
+    return ray.data.read_datasource(JsonLinesText(files, include_paths=include_paths))
 
 
 def _read_files(kind: str, paths, source: str) -> ray.data.Dataset:
