@@ -61,7 +61,7 @@ def test_score_dataset_rewards_columns_bad_rows_and_resume(ray_cluster, rm_qwen,
     assert bad["bad1"]["reward"] is None and bad["bad1"]["score_error"] == "response: missing"
     assert "response" in bad["bad2"]["score_error"] and bad["bad2"]["response"] == 42  # kept as it was
     report = json.load(open(os.path.join(out, "_score_report.json")))
-    assert any("a.jsonl row 7" in s for s in report["bad_row_samples"])
+    assert any(s.startswith("a.jsonl:8: response: missing") for s in report["bad_row_samples"]), report  # file:line
 
     # A rerun skips whole files; a lost file is redone alone.
     mtime = os.path.getmtime(os.path.join(out, files[0]))
@@ -185,6 +185,8 @@ def test_score_keeps_every_input_column_whatever_the_rows_hold(ray_cluster, rm_q
     _, scored = read_output(tmp_path / "out")
     assert result.rows == len(scored) == 6 and result.bad_rows == 2
     assert "not a JSON object" in scored[0]["score_error"] and scored[0]["reward"] is None
+    report = json.load(open(tmp_path / "out" / "_score_report.json"))
+    assert [s.split(": ")[0] for s in report["bad_row_samples"]] == ["in.jsonl:1", "in.jsonl:5"]
     originals = [{}] + [json.loads(line) for line in lines[1:]]
     for row, original in zip(scored, originals):
         for key in ("prompt", "response", "tag", "late"):

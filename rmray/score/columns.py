@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 JSON_FLAG = {b"rmray_json": b"1"}
 JSON_COLUMNS_KEY = b"rmray.json_columns"
 TEXT_COLUMN = "__rmray_text_{}"  # the scorer's copy of a text field, as JSON
+WHERE_COLUMN = "__rmray_where"  # file:line of a JSON line, for the run's report of bad rows
 LINE_COLUMN = "__rmray_line"  # a JSON line as read; its columns are built by the driver (expand_lines)
 
 

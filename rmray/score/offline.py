@@ -25,7 +25,7 @@ from rmray.data.readable import check_columns, check_readable
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 
-from .columns import LINE_COLUMN, TEXT_COLUMN, FileParts, expand_lines, to_json
+from .columns import LINE_COLUMN, TEXT_COLUMN, WHERE_COLUMN, FileParts, expand_lines, to_json
 from .provenance import METADATA_KEY, check_scored_by, provenance
 
 FILE_TAG = "__rmray_file"
@@ -110,20 +110,22 @@ def _parse_lines(batch: pa.Table, text_fields: tuple[str, ...], index_of: dict[s
     would not even concatenate inside Ray Data), the text fields as JSON for the scorer, and the reason
     for a line that is not a JSON object (a row with its reason, never a crash of the whole run)."""
     kept, texts, errors = [], {name: [] for name in text_fields}, []
-    for line in batch.column("text").to_pylist():
+    for line, unreadable in zip(batch.column("_line").to_pylist(), batch.column("_error").to_pylist()):
         try:
+            if unreadable:
+                raise ValueError(unreadable)
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError(f"expected a JSON object, got {type(row).__name__}")
         except ValueError as err:
-            row, error, line = {}, f"line is not a JSON object: {err}", None
+            row, error, line = {}, str(err) if unreadable else f"line is not a JSON object: {err}", None
         else:
             error = None
         kept.append(line)
         errors.append(error)
         for name in text_fields:
             texts[name].append(to_json(row.get(name)))
-    return pa.table({LINE_COLUMN: pa.array(kept, pa.string()),
+    return pa.table({LINE_COLUMN: pa.array(kept, pa.string()), WHERE_COLUMN: batch.column("_where"),
                      **{TEXT_COLUMN.format(name): pa.array(values, pa.string()) for name, values in texts.items()},
                      PARSE_ERROR: pa.array(errors, pa.string()),
                      FILE_TAG: pa.array([index_of[p] for p in batch.column("path").to_pylist()], pa.int32())})
@@ -142,6 +144,7 @@ def _read(pending: list[tuple[int, str | None]], cfg: "ScoreConfig"):
     """One read over all pending files (one read keeps file order; a union would interleave blocks)."""
     import ray
 
+    from rmray.data.lines import JsonLinesText
     from rmray.data.read import _file_kind, _is_lines, read_source
 
     if pending[0][1] is None:
@@ -156,7 +159,7 @@ def _read(pending: list[tuple[int, str | None]], cfg: "ScoreConfig"):
     for k, p in pending:
         index_of[p] = index_of[os.path.abspath(p)] = index_of[p.split("://", 1)[-1]] = k
     if kind == "lines":
-        return ray.data.read_text(paths, drop_empty_lines=True, include_paths=True).map_batches(
+        return ray.data.read_datasource(JsonLinesText(paths, include_paths=True)).map_batches(
             _parse_lines, fn_kwargs={"text_fields": (cfg.prompt_field, cfg.response_field), "index_of": index_of},
             batch_format="pyarrow", num_cpus=0.25)
     reader = {"json": ray.data.read_json, "parquet": ray.data.read_parquet, "csv": ray.data.read_csv}[kind]
@@ -238,6 +241,8 @@ def _write(scored, cfg: ScoreConfig, pending, skipped, scored_by: dict) -> Score
             while end < len(tags) and tags[end] == tags[start_row]:
                 end += 1
             piece = expand_lines(batch.slice(start_row, end - start_row).drop_columns([FILE_TAG]))
+            wheres = piece.column(WHERE_COLUMN).to_pylist() if WHERE_COLUMN in piece.column_names else None
+            piece = piece.drop_columns([WHERE_COLUMN]) if wheres is not None else piece
             if tags[start_row] != current:
                 if tags[start_row] in done:  # order is kept by construction; never overwrite a finished file
                     raise RuntimeError(f"rows of {paths[tags[start_row]]} arrived after the file was finished")
@@ -252,7 +257,8 @@ def _write(scored, cfg: ScoreConfig, pending, skipped, scored_by: dict) -> Score
                     bad += 1
                     if len(bad_samples) < 20:
                         where = os.path.basename(paths[current]) if paths[current] else "input"
-                        bad_samples.append(f"{where} row {row_in_file + offset}: {error}")
+                        where = wheres[offset] if wheres else f"{where} row {row_in_file + offset}"
+                        bad_samples.append(f"{where}: {error}")
             row_in_file += piece.num_rows
             rows += piece.num_rows
             bar.update(piece.num_rows)
