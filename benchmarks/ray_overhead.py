@@ -142,18 +142,15 @@ def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -
         rows = [json.loads(line) for line in f]
     if kind in ("trainer", "trainer-no-pg"):  # Ray Train's defaults, not rmray's (ray_env.QUIET_ENV)
         os.environ.update(RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="1", RAY_TRAIN_METRICS_ENABLED="1")
-    init_ray("local", num_cpus=threads + 1, include_dashboard=False, batch_scheduling=True)  # as train_vs_trl's rmray runs
+    init_ray("local", num_cpus=threads + 1, include_dashboard=False)  # as train_vs_trl's rmray runs
     here = os.path.dirname(os.path.abspath(__file__))
 
     def plain_loop() -> float:  # runs in a Ray worker process: this file's directory is not on its path
         import torch
 
-        from rmray.ray_env import training_thread_priority
-
         sys.path.insert(0, here)
         import train_vs_trl as bench
 
-        training_thread_priority()  # as rmray's loop does (Ray's processes run under SCHED_BATCH)
         torch.set_num_threads(threads)
         return bench.run_plain_loop(model_dir, rows, opts)
 

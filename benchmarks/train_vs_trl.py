@@ -192,8 +192,7 @@ def run_one(kind: str, model_dir: str, data_path: str, args) -> dict:
         return {"pairs_per_s": run_plain_loop(model_dir, rows, args)}
     from rmray.ray_env import init_ray
 
-    # the worker's CPUs + 1 for Ray Data; batch scheduling as train() starts a local Ray
-    init_ray("local", num_cpus=args.threads + 1, include_dashboard=False, batch_scheduling=True)
+    init_ray("local", num_cpus=args.threads + 1, include_dashboard=False)  # the worker's CPUs + 1 for Ray Data
     summary = run_rmray(model_dir, data_path, args)
     return {"pairs_per_s": summary["train_pairs_per_s"], **summary}
 

@@ -182,11 +182,6 @@ class TrainConfig:
     """Logical CPUs per worker; 0.5 lets 2 workers and the data pipeline share a 2-core machine."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How workers are placed on nodes: ``STRICT_SPREAD`` puts each worker on its own node."""
-    train_thread_priority: Literal["normal", "realtime"] = "normal"
-    """Scheduling of each worker's training threads against Ray's own processes on its node. ``normal``:
-    the normal policy at niceness 0 (Ray's workers run at 15; lowering it needs CAP_SYS_NICE).
-    ``realtime``: ``SCHED_FIFO``, never preempted by a normal process -- for CPU training on nodes with
-    no more training threads than cores; needs CAP_SYS_NICE. The run summary says what was applied."""
     tokenize_num_cpus: float = 0.5
     """Logical CPUs per Ray Data tokenization task."""
     ray_address: Optional[str] = None

@@ -35,7 +35,6 @@ from rmray.core.loss import bradley_terry_loss, metrics_from_sums, preference_su
 from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer
 from rmray.core.packing import on_device
 from rmray.core.spec import ScoringSpec
-from rmray.ray_env import training_thread_priority
 
 from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
 from .health import Health
@@ -66,12 +65,10 @@ class LoopState:
     data_wait_s: float = 0.0  # time spent waiting for the next micro-batch from Ray Data (in train_time_s)
     first_step_at: float | None = None
     last_train_accuracy: float | None = None
-    thread_priority: str = ""  # what training_thread_priority applied on this rank
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = TrainConfig(**loop_config["cfg"])
-    thread_priority = training_thread_priority(cfg.train_thread_priority)  # before torch starts its threads
     started_at = loop_config["started_at"]
     startup = {"ray_ready": loop_config["ray_ready_s"], "worker_entered": time.time() - started_at}  # s since train()
     # Rebuilt here by the driver's own call rather than shipped: a pickled tokenizer would make every
@@ -101,7 +98,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     sinks = Sinks(cfg.output_dir, [r for r in cfg.report_to if r != "none"], os.path.basename(
         os.path.normpath(cfg.output_dir)), loop_config["cfg"]) if rank == 0 else None
     log = MetricsLog(cfg.output_dir, enabled=rank == 0, sinks=sinks)
-    state = LoopState(thread_priority=thread_priority)
+    state = LoopState()
     saved = _load_resume_state(cfg, loop_config["run_dir"], strategy, model, raw_model, optimizer, scheduler, log)
     if saved is not None:
         state.step, state.epoch, state.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
@@ -112,9 +109,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     slow_bf16 = slow_bf16_warning(device.type, use_bf16, cfg.dtype)
     if slow_bf16:
         log.write({"event": "warning", "step": state.step, "kind": "slow_bf16", "message": slow_bf16})
-    if cfg.train_thread_priority == "realtime" and thread_priority != "realtime":
-        log.write({"event": "warning", "step": state.step, "kind": "thread_priority",
-                   "message": f"train_thread_priority=realtime not applied, running {thread_priority}"})
     health = Health.from_config(cfg)
     consumed = ConsumedLog(cfg.output_dir if cfg.log_consumed_pairs else None, rank, state.step)
 
@@ -429,7 +423,7 @@ def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: Train
         "packed_attention": "segments" if layout.segments else "dense",
         "last_layer_readout_only": raw_model.last_layer_readout_used,  # what ran, not what was asked
         "computed_tokens_rank0": state.computed_tokens, "padded_equivalent_tokens_rank0": state.padded_tokens,
-        "torch_threads": torch.get_num_threads(), "train_thread_priority": state.thread_priority, "device": str(ray.train.torch.get_device()),
+        "torch_threads": torch.get_num_threads(), "device": str(ray.train.torch.get_device()),
         "dist_backend": dist.get_backend() if dist.is_initialized() else None,
         "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mem_mb_rank0": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,

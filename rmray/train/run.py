@@ -56,7 +56,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     # while ray.init waits on the processes it starts.
     model_facts = InBackground(lambda: _model_facts(cfg), name="rmray-model-facts")
     print(f"starting Ray ({cfg.ray_address or os.environ.get('RAY_ADDRESS') or 'local'})...", flush=True)
-    init_ray(cfg.ray_address, batch_scheduling=True)
+    init_ray(cfg.ray_address)
     ray_ready = time.time() - started_at
 
     from .handoff import DataHandoff
