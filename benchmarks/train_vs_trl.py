@@ -36,7 +36,7 @@ def build_models(workdir: str, hh_rows: list[dict], names: list[str], minilm_con
 
     texts = [r["chosen"] for r in hh_rows] + [r["rejected"] for r in hh_rows]
     models = {}
-    # The model, one of Qwen2-0.5B's shape (24 layers, hidden 896) where a GPU is busy enough to time,
+    # A small Qwen2, one of Qwen2-0.5B's shape (24 layers, hidden 896) where a GPU is busy enough to time,
     # and a tiny one whose step is short enough that per-step costs outside the model show (ray_overhead.py).
     for name, layers, hidden, heads in [("qwen2-6L-384", 6, 384, 6), ("qwen2-24L-896", 24, 896, 14), ("qwen2-2L-64", 2, 64, 2)]:
         if name in names:
@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="qwen2-6L-384,minilm-l6")
-    parser.add_argument("--out", default="benchmarks/results/train_vs_trl.json")
+    parser.add_argument("--out", default="benchmarks/results/train_vs_trl_cpu_bf16.json")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bf16 autocast on both sides (--no-bf16: fp32; CPUs without AVX512-BF16/AMX emulate bf16 slowly)")
     parser.add_argument("--threads", type=int, default=2,

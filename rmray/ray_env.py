@@ -17,8 +17,8 @@ QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "RAY_DEDUP_LOGS": "1",
     # Two Ray Train extras rmray does not use, each a source of wake-ups beside the training threads:
-    # Prometheus gauges per worker, and an actor per run that only logs node drains. Off: +5-7 % per
-    # step on 2 cores in paired runs, and an earlier first step (BENCHMARKS.md, stop 16).
+    # Prometheus gauges per worker, and an actor per run that only logs node drains. Off: fewer
+    # processes and wake-ups beside the step, and one process fewer to start (BENCHMARKS.md).
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }

@@ -1,7 +1,7 @@
 """Small random-weight causal reward models built offline, for tests and benchmarks.
 
 Cost and exactness do not depend on weights, so a random Qwen2/Llama with a byte-level BPE tokenizer
-trained on local text is a faithful stand-in for hub models this machine cannot download. The
+trained on local text is a faithful stand-in for hub models that an offline test run cannot download. The
 tokenizer is built with ``tokenizers`` and wrapped in ``PreTrainedTokenizerFast``: loading a BERT
 vocabulary through ``AutoTokenizer`` on a qwen2 folder would silently produce garbage ids.
 """

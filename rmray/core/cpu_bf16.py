@@ -33,4 +33,4 @@ def slow_bf16_warning(device_type: str, use_bf16: bool, dtype: str, cpuinfo_path
     asked = "bf16=true" if use_bf16 else "dtype=bfloat16"
     return (f"{asked} on a CPU without AVX512-BF16 or AMX: torch emulates bf16 here, tens of times slower "
             "than float32 (a 1024x1024 matmul: ~1 vs ~100+ GFLOP/s). Set bf16=false dtype=float32 for CPU runs "
-            "on this machine.")
+            "on this CPU.")
