@@ -52,6 +52,7 @@ class TrainConfig:
     max_train_samples: Optional[int] = None
     """Use only the first N train rows (before validation)."""
     max_eval_samples: Optional[int] = None
+    """Use at most this many eval rows (after the split); None: all."""
     max_length: int = 1024
     """Longest token sequence per response (prompt included)."""
     truncation: Literal["truncate", "drop", "error"] = "truncate"
@@ -63,29 +64,41 @@ class TrainConfig:
     add_eos: bool = True
     """Append the tokenizer's EOS to non-conversational texts that lack it (as TRL does)."""
     pad_to_multiple_of: Optional[int] = None
+    """Pad sequence lengths up to a multiple of this (padded layout only; 8 helps tensor cores)."""
 
     # --- optimisation ---
     per_device_train_batch_size: int = 8
     """Pairs per worker per micro-batch."""
     per_device_eval_batch_size: int = 16
+    """Pairs per worker per eval batch."""
     gradient_accumulation_steps: int = 1
+    """Micro-batches summed into one optimizer step (the effective batch is this x batch size x workers)."""
     learning_rate: float = 1e-4
+    """AdamW peak learning rate."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
     lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate schedule after warmup: linear decay to 0, cosine, or constant."""
     warmup_ratio: float = 0.0
     """Fraction of optimizer steps spent warming up linearly from 0 (ignored if ``warmup_steps`` > 0)."""
     warmup_steps: int = 0
+    """Linear warmup steps; when > 0 it wins over ``warmup_ratio``."""
     num_train_epochs: int = 1
+    """Passes over the train set (``max_steps > 0`` wins)."""
     max_steps: int = -1
     """Total optimizer steps; overrides ``num_train_epochs`` when > 0."""
     max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this before each step."""
     seed: int = 42
+    """Seed of the model head init, the batch order and the length-grouped windows."""
     bf16: Optional[bool] = None
     """bf16 autocast. Default: on where supported (CUDA with bf16), off on CPU."""
     center_rewards_coefficient: Optional[float] = None
     """Adds ``coef * mean((r_chosen + r_rejected)^2)``; 0.01 is the usual value."""
     gradient_checkpointing: bool = False
+    """Recompute each layer in the backward instead of keeping its activations: less memory, ~30 % more compute."""
     disable_dropout: bool = True
+    """Turn dropout off in the model (as TRL does): a reward difference should not depend on a random mask."""
     fsdp: str = ""
     """Shard parameters, gradients and optimizer state over the workers (torch FSDP2) when a DDP replica
     does not fit one device: ``full_shard`` (ZeRO-3) or ``shard_grad_op`` (ZeRO-2), optionally with
@@ -121,9 +134,13 @@ class TrainConfig:
 
     # --- LoRA ---
     use_peft: bool = False
+    """Train LoRA adapters (and the reward head) instead of every weight; ``final/`` holds the merged model."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module names, or ``all-linear``. The reward head is always trained in full and saved."""
     lora_modules_to_save: list[str] = field(default_factory=list)
@@ -131,11 +148,13 @@ class TrainConfig:
 
     # --- eval, checkpoints, logging ---
     output_dir: str = "outputs/reward-model"
+    """Where the run writes ``final/``, ``metrics.jsonl``, the data report, the model card and (by default) checkpoints."""
     eval_steps: Optional[int] = None
     """Evaluate every N optimizer steps; always at the end of each epoch."""
     save_steps: Optional[int] = None
     """Checkpoint every N optimizer steps; always at the end of each epoch."""
     logging_steps: int = 10
+    """Write a ``metrics.jsonl`` line (and a progress line) every this many optimizer steps."""
     overwrite_output_dir: bool = False
     """Allow training into a folder that already holds a final model."""
     save_total_limit: Optional[int] = 2
@@ -178,6 +197,7 @@ class TrainConfig:
     num_workers: int = 2
     """Ray Train workers (one DDP rank each)."""
     use_gpu: bool = False
+    """One GPU per Ray Train worker (NCCL between ranks); bf16 autocast turns on by default there."""
     cpus_per_worker: float = 1.0
     """Logical CPUs per worker; 0.5 lets 2 workers and the data pipeline share a 2-core machine."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"

@@ -69,3 +69,16 @@ def test_every_module_imports():
         "for m in pkgutil.walk_packages(rmray.__path__, 'rmray.'): importlib.import_module(m.name)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_every_config_key_has_help():
+    """`rmray train --help` prints a help line under every key: a key without a docstring fails here."""
+    import dataclasses
+
+    from rmray.config import TrainConfig, config_help
+
+    lines = config_help().splitlines()
+    keys = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in keys:
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"  {key} = "))
+        assert at + 1 < len(lines) and lines[at + 1].startswith("      ") and len(lines[at + 1].strip()) > 10, key
