@@ -136,7 +136,7 @@ class TrainConfig:
     use_peft: bool = False
     """Train LoRA adapters (and the reward head) instead of every weight; ``final/`` holds the merged model."""
     lora_r: int = 16
-    """LoRA rank."""
+    """LoRA rank: the inner dimension of each adapter (more capacity, more trainable parameters)."""
     lora_alpha: int = 32
     """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
     lora_dropout: float = 0.0
