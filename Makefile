@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup lint clean
+.PHONY: demo test test-fast setup lint clean
 
 $(BIN)/rmray: pyproject.toml tests/frameworks.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ demo: setup
 
 test: setup
 	./scripts/ensure-chromium
-	./scripts/in-loopback-ns $(BIN)/python -m pytest -q tests
+	./scripts/in-loopback-ns $(BIN)/python -m pytest -q --durations=15 tests
+
+test-fast: setup   # the inner loop: every test that needs no Ray cluster
+	./scripts/ensure-chromium
+	$(BIN)/python -m pytest -q -m "not ray" tests
 
 lint: setup
 	$(BIN)/ruff check rmray jobs tests benchmarks

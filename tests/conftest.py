@@ -135,3 +135,14 @@ def rm_llama(tiny_llama_pad_is_eos, tmp_path_factory) -> str:
     from rmray.testing import as_rmray_model
 
     return as_rmray_model(tiny_llama_pad_is_eos, str(tmp_path_factory.mktemp("rm") / "llama"), max_length=256)
+
+
+RAY_FIXTURES = {"ray_cluster", "served", "apps"}  # a test using one of these runs against a Ray cluster
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses a Ray fixture ``ray``: ``make test-fast`` (``-m "not ray"``) is the
+    inner-loop tier. Tests that start Ray themselves (a subprocess) carry the mark in their file."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)

@@ -39,6 +39,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_ray_start_and_job_submit_train(tmp_path):
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")

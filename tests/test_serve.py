@@ -373,6 +373,7 @@ def _listening(root_pid: int, pid_filter) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.ray
 def test_rmray_serve_command_end_to_end(rm_qwen, tmp_path):
     """The CLI in its own process and its own Ray: ready, scores, no replica listening on every
     interface, exits cleanly on SIGTERM (how Docker, Kubernetes and systemd stop it)."""
