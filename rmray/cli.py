@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--ensemble", choices=["normalized", "raw"], default=ServeSettings.ensemble,
                          help="several models: average rewards standardized by each model's saved eval "
                               "mean/std (when all have them), or raw rewards")
+    p_serve.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=ServeSettings.precision,
+                         help="forward precision (auto: bf16 autocast on a GPU with bf16, float32 on CPU)")
     p_serve.add_argument("--ray-address", default=None, help="join this cluster instead of starting one")
     p_sc = sub.add_parser("score", help="score every row of a dataset offline (Ray Data) into Parquet")
     p_sc.add_argument("model_dir")
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_sc.add_argument("--selected", default=None, help="where selected rows go (default: OUTPUT-selected)")
     p_sc.add_argument("--overwrite", action="store_true",
                       help="score again the files another model (or spec, or text column) wrote in OUTPUT")
+    p_sc.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                      help="forward precision (auto: bf16 autocast on a GPU with bf16, float32 on CPU)")
     p_sc.add_argument("--ray-address", default=None)
     p_ev = sub.add_parser("eval", help="preference accuracy, margin and calibration, with a report")
     p_ev.add_argument("model_dir")
@@ -147,7 +151,8 @@ def _score(args) -> int:
                       prompt_field=args.prompt_field, response_field=args.response_field,
                       concurrency=args.concurrency, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                       torch_threads=args.torch_threads, batch_size=args.batch_size,
-                      max_batch_tokens=args.max_batch_tokens, ray_address=args.ray_address, overwrite=args.overwrite)
+                      max_batch_tokens=args.max_batch_tokens, ray_address=args.ray_address, overwrite=args.overwrite,
+                      precision=args.precision)
     score_dataset(cfg)
     if args.top_k is not None or args.threshold is not None:
         from rmray.score.select import select_best
@@ -176,7 +181,7 @@ def _serve(args) -> int:
         settings = ServeSettings(model_dirs=args.model_dirs, host=args.host, port=args.port, replicas=args.replicas,
                                  max_replicas=args.max_replicas, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                                  max_inflight=args.max_inflight, max_body_bytes=args.max_body_bytes,
-                                 ensemble=args.ensemble)
+                                 ensemble=args.ensemble, precision=args.precision)
     except ValueError as err:
         raise UsageError(str(err)) from None
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:

@@ -62,3 +62,28 @@ def test_a_saved_model_is_readable_like_any_folder(rm_qwen):
     assert stat.S_IMODE(os.stat(rm_qwen).st_mode) == 0o777 & ~umask
     for name in os.listdir(rm_qwen):
         assert stat.S_IMODE(os.stat(os.path.join(rm_qwen, name)).st_mode) == 0o666 & ~umask, name
+
+
+def test_precision_auto_is_float32_on_cpu_and_bfloat16_runs_under_autocast(rm_qwen):
+    """``auto`` scores in float32 off a GPU (bit for bit); ``bfloat16`` really runs the forward in bf16:
+    close to the float32 rewards, not equal to them, in both the padded and the group path."""
+    import pytest
+
+    from rmray.core.scoring import Scorer
+    from rmray.testing import plain_transformers_scores
+
+    prompts = ["Q: name a colour.\nA:", "Q: 2+2?\nA:", "Q: say hi\nA:"]
+    responses = [" blue", " 4", " hello there, how are you today?"]
+    expected = plain_transformers_scores(rm_qwen, [p + r for p, r in zip(prompts, responses)])
+    auto = Scorer.load(rm_qwen)
+    assert auto.precision == "float32"
+    assert auto.score(prompts, responses) == pytest.approx(expected, abs=1e-5)
+    bf16 = Scorer.load(rm_qwen, precision="bfloat16")
+    got = bf16.score(prompts, responses)
+    scale = max(abs(x) for x in expected)
+    assert got != pytest.approx(expected, abs=1e-6)  # autocast ran: bf16 rounding shows
+    assert got == pytest.approx(expected, abs=0.05 * scale)
+    group = bf16.score_group(prompts[0], responses)
+    assert group == pytest.approx(auto.score_group(prompts[0], responses), abs=0.05 * scale)
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        Scorer.load(rm_qwen, precision="fp8")

@@ -28,22 +28,41 @@ DEFAULT_MAX_BATCH_TOKENS = 16384
 PAD_SLACK = 1.25  # padded tokens allowed per real token in one forward
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
 @dataclass
 class Scorer:
     model: RewardModel
     tokenizer: object
     spec: ScoringSpec
+    precision: str = "float32"
+    """``bfloat16``: forwards under bf16 autocast (weights stay float32), as training ran on a GPU."""
 
     @classmethod
-    def load(cls, model_dir: str, *, trust_remote_code: bool = False, device: str | None = None) -> "Scorer":
-        """Load a folder written by rmray (plain transformers model + ``rmray_scoring.json``)."""
+    def load(cls, model_dir: str, *, trust_remote_code: bool = False, device: str | None = None,
+             precision: str = "auto") -> "Scorer":
+        """Load a folder written by rmray (plain transformers model + ``rmray_scoring.json``).
+
+        ``precision="auto"`` scores in bf16 autocast on a GPU that has bf16 (float32 matmuls left an H200
+        idle: serving reached 0.47 of its ceiling there) and in float32 on CPUs, where bf16 is emulated
+        on most of them; ``float32`` or ``bfloat16`` force one."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
         spec = ScoringSpec.load(model_dir)
         tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         hf = load_hf_model(model_dir, pad_token_id=tokenizer.pad_token_id, trust_remote_code=trust_remote_code)
         model = RewardModel(hf).eval()
         if device:
             model.to(device)
-        return cls(model, tokenizer, spec)
+        if precision == "auto":
+            cuda = str(device or "cpu").startswith("cuda")
+            precision = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
+        return cls(model, tokenizer, spec, precision)
+
+    def _forward(self, **inputs) -> list[float]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+            return self.model(**inputs).float().tolist()
 
     @property
     def causal(self) -> bool:
@@ -84,7 +103,7 @@ class Scorer:
                 end += 1
             idx = order[start:end]
             ids, mask = pad_sequences([sequences[i] for i in idx], self.tokenizer.pad_token_id)
-            out = self.model(ids.to(self.device), mask.to(self.device)).tolist()
+            out = self._forward(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
             for i, r in zip(idx, out):
                 rewards[i] = r
             start = end
@@ -116,7 +135,7 @@ class Scorer:
             segments = self.model.segments_ok
             batch = pack_for_model(sub, pad_token_id=self.tokenizer.pad_token_id, causal=True, segments=segments,
                                    attention_ratio=6 * self.model.hf_model.config.hidden_size)
-            out = self.model(**on_device(model_inputs(batch, segments), self.device)).tolist()
+            out = self._forward(**on_device(model_inputs(batch, segments), self.device))
             pos = 0
             for g, (_, responses) in zip(chunk, sub):
                 results[g] = out[pos:pos + len(responses)]

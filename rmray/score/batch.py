@@ -41,11 +41,11 @@ class ResponseScorer:
     ``truncated`` and ``score_error`` to every batch, keeping all input columns."""
 
     def __init__(self, model_dirs: list[str], names: list[str], prompt_field: str, response_field: str,
-                 max_batch_tokens: int, num_gpus: float = 0.0, torch_threads: int = 1):
+                 max_batch_tokens: int, num_gpus: float = 0.0, torch_threads: int = 1, precision: str = "auto"):
         import torch
 
         torch.set_num_threads(torch_threads)
-        self.scorers = [Scorer.load(d, device=_device(num_gpus)) for d in model_dirs]
+        self.scorers = [Scorer.load(d, device=_device(num_gpus), precision=precision) for d in model_dirs]
         self.names, self.prompt_field, self.response_field = names, prompt_field, response_field
         self.max_batch_tokens = max_batch_tokens
 

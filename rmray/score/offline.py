@@ -49,6 +49,8 @@ class ScoreConfig:
     max_batch_tokens: int = 16384
     model_names: list[str] | None = None
     ray_address: str | None = None
+    precision: str = "auto"
+    """Forward precision: ``auto`` is bf16 autocast on a GPU with bf16, float32 on CPU."""
     overwrite: bool = False
     """Score again the input files whose output another model (or spec, or text column) wrote; without
     it such a rerun is refused, naming the file."""
@@ -197,7 +199,7 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
         ResponseScorer, batch_format="pyarrow", batch_size=cfg.batch_size,
         fn_constructor_kwargs=dict(model_dirs=cfg.model_dirs, names=names, prompt_field=cfg.prompt_field,
                                    response_field=cfg.response_field, max_batch_tokens=cfg.max_batch_tokens,
-                                   num_gpus=cfg.num_gpus, torch_threads=cfg.torch_threads),
+                                   num_gpus=cfg.num_gpus, torch_threads=cfg.torch_threads, precision=cfg.precision),
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     return _write(scored, cfg, pending, skipped, scored_by)
 

@@ -54,7 +54,8 @@ class _ModelScorer:
         bind_replica_grpc_privately()
         torch.set_num_threads(s.torch_threads or max(1, int(s.num_cpus)))
         device = "cuda" if s.num_gpus > 0 and torch.cuda.is_available() else None
-        self.scorer = Scorer.load(model_dir, trust_remote_code=s.trust_remote_code, device=device)
+        self.scorer = Scorer.load(model_dir, trust_remote_code=s.trust_remote_code, device=device,
+                                  precision=s.precision)
         self.max_batch_tokens = s.max_batch_tokens
         self.executor = ThreadPoolExecutor(1)  # forwards off the event loop, one at a time
         self.score.set_max_batch_size(s.max_batch_size)

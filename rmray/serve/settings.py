@@ -26,6 +26,8 @@ class ServeSettings:
     """GPUs per scorer replica; fractions pack several replicas on one GPU."""
     torch_threads: int | None = None
     """Intra-op threads per replica; default: max(1, num_cpus)."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Forward precision: ``auto`` is bf16 autocast on a GPU with bf16, float32 on CPU."""
     max_batch_size: int = 64
     """Requests merged into one dynamic batch (``@serve.batch``) before the token budget splits it."""
     batch_wait_timeout_s: float = 0.005
