@@ -118,8 +118,10 @@ def test_readable_bad_rows_are_kept_or_counted_and_scored_with_every_column(ray_
 
     tok = load_tokenizer(rm_qwen_chat)
     spec = ScoringSpec(max_length=128, eos_token=tok.eos_token, pad_token=tok.pad_token)
-    for name, rows in _readable_corpus().items():
-        path = tmp_path / name
+    corpus, folder = _readable_corpus(), tmp_path / "corpus"
+    folder.mkdir()
+    for name, rows in corpus.items():
+        path = folder / name
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         prefs = build_preferences(str(path), tokenizer=tok, spec=spec, name=name)
         report = prefs.report
@@ -129,13 +131,16 @@ def test_readable_bad_rows_are_kept_or_counted_and_scored_with_every_column(ray_
         if name == "missing-fields.jsonl":  # bad rows are named by file and line, as an editor shows them
             assert {s.split(" ")[1].rstrip(":") for s in report.samples["missing_field"]} == {f"{name}:2", f"{name}:3"}, report.samples
 
-        out = tmp_path / f"scored-{name}"
-        result = score_dataset(ScoreConfig(model_dirs=[rm_qwen_chat], input=str(path), output=str(out),
-                                           response_field="chosen", batch_size=2))
-        table = pq.read_table(next(out.glob("*.parquet")))
+    # one rmray score run over the whole folder: one output file per input file
+    out = tmp_path / "scored"
+    result = score_dataset(ScoreConfig(model_dirs=[rm_qwen_chat], input=str(folder), output=str(out),
+                                       response_field="chosen", batch_size=2))
+    assert result.rows == sum(len(rows) for rows in corpus.values())
+    for k, (name, rows) in enumerate(sorted(corpus.items())):
+        table = pq.read_table(out / f"part-{k:05d}-{name[:-len('.jsonl')]}.parquet")
         as_json = json.loads((table.schema.metadata or {}).get(b"rmray.json_columns", b"[]"))
         scored = table.to_pylist()
-        assert result.rows == len(scored) == len(rows), name
+        assert len(scored) == len(rows), name
         for row, original in zip(scored, rows):
             for key, value in original.items():
                 got = json.loads(row[key]) if key in as_json and row[key] is not None else row[key]
