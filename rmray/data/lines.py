@@ -9,6 +9,7 @@ block offsets. Compressed files (``.gz``, ``.zst``) are decompressed by pyarrow 
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterator
 
@@ -50,6 +51,19 @@ class JsonLinesText(FileBasedDatasource):
                 break
         if lines:
             yield _block(lines, wheres, errors)
+
+
+def parse_line(line: str | None, unreadable: str | None) -> tuple[dict, str | None]:
+    """A line's JSON object, or ``({}, reason)`` for a line that is not UTF-8 or not a JSON object."""
+    if unreadable:
+        return {}, unreadable
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        return {}, f"line is not a JSON object: {e}"
+    if not isinstance(row, dict):
+        return {}, f"line is not a JSON object: expected a JSON object, got {type(row).__name__}"
+    return row, None
 
 
 def _block(lines, wheres, errors) -> pa.Table:

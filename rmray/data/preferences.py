@@ -23,6 +23,7 @@ from rmray.core.report import DataReport
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import encode_pair
 
+from .lines import parse_line
 from .read import read_lines, read_source
 
 PAIR_COLUMNS = ["row_id", "chosen_ids", "rejected_ids", "margin"]
@@ -85,15 +86,10 @@ def _rows(batch: pa.Table) -> list[dict]:
     if "_line" not in batch.column_names:
         return batch.to_pylist()
     rows = []
-    for line, where, error in zip(*(batch.column(c).to_pylist() for c in ("_line", "_where", "_error"))):
-        try:
-            if error:
-                raise ValueError(error)
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-        except ValueError as e:
-            row = {"_bad_line": str(e) if error else f"line is not a JSON object: {e}"}
+    for line, where, unreadable in zip(*(batch.column(c).to_pylist() for c in ("_line", "_where", "_error"))):
+        row, error = parse_line(line, unreadable)
+        if error:
+            row = {"_bad_line": error}
         row["_row_id"] = where  # file:line
         rows.append(row)
     return rows

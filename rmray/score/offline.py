@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from rmray.core.scoring import model_name
 from rmray.core.spec import check_model_dir
+from rmray.data.lines import parse_line
 from rmray.data.read import check_source
 from rmray.data.readable import check_columns, check_readable
 from rmray.errors import UsageError
@@ -113,17 +114,8 @@ def _parse_lines(batch: pa.Table, text_fields: tuple[str, ...], index_of: dict[s
     for a line that is not a JSON object (a row with its reason, never a crash of the whole run)."""
     kept, texts, errors = [], {name: [] for name in text_fields}, []
     for line, unreadable in zip(batch.column("_line").to_pylist(), batch.column("_error").to_pylist()):
-        try:
-            if unreadable:
-                raise ValueError(unreadable)
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-        except ValueError as err:
-            row, error, line = {}, str(err) if unreadable else f"line is not a JSON object: {err}", None
-        else:
-            error = None
-        kept.append(line)
+        row, error = parse_line(line, unreadable)
+        kept.append(None if error else line)
         errors.append(error)
         for name in text_fields:
             texts[name].append(to_json(row.get(name)))
