@@ -87,7 +87,8 @@ def no_ray(monkeypatch):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local 2-CPU Ray for the session; tests keep to 0.5-CPU workers and tasks (RAY-NOTES P5)."""
+    """One local 2-CPU Ray for the test run; tests keep to 0.5-CPU workers and tasks, so two workers and
+    the data tasks fit on two cores."""
     import ray
 
     from rmray.ray_env import init_ray

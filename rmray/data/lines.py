@@ -30,10 +30,9 @@ class JsonLinesText(FileBasedDatasource):
         number, rest = 0, b""
         while True:
             chunk = f.read(CHUNK_BYTES)
-            data = rest + chunk
-            pieces = data.split(b"\n")
-            rest = pieces.pop() if chunk else b""
-            for raw in pieces + ([rest] if not chunk and rest else []):
+            pieces = (rest + chunk).split(b"\n")
+            rest = pieces.pop() if chunk else b""  # a line cut by the chunk's end waits for the next one
+            for raw in pieces:
                 number += 1
                 if not raw.strip():
                     continue

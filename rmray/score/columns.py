@@ -10,10 +10,10 @@ Arrow needs one type per column, so:
 - a column whose values do not share one Arrow type is written as JSON text: every value
   ``json.dumps``-ed (``"hi"`` becomes ``"\\"hi\\""``, ``[1]`` stays ``[1]``), and the column is listed in
   the output file's ``rmray.json_columns`` metadata;
-- a file's pieces are written as they come (one part per schema); at the end the parts are unified
-  (columns in order of first appearance, missing ones null, ints with floats as floats, any other
-  disagreement as JSON text) -- so a column first seen late, or typed differently in a later batch,
-  never fails the run.
+- a file's pieces are written as they come (a new part when its columns change); a file of one part
+  is kept as written, several are unified once at the end (columns in order of first appearance,
+  missing ones null, ints with floats as floats, any other disagreement as JSON text) -- so a column
+  first seen late, or typed differently in a later batch, never fails the run.
 
 The scorer reads the prompt and response from hidden JSON columns (``TEXT_COLUMN``), so a chat prompt
 is scored as messages even when its visible column had to become JSON text.
@@ -86,24 +86,30 @@ class FileParts:
             self._close()
             self.schema = piece.schema
             self.parts.append(f"{self.tmp_base}.part{len(self.parts)}")
-            self.writer = pq.ParquetWriter(self.parts[-1], self.schema)
+            self.writer = pq.ParquetWriter(self.parts[-1], self._with_metadata(self.schema))
             fitted = piece
         self.writer.write_table(fitted)
 
     def finish(self, final_path: str) -> None:
+        """One part (the common case: the file's columns never changed) is the file already; several
+        are rewritten once, to their unified schema."""
         self._close()
-        schemas = [pq.read_schema(p) for p in self.parts]
-        unified = unify(schemas)
-        json_columns = [f.name for f in unified if is_json(f)]
-        metadata = dict(self.metadata) | ({JSON_COLUMNS_KEY: json.dumps(json_columns).encode()} if json_columns else {})
-        out = f"{self.tmp_base}.whole"
-        with pq.ParquetWriter(out, unified.with_metadata(metadata)) as writer:
+        if len(self.parts) > 1:
+            unified = unify([pq.read_schema(p) for p in self.parts])
+            whole = f"{self.tmp_base}.whole"
+            with pq.ParquetWriter(whole, self._with_metadata(unified)) as writer:
+                for part in self.parts:
+                    for batch in pq.ParquetFile(part).iter_batches():
+                        writer.write_table(conform(pa.Table.from_batches([batch]), unified))
             for part in self.parts:
-                for batch in pq.ParquetFile(part).iter_batches():
-                    writer.write_table(conform(pa.Table.from_batches([batch]), unified))
-        for part in self.parts:
-            os.remove(part)
-        os.replace(out, final_path)
+                os.remove(part)
+            self.parts = [whole]
+        os.replace(self.parts[0], final_path)
+
+    def _with_metadata(self, schema: pa.Schema) -> pa.Schema:
+        json_columns = [f.name for f in schema if is_json(f)]
+        extra = {JSON_COLUMNS_KEY: json.dumps(json_columns).encode()} if json_columns else {}
+        return schema.with_metadata(dict(self.metadata) | extra)
 
     def _close(self) -> None:
         if self.writer is not None:
