@@ -123,7 +123,7 @@ def step_times(path: str, hh_rows: list[dict], steps: int = 20) -> dict:
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_pair
     from rmray.train.batches import Layout, choose_layout, padded_equivalent_tokens, to_chunks
-    from rmray.train.loop import forward_backward
+    from rmray.train.compute import Compute
     from rmray.train.parallel import DDPStrategy
 
     tok = load_tokenizer(path)
@@ -142,7 +142,7 @@ def step_times(path: str, hh_rows: list[dict], steps: int = 20) -> dict:
     model = RewardModel(load_hf_model(path, pad_token_id=tok.pad_token_id)).to(DEV)
     hidden = model.hf_model.config.hidden_size
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    amp = lambda: torch.autocast(DEV.type, dtype=torch.bfloat16)  # noqa: E731
+    compute = Compute.for_run(model, model, DDPStrategy(), DEV, TrainConfig(bf16=True))
     # (packed, segment attention, varlen flash allowed); without varlen, segments run one SDPA call per piece
     variants = {"padded_sdpa": (False, False, True), "packed_dense_mask": (True, False, True),
                 "segments_per_piece_sdpa": (True, True, False), "segments_flash_varlen": (True, True, True)}
@@ -159,7 +159,7 @@ def step_times(path: str, hh_rows: list[dict], steps: int = 20) -> dict:
             _sync()
             t0 = time.perf_counter()
             for chunks in chunked[:3] if warm else chunked:
-                forward_backward(model, DDPStrategy(), chunks, DEV, TrainConfig(), amp, final_sync=True)
+                compute.forward_backward(chunks)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             _sync()

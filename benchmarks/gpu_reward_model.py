@@ -136,7 +136,7 @@ def lora_7b_memory(rows: list[dict], tokenizer_dir: str, tiny: bool) -> dict:
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_pair
     from rmray.train.batches import Layout, choose_layout, to_chunks
-    from rmray.train.loop import forward_backward
+    from rmray.train.compute import Compute
     from rmray.train.parallel import DDPStrategy
 
     hidden, layers = (64, 2) if tiny else (4096, 32)
@@ -156,9 +156,9 @@ def lora_7b_memory(rows: list[dict], tokenizer_dir: str, tiny: bool) -> dict:
     tok = load_tokenizer(tokenizer_dir)
     spec = ScoringSpec(max_length=1024, eos_token=tok.eos_token)
     pairs = [encode_pair(tok, spec, normalize_row(r, "implicit")) for r in rows if usable(r)][:400]
-    cfg = load_config(None, ["learning_rate=1e-5"])
+    cfg = load_config(None, ["learning_rate=1e-5", "bf16=true"])
     layout = Layout(choose_layout(True, True, True), True, 0, attention_ratio=6.0 * hidden, segments=model.segments_ok)
-    autocast = lambda: torch.autocast(DEV, dtype=torch.bfloat16)  # noqa: E731
+    compute = Compute.for_run(model, model, DDPStrategy(), torch.device(DEV), cfg)
     result = {"params_b": sum(p.numel() for p in model.parameters()) / 1e9, "trainable_m": trainable / 1e6,
               "weights_mb": weights_mb}
     for budget in (1024, 4096):
@@ -173,8 +173,7 @@ def lora_7b_memory(rows: list[dict], tokenizer_dir: str, tiny: bool) -> dict:
                  "margin": [0.0] * len(idx)}
         _reset_peak()
         for _ in range(2):
-            forward_backward(model, DDPStrategy(), to_chunks(batch, layout), torch.device(DEV), cfg, autocast,
-                             final_sync=True)
+            compute.forward_backward(to_chunks(batch, layout))
             opt.step()
             opt.zero_grad(set_to_none=True)
         _sync()

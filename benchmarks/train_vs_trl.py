@@ -149,7 +149,7 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_pair
     from rmray.train.batches import Layout, choose_layout, to_chunks
-    from rmray.train.loop import forward_backward
+    from rmray.train.compute import Compute
     from rmray.train.parallel import DDPStrategy
 
     tok = load_tokenizer(model_dir)
@@ -157,22 +157,21 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     pairs = [encode_pair(tok, spec, normalize_row(r, "implicit")) for r in rows]
     torch.manual_seed(0)
     device = torch.device(args.device)
-    cfg = load_config(None, ["learning_rate=1e-5", *args.set])
+    cfg = load_config(None, ["learning_rate=1e-5", f"bf16={args.bf16}", *args.set])
     model = RewardModel(load_hf_model(model_dir, pad_token_id=tok.pad_token_id),
                         last_layer_readout_only=cfg.last_layer_readout_only).to(device)
     causal = model.readout == "last_token"
     layout = Layout(choose_layout(True, True, causal), causal, tok.pad_token_id,
                     attention_ratio=6.0 * model.hf_model.config.hidden_size, segments=model.segments_ok)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)  # noqa: E731
+    compute = Compute.for_run(model, model, DDPStrategy(), device, cfg)
     lengths = [len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
     batches = length_grouped_batches(lengths, args.batch_size, seed=0)
     start = time.perf_counter()
     for idx in batches:
         batch = {"chosen_ids": [pairs[i].chosen_ids for i in idx], "rejected_ids": [pairs[i].rejected_ids for i in idx],
                  "margin": [0.0] * len(idx)}
-        forward_backward(model, DDPStrategy(), to_chunks(batch, layout), device, cfg, autocast,
-                         final_sync=True)
+        compute.forward_backward(to_chunks(batch, layout))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

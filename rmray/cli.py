@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from rmray.config import add_options, field_docs, options_of
 from rmray.errors import UsageError
 from rmray.ray_env import quiet_env, verbose
 from rmray.serve.settings import ServeSettings
@@ -30,9 +31,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+SERVE_OPTIONS = ["host", "port", "replicas", "max_replicas", "num_cpus", "num_gpus", "max_inflight", "max_body_bytes",
+                 "ensemble", "precision"]
+SCORE_OPTIONS = ["prompt_field", "response_field", "concurrency", "num_cpus", "num_gpus", "torch_threads", "batch_size",
+                 "max_batch_tokens", "overwrite", "precision", "ray_address"]
+EVAL_OPTIONS = ["output", "train_dir", "data_format", "concurrency", "num_cpus", "num_gpus", "torch_threads",
+                "batch_size", "max_batch_tokens", "ray_address"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmray", description="Train and serve reward models on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_serve(sub)
+    _add_score(sub)
+    _add_eval(sub)
+    return parser
+
+
+def _add_train(sub) -> None:
     p_train = sub.add_parser("train", help="train a reward model", add_help=False)
     p_train.add_argument("config", nargs="?", help="YAML config (see jobs/configs/)")
     p_train.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -40,61 +57,42 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo = sub.add_parser("demo", help="train the offline demo model and score a few examples")
     p_demo.add_argument("config", nargs="?", default="jobs/configs/demo.yaml")
     p_demo.add_argument("overrides", nargs="*", help="key=value overrides")
-    p_score = sub.add_parser("score-text", help="score prompt/response pairs with a trained model, texts as given "
-                                                "(the same reward /score gives)")
-    p_score.add_argument("model_dir")
-    p_score.add_argument("--prompt", action="append", required=True)
-    p_score.add_argument("--response", action="append", required=True)
+
+
+def _add_serve(sub) -> None:
     p_serve = sub.add_parser("serve", help="serve models over HTTP with Ray Serve (Ctrl-C stops)")
     p_serve.add_argument("model_dirs", nargs="+", help="rmray model folders; several = an ensemble")
-    p_serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p_serve.add_argument("--port", type=int, default=8000)
-    p_serve.add_argument("--replicas", type=int, default=1, help="scorer replicas per model")
-    p_serve.add_argument("--max-replicas", type=int, default=None, help="enable autoscaling up to this many")
-    p_serve.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per scorer replica")
-    p_serve.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per scorer replica (fractions allowed)")
-    p_serve.add_argument("--max-inflight", type=int, default=ServeSettings.max_inflight,
-                         help="requests the HTTP ingress holds at once; more get 503 + Retry-After at once")
-    p_serve.add_argument("--max-body-bytes", type=int, default=ServeSettings.max_body_bytes,
-                         help="largest request body accepted (413 above it)")
-    p_serve.add_argument("--ensemble", choices=["normalized", "raw"], default=ServeSettings.ensemble,
-                         help="several models: average rewards standardized by each model's saved eval "
-                              "mean/std (when all have them), or raw rewards")
-    p_serve.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=ServeSettings.precision,
-                         help="forward precision (auto: bf16 autocast on a GPU with bf16, float32 on CPU)")
+    add_options(p_serve, ServeSettings, SERVE_OPTIONS)
     p_serve.add_argument("--ray-address", default=None, help="join this cluster instead of starting one")
+
+
+def _add_score(sub) -> None:
+    from rmray.score.settings import ScoreConfig
+
+    p_text = sub.add_parser("score-text", help="score prompt/response pairs with a trained model, texts as given "
+                                               "(the same reward /score gives)")
+    p_text.add_argument("model_dir")
+    p_text.add_argument("--prompt", action="append", required=True)
+    p_text.add_argument("--response", action="append", required=True)
     p_sc = sub.add_parser("score", help="score every row of a dataset offline (Ray Data) into Parquet")
     p_sc.add_argument("model_dir")
-    p_sc.add_argument("input", help=".jsonl/.json/.parquet/.csv file, folder, glob or URI, or a saved datasets folder")
-    p_sc.add_argument("output", help="folder for Parquet files (a rerun skips input files already written)")
+    p_sc.add_argument("input", help=field_docs(ScoreConfig)["input"])
+    p_sc.add_argument("output", help=field_docs(ScoreConfig)["output"])
     p_sc.add_argument("--model", action="append", default=[], help="another model for an ensemble (repeatable)")
-    p_sc.add_argument("--prompt-field", default="prompt")
-    p_sc.add_argument("--response-field", default="response")
-    p_sc.add_argument("--concurrency", type=int, default=1, help="scoring actors")
-    p_sc.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per actor")
-    p_sc.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
-    p_sc.add_argument("--torch-threads", type=int, default=1)
-    p_sc.add_argument("--batch-size", type=int, default=256)
-    p_sc.add_argument("--max-batch-tokens", type=int, default=16384)
+    add_options(p_sc, ScoreConfig, SCORE_OPTIONS)
     p_sc.add_argument("--top-k", type=int, default=None, help="best-of-n: keep the k best rows per prompt")
     p_sc.add_argument("--threshold", type=float, default=None, help="keep rows with reward >= this")
     p_sc.add_argument("--group-by", default=None, help="column to group by for --top-k (default: the prompt field)")
     p_sc.add_argument("--selected", default=None, help="where selected rows go (default: OUTPUT-selected)")
-    p_sc.add_argument("--overwrite", action="store_true",
-                      help="score again the files another model (or spec, or text column) wrote in OUTPUT")
-    p_sc.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
-                      help="forward precision (auto: bf16 autocast on a GPU with bf16, float32 on CPU)")
-    p_sc.add_argument("--ray-address", default=None)
+
+
+def _add_eval(sub) -> None:
+    from rmray.score.settings import EvalConfig
+
     p_ev = sub.add_parser("eval", help="preference accuracy, margin and calibration, with a report")
-    p_ev.add_argument("model_dir")
-    p_ev.add_argument("data", help="preference data in any training format")
-    p_ev.add_argument("--output", default=None, help="folder for metrics.json, PNG plots and report.html")
-    p_ev.add_argument("--train-dir", default=None, help="training output dir, to plot its curves")
-    p_ev.add_argument("--data-format", default=None, choices=["standard", "implicit", "conversational"])
-    p_ev.add_argument("--concurrency", type=int, default=1)
-    p_ev.add_argument("--num-gpus", type=float, default=0.0)
-    p_ev.add_argument("--ray-address", default=None)
-    return parser
+    p_ev.add_argument("model_dir", help=field_docs(EvalConfig)["model_dir"])
+    p_ev.add_argument("data", help=field_docs(EvalConfig)["data"])
+    add_options(p_ev, EvalConfig, EVAL_OPTIONS)
 
 
 def _run(args) -> int:
@@ -148,11 +146,7 @@ def _score(args) -> int:
     from rmray.score.offline import ScoreConfig, score_dataset
 
     cfg = ScoreConfig(model_dirs=[args.model_dir, *args.model], input=args.input, output=args.output,
-                      prompt_field=args.prompt_field, response_field=args.response_field,
-                      concurrency=args.concurrency, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                      torch_threads=args.torch_threads, batch_size=args.batch_size,
-                      max_batch_tokens=args.max_batch_tokens, ray_address=args.ray_address, overwrite=args.overwrite,
-                      precision=args.precision)
+                      **options_of(args, SCORE_OPTIONS))
     score_dataset(cfg)
     if args.top_k is not None or args.threshold is not None:
         from rmray.score.select import select_best
@@ -166,9 +160,9 @@ def _score(args) -> int:
 
 def _eval(args) -> int:
     from rmray.score.evaluate import evaluate
+    from rmray.score.settings import EvalConfig
 
-    evaluate(args.model_dir, args.data, args.output, train_dir=args.train_dir, data_format=args.data_format,
-             concurrency=args.concurrency, num_gpus=args.num_gpus, ray_address=args.ray_address)
+    evaluate(EvalConfig(model_dir=args.model_dir, data=args.data, **options_of(args, EVAL_OPTIONS)))
     return 0
 
 
@@ -178,10 +172,7 @@ def _serve(args) -> int:
     check_model_dirs(args.model_dirs)  # before anything loads torch or starts Ray: an answer in a second
     check_port_free(args.host, args.port)
     try:
-        settings = ServeSettings(model_dirs=args.model_dirs, host=args.host, port=args.port, replicas=args.replicas,
-                                 max_replicas=args.max_replicas, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                                 max_inflight=args.max_inflight, max_body_bytes=args.max_body_bytes,
-                                 ensemble=args.ensemble, precision=args.precision)
+        settings = ServeSettings(model_dirs=args.model_dirs, **options_of(args, SERVE_OPTIONS))
     except ValueError as err:
         raise UsageError(str(err)) from None
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:

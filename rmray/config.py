@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import yaml
 
+from rmray.core.formats import Format
 from rmray.errors import UsageError
 
 
@@ -41,7 +43,7 @@ class TrainConfig:
     """Same forms as ``train_data``. When unset, ``eval_split_ratio`` of the train rows is held out."""
     eval_split_ratio: float = 0.1
     """Fraction of train rows held out for eval when ``eval_data`` is unset (0 disables eval)."""
-    data_format: Literal["auto", "standard", "implicit", "conversational"] = "auto"
+    data_format: Literal["auto", Format] = "auto"
     """``auto`` decides each row's format from its fields; force one to refuse rows of another shape."""
     prompt_field: str = "prompt"
     """The column holding the prompt, when your data names it otherwise (``question``, ``instruction``)."""
@@ -93,6 +95,10 @@ class TrainConfig:
     """Seed of the model head init, the batch order and the length-grouped windows."""
     bf16: Optional[bool] = None
     """bf16 autocast. Default: on where supported (CUDA with bf16), off on CPU."""
+    loss: Literal["bradley_terry", "plackett_luce"] = "bradley_terry"
+    """The loss over each prompt's responses, read as a [G, K] reward tensor (a pair is K = 2):
+    ``bradley_terry`` on every ordered pair (margins subtracted), or ``plackett_luce`` (listwise; on pairs
+    it equals Bradley-Terry without margins). See ``rmray/core/loss.py``."""
     center_rewards_coefficient: Optional[float] = None
     """Adds ``coef * mean((r_chosen + r_rejected)^2)``; 0.01 is the usual value."""
     gradient_checkpointing: bool = False
@@ -256,8 +262,9 @@ class TrainConfig:
         return self.greater_is_better if self.greater_is_better is not None else not self.best_metric.endswith("loss")
 
 
-def config_help(cls=TrainConfig) -> str:
-    """``key (type, default): help`` lines, taken from the field docstrings in this file."""
+def field_docs(cls) -> dict[str, str]:
+    """Each field's docstring (the string literal written under it in the class body), whitespace folded:
+    the one place a setting is explained, read by ``--help`` of every command."""
     import ast
     import inspect
 
@@ -266,11 +273,40 @@ def config_help(cls=TrainConfig) -> str:
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
             docs[node.target.id] = " ".join(nxt.value.value.split())
-    lines = []
+    return docs
+
+
+def config_help(cls=TrainConfig) -> str:
+    """``key = default`` lines, each with its help under it."""
+    docs, lines = field_docs(cls), []
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         lines.append(f"  {f.name} = {default!r}" + (f"\n      {docs[f.name]}" if f.name in docs else ""))
     return "\n".join(lines)
+
+
+def add_options(parser, cls, names: list[str]) -> None:
+    """``--kebab-case`` options for the named fields of ``cls``: type, choices and default from the field,
+    help from its docstring, so a command line never re-types a default or a choice list."""
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name in names:
+        hint = hints[name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X], X | None
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        kwargs = {"default": defaults[name], "help": docs[name]}
+        if hint is bool:
+            kwargs["action"] = "store_true"
+        elif typing.get_origin(hint) is Literal:
+            kwargs["choices"] = list(typing.get_args(hint))
+        else:
+            kwargs["type"] = hint
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def options_of(args, names: list[str]) -> dict:
+    """The parsed values of the options ``add_options`` added, by field name."""
+    return {name: getattr(args, name) for name in names}
 
 
 def load_config(path: str | None, overrides: list[str] = (), cls=TrainConfig):

@@ -82,3 +82,27 @@ def test_every_config_key_has_help():
     for key in keys:
         at = next(i for i, line in enumerate(lines) if line.startswith(f"  {key} = "))
         assert at + 1 < len(lines) and lines[at + 1].startswith("      ") and len(lines[at + 1].strip()) > 10, key
+
+
+def test_every_serve_score_and_eval_setting_has_help_and_its_option_uses_it():
+    """`rmray serve/score/eval --help` read the same field docstrings: a setting without one fails here,
+    and an option's default is the dataclass's (the command line never re-types it)."""
+    import dataclasses
+
+    from rmray.cli import EVAL_OPTIONS, SCORE_OPTIONS, SERVE_OPTIONS, build_parser
+    from rmray.config import field_docs
+    from rmray.score.settings import EvalConfig, ScoreConfig
+    from rmray.serve.settings import ServeSettings
+
+    for cls in (ServeSettings, ScoreConfig, EvalConfig):
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if len(docs.get(f.name, "")) <= 10]
+        assert not missing, f"{cls.__name__}: no help for {missing}"
+    parser = build_parser()
+    for command, cls, names, positional in (("serve", ServeSettings, SERVE_OPTIONS, ["m"]),
+                                            ("score", ScoreConfig, SCORE_OPTIONS, ["m", "in", "out"]),
+                                            ("eval", EvalConfig, EVAL_OPTIONS, ["m", "data"])):
+        args = parser.parse_args([command, *positional])
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        assert {n: getattr(args, n) for n in names} == {n: defaults[n] for n in names}, command
+    assert parser.parse_args(["score", "m", "in", "out", "--max-batch-tokens", "512"]).max_batch_tokens == 512

@@ -59,8 +59,9 @@ def run_packed(model, pb, attention: str):
     """The model on a packed batch, with its dense 4D mask or its segment plan."""
     if attention == "segments":
         assert model.segments_ok
-        return model(pb.input_ids, None, pb.position_ids, pb.readout_row, pb.readout_col, segments=pb.plan)
-    return model(pb.input_ids, pb.attention_mask, pb.position_ids, pb.readout_row, pb.readout_col)
+        return model(pb.input_ids, None, pb.position_ids, readout_row=pb.readout_row, readout_col=pb.readout_col,
+                     segments=pb.plan)
+    return model(pb.input_ids, pb.attention_mask, pb.position_ids, readout_row=pb.readout_row, readout_col=pb.readout_col)
 
 
 def assert_close_relative(a: torch.Tensor, b: torch.Tensor, rel=1e-4):
@@ -201,7 +202,7 @@ def test_varlen_index_computes_what_the_per_piece_path_computes(causal):
     """The GPU kernel's input (one flash call per layer over cumulative lengths and gathered keys) is
     built here on CPU; fed to a plain-torch varlen reference it must give the per-piece SDPA result.
     Covers: several responses per group, a zero-length prefix, one-token responses, row padding."""
-    from rmray.core.attention import _per_piece, _varlen_index
+    from rmray.core.attention import Segments, _Call, _per_piece, _varlen_index
 
     torch.manual_seed(0)
     plan = [[(0, 5, [3, 1, 4]), (13, 0, [2, 6]), (21, 7, [1])], [(0, 2, [9]), (11, 4, [1, 1, 1, 2])]]
@@ -210,7 +211,7 @@ def test_varlen_index_computes_what_the_per_piece_path_computes(causal):
     length = 32
     q, k, v = (torch.randn(2, 3, length, 8, dtype=torch.float64) for _ in range(3))
     index = _varlen_index(plan, length, causal, "cpu")
-    expected = _per_piece(q, k, v, plan, 0.0, None, causal).flatten(0, 1)
+    expected = _per_piece((q, k, v), Segments(plan), _Call(0.0, None, causal)).flatten(0, 1)
     got = varlen_reference(q, k, v, index, causal)
     real = torch.zeros(2, length, dtype=torch.bool)  # padding outputs are never read
     for b, row in enumerate(plan):

@@ -127,6 +127,7 @@ def eval_pairs(hh_rows, tmp_path_factory, rm_qwen):
 
 def test_eval_matches_plain_transformers_and_writes_a_report(ray_cluster, rm_qwen, eval_pairs, tmp_path):
     from rmray.score.evaluate import evaluate
+    from rmray.score.settings import EvalConfig
 
     path, rows = eval_pairs
     train_dir = tmp_path / "run"
@@ -135,7 +136,7 @@ def test_eval_matches_plain_transformers_and_writes_a_report(ray_cluster, rm_qwe
         {"step": 1, "epoch": 0, "loss": 0.7, "accuracy": 0.5}, {"step": 2, "epoch": 0, "loss": 0.6, "accuracy": 0.6},
         {"step": 2, "epoch": 0, "eval_loss": 0.65, "eval_accuracy": 0.55}, {"event": "summary", "steps": 2}]))
     out = tmp_path / "report"
-    metrics = evaluate(rm_qwen, path, str(out), train_dir=str(train_dir))
+    metrics = evaluate(EvalConfig(model_dir=rm_qwen, data=path, output=str(out), train_dir=str(train_dir)))
     chosen = plain_transformers_scores(rm_qwen, [r["chosen"] for r in rows])
     rejected = plain_transformers_scores(rm_qwen, [r["rejected"] for r in rows])
     correct = [c > r for c, r in zip(chosen, rejected)]

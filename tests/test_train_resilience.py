@@ -24,41 +24,6 @@ def events(output_dir, kind):
     return [r for r in read_metrics(output_dir) if r.get("event") == kind]
 
 
-def test_killed_worker_recovers_from_the_last_checkpoint(ray_cluster, tiny_qwen, tmp_path):
-    from rmray.core.scoring import Scorer
-    from rmray.train.run import train
-
-    cfg = config(tmp_path, "chaos", tiny_qwen, chaos_kill_at_step=3, max_failures=1, log_consumed_pairs=True)
-    result = train(cfg)
-    assert os.path.exists(os.path.join(cfg.output_dir, ".chaos_killed"))  # the kill really happened
-    resumes = events(cfg.output_dir, "resume")
-    assert len(resumes) == 1 and resumes[0]["step"] == 2  # the checkpoint before the kill at step 3
-    assert 3 - resumes[0]["step"] <= cfg.save_steps  # at most one checkpoint interval recomputed
-    assert result.summary["steps"] == 6
-    train_steps = [r["step"] for r in read_metrics(cfg.output_dir) if "loss" in r and "event" not in r]
-    assert train_steps[-4:] == [3, 4, 5, 6]
-    assert len(Scorer.load(result.final_model_dir).score(["Q:"], [" A."])) == 1
-
-    # Exact resume, audited from the consumed-pair record of each rank: the batches the restarted workers
-    # skipped are, pair for pair, those trained before the checkpoint; nothing is trained twice.
-    everything = []
-    for rank in (0, 1):
-        with open(os.path.join(cfg.output_dir, "consumed", f"rank-{rank}.jsonl")) as f:
-            lines = [json.loads(line) for line in f]
-        first = [x for x in lines if x["started_at_step"] == 0]
-        second = [x for x in lines if x["started_at_step"] == 2]
-        assert first and second and len(first) + len(second) == len(lines)
-        before_checkpoint = [x["row_ids"] for x in first if x["kind"] == "trained" and x["step"] < 2]
-        assert before_checkpoint == [x["row_ids"] for x in second if x["kind"] == "skipped"]
-        effective = before_checkpoint + [x["row_ids"] for x in second if x["kind"] == "trained"]
-        assert len(effective) == 6  # one micro-batch per step
-        everything += [row for batch in effective for row in batch]
-    assert len(everything) == len(set(everything)) == 2 * 6 * 8  # 2 ranks x 6 steps x 8 pairs, no repeats
-    kept = sorted(glob.glob(os.path.join(cfg.output_dir, "ray", "checkpoint-*")))
-    assert {"checkpoint-000004", "checkpoint-000006"} <= {os.path.basename(k) for k in kept}
-    assert all(os.path.exists(os.path.join(k, "rmray_checkpoint.json")) for k in kept)
-
-
 def test_resume_from_path_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qwen, tmp_path):
     from rmray.train.run import train
 
@@ -145,22 +110,38 @@ def effective_batches(output_dir: str, rank: int) -> list[list[str]]:
 @pytest.mark.timeout(900)
 def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undisturbed_pairs(ray_cluster, tiny_qwen,
                                                                                           tmp_path):
-    """Kill after checkpoint 2, kill again after checkpoint 4 with 4's weights cut in half: the run rolls
-    back to 2 twice, re-reaches 4 (a second checkpoint of step 4, beside the damaged one), and ends with
-    final/ and a summary -- training exactly the pairs an undisturbed run trains."""
+    """Kill after checkpoint 2, kill again two steps after checkpoint 4 (so Ray's checkpoint manager has
+    registered it) with 4's weights cut in half: the run rolls back to 2 twice, re-reaches 4 (a second
+    checkpoint of step 4, beside the damaged one, which pruning later deletes), and ends with final/ and
+    a summary -- training exactly the pairs an undisturbed run trains."""
+    from rmray.core.scoring import Scorer
     from rmray.train.run import train
 
-    common = dict(max_steps=8, save_steps=2, save_total_limit=2, log_consumed_pairs=True, eval_split_ratio=0)
-    cfg = config(tmp_path, "chaos", tiny_qwen, chaos_kill_at_step=[3, 5], chaos_damage_checkpoint=4, max_failures=2,
+    common = dict(max_steps=8, save_steps=2, save_total_limit=3, log_consumed_pairs=True, eval_split_ratio=0)
+    cfg = config(tmp_path, "chaos", tiny_qwen, chaos_kill_at_step=[3, 6], chaos_damage_checkpoint=4, max_failures=2,
                  **common)
     result = train(cfg)
     with open(os.path.join(cfg.output_dir, ".chaos_killed")) as f:
-        assert f.read().split() == ["3", "5"]  # both kills happened
+        assert f.read().split() == ["3", "6"]  # both kills happened
     assert [r["step"] for r in events(cfg.output_dir, "resume")] == [2, 2]
     assert any(w["kind"] == "bad_checkpoint" and "checkpoint-000004" in w["message"]
                for w in events(cfg.output_dir, "warning"))
     assert result.summary["steps"] == 8 and len(events(cfg.output_dir, "summary")) == 1
     assert os.path.exists(os.path.join(result.final_model_dir, "model.safetensors"))
+    # Every checkpoint Ray's manager still lists is on disk and whole: a re-reached step written into
+    # the damaged checkpoint's folder was deleted with it when pruning dropped the old one, leaving a
+    # listed checkpoint without files (a new driver refuses such a run folder as corrupted).
+    snapshot, = glob.glob(os.path.join(cfg.output_dir, "**", "checkpoint_manager_snapshot.json"), recursive=True)
+    with open(snapshot) as f:
+        listed = [r["checkpoint_dir_name"] for r in json.load(f)["checkpoint_results"]]
+    assert len(listed) == 3
+    for name in listed:
+        assert os.path.exists(os.path.join(os.path.dirname(snapshot), name, "rmray_checkpoint.json")), name
+
+    # the restarted workers logged every step from the one after the checkpoint on, and the model scores
+    train_steps = [r["step"] for r in read_metrics(cfg.output_dir) if "loss" in r and "event" not in r]
+    assert train_steps[-6:] == [3, 4, 5, 6, 7, 8]
+    assert len(Scorer.load(result.final_model_dir).score(["Q:"], [" A."])) == 1
 
     reference = train(config(tmp_path, "undisturbed", tiny_qwen, **common))
     # the same pairs, so the same tokens: counted across the resumes, not only since the last one
@@ -169,3 +150,5 @@ def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undistu
     for rank in (0, 1):
         got, want = effective_batches(cfg.output_dir, rank), effective_batches(reference.output_dir, rank)
         assert got == want and len(want) == 8
+        rows = [row for batch in got for row in batch]
+        assert len(rows) == len(set(rows)) == 8 * 8  # 8 steps x 8 pairs, none trained twice in the model

@@ -29,7 +29,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,8 @@ class VarlenIndex:
 
 def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                       is_causal=None, **kwargs):
-    """transformers attention interface: ``query`` ``[B, H, L, D]`` -> ``([B, L, H, D], None)``."""
+    """transformers attention interface: ``query`` ``[B, H, L, D]`` -> ``([B, L, H, D], None)``. The
+    signature is transformers' ``AttentionInterface`` (its eight arguments are not ours to bundle)."""
     segments: Segments | None = kwargs.pop(KWARG, None)
     readout_only = kwargs.pop(READOUT_ONLY, False)
     if query.device.type == "cpu" and (query.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")):
@@ -97,12 +98,20 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     causal = bool(getattr(module, "is_causal", True))
-    dropout = dropout if module.training else 0.0
+    call = _Call(dropout if module.training else 0.0, scaling, causal)
     half = flash_dtype(query)
     if half is not None:
         index = segments.varlen_index(query.shape[2], causal, query.device)
-        return _flash_varlen(query, key, value, index, half, dropout, scaling, causal), None  # every query
-    return _per_piece(query, key, value, segments.plan, dropout, scaling, causal, readout_only, segments.prefix_masks), None
+        return _flash_varlen((query, key, value), index, half, call), None  # every query
+    return _per_piece((query, key, value), segments, call, readout_only), None
+
+
+class _Call(NamedTuple):
+    """How every attention call of one layer runs."""
+
+    dropout: float
+    scaling: float | None
+    causal: bool
 
 
 def flash_dtype(query: torch.Tensor) -> torch.dtype | None:
@@ -120,23 +129,23 @@ def _flash_capable(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index) >= (8, 0)  # FlashAttention-2: Ampere and newer
 
 
-def _flash_varlen(query, key, value, index: VarlenIndex, dtype, dropout: float, scaling, causal: bool):
-    b, h, length, d = query.shape
-    q, k, v = (t.transpose(1, 2).reshape(b * length, h, d).to(dtype) for t in (query, key, value))
+def _flash_varlen(qkv: tuple, index: VarlenIndex, dtype, call: _Call):
+    b, h, length, d = qkv[0].shape
+    q, k, v = (t.transpose(1, 2).reshape(b * length, h, d).to(dtype) for t in qkv)
     if index.key_index is not None:
         k, v = k.index_select(0, index.key_index), v.index_select(0, index.key_index)
     out = torch.ops.aten._flash_attention_forward(q, k, v, index.cu_q, index.cu_k, index.max_q, index.max_k,
-                                                 dropout, causal, False, scale=scaling)[0]
+                                                 call.dropout, call.causal, False, scale=call.scaling)[0]
     return out.view(b, length, h, d)
 
 
-def _per_piece(query, key, value, plan: Plan, dropout: float, scaling, causal: bool, readout_only: bool = False,
-               masks: dict | None = None):
-    """``masks``: the forward's cache of further-response masks (``Segments.prefix_masks``)."""
-    masks = {} if masks is None else masks
-    sdpa = functools.partial(F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling)
+def _per_piece(qkv: tuple, segments: "Segments", call: _Call, readout_only: bool = False):
+    """One SDPA call per piece of each row of ``segments.plan`` (no varlen kernel here)."""
+    query, key, value = qkv
+    plan, causal, masks = segments.plan, call.causal, segments.prefix_masks
+    sdpa = functools.partial(F.scaled_dot_product_attention, dropout_p=call.dropout, scale=call.scaling)
     if readout_only:
-        sdpa = functools.partial(_readout_query, sdpa, causal)
+        sdpa = _readout_query(sdpa, causal)
     rows = []
     for b, row_plan in enumerate(plan):
         # One split per tensor and row, never a slice per segment: a slice's backward writes its gradient
@@ -164,13 +173,15 @@ def _per_piece(query, key, value, plan: Plan, dropout: float, scaling, causal: b
     return torch.cat(rows, 0).transpose(1, 2).contiguous()
 
 
-def _readout_query(sdpa, causal: bool, q, k, v, is_causal=False, attn_mask=None):
-    """One piece's attention at its read-out query only: the last query sees every key of its piece
+def _readout_query(sdpa, causal: bool):
+    """``sdpa`` computed at each piece's read-out query only: the last query sees every key of its piece
     (the whole prefix, the whole response), [CLS] too (bidirectional), so no mask is needed."""
-    n = q.shape[2]
-    if causal:
-        return torch.cat([q.new_zeros(*q.shape[:2], n - 1, q.shape[3]), sdpa(q[:, :, -1:], k, v)], 2)
-    return torch.cat([sdpa(q[:, :, :1], k, v), q.new_zeros(*q.shape[:2], n - 1, q.shape[3])], 2)
+    def attend(q, k, v, is_causal=False, attn_mask=None):
+        n = q.shape[2]
+        if causal:
+            return torch.cat([q.new_zeros(*q.shape[:2], n - 1, q.shape[3]), sdpa(q[:, :, -1:], k, v)], 2)
+        return torch.cat([sdpa(q[:, :, :1], k, v), q.new_zeros(*q.shape[:2], n - 1, q.shape[3])], 2)
+    return attend
 
 
 def _piece_sizes(row_plan, length: int, causal: bool) -> list[int]:

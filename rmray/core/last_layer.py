@@ -61,13 +61,13 @@ def _forward(layer, hidden_states, *args, **kwargs):
     segments = kwargs.get(KWARG)
     if segments is None or segments.readout is None:
         return type(layer).forward(layer, hidden_states, *args, **kwargs)
-    rows, cols = segments.readout
-    out = layer._rmray_readout(layer, hidden_states, rows, cols, args, kwargs)
+    out = layer._rmray_readout(layer, hidden_states, segments.readout, args, kwargs)
     segments.readout_calls += 1
     return out.unsqueeze(0)
 
 
-def _pre_norm(layer, hidden, rows, cols, args, kwargs):
+def _pre_norm(layer, hidden, readout: tuple, args, kwargs):
+    rows, cols = readout  # the read-out positions: row and column indices into hidden
     if args:  # transformers' decoders pass everything after hidden_states by keyword
         raise TypeError(f"{type(layer).__name__}: unexpected positional arguments for the read-out path")
     attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), **kwargs, **{READOUT_ONLY: True})
@@ -75,7 +75,8 @@ def _pre_norm(layer, hidden, rows, cols, args, kwargs):
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
-def _post_norm(layer, hidden, rows, cols, args, kwargs):
+def _post_norm(layer, hidden, readout: tuple, args, kwargs):
+    rows, cols = readout
     # BertEncoder passes (attention_mask, encoder_hidden_states) positionally; the latter is None
     # without cross-attention, which find() requires.
     kwargs = dict(kwargs)

@@ -156,7 +156,7 @@ class RewardModel(nn.Module):
         return _unwrap(self.model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, readout_row: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, *, readout_row: torch.Tensor | None = None,
                 readout_col: torch.Tensor | None = None, segments: list | None = None) -> torch.Tensor:
         """Padded rows (2D mask) -> one reward per row; packed rows from
         :func:`rmray.core.packing.pack_groups` (its 4D mask, or its segment ``plan`` as ``segments``)
@@ -168,13 +168,14 @@ class RewardModel(nn.Module):
                                  f"use packed_attention=dense")
             plan = attention.Segments(segments, readout=(readout_row, readout_col) if self.last_layer_readout_only else None)
             with attention.plan_active():  # no [L, L] mask: segment attention reads the plan
-                rewards = self._forward_packed(input_ids, None, position_ids, readout_row, readout_col, {attention.KWARG: plan})
+                rewards = self._forward_packed(input_ids, None, position_ids, (readout_row, readout_col),
+                                               {attention.KWARG: plan})
             if plan.calls == 0:  # the rows were attended as one sequence each: wrong, so never returned
                 raise RuntimeError(f"{type(self.hf_model).__name__} did not pass the segment plan to its attention "
                                    "(a transformers version whose model drops attention keyword arguments); "
                                    "use packed_attention=dense")
         elif attention_mask.dim() == 4:
-            rewards = self._forward_packed(input_ids, attention_mask, position_ids, readout_row, readout_col)
+            rewards = self._forward_packed(input_ids, attention_mask, position_ids, (readout_row, readout_col))
         else:
             rewards = self._forward_padded(input_ids, attention_mask)
         return rewards.clone()  # not a view: FSDP2 hooks this output for the backward all-gather
@@ -200,7 +201,8 @@ class RewardModel(nn.Module):
         pooled = hidden[0] if plan and plan.readout_calls else hidden[rows, last]
         return base.score(pooled).squeeze(-1).float()
 
-    def _forward_packed(self, input_ids, mask4d, position_ids, readout_row, readout_col, kwargs=None) -> torch.Tensor:
+    def _forward_packed(self, input_ids, mask4d, position_ids, readout: tuple, kwargs=None) -> torch.Tensor:
+        """``readout``: (rows, columns) of the positions whose hidden states the head reads."""
         base = self.hf_model
         backbone = getattr(base, base.base_model_prefix)
         # Extra keyword arguments reach every attention call (and are kept for checkpoint recomputation).
@@ -212,7 +214,7 @@ class RewardModel(nn.Module):
         # The read-out last layer returns the picked rows already, as one row [1, N, H].
         used = plan is not None and plan.readout_calls > 0
         self.last_layer_readout_used |= used
-        picked = hidden[0] if used else hidden[readout_row, readout_col]  # [N, H]
+        picked = hidden[0] if used else hidden[readout]  # [N, H]
         if self.readout == "last_token":
             return base.score(picked).squeeze(-1).float()
         # Encoder heads read position 0 of a sequence: hand them each picked [CLS] state as a length-1 row.

@@ -21,10 +21,9 @@ from .collate import pad_sequences
 from .formats import Text
 from .model import RewardModel, load_hf_model, load_tokenizer
 from .packing import model_inputs, on_device, pack_for_model
-from .spec import ScoringSpec
+from .spec import DEFAULT_MAX_BATCH_TOKENS, ScoringSpec
 from .tokenize import Encoded, encode
 
-DEFAULT_MAX_BATCH_TOKENS = 16384
 PAD_SLACK = 1.25  # padded tokens allowed per real token in one forward
 
 

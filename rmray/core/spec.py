@@ -24,6 +24,10 @@ PLAIN_CHAT_TEMPLATE = (
 )
 
 
+# Padded tokens per forward when scoring: rows are length-sorted and cut at this budget (serve, score, eval).
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
 @dataclass
 class ScoringSpec:
     max_length: int = 1024

@@ -12,6 +12,7 @@ keeping trailing special tokens and the EOS the reward is read at.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .formats import BadRow, PreferencePair, Text
 from .spec import ScoringSpec
@@ -59,7 +60,8 @@ def encode(tokenizer, spec: ScoringSpec, prompt: Text, response: Text) -> Encode
     prompt_text, full, add_special = render(tokenizer, prompt, response)
     # Encoders pool at [CLS], so they need their special tokens even around a chat-rendered text.
     add_special = add_special or spec.readout == "pooler"
-    return _fit(tokenizer, spec, full, add_special, not isinstance(response, list), len(prompt_text), spec.max_length)
+    return _fit(tokenizer, spec, _Text(full, len(prompt_text), add_special, not isinstance(response, list)),
+                spec.max_length)
 
 
 def encode_text(tokenizer, spec: ScoringSpec, text: str, *, add_special_tokens: bool = True,
@@ -77,13 +79,22 @@ def encode_text(tokenizer, spec: ScoringSpec, text: str, *, add_special_tokens: 
     if bos and text.startswith(bos):
         add_special_tokens = False  # the text carries its BOS; adding one would score another sequence
     # The whole text counts as prompt for truncation: its beginning goes first, the end stays.
-    return _fit(tokenizer, spec, text, add_special_tokens, not is_rendered_chat(tokenizer, text), len(text), limit)
+    return _fit(tokenizer, spec, _Text(text, len(text), add_special_tokens, not is_rendered_chat(tokenizer, text)), limit)
 
 
-def _fit(tokenizer, spec: ScoringSpec, text: str, add_special: bool, plain: bool, prompt_chars: int,
-         limit: int) -> Encoded:
-    """Tokenize ``text`` (EOS appended to ``plain`` text under the spec) and cut it to ``limit`` tokens:
-    the first ``prompt_chars`` characters lose their beginning first, then the rest its end."""
+class _Text(NamedTuple):
+    """A text to tokenize, and how."""
+
+    text: str
+    prompt_chars: int  # the first characters that are prompt: they lose their beginning first when cut
+    add_special: bool  # the tokenizer's special tokens (BOS, [CLS]) added around it
+    plain: bool  # not rendered by a chat template: the spec's EOS is appended
+
+
+def _fit(tokenizer, spec: ScoringSpec, piece: _Text, limit: int) -> Encoded:
+    """Tokenize ``piece.text`` (EOS appended to plain text under the spec) and cut it to ``limit``
+    tokens: the prompt characters lose their beginning first, then the rest its end."""
+    text, prompt_chars, add_special, plain = piece
     appended_eos = False
     if plain and spec.add_eos and spec.eos_token and not text.endswith(spec.eos_token):
         text += spec.eos_token

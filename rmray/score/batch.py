@@ -40,7 +40,7 @@ class ResponseScorer:
     """Adds ``reward`` (ensemble mean), per-model ``reward_<name>`` and ``reward_std`` for ensembles,
     ``truncated`` and ``score_error`` to every batch, keeping all input columns."""
 
-    def __init__(self, model_dirs: list[str], names: list[str], prompt_field: str, response_field: str,
+    def __init__(self, model_dirs: list[str], names: list[str], *, prompt_field: str, response_field: str,
                  max_batch_tokens: int, num_gpus: float = 0.0, torch_threads: int = 1, precision: str = "auto"):
         import torch
 

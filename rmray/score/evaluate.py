@@ -11,23 +11,24 @@ from rmray.core.evaluation import preference_metrics
 from rmray.ray_env import init_ray
 from rmray.report import html, plots
 
+from .settings import EvalConfig
 
-def evaluate(model_dir: str, data: str, output: str | None = None, *, train_dir: str | None = None,
-             data_format: str | None = None, concurrency: int = 1, num_cpus: float = 0.5, num_gpus: float = 0.0,
-             torch_threads: int = 1, batch_size: int = 128, max_batch_tokens: int = 16384,
-             ray_address: str | None = None) -> dict:
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Score every pair of ``cfg.data`` with Ray Data actors; metrics (and a report when ``cfg.output``)."""
     import ray
 
     from rmray.data.read import read_source
 
     from .batch import PairScorer
 
-    init_ray(ray_address)
+    init_ray(cfg.ray_address)
+    model_dir, data, output = cfg.model_dir, cfg.data, cfg.output
     scored = read_source(data).map_batches(
-        PairScorer, batch_format="pyarrow", batch_size=batch_size,
-        fn_constructor_kwargs=dict(model_dir=model_dir, data_format=data_format, max_batch_tokens=max_batch_tokens,
-                                   num_gpus=num_gpus, torch_threads=torch_threads),
-        compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus, num_gpus=num_gpus)
+        PairScorer, batch_format="pyarrow", batch_size=cfg.batch_size,
+        fn_constructor_kwargs=dict(model_dir=model_dir, data_format=cfg.data_format, max_batch_tokens=cfg.max_batch_tokens,
+                                   num_gpus=cfg.num_gpus, torch_threads=cfg.torch_threads),
+        compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     chosen, rejected, subsets, errors = [], [], [], []
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
         for c, r, s, e in zip(*(batch.column(k).to_pylist()
@@ -48,7 +49,7 @@ def evaluate(model_dir: str, data: str, output: str | None = None, *, train_dir:
           f"mean margin {metrics['mean_margin']:.3f}, ECE {metrics['ece']:.3f}"
           + (f"; {len(errors)} rows skipped (e.g. {errors[0]})" if errors else ""))
     if output:
-        write_report(metrics, chosen, rejected, output, train_dir=train_dir)
+        write_report(metrics, chosen, rejected, output, train_dir=cfg.train_dir)
         print(f"rmray eval: report in {os.path.join(output, 'report.html')}", file=sys.stderr)
     return metrics
 

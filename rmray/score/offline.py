@@ -28,33 +28,10 @@ from rmray.ray_env import init_ray
 
 from .columns import LINE_COLUMN, TEXT_COLUMN, WHERE_COLUMN, FileParts, expand_lines, to_json
 from .provenance import METADATA_KEY, check_scored_by, provenance
+from .settings import ScoreConfig  # noqa: F401  (rmray score's settings; imported from here by callers)
 
 FILE_TAG = "__rmray_file"
 PARSE_ERROR = "__rmray_parse_error"
-
-
-@dataclass
-class ScoreConfig:
-    model_dirs: list[str]
-    input: str
-    output: str
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    concurrency: int = 1
-    """Scoring actors (each loads the model once)."""
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
-    torch_threads: int = 1
-    batch_size: int = 256
-    """Rows per Ray Data batch handed to an actor; inside it, forwards are cut by ``max_batch_tokens``."""
-    max_batch_tokens: int = 16384
-    model_names: list[str] | None = None
-    ray_address: str | None = None
-    precision: str = "auto"
-    """Forward precision: ``auto`` is bf16 autocast on a GPU with bf16, float32 on CPU."""
-    overwrite: bool = False
-    """Score again the input files whose output another model (or spec, or text column) wrote; without
-    it such a rerun is refused, naming the file."""
 
 
 @dataclass

@@ -6,6 +6,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
+from rmray.core.spec import DEFAULT_MAX_BATCH_TOKENS
+
 
 @dataclass
 class ServeSettings:
@@ -14,14 +16,19 @@ class ServeSettings:
     model_names: list[str] | None = None
     """Names in responses and ``/classify``'s ``model``; default: the folder names."""
     name: str = "rmray"
+    """The Serve application's name."""
     route_prefix: str = "/"
+    """Path under which the endpoints are served."""
     host: str = "127.0.0.1"
     """Bind address. Loopback unless you mean to expose it (then also set a token)."""
     port: int = 8000
+    """HTTP port; a taken port is refused before Ray starts."""
     replicas: int = 1
     """Scorer replicas per model (the minimum when ``max_replicas`` enables autoscaling)."""
     max_replicas: int | None = None
+    """Autoscale each model's scorers up to this many replicas; default: a fixed ``replicas``."""
     num_cpus: float = 0.5
+    """Logical CPUs per scorer replica."""
     num_gpus: float = 0.0
     """GPUs per scorer replica; fractions pack several replicas on one GPU."""
     torch_threads: int | None = None
@@ -31,20 +38,26 @@ class ServeSettings:
     max_batch_size: int = 64
     """Requests merged into one dynamic batch (``@serve.batch``) before the token budget splits it."""
     batch_wait_timeout_s: float = 0.005
-    max_batch_tokens: int = 16384
+    """How long a dynamic batch waits for more requests before it runs."""
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     """Padded tokens per forward: length-sorted rows are cut at this budget, so one long text never pads
     a batch of short ones."""
     max_ongoing_requests: int = 128
+    """Requests one scorer replica takes at once (Serve's limit)."""
     max_queued_requests: int = 1024
+    """Requests Serve queues for the scorers beyond that; more are refused (503)."""
     max_inflight: int = 64
     """Requests the HTTP ingress holds at once; beyond that it answers 503 with Retry-After at once. Keep
     it at what the scorers finish within the clients' timeout (OpenRLHF 180 s, rmray's client 120 s):
     admitted requests wait for the forwards ahead of them, rejected ones retry with back-off."""
     max_body_bytes: int = 8 * 2**20
+    """Largest request body accepted (413 above it), chunked bodies included."""
     ingress_num_cpus: float = 0.25
+    """Logical CPUs of the HTTP ingress replica."""
     api_token: str | None = None
     """Bearer token; default: the ``RMRAY_API_TOKEN`` environment variable. Unset: no auth (loopback)."""
     trust_remote_code: bool = False
+    """Let transformers run a model folder's own Python code; off by default (built-in architectures only)."""
     ensemble: Literal["normalized", "raw"] = "normalized"
     """Several models: average rewards standardized by each model's saved eval mean/std (when every model
     has them; else raw), so models on different scales count alike. ``raw`` averages raw rewards."""

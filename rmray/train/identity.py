@@ -23,7 +23,7 @@ RUN_KEYS = (
     "max_train_samples", "max_length", "truncation", "add_eos", "per_device_train_batch_size",
     "gradient_accumulation_steps", "num_workers", "learning_rate", "weight_decay", "lr_scheduler_type",
     "warmup_ratio", "warmup_steps", "num_train_epochs", "max_steps", "max_grad_norm", "seed",
-    "center_rewards_coefficient", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    "loss", "center_rewards_coefficient", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
 )
 
 
@@ -47,6 +47,9 @@ def check_or_record(cfg, run_dir: str | None) -> None:
     if resuming and os.path.exists(path) and not cfg.resume_other_run:
         with open(path) as f:
             saved = json.load(f)
+        # a key added to RUN_KEYS after that run started counts as its default there
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+        saved = {**{k: defaults[k] for k in RUN_KEYS if k not in saved and k in defaults}, **saved}
         differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if differ:
             shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine.get(k)!r} now" for k in differ[:6])

@@ -1,26 +1,23 @@
-"""The per-worker training loop that Ray Train runs on every rank.
+"""The per-worker training recipe that Ray Train runs on every rank.
 
-Shape: setup (model, optimizer, resume) -> for each epoch, for each micro-batch: train_step ->
-every ``logging_steps`` log, every ``eval_steps`` evaluate, every ``save_steps`` checkpoint -> final
-eval and export. Every rank calls ``ray.train.report`` together (it is a barrier); only rank 0 writes
-files (metrics.jsonl, checkpoint contents, the final model).
+Read top to bottom, as ``train_loop_per_worker`` does: ``setup`` (model, data, optimizer, resume) ->
+``train`` (epochs of micro-batches; every ``logging_steps`` a log line, every ``eval_steps`` an
+evaluation, every ``save_steps`` a checkpoint) -> ``finish`` (summary and the exported model). Every
+rank calls ``ray.train.report`` together (it is a barrier); only rank 0 writes files (metrics.jsonl,
+checkpoint contents, the final model). The run's state lives on one ``WorkerRun`` object, so helpers
+take no long argument lists; the forward itself is ``compute.Compute``, shared with evaluation.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import glob
-import json
 import math
 import os
 import random
 import resource
-import signal
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 import ray.train
@@ -31,29 +28,33 @@ import torch.distributed as dist
 from rmray.config import TrainConfig
 from rmray.core.cpu_bf16 import slow_bf16_warning
 from rmray.core.export import save_reward_model
-from rmray.core.loss import bradley_terry_loss, metrics_from_sums, preference_sums
+from rmray.core.loss import metrics_from_sums, preference_sums
 from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer
-from rmray.core.packing import on_device
 from rmray.core.spec import ScoringSpec
 
 from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
+from .compute import Compute, all_reduce
+from .diagnostics import ConsumedLog, chaos_kill
 from .health import Health
 from .metrics_log import MetricsLog
 from .parallel import make_strategy
+from .resume import load_resume_state
 from .schedule import build_scheduler
 from .sinks import Sinks
-from .state import (
-    checkpoint_name,
-    checkpoint_problem,
-    load_model_weights,
-    load_training_state,
-    save_training_state,
-    write_manifest,
-)
+from .state import checkpoint_name, save_training_state, write_manifest
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    run = WorkerRun(loop_config)
+    run.setup()
+    run.train()
+    run.finish()
 
 
 @dataclass
 class LoopState:
+    """What a checkpoint restores (step, position in the epoch, the counters) and what the summary reads."""
+
     step: int = 0  # optimizer steps done
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of this epoch already trained
@@ -67,242 +68,309 @@ class LoopState:
     last_train_accuracy: float | None = None
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    cfg = TrainConfig(**loop_config["cfg"])
-    started_at = loop_config["started_at"]
-    startup = {"ray_ready": loop_config["ray_ready_s"], "worker_entered": time.time() - started_at}  # s since train()
-    # Rebuilt here by the driver's own call rather than shipped: a pickled tokenizer would make every
-    # process that relays the config import transformers (see run._train_worker).
-    tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
-                               trust_remote_code=cfg.trust_remote_code)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
-    use_bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
+@dataclass
+class Window:
+    """Preference sums, pairs and tokens since the last log line (all ranks), and when it began."""
 
-    strategy = make_strategy(cfg.fsdp)
-    strategy.release_unused_group(world)
-    model, raw_model = _build_model(cfg, tokenizer, strategy, use_bf16, device)
-    startup["model_ready"] = time.time() - started_at
-    # The model is built while the driver may still be tokenizing (see rmray.train.handoff); from here on
-    # the run needs the data: this rank's train shard, the eval set, the schedule.
-    data = ray.get(loop_config["handoff"].get.remote("data"))
-    info, train_shard, eval_shard = data["info"], data["train"][rank], data.get("eval")
-    spec, total_steps = ScoringSpec(**info["spec"]), info["total_steps"]
-    startup["data_ready"] = info["data_ready_s"]
-    # fused: one kernel per step instead of a loop over tensors (what transformers' Trainer uses too)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
-    scheduler = build_scheduler(optimizer, cfg, total_steps)
-    sinks = Sinks(cfg.output_dir, [r for r in cfg.report_to if r != "none"], os.path.basename(
-        os.path.normpath(cfg.output_dir)), loop_config["cfg"]) if rank == 0 else None
-    log = MetricsLog(cfg.output_dir, enabled=rank == 0, sinks=sinks)
-    state = LoopState()
-    saved = _load_resume_state(cfg, loop_config["run_dir"], strategy, model, raw_model, optimizer, scheduler, log)
-    if saved is not None:
-        state.step, state.epoch, state.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
-        state.train_time_s, state.pairs_seen = saved.get("train_time_s", 0.0), saved.get("pairs_seen", 0)
-        state.tokens_seen = saved.get("tokens_seen", 0)  # else tokens/s after a resume counts only the new steps
-        log.write({"event": "resume", "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
-                   "from": saved["_from"]})
-    slow_bf16 = slow_bf16_warning(device.type, use_bf16, cfg.dtype)
-    if slow_bf16:
-        log.write({"event": "warning", "step": state.step, "kind": "slow_bf16", "message": slow_bf16})
-    health = Health.from_config(cfg)
-    consumed = ConsumedLog(cfg.output_dir if cfg.log_consumed_pairs else None, rank, state.step)
+    sums: torch.Tensor
+    pairs: int = 0
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
 
-    layout = Layout(kind=choose_layout(cfg.padding_free, cfg.share_prompt, raw_model.readout == "last_token"),
-                    causal=raw_model.readout == "last_token", pad_token_id=tokenizer.pad_token_id,
-                    pad_to_multiple_of=cfg.pad_to_multiple_of, row_tokens=cfg.pack_row_tokens,
-                    attention_ratio=6.0 * raw_model.hf_model.config.get_text_config().hidden_size,
-                    max_tokens_per_batch=cfg.max_tokens_per_batch,
-                    segments=cfg.packed_attention == "segments" and raw_model.segments_ok)
-    autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    window = torch.zeros(8, dtype=torch.float64, device=device)  # preference sums since the last log line
-    window_start, window_pairs, window_tokens = time.perf_counter(), 0, 0
-    last_eval: dict = {}
-    saved_at = -1
-    evaluated_at = -1  # step of the last eval: an epoch end right after an eval_steps eval does not redo it
-    done = state.step >= total_steps
-    stopped = False
-    while not done:
-        batches = iter_pair_batches(train_shard, batch_size=cfg.per_device_train_batch_size,
+class WorkerRun:
+    """One rank's training run: built by ``setup``, driven by ``train``, closed by ``finish``."""
+
+    def __init__(self, loop_config: dict):
+        self.loop_config = loop_config
+        self.cfg = TrainConfig(**loop_config["cfg"])
+        self.started_at = loop_config["started_at"]
+        self.run_dir = loop_config["run_dir"]
+        # seconds since train() on the driver
+        self.startup = {"ray_ready": loop_config["ray_ready_s"], "worker_entered": time.time() - self.started_at}
+        self.state = LoopState()
+        self.last_eval: dict = {}
+        self.saved_at = self.evaluated_at = -1  # an epoch end right after a step's eval or save does not redo it
+        self.stopped = False
+
+    # --- setup ---------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.manual_seed(cfg.seed)
+        self._setup_model()
+        self._setup_data()
+        # fused: one kernel per step instead of a loop over tensors (what transformers' Trainer uses too)
+        self.optimizer = torch.optim.AdamW([p for p in self.compute.model.parameters() if p.requires_grad],
+                                           lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.log = self._open_log()
+        self._resume()
+        self.health = Health.from_config(cfg)
+        self.consumed = ConsumedLog(cfg.output_dir if cfg.log_consumed_pairs else None, self.rank, self.state.step)
+        self.window = Window(torch.zeros(8, dtype=torch.float64, device=self.compute.device))
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
+        # Rebuilt here by the driver's own call rather than shipped: a pickled tokenizer would make every
+        # process that relays the config import transformers (see run._train_worker).
+        self.tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
+                                        trust_remote_code=cfg.trust_remote_code)
+        device = ray.train.torch.get_device()
+        strategy = make_strategy(cfg.fsdp)
+        strategy.release_unused_group(self.world)
+        use_bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        model, raw = _build_model(cfg, self.tokenizer, strategy, use_bf16, device)
+        self.compute = Compute.for_run(model, raw, strategy, device, cfg)
+        self.layout = Layout(kind=choose_layout(cfg.padding_free, cfg.share_prompt, raw.readout == "last_token"),
+                             causal=raw.readout == "last_token", pad_token_id=self.tokenizer.pad_token_id,
+                             pad_to_multiple_of=cfg.pad_to_multiple_of, row_tokens=cfg.pack_row_tokens,
+                             attention_ratio=6.0 * raw.hf_model.config.get_text_config().hidden_size,
+                             max_tokens_per_batch=cfg.max_tokens_per_batch,
+                             segments=cfg.packed_attention == "segments" and raw.segments_ok)
+        self.startup["model_ready"] = time.time() - self.started_at
+
+    def _setup_data(self) -> None:
+        # The model is built while the driver may still be tokenizing (see rmray.train.handoff); from here
+        # on the run needs the data: this rank's train shard, the eval set, the schedule.
+        data = ray.get(self.loop_config["handoff"].get.remote("data"))
+        self.info, self.train_shard, self.eval_shard = data["info"], data["train"][self.rank], data.get("eval")
+        self.spec, self.total_steps = ScoringSpec(**self.info["spec"]), self.info["total_steps"]
+        self.startup["data_ready"] = self.info["data_ready_s"]
+
+    def _open_log(self) -> MetricsLog:
+        cfg, rank0 = self.cfg, self.rank == 0
+        name = os.path.basename(os.path.normpath(cfg.output_dir))
+        sinks = Sinks(cfg.output_dir, [r for r in cfg.report_to if r != "none"], name, self.loop_config["cfg"]) if rank0 else None
+        return MetricsLog(cfg.output_dir, enabled=rank0, sinks=sinks)
+
+    def _resume(self) -> None:
+        saved = load_resume_state(self.cfg, self.run_dir, self.compute, (self.optimizer, self.scheduler), self.log)
+        s = self.state
+        if saved is not None:
+            s.step, s.epoch, s.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
+            s.train_time_s, s.pairs_seen = saved.get("train_time_s", 0.0), saved.get("pairs_seen", 0)
+            s.tokens_seen = saved.get("tokens_seen", 0)  # else tokens/s after a resume counts only the new steps
+            self.log.write({"event": "resume", "step": s.step, "epoch": s.epoch, "batches_in_epoch": s.batches_in_epoch,
+                            "from": saved["_from"]})
+        slow_bf16 = slow_bf16_warning(self.compute.device.type, self.compute.use_bf16, self.cfg.dtype)
+        if slow_bf16:
+            self.log.write({"event": "warning", "step": s.step, "kind": "slow_bf16", "message": slow_bf16})
+
+    # --- train ---------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        while not self._done():
+            self._train_epoch()
+            self._end_epoch()
+
+    def _done(self) -> bool:
+        return self.state.step >= self.total_steps or self.stopped
+
+    def _train_epoch(self) -> None:
+        cfg, s = self.cfg, self.state
+        batches = iter_pair_batches(self.train_shard, batch_size=cfg.per_device_train_batch_size,
                                     group_by_length=cfg.group_by_length, window=cfg.length_group_window,
-                                    seed=random.Random(f"{cfg.seed}-{state.epoch}-{rank}").randrange(2**31))
-        micro, t0 = 0, time.perf_counter()
-        for batch_index, batch in enumerate(_timed(batches, state, startup, started_at)):
-            if batch_index < state.batches_in_epoch:  # resuming inside an epoch: skip what was trained
-                consumed.write(state, batch_index, batch, "skipped")
+                                    seed=random.Random(f"{cfg.seed}-{s.epoch}-{self.rank}").randrange(2**31))
+        micro, self._t0 = 0, time.perf_counter()
+        for batch_index, batch in enumerate(self._timed(batches)):
+            if batch_index < s.batches_in_epoch:  # resuming inside an epoch: skip what was trained
+                self.consumed.write(s, batch_index, batch, "skipped")
                 continue
-            consumed.write(state, batch_index, batch, "trained")
-            sync = (micro + 1) % cfg.gradient_accumulation_steps == 0
-            chunks = to_chunks(batch, layout)
-            sums, n_tokens = forward_backward(model, strategy, chunks, device, cfg, autocast, final_sync=sync)
-            state.computed_tokens += sum(c.computed_tokens for c in chunks)
-            state.padded_tokens += padded_equivalent_tokens(batch)
-            window += sums
-            window_pairs += len(batch["chosen_ids"]) * world
-            window_tokens += n_tokens * world
+            self.consumed.write(s, batch_index, batch, "trained")
             micro += 1
-            state.batches_in_epoch = batch_index + 1
-            if not sync:
-                continue
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            if state.step in cfg.chaos_kill_at_step and rank == world - 1:
-                _chaos_kill(cfg, loop_config["run_dir"], state.step)
-            if state.first_step_at is None:
-                state.first_step_at = startup["first_step"] = time.time() - started_at
-            if state.step % cfg.logging_steps == 0 or state.step >= total_steps:
-                state.train_time_s += _clock(device) - t0
-                state.last_train_accuracy = _log_train(log, state, window, window_pairs, window_tokens, time.perf_counter() - window_start,
-                           scheduler.get_last_lr()[0], strategy.grad_norm(grad_norm), world, device)
-                state.pairs_seen += window_pairs
-                state.tokens_seen += window_tokens
-                window.zero_()
-                window_pairs = window_tokens = 0
-                window_start = t0 = time.perf_counter()
-            if eval_shard is not None and cfg.eval_steps and state.step % cfg.eval_steps == 0:
-                state.train_time_s += _clock(device) - t0
-                last_eval = _evaluate(strategy.eval_model(model, raw_model), strategy, eval_shard, layout, cfg, device, autocast, rank, world)
-                evaluated_at = state.step
-                log.write({"step": state.step, "epoch": state.epoch, **last_eval})
-                stopped = _after_eval(health, last_eval, state, log)
-                t0 = window_start = time.perf_counter()
-            if cfg.save_steps and state.step % cfg.save_steps == 0:
-                state.train_time_s += _clock(device) - t0
-                _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval, cfg)
-                saved_at = state.step
-                t0 = window_start = time.perf_counter()
-            if state.step >= total_steps or stopped:
-                break
-        state.train_time_s += _clock(device) - t0
-        optimizer.zero_grad(set_to_none=True)  # a partial accumulation at the epoch's end is not carried over
-        done = state.step >= total_steps or stopped
-        state.epoch += 1
-        state.batches_in_epoch = 0
-        if eval_shard is not None and evaluated_at != state.step:
-            last_eval = _evaluate(strategy.eval_model(model, raw_model), strategy, eval_shard, layout, cfg, device, autocast, rank, world)
-            evaluated_at = state.step
-            log.write({"step": state.step, "epoch": state.epoch, **last_eval})
-            stopped = _after_eval(health, last_eval, state, log)
-            done = done or stopped
-        if not done and saved_at != state.step:
-            _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, scheduler, state, rank, last_eval, cfg)
-            saved_at = state.step
-        window_start = time.perf_counter()
-    state.pairs_seen += window_pairs
-    state.tokens_seen += window_tokens
-    _finish(strategy, model, raw_model, tokenizer, spec, cfg, state, last_eval, log, rank, layout, startup,
-            started_early=info["workers_started_early"])
-    log.close()
+            sync = micro % cfg.gradient_accumulation_steps == 0
+            self._micro_batch(batch, sync)
+            s.batches_in_epoch = batch_index + 1
+            if sync:
+                self._optimizer_step()
+                self._after_step()
+                if self._done():
+                    break
 
+    def _micro_batch(self, batch: dict, sync: bool) -> None:
+        chunks = to_chunks(batch, self.layout)
+        sums, n_tokens = self.compute.forward_backward(chunks, self.cfg.gradient_accumulation_steps, final_sync=sync)
+        self.state.computed_tokens += sum(c.computed_tokens for c in chunks)
+        self.state.padded_tokens += padded_equivalent_tokens(batch)
+        self.window.sums += sums
+        self.window.pairs += len(batch["chosen_ids"]) * self.world
+        self.window.tokens += n_tokens * self.world
 
-def _clock(device) -> float:
-    """perf_counter once the GPU has run what was queued: a step's time is its kernels', not their launch's."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+    def _optimizer_step(self) -> None:
+        cfg, s = self.cfg, self.state
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(self.compute.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        s.step += 1
+        if s.step in cfg.chaos_kill_at_step and self.rank == self.world - 1:
+            chaos_kill(cfg, self.run_dir, s.step)
+        if s.first_step_at is None:
+            s.first_step_at = self.startup["first_step"] = time.time() - self.started_at
 
+    def _after_step(self) -> None:
+        cfg, step = self.cfg, self.state.step
+        if step % cfg.logging_steps == 0 or step >= self.total_steps:
+            self._log_train()
+        if self.eval_shard is not None and cfg.eval_steps and step % cfg.eval_steps == 0:
+            self.evaluate()
+        if cfg.save_steps and step % cfg.save_steps == 0:
+            self.save_checkpoint()
 
-def _timed(batches, state: LoopState, startup: dict, started_at: float):
-    """Yield from ``batches``, adding the wait for each one to ``state.data_wait_s`` and noting when the
-    first arrived: a run whose steps wait on data shows it here, not as slow compute."""
-    iterator = iter(batches)
-    while True:
-        t0 = time.perf_counter()
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        state.data_wait_s += time.perf_counter() - t0
-        startup.setdefault("first_batch", time.time() - started_at)
-        yield batch
+    def _end_epoch(self) -> None:
+        with self._paused():
+            self.optimizer.zero_grad(set_to_none=True)  # a partial accumulation at the epoch's end is not carried over
+            self.state.epoch += 1
+            self.state.batches_in_epoch = 0
+        if self.eval_shard is not None and self.evaluated_at != self.state.step:
+            self.evaluate()
+        if not self._done() and self.saved_at != self.state.step:
+            self.save_checkpoint()
 
+    @contextlib.contextmanager
+    def _paused(self):
+        """Logging, evaluation and checkpoints are neither training time nor part of a pairs/s window."""
+        if self.compute.device.type == "cuda":  # a step's time is its kernels', not their launch's
+            torch.cuda.synchronize(self.compute.device)
+        self.state.train_time_s += time.perf_counter() - self._t0
+        yield
+        self._t0 = self.window.start = time.perf_counter()
 
-class ConsumedLog:
-    """Per-rank JSON lines of the row ids each micro-batch held, tagged with the step the worker started
-    from: an audit that a resumed epoch trains no pair twice and skips none."""
+    def _timed(self, batches):
+        """Yield from ``batches``, adding the wait for each one to ``data_wait_s`` and noting when the
+        first arrived: a run whose steps wait on data shows it here, not as slow compute."""
+        iterator = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.state.data_wait_s += time.perf_counter() - t0
+            self.startup.setdefault("first_batch", time.time() - self.started_at)
+            yield batch
 
-    def __init__(self, output_dir: str | None, rank: int, start_step: int):
-        self.path = os.path.join(output_dir, "consumed", f"rank-{rank}.jsonl") if output_dir else None
-        self.start_step = start_step
-        self.attempt = uuid.uuid4().hex[:12]  # two restarts from the same step are two attempts
-        if self.path:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    def _log_train(self) -> None:
+        s, w = self.state, self.window
+        with self._paused():
+            seconds = max(time.perf_counter() - w.start, 1e-9)
+            metrics = metrics_from_sums(all_reduce(w.sums.clone(), self.compute.device))
+            metrics.pop("pairs", None)
+            self.log.write({"step": s.step, "epoch": s.epoch, **metrics, "learning_rate": self.scheduler.get_last_lr()[0],
+                            "grad_norm": self.compute.strategy.grad_norm(self._grad_norm),
+                            "pairs_per_s": w.pairs / seconds, "tokens_per_s": w.tokens / seconds})
+            s.last_train_accuracy = metrics["accuracy"]
+            s.pairs_seen, s.tokens_seen = s.pairs_seen + w.pairs, s.tokens_seen + w.tokens
+            w.sums.zero_()
+            w.pairs = w.tokens = 0
 
-    def write(self, state, batch_index: int, batch: dict, kind: str) -> None:
-        if self.path:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"attempt": self.attempt, "started_at_step": self.start_step, "epoch": state.epoch, "batch": batch_index,
-                                    "step": state.step, "kind": kind,
-                                    "row_ids": [str(r) for r in batch["row_id"]]}) + "\n")
+    # --- evaluate ------------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        """Every rank reads the whole (small, unsplit) eval set and scores every world-th batch; the sums
+        are all-reduced, so eval metrics are identical whatever the number of workers. Under FSDP every
+        rank runs every batch (each forward is a collective) and nothing is reduced."""
+        compute, cfg = self.compute, self.cfg
+        with self._paused():
+            model = compute.strategy.eval_model(compute.model, compute.raw)
+            model.eval()
+            sums = torch.zeros(8, dtype=torch.float64)
+            all_batches = compute.strategy.every_rank_evaluates_all()
+            batches = self.eval_shard.iter_batches(batch_size=cfg.per_device_eval_batch_size, batch_format="numpy")
+            for i, batch in enumerate(batches):
+                if i % self.world != self.rank and not all_batches:
+                    continue
+                for chunk in to_chunks(batch, self.layout):
+                    chosen, rejected, loss = compute.score_chunk(chunk, model)
+                    sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.cpu() * chunk.num_pairs)
+            model.train()
+            sums = sums if all_batches else all_reduce(sums, compute.device)
+            self.last_eval = {f"eval_{k}": v for k, v in metrics_from_sums(sums).items()}
+            self.evaluated_at = self.state.step
+            self.log.write({"step": self.state.step, "epoch": self.state.epoch, **self.last_eval})
+            self._after_eval()
 
-def _chaos_kill(cfg: TrainConfig, run_dir: str | None, step: int) -> None:
-    """SIGKILL this worker once per listed step (a marker file remembers the steps already killed at);
-    with ``chaos_damage_checkpoint``, that step's checkpoint weights are cut in half first."""
-    marker = os.path.join(cfg.output_dir, ".chaos_killed")
-    done = open(marker).read().split() if os.path.exists(marker) else []
-    if str(step) in done:  # the restarted worker passes this step
-        return
-    with open(marker, "a") as f:
-        f.write(f"{step}\n")
-    damaged = cfg.chaos_damage_checkpoint
-    if damaged is not None and run_dir:
-        for weights in glob.glob(os.path.join(run_dir, f"checkpoint-{damaged:06d}*", "*.safetensors")):
-            os.truncate(weights, os.path.getsize(weights) // 2)
-    os.kill(os.getpid(), signal.SIGKILL)
+    def _after_eval(self) -> None:
+        """Warnings into metrics.jsonl (the driver prints them as they come); early stopping."""
+        warnings, stop = self.health.observe(self.last_eval, self.state.last_train_accuracy)
+        for warning in warnings:
+            self.log.write({"event": "warning", "step": self.state.step, **warning})
+        if stop:
+            self.log.write({"event": "early_stop", "step": self.state.step, "metric": self.health.metric,
+                            "best": self.health.best, "patience": self.health.patience})
+            self.stopped = True
 
+    # --- checkpoint and finish -----------------------------------------------------------------------
 
-def _after_eval(health: Health, last_eval: dict, state: "LoopState", log) -> bool:
-    """Warnings into metrics.jsonl (the driver prints them as they come); True to stop early."""
-    warnings, stop = health.observe(last_eval, state.last_train_accuracy)
-    for warning in warnings:
-        log.write({"event": "warning", "step": state.step, **warning})
-    if stop:
-        log.write({"event": "early_stop", "step": state.step, "metric": health.metric, "best": health.best,
-                   "patience": health.patience})
-    return stop
+    def save_checkpoint(self) -> None:
+        cfg, s, compute = self.cfg, self.state, self.compute
+        metrics = {"step": s.step, "epoch": s.epoch, **self.last_eval}
+        if cfg.metric_for_best_model and cfg.metric_for_best_model not in metrics:  # no eval yet: ranks last
+            metrics[cfg.metric_for_best_model] = -math.inf if cfg.best_is_greater else math.inf
+        with self._paused():
+            # Every rank calls these: under FSDP they are gathers (DDP: the live model saves itself).
+            model_state = compute.strategy.model_state(compute.model, compute.raw)
+            optimizer_state = compute.strategy.optimizer_state(compute.model, self.optimizer)
+            self.saved_at = s.step
+            if self.rank != 0:
+                ray.train.report(metrics, checkpoint=None)
+                return
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = os.path.join(tmp, "checkpoint")
+                save_reward_model(compute.raw, self.tokenizer, self.spec, ckpt, merge_lora=False, state_dict=model_state)
+                save_training_state(ckpt, optimizer_state=optimizer_state, scheduler=self.scheduler, step=s.step,
+                                    epoch=s.epoch, batches_in_epoch=s.batches_in_epoch,
+                                    extra={"train_time_s": s.train_time_s, "pairs_seen": s.pairs_seen,
+                                           "tokens_seen": s.tokens_seen})
+                write_manifest(ckpt)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt),
+                                 checkpoint_dir_name=checkpoint_name(cfg, s.step))
 
+    def finish(self) -> None:
+        """The summary line, the final model (merged; LoRA adapters beside it), and the last report."""
+        cfg, compute = self.cfg, self.compute
+        self.state.pairs_seen += self.window.pairs
+        self.state.tokens_seen += self.window.tokens
+        summary = self._summary()
+        model_state = compute.strategy.model_state(compute.model, compute.raw)  # FSDP: a gather every rank joins
+        if self.rank == 0:
+            spec = self.spec
+            if "eval_reward_mean" in self.last_eval:  # saved for optional reward normalization at serving time
+                spec.reward_mean, spec.reward_std = self.last_eval["eval_reward_mean"], self.last_eval["eval_reward_std"]
+            if cfg.use_peft:
+                save_reward_model(compute.raw, self.tokenizer, spec, os.path.join(cfg.output_dir, "adapter"), merge_lora=False)
+            save_reward_model(compute.raw, self.tokenizer, spec, os.path.join(cfg.output_dir, "final"), merge_lora=True,
+                              state_dict=model_state)
+            self.log.write(summary)
+        ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                          and not (isinstance(v, float) and math.isnan(v))}, checkpoint=None)
+        self.log.close()
 
-def _load_resume_state(cfg: TrainConfig, run_dir: str | None, strategy, model, raw_model, optimizer, scheduler, log) -> dict | None:
-    """Load the newest whole checkpoint: Ray's latest after a failure (older ones in the run folder if it
-    is damaged), else ``resume_from_checkpoint``. A partial or corrupt checkpoint is skipped with a
-    warning, never loaded."""
-    checkpoint = ray.train.get_checkpoint()
-    # The run folder first, newest step first: a worker killed right after a report can die before Ray's
-    # controller registered that checkpoint (measured: a kill one step after a checkpoint restarted from
-    # scratch). Ray's own latest comes next (it differs when storage is remote).
-    on_disk = sorted(glob.glob(os.path.join(run_dir, "checkpoint-*")), reverse=True) if run_dir else []
-    options: list = on_disk + ([checkpoint] if checkpoint is not None else [])
-    if checkpoint is None and not on_disk and cfg.resume_from_checkpoint:
-        uri = "://" in cfg.resume_from_checkpoint  # downloaded by Ray's Checkpoint, then checked like a folder
-        options.append(ray.train.Checkpoint(cfg.resume_from_checkpoint) if uri else cfg.resume_from_checkpoint)
-    problems = []
-    for option in options:
-        context = option.as_directory() if hasattr(option, "as_directory") else contextlib.nullcontext(option)
-        with context as directory:
-            problem = checkpoint_problem(directory)
-            if problem:
-                problems.append(f"{directory}: {problem}")
-                log.write({"event": "warning", "kind": "bad_checkpoint",
-                           "message": f"skipping checkpoint {directory}: {problem}"})
-                continue
-            load_model_weights(raw_model.model, directory, lambda sd: strategy.load_model_state(model, raw_model, sd))
-            saved, optimizer_state = load_training_state(directory, scheduler=scheduler)
-            strategy.load_optimizer_state(model, optimizer, optimizer_state)
-            saved["_from"] = str(directory)
-            return saved
-    if cfg.resume_from_checkpoint and checkpoint is None and not on_disk:
-        raise ValueError(f"resume_from_checkpoint={cfg.resume_from_checkpoint!r} is not a whole rmray checkpoint: "
-                         f"{problems[0] if problems else 'not found'}")
-    return None
+    def _summary(self) -> dict:
+        s, raw = self.state, self.compute.raw
+        return {
+            "event": "summary", "steps": s.step, "epochs": s.epoch, "train_pairs": s.pairs_seen,
+            "train_tokens": s.tokens_seen, "train_runtime_s": s.train_time_s,
+            "train_pairs_per_s": s.pairs_seen / max(s.train_time_s, 1e-9),
+            "train_tokens_per_s": s.tokens_seen / max(s.train_time_s, 1e-9),
+            "time_to_first_step_s": s.first_step_at, "data_wait_s": s.data_wait_s,
+            "workers_started_early": self.info["workers_started_early"],
+            "startup_s": {k: round(v, 2) for k, v in self.startup.items()},
+            "layout": self.layout.kind,
+            "packed_attention": "segments" if self.layout.segments else "dense",
+            "last_layer_readout_only": raw.last_layer_readout_used,  # what ran, not what was asked
+            "computed_tokens_rank0": s.computed_tokens, "padded_equivalent_tokens_rank0": s.padded_tokens,
+            "torch_threads": torch.get_num_threads(), "device": str(self.compute.device),
+            "dist_backend": dist.get_backend() if dist.is_initialized() else None,
+            "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mem_mb_rank0": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+            "loss": self.cfg.loss,
+            **self.last_eval,
+        }
 
 
 def _build_model(cfg: TrainConfig, tokenizer, strategy, use_bf16: bool, device):
@@ -324,119 +392,3 @@ def _build_model(cfg: TrainConfig, tokenizer, strategy, use_bf16: bool, device):
     raw = RewardModel(hf, last_layer_readout_only=cfg.last_layer_readout_only).train()
     # DDP or FSDP around the whole reward path, so the custom read-out syncs gradients too.
     return strategy.wrap(raw, use_bf16, device), raw
-
-
-def forward_backward(model, strategy, chunks, device, cfg: TrainConfig, autocast, final_sync: bool) -> tuple[torch.Tensor, int]:
-    """Loss and gradients of one micro-batch, chunk by chunk; each chunk's loss is weighted by its
-    share of the pairs, so the summed gradient is the micro-batch's mean-loss gradient. Under FSDP the
-    ranks' chunk counts are padded to the same number with zero-weight chunks (forwards are collectives)."""
-    total = sum(c.num_pairs for c in chunks)
-    # Summed where the rewards are: a .cpu() per chunk would make the host wait for every GPU step.
-    sums, tokens = torch.zeros(8, dtype=torch.float64, device=device), 0
-    weighted = strategy.equalize(chunks)
-    for k, (chunk, weight) in enumerate(weighted):
-        last = k == len(weighted) - 1
-        with strategy.no_sync(model) if not (last and final_sync) else contextlib.nullcontext():
-            with autocast():
-                rewards = model(**on_device(chunk.inputs, device)).float()
-            chosen, rejected = rewards.chunk(2)
-            loss = bradley_terry_loss(chosen, rejected, chunk.margin.to(device), cfg.center_rewards_coefficient)
-            (loss * (weight * chunk.num_pairs / total) / cfg.gradient_accumulation_steps).backward()
-        if weight:
-            sums += preference_sums(chosen, rejected, loss.detach() * chunk.num_pairs)
-            tokens += chunk.real_tokens
-    return sums, tokens
-
-
-@torch.no_grad()
-def _evaluate(model, strategy, eval_shard, layout: Layout, cfg: TrainConfig, device, autocast, rank: int, world: int) -> dict:
-    """Every rank reads the whole (small, unsplit) eval set and scores every world-th batch; the sums
-    are all-reduced, so eval metrics are identical whatever the number of workers. Under FSDP every
-    rank runs every batch (each forward is a collective) and nothing is reduced."""
-    model.eval()
-    sums = torch.zeros(8, dtype=torch.float64)
-    all_batches = strategy.every_rank_evaluates_all()
-    for i, batch in enumerate(eval_shard.iter_batches(batch_size=cfg.per_device_eval_batch_size, batch_format="numpy")):
-        if i % world != rank and not all_batches:
-            continue
-        for chunk in to_chunks(batch, layout):
-            with autocast():
-                rewards = model(**on_device(chunk.inputs, device)).float()
-            chosen, rejected = rewards.chunk(2)
-            loss = bradley_terry_loss(chosen, rejected, chunk.margin.to(device), cfg.center_rewards_coefficient)
-            sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.cpu() * chunk.num_pairs)
-    model.train()
-    sums = sums if all_batches else _all_reduce(sums, device)
-    return {f"eval_{k}": v for k, v in metrics_from_sums(sums).items()}
-
-
-def _all_reduce(sums: torch.Tensor, device) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        reduced = sums.to(device)
-        dist.all_reduce(reduced)  # a sync point: every rank must get here the same number of times
-        return reduced.cpu()
-    return sums.cpu()
-
-
-def _log_train(log, state, window, pairs, tokens, seconds, lr, grad_norm, world, device) -> float:
-    metrics = metrics_from_sums(_all_reduce(window.clone(), device))
-    metrics.pop("pairs", None)
-    log.write({"step": state.step, "epoch": state.epoch, **metrics, "learning_rate": lr, "grad_norm": grad_norm,
-               "pairs_per_s": pairs / max(seconds, 1e-9), "tokens_per_s": tokens / max(seconds, 1e-9)})
-    return metrics["accuracy"]
-
-
-def _checkpoint(strategy, model, raw_model, tokenizer, spec, optimizer, scheduler, state: LoopState, rank: int,
-                eval_metrics: dict, cfg: TrainConfig):
-    metrics = {"step": state.step, "epoch": state.epoch, **eval_metrics}
-    if cfg.metric_for_best_model and cfg.metric_for_best_model not in metrics:  # no eval yet: ranks last
-        metrics[cfg.metric_for_best_model] = -math.inf if cfg.best_is_greater else math.inf
-    # Every rank calls these: under FSDP they are gathers (DDP: the live model saves itself, state_dict()).
-    model_state = strategy.model_state(model, raw_model)
-    optimizer_state = strategy.optimizer_state(model, optimizer)
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = os.path.join(tmp, "checkpoint")
-        save_reward_model(raw_model, tokenizer, spec, ckpt, merge_lora=False, state_dict=model_state)
-        save_training_state(ckpt, optimizer_state=optimizer_state, scheduler=scheduler, step=state.step, epoch=state.epoch,
-                            batches_in_epoch=state.batches_in_epoch,
-                            extra={"train_time_s": state.train_time_s, "pairs_seen": state.pairs_seen,
-                                   "tokens_seen": state.tokens_seen})
-        write_manifest(ckpt)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt),
-                         checkpoint_dir_name=checkpoint_name(cfg, state.step))
-
-
-def _finish(strategy, model, raw_model, tokenizer, spec: ScoringSpec, cfg: TrainConfig, state: LoopState, last_eval: dict,
-            log, rank, layout: Layout, startup: dict, started_early: bool):
-    summary = {
-        "event": "summary", "steps": state.step, "epochs": state.epoch, "train_pairs": state.pairs_seen,
-        "train_tokens": state.tokens_seen, "train_runtime_s": state.train_time_s,
-        "train_pairs_per_s": state.pairs_seen / max(state.train_time_s, 1e-9),
-        "train_tokens_per_s": state.tokens_seen / max(state.train_time_s, 1e-9),
-        "time_to_first_step_s": state.first_step_at, "data_wait_s": state.data_wait_s,
-        "workers_started_early": started_early,
-        "startup_s": {k: round(v, 2) for k, v in startup.items()},
-        "layout": layout.kind,
-        "packed_attention": "segments" if layout.segments else "dense",
-        "last_layer_readout_only": raw_model.last_layer_readout_used,  # what ran, not what was asked
-        "computed_tokens_rank0": state.computed_tokens, "padded_equivalent_tokens_rank0": state.padded_tokens,
-        "torch_threads": torch.get_num_threads(), "device": str(ray.train.torch.get_device()),
-        "dist_backend": dist.get_backend() if dist.is_initialized() else None,
-        "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mem_mb_rank0": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-        **last_eval,
-    }
-    model_state = strategy.model_state(model, raw_model)  # FSDP: a gather every rank joins
-    if rank == 0:
-        if "eval_reward_mean" in last_eval:  # saved for optional reward normalization at serving time
-            spec.reward_mean, spec.reward_std = last_eval["eval_reward_mean"], last_eval["eval_reward_std"]
-        if cfg.use_peft:
-            save_reward_model(raw_model, tokenizer, spec, os.path.join(cfg.output_dir, "adapter"), merge_lora=False)
-        save_reward_model(raw_model, tokenizer, spec, os.path.join(cfg.output_dir, "final"), merge_lora=True,
-                          state_dict=model_state)
-        log.write(summary)
-    ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and not (isinstance(v, float) and math.isnan(v))}, checkpoint=None)

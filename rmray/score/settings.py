@@ -1,0 +1,74 @@
+"""Settings of ``rmray score`` and ``rmray eval``: dataclasses whose field docstrings are the help of
+their command-line options (``rmray.config.add_options``). No torch or Ray import here, so the command
+line parses in milliseconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from rmray.core.formats import Format
+from rmray.core.spec import DEFAULT_MAX_BATCH_TOKENS
+
+
+@dataclass
+class ScoreConfig:
+    model_dirs: list[str]
+    """rmray model folders (training's ``final/``); several score as an ensemble."""
+    input: str
+    """Rows to score: a .jsonl/.json/.parquet/.csv file, folder, glob or URI, or a saved ``datasets`` folder."""
+    output: str
+    """Folder for one Parquet file per input file; a rerun skips the files the same models wrote."""
+    prompt_field: str = "prompt"
+    """Column holding the prompt (text or chat messages)."""
+    response_field: str = "response"
+    """Column holding the response to reward (text or chat messages)."""
+    concurrency: int = 1
+    """Scoring actors (each loads the model once)."""
+    num_cpus: float = 0.5
+    """Logical CPUs per scoring actor."""
+    num_gpus: float = 0.0
+    """GPUs per scoring actor (fractions pack several actors on one GPU)."""
+    torch_threads: int = 1
+    """Intra-op threads per scoring actor."""
+    batch_size: int = 256
+    """Rows per Ray Data batch handed to an actor; inside it, forwards are cut by ``max_batch_tokens``."""
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    """Padded tokens per forward: length-sorted rows are cut at this budget."""
+    model_names: Optional[list[str]] = None
+    """Names of the ensemble's ``reward_<name>`` columns; default: the folder names."""
+    ray_address: Optional[str] = None
+    """Ray cluster to join (``auto`` inside ``ray job submit``); default starts a local Ray."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Forward precision: ``auto`` is bf16 autocast on a GPU with bf16, float32 on CPU."""
+    overwrite: bool = False
+    """Score again the input files whose output another model (or spec, or text column) wrote; without
+    it such a rerun is refused, naming the file."""
+
+
+@dataclass
+class EvalConfig:
+    model_dir: str
+    """The rmray model folder to evaluate (training's ``final/``)."""
+    data: str
+    """Preference data in any training format (file, folder, glob or URI)."""
+    output: Optional[str] = None
+    """Folder for metrics.json, PNG plots and report.html; default: print the metrics only."""
+    train_dir: Optional[str] = None
+    """The model's training output folder, to plot its loss and accuracy curves in the report."""
+    data_format: Optional[Format] = None
+    """The data's format; default: detected per row."""
+    concurrency: int = 1
+    """Scoring actors (each loads the model once)."""
+    num_cpus: float = 0.5
+    """Logical CPUs per scoring actor."""
+    num_gpus: float = 0.0
+    """GPUs per scoring actor."""
+    torch_threads: int = 1
+    """Intra-op threads per scoring actor."""
+    batch_size: int = 128
+    """Pairs per Ray Data batch handed to an actor."""
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    """Padded tokens per forward."""
+    ray_address: Optional[str] = None
+    """Ray cluster to join; default starts a local Ray."""

@@ -1,0 +1,75 @@
+"""The forward (and backward) of one micro-batch: what training, evaluation and the benchmarks share.
+
+A chunk's rewards come back as ``[chosen..., rejected...]``; they are read as ``[G, 2]`` groups and
+given to the run's ``[G, K]`` loss (``rmray.core.loss``), so a pair is the K = 2 case of the group
+losses, not a second code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from rmray.core.loss import group_loss, pair_groups, preference_sums
+from rmray.core.packing import on_device
+
+
+@dataclass
+class Compute:
+    """Everything a forward needs besides the data, built once per worker."""
+
+    model: torch.nn.Module  # the strategy-wrapped reward model (DDP or FSDP)
+    raw: torch.nn.Module  # the RewardModel inside it
+    strategy: object  # rmray.train.parallel: DDPStrategy or FSDPStrategy
+    device: torch.device
+    use_bf16: bool
+    loss: Callable  # a [G, K] loss with the centering coefficient bound
+
+    @classmethod
+    def for_run(cls, model, raw, strategy, device, cfg) -> "Compute":
+        use_bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        loss = functools.partial(group_loss(cfg.loss), center_rewards_coefficient=cfg.center_rewards_coefficient)
+        return cls(model, raw, strategy, device, use_bf16, loss)
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def score_chunk(self, chunk, model=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Chosen rewards, rejected rewards and the chunk's mean loss (float32, on the device)."""
+        with self.autocast():
+            rewards = (model or self.model)(**on_device(chunk.inputs, self.device)).float()
+        chosen, rejected = rewards.chunk(2)
+        return chosen, rejected, self.loss(**pair_groups(chosen, rejected, chunk.margin.to(self.device)))
+
+    def forward_backward(self, chunks: list, accumulation: int = 1, final_sync: bool = True) -> tuple[torch.Tensor, int]:
+        """Loss and gradients of one micro-batch, chunk by chunk; each chunk's loss is weighted by its
+        share of the pairs, so the summed gradient is the micro-batch's mean-loss gradient. Under FSDP
+        the ranks' chunk counts are padded to the same number with zero-weight chunks (forwards are
+        collectives). Returns the batch's preference sums and its real token count."""
+        total = sum(c.num_pairs for c in chunks)
+        # Summed where the rewards are: a .cpu() per chunk would make the host wait for every GPU step.
+        sums, tokens = torch.zeros(8, dtype=torch.float64, device=self.device), 0
+        weighted = self.strategy.equalize(chunks)
+        for k, (chunk, weight) in enumerate(weighted):
+            last = k == len(weighted) - 1
+            with self.strategy.no_sync(self.model) if not (last and final_sync) else contextlib.nullcontext():
+                chosen, rejected, loss = self.score_chunk(chunk)
+                (loss * (weight * chunk.num_pairs / total) / accumulation).backward()
+            if weight:
+                sums += preference_sums(chosen, rejected, loss.detach() * chunk.num_pairs)
+                tokens += chunk.real_tokens
+        return sums, tokens
+
+
+def all_reduce(sums: torch.Tensor, device) -> torch.Tensor:
+    """Sum across ranks (a sync point: every rank must get here the same number of times)."""
+    if dist.is_available() and dist.is_initialized():
+        reduced = sums.to(device)
+        dist.all_reduce(reduced)
+        return reduced.cpu()
+    return sums.cpu()

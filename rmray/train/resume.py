@@ -1,0 +1,55 @@
+"""Which checkpoint a (re)started worker loads, and loading it.
+
+The order of preference: this run's folder, newest step first (a worker killed right after a report
+can die before Ray's controller registered that checkpoint; measured: a kill one step after a
+checkpoint restarted from scratch), then Ray's own latest (it differs when storage is remote), then
+``resume_from_checkpoint``. A partial or corrupt checkpoint is skipped with a warning, never loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+
+import ray.train
+
+from .state import checkpoint_problem, load_model_weights, load_training_state
+
+
+def _options(cfg, run_dir: str | None) -> tuple[list, bool]:
+    """The checkpoints to try, newest first, and whether they are only the user's ``resume_from_checkpoint``."""
+    checkpoint = ray.train.get_checkpoint()
+    on_disk = sorted(glob.glob(os.path.join(run_dir, "checkpoint-*")), reverse=True) if run_dir else []
+    options: list = on_disk + ([checkpoint] if checkpoint is not None else [])
+    if options or not cfg.resume_from_checkpoint:
+        return options, False
+    uri = "://" in cfg.resume_from_checkpoint  # downloaded by Ray's Checkpoint, then checked like a folder
+    return [ray.train.Checkpoint(cfg.resume_from_checkpoint) if uri else cfg.resume_from_checkpoint], True
+
+
+def load_resume_state(cfg, run_dir: str | None, compute, optimizer_and_scheduler: tuple, log) -> dict | None:
+    """Load the newest whole checkpoint into ``compute``'s model and the optimizer/scheduler; return its
+    saved loop state (with ``_from``, the folder it came from), or None to start fresh."""
+    optimizer, scheduler = optimizer_and_scheduler
+    options, from_user = _options(cfg, run_dir)
+    problems = []
+    for option in options:
+        context = option.as_directory() if hasattr(option, "as_directory") else contextlib.nullcontext(option)
+        with context as directory:
+            problem = checkpoint_problem(directory)
+            if problem:
+                problems.append(f"{directory}: {problem}")
+                log.write({"event": "warning", "kind": "bad_checkpoint",
+                           "message": f"skipping checkpoint {directory}: {problem}"})
+                continue
+            strategy, model, raw = compute.strategy, compute.model, compute.raw
+            load_model_weights(raw.model, directory, lambda sd: strategy.load_model_state(model, raw, sd))
+            saved, optimizer_state = load_training_state(directory, scheduler=scheduler)
+            strategy.load_optimizer_state(model, optimizer, optimizer_state)
+            saved["_from"] = str(directory)
+            return saved
+    if from_user:
+        raise ValueError(f"resume_from_checkpoint={cfg.resume_from_checkpoint!r} is not a whole rmray checkpoint: "
+                         f"{problems[0] if problems else 'not found'}")
+    return None
