@@ -24,7 +24,7 @@ test: setup
 
 test-fast: setup   # the inner loop: every test that needs no Ray cluster
 	./scripts/ensure-chromium
-	$(BIN)/python -m pytest -q -m "not ray" tests
+	$(BIN)/python -m pytest -q -m "not ray and not slow" tests
 
 lint: setup
 	$(BIN)/ruff check rmray jobs tests benchmarks

@@ -82,16 +82,21 @@ def as_rmray_model(model_path: str, out_dir: str, *, max_length: int = 512) -> s
     return save_reward_model(model, tokenizer, spec, out_dir)
 
 
-def plain_transformers_scores(model_path: str, texts: list[str], add_eos: bool = True) -> list[float]:
+def plain_transformers_scores(model_path: str, texts: list[str], add_eos: bool = True,
+                              read_last: bool = False) -> list[float]:
     """Independent reference for parity tests: stock transformers, one text at a time, no padding.
 
     Decoders get the EOS appended (rmray's default ``add_eos``) unless ``add_eos=False`` (a text the chat
-    template rendered, which ends its own turns); encoders score the text as is.
+    template rendered, which ends its own turns); encoders score the text as is. ``read_last``: the
+    reward at the last position even where the pad id is the EOS id (Llama 3), where transformers' own
+    pooling stops at the first "pad" -- done by transformers itself, with the pad id unset.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
+    if read_last:
+        model.config.pad_token_id = None  # one unpadded row: transformers reads its last position
     decoder = not model.config.is_encoder_decoder and hasattr(model, "score")
     out = []
     with torch.no_grad():

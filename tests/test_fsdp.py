@@ -1,9 +1,9 @@
 """FSDP2 on gloo: a sharded run, killed and resumed from its own (gathered) checkpoint, ends at the
 same weights as a DDP run -- on a real 2-worker TorchTrainer.
 
-Each epoch is a single step over all 16 train pairs (8 per rank), so the averaged gradient does not
-depend on which rank Ray Data's streaming split hands a pair to: the two runs must agree to float
-rounding, whatever the arrival order.
+Each epoch is a single step over all 16 train pairs (8 per rank); both runs read the data in the same
+fixed order (training's order is a function of the data and the seed), so the two must agree to float
+rounding.
 """
 
 import json

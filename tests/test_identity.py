@@ -48,3 +48,18 @@ def test_changed_data_contents_count_as_another_run(tmp_path):
     data.write_text('{"prompt": "q", "chosen": "c", "rejected": "d"}\n')  # same name, same size, new rows
     with pytest.raises(UsageError, match="train_data_fingerprint"):
         check_or_record(cfg, run_dir)
+
+
+def test_a_key_added_since_the_run_started_counts_as_its_default(tmp_path):
+    """A run recorded before ``loss`` was a run key resumes with the default loss, and is refused with
+    another one: the missing key is read as its default, not as a difference."""
+    cfg = TrainConfig(train_data="demo", output_dir=str(tmp_path / "out"), max_steps=4)
+    run_dir = _interrupted_run(tmp_path, cfg)
+    path = os.path.join(cfg.output_dir, IDENTITY_FILE)
+    saved = json.load(open(path))
+    del saved["loss"]
+    json.dump(saved, open(path, "w"))
+    check_or_record(cfg, run_dir)  # resumes
+    json.dump(saved, open(path, "w"))
+    with pytest.raises(UsageError, match="loss: 'bradley_terry' there, 'plackett_luce' now"):
+        check_or_record(TrainConfig(**{**cfg.__dict__, "loss": "plackett_luce"}), run_dir)

@@ -14,10 +14,9 @@ RESPONSES = [" Fried rice.", " Try a spinach omelette with rice on the side, sea
 def test_group_and_budget_batches_equal_plain_transformers(fixture, request):
     path = request.getfixturevalue(fixture)
     scorer = Scorer.load(path)
-    if fixture == "rm_llama":  # pad == eos: transformers' own pooling reads one token early (see test_model)
-        expected = [scorer.score_ids([scorer.encode(PROMPT, r)], batch_size=1)[0] for r in RESPONSES]
-    else:
-        expected = plain_scores(path, [PROMPT + r for r in RESPONSES])
+    # pad == eos (Llama 3): transformers' own pooling would stop one token early (see test_model), so the
+    # reference reads the last position, as transformers does for an unpadded row without a pad id
+    expected = plain_scores(path, [PROMPT + r for r in RESPONSES], read_last=fixture == "rm_llama")
     grouped = scorer.score_group(PROMPT, RESPONSES)
     batched = scorer.score([PROMPT] * len(RESPONSES), RESPONSES)
     tiny_budget = scorer.score_ids([scorer.encode(PROMPT, r) for r in RESPONSES], max_batch_tokens=64)

@@ -2,6 +2,7 @@
 validation, fuzzing, a replica killed under load, overload answered with 503."""
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -56,7 +57,7 @@ def served(ray_cluster, rm_qwen, rm_minilm, tmp_path_factory):
     normed = str(tmp_path_factory.mktemp("served") / "qwen-normed")
     shutil.copytree(rm_qwen, normed)
     spec = ScoringSpec.load(normed)
-    spec.reward_mean, spec.reward_std = 0.5, 2.0
+    spec.reward_mean, spec.reward_std, spec.temperature = 0.5, 2.0, 0.5
     spec.save(normed)
     from rmray.core.model import load_tokenizer
     from rmray.core.spec import PLAIN_CHAT_TEMPLATE
@@ -114,6 +115,25 @@ def test_score_group_equals_per_item_scores(served):
     assert status == 200, group
     assert group["rewards"] == pytest.approx(items["rewards"], abs=1e-4)
     assert group["truncated"] == items["truncated"]
+    assert "preferences" not in group  # only when asked
+
+
+def test_score_group_preferences_use_each_models_temperature(served):
+    """P(i preferred to j) = sigmoid((r_i - r_j) / T): T = 0.5 saved in the main model's contract; the
+    ensemble's models have none (T = 1), and their probabilities are averaged, not their rewards."""
+    port = served["port"]
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    status, group, _ = post(port, "/score_group", {"prompt": PROMPT, "responses": RESPONSES[:3], "preferences": True})
+    assert status == 200, group
+    r = group["rewards"]
+    assert group["preferences"] == [[pytest.approx(sigmoid((r[i] - r[j]) / 0.5), abs=1e-6) for j in range(3)]
+                                    for i in range(3)]
+    status, ens, _ = post(port, "/ens/score_group", {"prompt": PROMPT, "responses": RESPONSES[:2], "preferences": True})
+    assert status == 200, ens
+    q, m = ens["per_model"]["qwen"], ens["per_model"]["minilm"]
+    want = (sigmoid(q[0] - q[1]) + sigmoid(m[0] - m[1])) / 2
+    assert ens["preferences"][0][1] == pytest.approx(want, abs=1e-6)
+    assert ens["preferences"][1][0] == pytest.approx(1 - want, abs=1e-6)
 
 
 def test_openrlhf_and_vllm_protocols(served):

@@ -96,7 +96,8 @@ def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
     kept = json.load(open(os.path.join(result.output_dir, "data_report.json")))[0]["rows_kept"]
     assert kept == 159  # row 86 has a blank chosen answer
     assert summary["train_pairs"] == 2 * 2 * (kept // 2)  # 2 epochs; Ray splits the rows equally over 2 workers
-    assert summary["train_pairs_per_s"] > 0 and summary["dist_backend"] == "gloo"  # two ranks keep their group
+    assert summary["train_pairs_per_s"] == pytest.approx(summary["train_pairs"] / summary["train_runtime_s"])
+    assert summary["dist_backend"] == "gloo"  # two ranks keep their group
     # The shipped shape (2 x 0.5 CPU) leaves the tokenizer a CPU: workers started while the data was prepared.
     assert summary["workers_started_early"] is True and 0 <= summary["data_wait_s"] < summary["train_runtime_s"]
     # eval_steps=10 == steps per epoch: each step is evaluated once, not again at the epoch end
@@ -117,6 +118,18 @@ def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
     assert plain["accuracy"] == pytest.approx(summary["eval_accuracy"], abs=1e-9)
     assert plain["chosen_reward_mean"] == pytest.approx(summary["eval_chosen_reward_mean"], abs=1e-4)
     assert plain["rejected_reward_std"] == pytest.approx(summary["eval_rejected_reward_std"], abs=1e-4)
+
+    # Calibration: the temperature fitted on the 64 eval pairs at the end of training is in the scoring
+    # contract, and rmray eval reports the calibrated ECE with it (that a fitted temperature lowers ECE on
+    # other pairs is tested in test_calibration.py on a model with more signal than 20 steps give).
+    from rmray.score.evaluate import evaluate
+    from rmray.score.settings import EvalConfig
+
+    assert spec.temperature == summary["eval_temperature"] and 0.01 < spec.temperature < 100
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", hh_rows[1200:1600])
+    metrics = evaluate(EvalConfig(model_dir=result.final_model_dir, data=held_out))
+    assert metrics["pairs"] >= 395 and metrics["temperature"] == spec.temperature
+    assert 0 <= metrics["calibrated_ece"] < 0.5 and len(metrics["calibrated_bins"]) >= 1
 
 
 def test_lora_run_saves_adapter_and_head_and_merges(ray_cluster, tiny_qwen, tmp_path):

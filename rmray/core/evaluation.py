@@ -51,8 +51,9 @@ def calibration(probs: Sequence[float], n_bins: int = 10) -> tuple[float, list[C
 
 
 def preference_metrics(chosen: Sequence[float], rejected: Sequence[float], subsets: Sequence[str] | None = None,
-                       n_bins: int = 10) -> dict:
-    """Accuracy is strict (r_chosen > r_rejected), as TRL's; ties count as wrong."""
+                       n_bins: int = 10, temperature: float | None = None) -> dict:
+    """Accuracy is strict (r_chosen > r_rejected), as TRL's; ties count as wrong. With a ``temperature``
+    (the model's fitted one), ``calibrated_ece`` and its bins are those of sigmoid(margin / temperature)."""
     if len(chosen) != len(rejected):
         raise ValueError(f"{len(chosen)} chosen rewards but {len(rejected)} rejected")
     n = len(chosen)
@@ -68,6 +69,10 @@ def preference_metrics(chosen: Sequence[float], rejected: Sequence[float], subse
         "ece": ece,
         "calibration_bins": [b.__dict__ for b in bins],
     }
+    if temperature:
+        calibrated_ece, calibrated_bins = calibration([sigmoid(m / temperature) for m in margins], n_bins)
+        out.update(temperature=temperature, calibrated_ece=calibrated_ece,
+                   calibrated_bins=[b.__dict__ for b in calibrated_bins])
     if subsets is not None:
         groups: dict[str, list[float]] = defaultdict(list)
         for s, m in zip(subsets, margins):

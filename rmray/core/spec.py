@@ -9,6 +9,7 @@ it from there instead of taking their own settings, so one text gets one reward 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
@@ -47,6 +48,9 @@ class ScoringSpec:
     reward_mean: float | None = None
     """Mean and std of eval-set rewards at the end of training, for optional normalization."""
     reward_std: float | None = None
+    temperature: float | None = None
+    """Preference temperature: P(a preferred to b) = sigmoid((r_a - r_b) / temperature), fitted on the eval
+    split at the end of training (``rmray.core.calibration``). Raw rewards do not use it."""
 
     def __post_init__(self):
         if self.truncation not in TRUNCATION_POLICIES:
@@ -59,6 +63,11 @@ class ScoringSpec:
         if self.reward_mean is None or not self.reward_std:
             return None
         return [(r - self.reward_mean) / self.reward_std for r in rewards]
+
+    def preference_probability(self, delta: float) -> float:
+        """P(a preferred to b) for a reward difference r_a - r_b, calibrated when a temperature was fitted."""
+        x = delta / (self.temperature or 1.0)
+        return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
     def save(self, directory: str) -> None:
         with open(os.path.join(directory, SPEC_FILE), "w") as f:

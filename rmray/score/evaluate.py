@@ -8,6 +8,7 @@ import os
 import sys
 
 from rmray.core.evaluation import preference_metrics
+from rmray.core.spec import ScoringSpec
 from rmray.ray_env import init_ray
 from rmray.report import html, plots
 
@@ -42,11 +43,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     if not chosen:
         raise ValueError(f"{data}: no row could be scored; first problems: {errors[:3]}")
     has_subsets = any(s is not None for s in subsets)
-    metrics = preference_metrics(chosen, rejected, subsets if has_subsets else None)
+    temperature = ScoringSpec.load(model_dir).temperature
+    metrics = preference_metrics(chosen, rejected, subsets if has_subsets else None, temperature=temperature)
     metrics.update({"model": os.path.abspath(model_dir), "data": data, "bad_rows": len(errors),
                     "bad_row_samples": errors[:20]})
     print(f"rmray eval: accuracy {metrics['accuracy']:.4f} on {metrics['pairs']} pairs, "
           f"mean margin {metrics['mean_margin']:.3f}, ECE {metrics['ece']:.3f}"
+          + (f" (calibrated: {metrics['calibrated_ece']:.3f} at temperature {temperature:.3f})" if temperature else "")
           + (f"; {len(errors)} rows skipped (e.g. {errors[0]})" if errors else ""))
     if output:
         write_report(metrics, chosen, rejected, output, train_dir=cfg.train_dir)

@@ -180,12 +180,16 @@ class _RewardAPI:
         where = "items" if request.items is not None else "item"
         out = await self._score(lambda m: m.encode(request.as_items(), where), "items", request.normalize)
         out.pop("_tokens")
+        out.pop("_per_model")
         return out
 
     async def score_group(self, request: GroupRequest) -> dict:
         items = [Item(prompt=request.prompt, response=r) for r in request.responses]
         out = await self._score(lambda m: m.encode(items, "responses"), "group", request.normalize)
         out.pop("_tokens")
+        per_model = out.pop("_per_model")
+        if request.preferences:
+            out["preferences"] = preference_matrix(self.models, per_model)
         return out
 
     async def get_reward(self, request: GetRewardRequest) -> dict:
@@ -218,6 +222,7 @@ class _RewardAPI:
         request = ScoreRequest(items=items, normalize=normalize)
         out = await self._score(lambda m: m.encode(request.as_items(), "items"), "items", normalize)
         out.pop("_tokens", None)
+        out.pop("_per_model", None)
         return out
 
     async def _score(self, encode_for, kind: str, normalize: bool) -> dict:
@@ -226,7 +231,7 @@ class _RewardAPI:
         encoded = [await loop.run_in_executor(self.tokenize_pool, encode_for, m) for m in self.models]
         per_model = await self._forward(kind, [ids for ids, _ in encoded])
         truncated = [any(flags) for flags in zip(*[t for _, t in encoded])]
-        body = {"truncated": truncated, "_tokens": [len(x) for x in encoded[0][0]]}
+        body = {"truncated": truncated, "_tokens": [len(x) for x in encoded[0][0]], "_per_model": per_model}
         body.update(combine(self.models, per_model, self.normalized))
         if normalize:
             normed = [m.spec.normalize(r) for m, r in zip(self.models, per_model)]
@@ -283,6 +288,13 @@ def _split_queries(model: _Model, queries: list[str], prompts: list[str]) -> tup
         for i, x, t in zip(rows, row_ids, flags):
             ids[i], truncated[i] = x, t
     return ids, truncated
+
+
+def preference_matrix(models: list, per_model: list[list[float]]) -> list[list[float]]:
+    """P(i preferred to j) for every pair of a group, each model's own calibration averaged."""
+    n = len(per_model[0])
+    return [[sum(m.spec.preference_probability(r[i] - r[j]) for m, r in zip(models, per_model)) / len(models)
+             for j in range(n)] for i in range(n)]
 
 
 def combine(models: list, per_model: list[list[float]], normalized: bool) -> dict:

@@ -89,6 +89,8 @@ class GroupRequest(BaseModel):
     prompt: Prompt
     responses: Annotated[list[Response], Field(min_length=1, max_length=MAX_ITEMS)]
     normalize: StrictBool = False
+    preferences: StrictBool = False
+    """Also return ``preferences[i][j]``, the calibrated P(response i preferred to response j)."""
 
     @model_validator(mode="after")
     def _something_to_score(self):
@@ -157,6 +159,10 @@ class ScoreResponse(BaseModel):
     """Ensembles only: whether ``rewards``/``reward_std`` come from standardized rewards (every model
     saved its eval-set mean/std) or raw ones."""
     per_model: dict[str, list[float]] | None = None
+    preferences: list[list[float]] | None = None
+    """``/score_group`` with ``preferences``: P(response i preferred to response j) = sigmoid((r_i - r_j) / T)
+    with each model's fitted temperature T (1 for a model trained without an eval split), averaged over
+    an ensemble's models."""
 
 
 class GetRewardResponse(BaseModel):

@@ -26,7 +26,9 @@ import torch
 import torch.distributed as dist
 
 from rmray.config import TrainConfig
+from rmray.core.calibration import fit_temperature
 from rmray.core.cpu_bf16 import slow_bf16_warning
+from rmray.core.evaluation import preference_metrics
 from rmray.core.export import save_reward_model
 from rmray.core.loss import metrics_from_sums, preference_sums
 from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer
@@ -90,6 +92,7 @@ class WorkerRun:
         self.startup = {"ray_ready": loop_config["ray_ready_s"], "worker_entered": time.time() - self.started_at}
         self.state = LoopState()
         self.last_eval: dict = {}
+        self.eval_margins: list[float] = []  # r_chosen - r_rejected of this rank's share of the last eval
         self.saved_at = self.evaluated_at = -1  # an epoch end right after a step's eval or save does not redo it
         self.stopped = False
 
@@ -278,7 +281,7 @@ class WorkerRun:
         with self._paused():
             model = compute.strategy.eval_model(compute.model, compute.raw)
             model.eval()
-            sums = torch.zeros(8, dtype=torch.float64)
+            sums, self.eval_margins = torch.zeros(8, dtype=torch.float64), []
             all_batches = compute.strategy.every_rank_evaluates_all()
             batches = self.eval_shard.iter_batches(batch_size=cfg.per_device_eval_batch_size, batch_format="numpy")
             for i, batch in enumerate(batches):
@@ -287,6 +290,7 @@ class WorkerRun:
                 for chunk in to_chunks(batch, self.layout):
                     chosen, rejected, loss = compute.score_chunk(chunk, model)
                     sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.cpu() * chunk.num_pairs)
+                    self.eval_margins += (chosen - rejected).cpu().tolist()
             model.train()
             sums = sums if all_batches else all_reduce(sums, compute.device)
             self.last_eval = {f"eval_{k}": v for k, v in metrics_from_sums(sums).items()}
@@ -335,6 +339,7 @@ class WorkerRun:
         cfg, compute = self.cfg, self.compute
         self.state.pairs_seen += self.window.pairs
         self.state.tokens_seen += self.window.tokens
+        self._calibrate()
         summary = self._summary()
         model_state = compute.strategy.model_state(compute.model, compute.raw)  # FSDP: a gather every rank joins
         if self.rank == 0:
@@ -349,6 +354,21 @@ class WorkerRun:
         ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                           and not (isinstance(v, float) and math.isnan(v))}, checkpoint=None)
         self.log.close()
+
+    def _calibrate(self) -> None:
+        """Fit the preference temperature on the last evaluation's pairs (every rank's share; a gather
+        every rank joins) into the scoring contract, and log the eval split's ECE before and after."""
+        margins = self.eval_margins
+        if not self.compute.strategy.every_rank_evaluates_all() and dist.is_available() and dist.is_initialized():
+            shares = [None] * self.world
+            dist.all_gather_object(shares, margins)
+            margins = [m for share in shares for m in share]
+        if not margins:
+            return
+        self.spec.temperature = fit_temperature(margins)
+        fitted = preference_metrics(margins, [0.0] * len(margins), temperature=self.spec.temperature)
+        self.last_eval.update(eval_temperature=self.spec.temperature, eval_ece=fitted["ece"],
+                              eval_calibrated_ece=fitted["calibrated_ece"])
 
     def _summary(self) -> dict:
         s, raw = self.state, self.compute.raw
