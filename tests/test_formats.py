@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from rmray.core.formats import BadRow, detect_format, normalize_row, split_implicit_prompt
@@ -105,3 +107,56 @@ def test_a_file_mixing_formats_keeps_every_prompt_in_either_order(tiny_qwen):
         assert imp["status"] == "ok"
         assert list(imp["chosen_ids"]) == tokenizer(implicit["chosen"] + "<|endoftext|>")["input_ids"]
         assert got[id(broken)]["status"] == "missing_field" and "chosen" in got[id(broken)]["message"]
+
+
+def test_a_rated_row_is_every_ordered_pair_of_different_ratings():
+    from rmray.core.formats import detect_format, normalize_rated
+
+    row = {"prompt": "Q:", "responses": [" a", " b", " c", " d"], "ratings": [3, 1, 2, 2]}
+    assert detect_format(row) == "rated"
+    pairs = {(p.chosen, p.rejected) for p in normalize_rated(row)}
+    # 3 > 2 = 2 > 1: a beats b, c, d; c and d beat b; c and d tie (no pair)
+    assert pairs == {(" a", " b"), (" a", " c"), (" a", " d"), (" c", " b"), (" d", " b")}
+    ranked = normalize_rated({"prompt": "Q:", "responses": [" x", " y", " z"], "ranking": [2, 3, 1]})
+    assert {(p.chosen, p.rejected) for p in ranked} == {(" z", " x"), (" z", " y"), (" x", " y")}  # rank 1 best
+    chat = normalize_rated({"prompt": [{"role": "user", "content": "hi"}],
+                            "responses": [[{"role": "assistant", "content": "hello"}],
+                                          [{"role": "assistant", "content": "go"}]], "ratings": [0.9, 0.1]})
+    assert len(chat) == 1 and chat[0].conversational and chat[0].prompt == [{"role": "user", "content": "hi"}]
+
+
+def test_a_rated_file_with_bad_rows_is_counted_by_reason(tiny_qwen):
+    """Every input row comes out as its pairs or as one row with its reason (a group is kept whole or
+    skipped whole), in a file that mixes rated and pair rows."""
+    import pyarrow as pa
+
+    from rmray.core.model import load_tokenizer
+    from rmray.core.spec import ScoringSpec
+    from rmray.data.preferences import tokenize_batch
+
+    tokenizer = load_tokenizer(tiny_qwen)
+    spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
+    rows = [
+        {"id": "g", "prompt": "Q:", "responses": [" a", " b", " c"], "ratings": [2, 1, 0]},  # 3 pairs
+        {"id": "one", "prompt": "Q:", "responses": [" a"], "ratings": [1]},
+        {"id": "nan", "prompt": "Q:", "responses": [" a", " b"], "ratings": [1, float("nan")]},
+        {"id": "short", "prompt": "Q:", "responses": [" a", " b"], "ratings": [1]},
+        {"id": "text", "prompt": "Q:", "responses": [" a", " b"], "ratings": ["good", "bad"]},
+        {"id": "tie", "prompt": "Q:", "responses": [" a", " b"], "ratings": [1, 1]},
+        {"id": "blank", "prompt": "Q:", "responses": [" a", "  "], "ratings": [1, 0]},
+        {"id": "pair", "prompt": "Q:", "chosen": " a", "rejected": " b"},
+    ]
+    # as training's JSON-lines reader hands them over: each line's text, parsed row by row
+    table = pa.table({"_line": [json.dumps(r) for r in rows], "_where": [f"r.jsonl:{i + 1}" for i in range(len(rows))],
+                      "_error": pa.array([None] * len(rows), pa.string())})
+    out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=False)
+    assert int(out["source_row"].sum()) == len(rows)  # every input row accounted for once
+    by_row = dict(zip(out["row_id"], out["status"]))
+    assert [by_row[f"g#{k}"] for k in range(3)] == ["ok"] * 3 and by_row["pair"] == "ok"
+    assert {k: by_row[k] for k in ("one", "nan", "short", "text", "tie", "blank")} == {
+        "one": "too_few_responses", "nan": "bad_rating", "short": "bad_rating", "text": "bad_rating",
+        "tie": "all_tied", "blank": "empty_field"}
+    first = out[out["row_id"] == "g#0"].iloc[0]
+    assert list(first["chosen_ids"]) == tokenizer("Q: a<|endoftext|>")["input_ids"]
+    assert list(first["rejected_ids"]) == tokenizer("Q: b<|endoftext|>")["input_ids"]
+    assert len(set(out[out["row_id"].str.startswith("g#")]["split_key"])) == 1  # a group stays on one side

@@ -54,6 +54,19 @@ def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_p
     with pytest.raises(Exception, match="row bad-missing: field 'chosen' is missing"):
         build_preferences(path, tokenizer=tok, spec=spec, name="train", strict=True)
 
+    # Rated groups (UltraFeedback-style): each kept row makes every pair of different ratings, counted
+    # as one row read and kept; a bad group is one skipped row.
+    rated = write_jsonl(tmp_path / "rated.jsonl", [
+        {"prompt": "Q: hi", "responses": [" hello", " go away", " hm"], "ratings": [5, 1, 3]},
+        {"prompt": "Q: hi", "responses": [" hello", " hey"], "ranking": [1, 2]},
+        {"prompt": "Q: hi", "responses": [" hello", " hey"], "ratings": [2, 2]},
+        good])
+    rated_prefs = build_preferences(rated, tokenizer=tok, spec=spec, name="train")
+    rated_report = rated_prefs.report
+    assert rated_prefs.dataset.count() == 5
+    assert (rated_report.rows_read, rated_report.rows_kept, rated_report.pairs) == (4, 3, 3 + 1 + 1)
+    assert rated_report.skipped == {"all_tied": 1} and "kept as 5 pairs" in rated_report.format()
+
     # Not preference data at all (detected inside the tokenize tasks, no extra pass): a clear error.
     other = write_jsonl(tmp_path / "other.jsonl", [{"text": "a"}, {"text": "b"}])
     with pytest.raises(ValueError, match="all 2 rows were skipped(.|\n)*needs 'chosen' and 'rejected'"):

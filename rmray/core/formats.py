@@ -8,6 +8,9 @@ Three shapes are accepted, named as in TRL's docs:
   else a whitespace boundary) so no word is split between prompt and response.
 - ``conversational``: message lists ``[{"role", "content"}, ...]`` in ``chosen``/``rejected``, with an
   optional ``prompt`` message list (explicit); without it the shared leading messages are the prompt.
+- ``rated``: ``{"prompt", "responses": [...], "ratings": [...]}`` (higher is better) or ``"ranking"``
+  (rank per response, 1 = best), responses as text or message lists (UltraFeedback, Nectar): every
+  ordered pair whose ratings differ (:func:`normalize_rated`).
 
 Any shape may carry a float ``margin`` column. A row that cannot be used raises :class:`BadRow` with a
 machine-readable ``reason`` so the data layer can count and sample skipped rows instead of crashing.
@@ -20,8 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-Format = Literal["standard", "implicit", "conversational"]
-FORMATS: tuple[str, ...] = ("standard", "implicit", "conversational")
+Format = Literal["standard", "implicit", "conversational", "rated"]
+FORMATS: tuple[str, ...] = ("standard", "implicit", "conversational", "rated")
 Messages = list[dict[str, str]]
 Text = Union[str, Messages]
 
@@ -35,6 +38,9 @@ BAD_ROW_REASONS = (
     "bad_margin",
     "too_long",
     "bad_json",  # a JSON line that is not an object (data.preferences)
+    "too_few_responses",  # rated: fewer than 2 responses
+    "bad_rating",  # rated: a rating or rank that is not a finite number, or not one per response
+    "all_tied",  # rated: every response rated the same
 )
 
 # A turn marker such as "\n\nAssistant:" or "\nGPT:" -- the hh-rlhf and ShareGPT-style dialogue markers.
@@ -66,10 +72,13 @@ class PreferencePair:
 
 def detect_format(row: dict[str, Any]) -> Format:
     """Pick one row's format (each row is decided on its own); ``data_format`` in the config overrides this."""
+    if row.get("responses") is not None:
+        return "rated"
     if "chosen" not in row or "rejected" not in row:
         raise ValueError(
             f"cannot detect the preference format: the data has columns {sorted(row)}, but a preference "
-            "dataset needs 'chosen' and 'rejected' (and optionally 'prompt' and 'margin')."
+            "dataset needs 'chosen' and 'rejected' (and optionally 'prompt' and 'margin'), or 'responses' with "
+            "'ratings' or 'ranking'."
         )
     if isinstance(row["chosen"], (list, tuple)) or hasattr(row["chosen"], "tolist"):
         return "conversational"
@@ -90,6 +99,9 @@ def normalize_row(row: dict[str, Any], fmt: Format) -> PreferencePair:
         elif fmt == "implicit":
             prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
             pair = PreferencePair(prompt, chosen, rejected, margin)
+        elif fmt == "rated":
+            raise BadRow("missing_field", "chosen", "a rated row (responses + ratings) holds a group, not one pair: "
+                         "training takes it whole; rmray eval and rmray score take pairs and responses")
         else:
             raise ValueError(f"unknown data_format {fmt!r}; choose one of {FORMATS} or 'auto'")
     if pair.chosen == pair.rejected:
@@ -186,3 +198,59 @@ def _normalize_conversational(row: dict[str, Any], margin: float) -> PreferenceP
         if not msgs or not any(m["content"].strip() for m in msgs):
             raise BadRow("empty_field", field, f"field {field!r} has no non-empty response message")
     return PreferencePair(prompt, chosen, rejected, margin)
+
+
+# --- Rated and ranked groups: one prompt, K responses ------------------------------------------------
+
+def normalize_rated(row: dict[str, Any]) -> list[PreferencePair]:
+    """A ``rated`` row -- ``{"prompt"?, "responses": [...], "ratings": [...]}`` (higher is better) or
+    ``"ranking"`` (each response's rank, 1 = best) -- as every ordered pair whose ratings differ, the
+    better response as ``chosen``. Bradley-Terry over these pairs is the group's Bradley-Terry loss
+    (``core.loss.bradley_terry_group``). Responses are all text or all message lists; a text prompt
+    may be empty. Ties make no pair; a row with no pair left is ``all_tied``."""
+    responses = _read_responses(row)
+    ratings = _read_ratings(row, len(responses))
+    if isinstance(responses[0], list) and not isinstance(row.get("prompt"), str):
+        prompt = _read_messages(row, "prompt", required=False) or []
+    else:  # a text prompt (chat responses may take one too: it becomes the user turn)
+        prompt = _read_text_or_empty(row, "prompt")
+    pairs = [PreferencePair(prompt, responses[i], responses[j])
+             for i in range(len(responses)) for j in range(len(responses))
+             if ratings[i] > ratings[j] and responses[i] != responses[j]]
+    if not pairs:
+        raise BadRow("all_tied", "ratings", "every response is rated the same: no pair to learn from")
+    return pairs
+
+
+def _read_responses(row: dict[str, Any]) -> list[Text]:
+    value = row.get("responses")
+    value = value.tolist() if hasattr(value, "tolist") else value
+    if not isinstance(value, (list, tuple)) or len(value) < 2:
+        got = f"{len(value)}" if isinstance(value, (list, tuple)) else type(value).__name__
+        raise BadRow("too_few_responses", "responses", f"'responses' must list at least 2 responses, got {got}")
+    if all(isinstance(r, str) for r in value):
+        for i, r in enumerate(value):
+            if not r.strip():
+                raise BadRow("empty_field", f"responses[{i}]", f"responses[{i}] is empty")
+        return list(value)
+    return [_read_messages({f"responses[{i}]": r}, f"responses[{i}]") for i, r in enumerate(value)]  # message lists
+
+
+def _read_ratings(row: dict[str, Any], n: int) -> list[float]:
+    field_name = "ratings" if row.get("ratings") is not None else "ranking"
+    value = row.get(field_name)
+    value = value.tolist() if hasattr(value, "tolist") else value
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        raise BadRow("bad_rating", field_name, f"{field_name!r} must give one number per response ({n}), got {value!r:.80}")
+    numbers = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise BadRow("bad_rating", field_name, f"{field_name}[{i}] must be a finite number, got {v!r:.40}")
+        numbers.append(float(v) if field_name == "ratings" else -float(v))  # rank 1 is the best
+    return numbers
+
+
+def _read_text_or_empty(row: dict[str, Any], field: str) -> str:
+    if row.get(field) is None:
+        return ""
+    return _read_text(row, field, allow_empty=True)

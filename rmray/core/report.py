@@ -13,6 +13,8 @@ class DataReport:
     name: str
     rows_read: int = 0
     rows_kept: int = 0
+    pairs: int = 0
+    """Pairs the kept rows make: one per row, every ordered pair of different ratings for a rated row."""
     rows_truncated: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     samples: dict[str, list[str]] = field(default_factory=dict)
@@ -31,6 +33,7 @@ class DataReport:
     def format(self) -> str:
         lines = [
             f"data report [{self.name}]: {self.rows_read} rows read, {self.rows_kept} kept "
+            + (f"as {self.pairs} pairs " if self.pairs != self.rows_kept else "") +
             f"({self.rows_truncated} truncated), {sum(self.skipped.values())} skipped, {self.tokens} tokens "
             f"({self.shared_prefix_tokens} in prompts shared by chosen and rejected)"
         ]

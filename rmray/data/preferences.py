@@ -17,7 +17,7 @@ import pyarrow as pa
 import ray
 from ray.data.expressions import col, monotonically_increasing_id
 
-from rmray.core.formats import BadRow, detect_format, normalize_row
+from rmray.core.formats import BadRow, detect_format, normalize_rated, normalize_row
 from rmray.core.packing import shared_prefix_length
 from rmray.core.report import DataReport
 from rmray.core.spec import ScoringSpec
@@ -46,37 +46,68 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
     (``chosen``/``rejected`` only) with standard ones (``prompt`` too), and Arrow gives the implicit rows
     a null ``prompt``. Deciding once per batch would drop the later rows' prompts or refuse them,
     depending on row order. ``fields`` maps rmray's names (``prompt``, ``chosen``, ``rejected``) to the
-    data's own column names.
+    data's own column names. A ``rated`` row becomes all its pairs (``source_row`` marks the first), or
+    one row with the reason it was skipped: a group is kept whole or not at all.
     """
-    # Arrow -> Python keeps nulls as None (pandas would turn a missing margin into NaN).
-    out = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin", "truncated",
-                           "num_tokens", "shared_tokens", "split_key")}
+    out = _Out()
     renames = {theirs: ours for ours, theirs in (fields or {}).items() if theirs != ours}
     for row in _rows(batch):
         if "_bad_line" in row:  # a JSON line that is not an object: counted, never silently dropped
-            out["split_key"].append(0.0)
+            out.start_row(0.0)
             message = row["_bad_line"]
             if strict:
                 raise ValueError(f"row {row['_row_id']}: {message}; fix the line or set on_bad_row=skip")
-            _append(out, str(row["_row_id"]), "bad_json", message, None)
+            out.add(str(row["_row_id"]), "bad_json", message)
             continue
         if renames:
             row = {renames.get(k, k): v for k, v in row.items() if k not in renames.values() or k in renames}
         generated_id = row.pop("_row_id")
-        out["split_key"].append(split_key(row))
+        out.start_row(split_key(row))
         row_id = str(row.pop("id")) if row.get("id") is not None else str(generated_id)
         try:
-            pair = encode_pair(tokenizer, spec, normalize_row(row, _row_format(row, fmt)))
+            pairs = _encode_row(row, fmt, tokenizer, spec)
         except BadRow as e:
             if strict:
                 raise ValueError(f"row {row_id}: {e} (field {e.field!r}, reason {e.reason}); "
                                  "fix the row or set on_bad_row=skip to skip and count such rows") from None
-            _append(out, row_id, e.reason, str(e), None)
+            out.add(row_id, e.reason, str(e))
         except ValueError as e:  # truncation="error" and other configuration-level problems
             raise ValueError(f"row {row_id}: {e}") from None
         else:
-            _append(out, row_id, "ok", "", pair)
-    return pd.DataFrame(out)
+            for k, pair in enumerate(pairs):
+                out.add(row_id if len(pairs) == 1 else f"{row_id}#{k}", "ok", "", pair)
+    return pd.DataFrame(out.columns)
+
+
+def _encode_row(row: dict, fmt: str, tokenizer, spec: ScoringSpec) -> list:
+    """The row's encoded pairs: one for the pair formats, every ordered pair of a ``rated`` group."""
+    row_format = _row_format(row, fmt)
+    pairs = normalize_rated(row) if row_format == "rated" else [normalize_row(row, row_format)]
+    return [encode_pair(tokenizer, spec, pair) for pair in pairs]
+
+
+class _Out:
+    """The output columns of one batch, a row per pair or per skipped input row."""
+
+    def __init__(self):
+        self.columns = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin",
+                                        "truncated", "num_tokens", "shared_tokens", "split_key", "source_row")}
+        self.split, self.first = 0.0, True
+
+    def start_row(self, split: float) -> None:
+        """The next outputs come from a new input row, on this side of the eval split."""
+        self.split, self.first = split, True
+
+    def add(self, row_id: str, status: str, message: str = "", pair=None) -> None:
+        values = {"row_id": row_id, "status": status, "message": message, "split_key": self.split,
+                  "source_row": self.first,
+                  "chosen_ids": pair.chosen_ids if pair else [], "rejected_ids": pair.rejected_ids if pair else [],
+                  "margin": pair.margin if pair else 0.0, "truncated": pair.truncated if pair else False,
+                  "num_tokens": len(pair.chosen_ids) + len(pair.rejected_ids) if pair else 0,
+                  "shared_tokens": shared_prefix_length(pair.chosen_ids, pair.rejected_ids) if pair else 0}
+        for key, value in values.items():
+            self.columns[key].append(value)
+        self.first = False
 
 
 def _rows(batch: pa.Table) -> list[dict]:
@@ -113,18 +144,6 @@ def _row_format(row: dict, fmt: str) -> str:
         raise BadRow("missing_field", None, str(e)) from None
 
 
-def _append(out: dict, row_id: str, status: str, message: str, pair) -> None:
-    out["row_id"].append(row_id)
-    out["status"].append(status)
-    out["message"].append(message)
-    out["chosen_ids"].append(pair.chosen_ids if pair else [])
-    out["rejected_ids"].append(pair.rejected_ids if pair else [])
-    out["margin"].append(pair.margin if pair else 0.0)
-    out["truncated"].append(pair.truncated if pair else False)
-    out["num_tokens"].append(len(pair.chosen_ids) + len(pair.rejected_ids) if pair else 0)
-    out["shared_tokens"].append(shared_prefix_length(pair.chosen_ids, pair.rejected_ids) if pair else 0)
-
-
 def build_preferences(
     source: str, *, tokenizer, spec: ScoringSpec, name: str, data_format: str = "auto", limit: int | None = None,
     strict: bool = False, num_cpus: float = 0.5, raw: ray.data.Dataset | None = None,
@@ -158,11 +177,13 @@ def build_preferences(
 
 def _report(tokenized: ray.data.Dataset, name: str) -> DataReport:
     report = DataReport(name=name)
-    columns = ["row_id", "status", "message", "truncated", "num_tokens", "shared_tokens"]
+    columns = ["row_id", "status", "message", "truncated", "num_tokens", "shared_tokens", "source_row"]
     for batch in tokenized.select_columns(columns).iter_batches(batch_format="pandas", batch_size=4096):
-        report.rows_read += len(batch)
+        first = batch["source_row"].astype(bool)
+        report.rows_read += int(first.sum())  # input rows: a rated row's pairs count once
         ok = batch["status"] == "ok"
-        report.rows_kept += int(ok.sum())
+        report.rows_kept += int((ok & first).sum())
+        report.pairs += int(ok.sum())
         report.rows_truncated += int(batch["truncated"].sum())
         report.tokens += int(batch["num_tokens"].sum())
         report.shared_prefix_tokens += int(batch["shared_tokens"].sum())
