@@ -120,3 +120,21 @@ def test_unknown_layer_types_are_left_alone(tiny_qwen, monkeypatch):
     model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id))
     assert not model.last_layer_readout_only
     assert "forward" not in vars(model.hf_model.model.layers[-1])
+
+
+def test_outside_the_verified_transformers_range_the_last_layer_runs_in_full(tiny_qwen, monkeypatch):
+    """A transformers release the read-out bodies were not checked against gets the plain layer, with a
+    warning naming the range; inside it the fast path is on."""
+    import transformers
+
+    from rmray.core import last_layer
+    from rmray.core.model import RewardModel, load_hf_model
+
+    assert last_layer.transformers_verified(transformers.__version__)  # the installed one (pyproject caps it)
+    monkeypatch.setattr(last_layer.transformers, "__version__", "5.99.0")  # the version the module reads
+    with pytest.warns(UserWarning, match=r"verified on transformers 5\.17 to <5\.26; with 5\.99\.0"):
+        model = RewardModel(load_hf_model(tiny_qwen), last_layer_readout_only=True)
+    assert not model.last_layer_readout_only and last_layer.find(model.hf_model) is not None
+    with pytest.warns(UserWarning):
+        assert not last_layer.transformers_verified("5.16.1")
+    assert last_layer.transformers_verified("5.17.0")

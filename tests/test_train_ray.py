@@ -198,8 +198,10 @@ def test_demo_command_reaches_high_accuracy(ray_cluster, tmp_path, capsys):
     assert (tmp_path / "demo" / "plots" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_reads_every_source_format(ray_cluster, tiny_qwen, tmp_path):
-    """Parquet, CSV, JSON arrays, `datasets` folders and conversational rows all arrive as the same pairs."""
+def test_reads_every_source_format(ray_cluster, tiny_qwen, tmp_path, monkeypatch):
+    """Parquet, CSV, JSON arrays, `datasets` folders and conversational rows all arrive as the same pairs.
+    A `save_to_disk` folder (three files here, and a DatasetDict) is read by Ray Data tasks file by file,
+    in order: never loaded whole on the driver."""
     import datasets
     import pandas as pd
 
@@ -211,16 +213,19 @@ def test_reads_every_source_format(ray_cluster, tiny_qwen, tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
     pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
     (tmp_path / "d.json").write_text(json.dumps(rows))
-    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"), num_shards=3)
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "hf_dict"))
+    monkeypatch.setattr(datasets, "load_from_disk", lambda *a, **k: pytest.fail("loaded whole on the driver"))
     tok = load_tokenizer(tiny_qwen)
     spec = ScoringSpec(max_length=64, eos_token=tok.eos_token)
     results = {}
-    for source in ("d.parquet", "d.csv", "d.json", "hf"):
+    for source in ("d.parquet", "d.csv", "d.json", "hf", "hf_dict"):
         prefs = build_preferences(str(tmp_path / source), tokenizer=tok, spec=spec, name="train")
-        results[source] = sorted((tuple(r["chosen_ids"]), tuple(r["rejected_ids"]), r["margin"])
-                                 for r in prefs.dataset.take_all())
+        results[source] = [(tuple(r["chosen_ids"]), tuple(r["rejected_ids"]), r["margin"])
+                           for r in prefs.dataset.take_all()]
         assert prefs.report.rows_kept == 30
-    assert all(v == results["d.parquet"] for v in results.values())
+    assert all(sorted(v) == sorted(results["d.parquet"]) for v in results.values())
+    assert results["hf"] == results["hf_dict"] == results["d.parquet"]  # the source's row order, across files
 
     chat = [{"chosen": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello!"}],
              "rejected": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "go away"}]}

@@ -18,7 +18,10 @@ known are patched; any other model computes its last layer in full, as before.
 from __future__ import annotations
 
 import types
+import warnings
 
+import transformers
+from packaging.version import Version
 from torch import nn
 
 from .attention import KWARG, READOUT_ONLY
@@ -45,9 +48,26 @@ def find(hf_model: nn.Module) -> nn.Module | None:
     return layer if name in PRE_NORM | POST_NORM else None
 
 
+# transformers releases whose layer forwards the read-out bodies were checked against, [low, high): the
+# exactness tests (tests/test_last_layer.py) ran on 5.17 (H200) and 5.25 (CPU). pyproject.toml caps
+# transformers below ``high``; an install outside the range runs the last layer in full (same rewards).
+VERIFIED_TRANSFORMERS = ("5.17", "5.26")
+
+
+def transformers_verified(version: str) -> bool:
+    ok = Version(VERIFIED_TRANSFORMERS[0]) <= Version(version) < Version(VERIFIED_TRANSFORMERS[1])
+    if not ok:
+        warnings.warn(f"rmray's read-out last layer is verified on transformers {VERIFIED_TRANSFORMERS[0]} to "
+                      f"<{VERIFIED_TRANSFORMERS[1]}; with {version} the last layer runs in full (the same rewards, "
+                      "about 1/num_layers more compute)", stacklevel=3)
+    return ok
+
+
 def enable(hf_model: nn.Module) -> bool:
     """Give the last layer the read-out path (inert until a plan carries read-out positions);
-    False where the layer is not a known shape."""
+    False where the layer is not a known shape, or transformers is outside the verified range."""
+    if not transformers_verified(transformers.__version__):
+        return False
     layer = find(hf_model)
     if layer is None:
         return False

@@ -10,6 +10,8 @@ import ray
 from rmray.core.demo_data import demo_pairs
 from rmray.errors import UsageError
 
+from .saved import is_saved_dataset, read_saved_dataset
+
 _READERS = {
     ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json", ".jsonl.zst": "json",
     ".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv",
@@ -30,10 +32,8 @@ def read_source(source: str) -> ray.data.Dataset:
     if kind:
         return _read_files(kind, source, source)
     if os.path.isdir(source):
-        if os.path.exists(os.path.join(source, "dataset_info.json")) or os.path.exists(os.path.join(source, "state.json")):
-            import datasets
-
-            return ray.data.from_huggingface(datasets.load_from_disk(source))
+        if is_saved_dataset(source):
+            return read_saved_dataset(source)
         files = sorted(f for f in os.listdir(source) if _file_kind(f))
         if not files:
             raise ValueError(f"{source}: folder has no .jsonl/.json/.parquet/.csv files and is not a saved `datasets` dataset")
