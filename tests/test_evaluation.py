@@ -46,3 +46,19 @@ def test_top_k_per_prompt_breaks_ties_deterministically():
     assert [r["response"] for r in select_rows(rows, response_field="response", top_k=None, threshold=1.0)] == \
         ["c", "a", "b"]
     assert select_rows(rows, response_field="response", top_k=1, threshold=5.0) == []
+
+
+def test_ranking_metrics_on_hand_worked_groups():
+    from rmray.core.evaluation import ranking_metrics
+
+    assert ranking_metrics([([3, 1, 2], [2, 0, 1])]) == {"groups": 1, "group_pairs": 3, "pair_accuracy": 1.0,
+                                                           "kendall_tau": 1.0, "spearman": 1.0, "top1_accuracy": 1.0}
+    worst = ranking_metrics([([1, 3, 2], [2, 0, 1])])
+    assert (worst["pair_accuracy"], worst["kendall_tau"], worst["spearman"], worst["top1_accuracy"]) == (0, -1, -1, 0)
+    tied = ranking_metrics([([1, 2, 2, 5], [1, 1, 2, 3])])
+    assert tied["group_pairs"] == 5 and tied["pair_accuracy"] == pytest.approx(4 / 5)
+    assert tied["kendall_tau"] == pytest.approx(0.8) and tied["spearman"] == pytest.approx(3.75 / 4.5)
+    both = ranking_metrics([([3, 1, 2], [2, 0, 1]), ([1, 3, 2], [2, 0, 1]), ([1, 1], [1, 0])])
+    assert both["groups"] == 3 and both["pair_accuracy"] == pytest.approx(3 / 7)  # the flat group: no pair right
+    assert both["kendall_tau"] == pytest.approx(0.0)  # (1 + -1) / 2: the flat group has no defined tau
+    assert both["top1_accuracy"] == pytest.approx(1 / 3)  # a tie for the highest reward is not a top-1 hit

@@ -123,6 +123,10 @@ def test_a_rated_row_is_every_ordered_pair_of_different_ratings():
                             "responses": [[{"role": "assistant", "content": "hello"}],
                                           [{"role": "assistant", "content": "go"}]], "ratings": [0.9, 0.1]})
     assert len(chat) == 1 and chat[0].conversational and chat[0].prompt == [{"role": "user", "content": "hi"}]
+    # a table reader's NaN where a row has no value for another row's list column is "absent"
+    nan = float("nan")
+    assert detect_format({"prompt": "Q:", "chosen": " a", "rejected": " b", "responses": nan}) == "standard"
+    assert len(normalize_rated({"responses": [" x", " y"], "ratings": nan, "ranking": [1, 2]})) == 1
 
 
 def test_a_rated_file_with_bad_rows_is_counted_by_reason(tiny_qwen):

@@ -199,3 +199,31 @@ def test_score_keeps_every_input_column_whatever_the_rows_hold(ray_cluster, rm_q
     text_rows = [r for r in good if isinstance(r["prompt"], str)]
     expected = plain_transformers_scores(rm_qwen_chat, [r["prompt"] + r["response"] for r in text_rows])
     assert [r["reward"] for r in text_rows] == pytest.approx(expected, abs=1e-4)
+
+
+def test_eval_of_rated_groups_ranks_them_with_plain_transformers_rewards(ray_cluster, rm_qwen, tmp_path):
+    """A rated file (ratings and rankings, one bad row) in rmray eval: each group's rewards are plain
+    transformers', the ranking metrics are computed from them, and every rated pair counts as a pair."""
+    from rmray.core.evaluation import ranking_metrics
+    from rmray.score.evaluate import evaluate
+    from rmray.score.settings import EvalConfig
+
+    prompt = "\n\nHuman: What should I plant in spring?\n\nAssistant:"
+    groups = [([" Peas and lettuce.", " Nothing.", " Tomatoes after the last frost.", " Rocks."], [3, 0, 4, 1]),
+              ([" Water them.", " Ignore them.", " Mulch and water deeply."], [2, 0, 3])]
+    rows = [{"prompt": prompt, "responses": groups[0][0], "ratings": groups[0][1]},
+            {"prompt": prompt, "responses": groups[1][0], "ranking": [2, 3, 1]},  # the same order as ratings [2, 0, 3]
+            {"prompt": prompt, "responses": [" a", " b"], "ratings": [1, 1]}]  # all tied: a bad row
+    path = tmp_path / "rated.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = evaluate(EvalConfig(model_dir=rm_qwen, data=str(path)))
+    plain = [(plain_transformers_scores(rm_qwen, [prompt + r for r in responses]), ratings)
+             for responses, ratings in groups]
+    negated = [plain[0], (plain[1][0], [-2, -3, -1])]  # what the ranking row means: rank 1 is the best
+    want = ranking_metrics(negated)
+    got = metrics["ranking"]
+    assert got["groups"] == 2, metrics["bad_row_samples"]
+    assert got["group_pairs"] == 6 + 3 and metrics["pairs"] == 9
+    for key in ("pair_accuracy", "kendall_tau", "spearman", "top1_accuracy"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    assert metrics["bad_rows"] == 1 and "rated the same" in metrics["bad_row_samples"][0]

@@ -80,3 +80,80 @@ def preference_metrics(chosen: Sequence[float], rejected: Sequence[float], subse
         out["subsets"] = {s: {"pairs": len(ms), "accuracy": sum(m > 0 for m in ms) / len(ms),
                               "mean_margin": sum(ms) / len(ms)} for s, ms in sorted(groups.items())}
     return out
+
+
+def ranking_metrics(groups: Sequence[tuple[Sequence[float], Sequence[float]]]) -> dict:
+    """Metrics of rated groups, each ``(rewards, ratings)`` for one prompt's responses:
+
+    - ``pair_accuracy``: over every pair of a group with different ratings, the fraction whose rewards
+      are ordered the same way (strictly, as pair accuracy);
+    - ``kendall_tau`` and ``spearman``: the mean over groups of the rank correlations between rewards
+      and ratings (tau-b and Spearman with average ranks, so ties count as ties; a group whose rewards
+      or ratings are all equal is left out);
+    - ``top1_accuracy``: the fraction of groups whose highest reward (one response, not a tie) goes to a
+      response rated highest.
+
+    Worked example: rewards [3, 1, 2] for ratings [2, 0, 1] order every pair right (tau 1, top-1 right);
+    rewards [1, 3, 2] for the same ratings get 0 of 3 pairs right, tau -1, top-1 wrong. With a tie,
+    rewards [1, 2, 2, 5] for ratings [1, 1, 2, 3]: 4 of the 5 rated pairs right (2 vs 2 is not), tau-b
+    4 / sqrt(5 * 5) = 0.8, Spearman 3.75 / 4.5 = 0.8333."""
+    right = pairs = top1 = 0
+    taus, rhos = [], []
+    for rewards, ratings in groups:
+        for i in range(len(ratings)):
+            for j in range(len(ratings)):
+                if ratings[i] > ratings[j]:
+                    pairs += 1
+                    right += rewards[i] > rewards[j]
+        tops = [k for k in range(len(rewards)) if rewards[k] == max(rewards)]
+        top1 += len(tops) == 1 and ratings[tops[0]] == max(ratings)
+        tau, rho = _kendall_tau_b(rewards, ratings), _spearman(rewards, ratings)
+        if tau is not None:
+            taus.append(tau)
+            rhos.append(rho)
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"groups": len(groups), "group_pairs": pairs, "pair_accuracy": right / pairs if pairs else float("nan"),
+            "kendall_tau": mean(taus), "spearman": mean(rhos),
+            "top1_accuracy": top1 / len(groups) if groups else float("nan")}
+
+
+def _kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / denominator if denominator else None
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda k: values[k])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / var if var else float("nan")

@@ -72,7 +72,7 @@ class PreferencePair:
 
 def detect_format(row: dict[str, Any]) -> Format:
     """Pick one row's format (each row is decided on its own); ``data_format`` in the config overrides this."""
-    if row.get("responses") is not None:
+    if not _absent(row.get("responses")):
         return "rated"
     if "chosen" not in row or "rejected" not in row:
         raise ValueError(
@@ -208,18 +208,26 @@ def normalize_rated(row: dict[str, Any]) -> list[PreferencePair]:
     better response as ``chosen``. Bradley-Terry over these pairs is the group's Bradley-Terry loss
     (``core.loss.bradley_terry_group``). Responses are all text or all message lists; a text prompt
     may be empty. Ties make no pair; a row with no pair left is ``all_tied``."""
-    responses = _read_responses(row)
-    ratings = _read_ratings(row, len(responses))
-    if isinstance(responses[0], list) and not isinstance(row.get("prompt"), str):
-        prompt = _read_messages(row, "prompt", required=False) or []
-    else:  # a text prompt (chat responses may take one too: it becomes the user turn)
-        prompt = _read_text_or_empty(row, "prompt")
+    prompt, responses, ratings = read_group(row)
     pairs = [PreferencePair(prompt, responses[i], responses[j])
              for i in range(len(responses)) for j in range(len(responses))
              if ratings[i] > ratings[j] and responses[i] != responses[j]]
     if not pairs:
         raise BadRow("all_tied", "ratings", "every response is rated the same: no pair to learn from")
     return pairs
+
+
+def read_group(row: dict[str, Any]) -> tuple[Text, list[Text], list[float]]:
+    """A ``rated`` row's prompt, responses and ratings (higher is better; a ranking is negated), checked."""
+    responses = _read_responses(row)
+    ratings = _read_ratings(row, len(responses))
+    if isinstance(responses[0], list) and not isinstance(row.get("prompt"), str):
+        prompt = _read_messages(row, "prompt", required=False) or []
+    else:  # a text prompt (chat responses may take one too: it becomes the user turn)
+        prompt = _read_text_or_empty(row, "prompt")
+    if len(set(ratings)) == 1:
+        raise BadRow("all_tied", "ratings", "every response is rated the same: no pair to learn from")
+    return prompt, responses, ratings
 
 
 def _read_responses(row: dict[str, Any]) -> list[Text]:
@@ -237,7 +245,7 @@ def _read_responses(row: dict[str, Any]) -> list[Text]:
 
 
 def _read_ratings(row: dict[str, Any], n: int) -> list[float]:
-    field_name = "ratings" if row.get("ratings") is not None else "ranking"
+    field_name = "ratings" if not _absent(row.get("ratings")) else "ranking"
     value = row.get(field_name)
     value = value.tolist() if hasattr(value, "tolist") else value
     if not isinstance(value, (list, tuple)) or len(value) != n:
@@ -248,6 +256,11 @@ def _read_ratings(row: dict[str, Any], n: int) -> list[float]:
             raise BadRow("bad_rating", field_name, f"{field_name}[{i}] must be a finite number, got {v!r:.40}")
         numbers.append(float(v) if field_name == "ratings" else -float(v))  # rank 1 is the best
     return numbers
+
+
+def _absent(value) -> bool:
+    """None, or the NaN a table reader puts where a row has no value for another row's list column."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _read_text_or_empty(row: dict[str, Any], field: str) -> str:

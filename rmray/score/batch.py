@@ -10,7 +10,7 @@ import json
 
 import pyarrow as pa
 
-from rmray.core.formats import BadRow, detect_format, normalize_row
+from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
 from rmray.core.scoring import Scorer, ensemble
 from rmray.core.tokenize import encode, encode_pair
 
@@ -111,7 +111,8 @@ class ResponseScorer:
 
 class PairScorer:
     """Scores preference rows (any training format): ``chosen_reward``, ``rejected_reward``, ``subset``,
-    ``score_error``. Pairs go through group scoring, so a causal model computes the prompt once."""
+    ``score_error``; a ``rated`` row gets ``group_rewards`` and ``group_ratings`` instead. Pairs and
+    groups go through group scoring, so a causal model computes each prompt once."""
 
     def __init__(self, model_dir: str, data_format: str | None, max_batch_tokens: int, num_gpus: float = 0.0,
                  torch_threads: int = 1):
@@ -124,23 +125,38 @@ class PairScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         errors: list[str | None] = [None] * len(rows)
+        ratings: list[list[float] | None] = [None] * len(rows)
         groups, where = [], []
         for i, row in enumerate(rows):
             try:
-                pair = normalize_row(row, self.data_format or detect_format(row))
-                enc = encode_pair(self.scorer.tokenizer, self.scorer.spec, pair)
+                ids, ratings[i] = self._encode(row)
             except BadRow as err:
                 errors[i] = f"{err.field or 'row'}: {err}"
                 continue
             except ValueError as err:
                 errors[i] = f"row: {err}"
                 continue
-            groups.append([enc.chosen_ids, enc.rejected_ids])
+            groups.append(ids)
             where.append(i)
-        chosen, rejected = [None] * len(rows), [None] * len(rows)
-        for i, (c, r) in zip(where, self.scorer.score_id_groups(groups, max_batch_tokens=self.max_batch_tokens)):
-            chosen[i], rejected[i] = c, r
+        chosen, rejected, grouped = [None] * len(rows), [None] * len(rows), [None] * len(rows)
+        for i, rewards in zip(where, self.scorer.score_id_groups(groups, max_batch_tokens=self.max_batch_tokens)):
+            if ratings[i] is None:
+                chosen[i], rejected[i] = rewards
+            else:
+                grouped[i] = rewards
         subset = [str(row["subset"]) if row.get("subset") is not None else None for row in rows]
         return pa.table({"chosen_reward": pa.array(chosen, pa.float64()),
                          "rejected_reward": pa.array(rejected, pa.float64()),
+                         "group_rewards": pa.array(grouped, pa.list_(pa.float64())),
+                         "group_ratings": pa.array(ratings, pa.list_(pa.float64())),
                          "subset": pa.array(subset, pa.string()), "score_error": pa.array(errors, pa.string())})
+
+    def _encode(self, row: dict) -> tuple[list[list[int]], list[float] | None]:
+        """A pair's two sequences, or a rated row's K sequences and their ratings."""
+        tokenizer, spec = self.scorer.tokenizer, self.scorer.spec
+        fmt = self.data_format or detect_format(row)
+        if fmt == "rated":
+            prompt, responses, ratings = read_group(row)
+            return [encode(tokenizer, spec, prompt, response).ids for response in responses], ratings
+        enc = encode_pair(tokenizer, spec, normalize_row(row, fmt))
+        return [enc.chosen_ids, enc.rejected_ids], None

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from rmray.core.evaluation import preference_metrics
+from rmray.core.evaluation import preference_metrics, ranking_metrics
 from rmray.core.spec import ScoringSpec
 from rmray.ray_env import init_ray
 from rmray.report import html, plots
@@ -30,16 +30,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         fn_constructor_kwargs=dict(model_dir=model_dir, data_format=cfg.data_format, max_batch_tokens=cfg.max_batch_tokens,
                                    num_gpus=cfg.num_gpus, torch_threads=cfg.torch_threads),
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
-    chosen, rejected, subsets, errors = [], [], [], []
-    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
-        for c, r, s, e in zip(*(batch.column(k).to_pylist()
-                                for k in ("chosen_reward", "rejected_reward", "subset", "score_error"))):
-            if e is not None:
-                errors.append(e)
-                continue
-            chosen.append(c)
-            rejected.append(r)
-            subsets.append(s)
+    chosen, rejected, subsets, groups, errors = _collect(scored)
     if not chosen:
         raise ValueError(f"{data}: no row could be scored; first problems: {errors[:3]}")
     has_subsets = any(s is not None for s in subsets)
@@ -47,6 +38,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     metrics = preference_metrics(chosen, rejected, subsets if has_subsets else None, temperature=temperature)
     metrics.update({"model": os.path.abspath(model_dir), "data": data, "bad_rows": len(errors),
                     "bad_row_samples": errors[:20]})
+    if groups:
+        metrics["ranking"] = ranking = ranking_metrics(groups)
+        print(f"rmray eval: {ranking['groups']} rated groups: pair accuracy {ranking['pair_accuracy']:.4f}, "
+              f"Kendall tau {ranking['kendall_tau']:.3f}, Spearman {ranking['spearman']:.3f}, "
+              f"top-1 {ranking['top1_accuracy']:.4f}")
     print(f"rmray eval: accuracy {metrics['accuracy']:.4f} on {metrics['pairs']} pairs, "
           f"mean margin {metrics['mean_margin']:.3f}, ECE {metrics['ece']:.3f}"
           + (f" (calibrated: {metrics['calibrated_ece']:.3f} at temperature {temperature:.3f})" if temperature else "")
@@ -55,6 +51,27 @@ def evaluate(cfg: EvalConfig) -> dict:
         write_report(metrics, chosen, rejected, output, train_dir=cfg.train_dir)
         print(f"rmray eval: report in {os.path.join(output, 'report.html')}", file=sys.stderr)
     return metrics
+
+
+def _collect(scored) -> tuple[list, list, list, list, list]:
+    """Chosen and rejected rewards (a rated group's pairs of different ratings included, the better one
+    as chosen), subsets, the rated groups as (rewards, ratings), and the bad rows' errors."""
+    chosen, rejected, subsets, groups, errors = [], [], [], [], []
+    columns = ("chosen_reward", "rejected_reward", "group_rewards", "group_ratings", "subset", "score_error")
+    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+        for c, r, g, ratings, s, e in zip(*(batch.column(k).to_pylist() for k in columns)):
+            if e is not None:
+                errors.append(e)
+                continue
+            pairs = [(c, r)] if g is None else [(g[i], g[j]) for i in range(len(g)) for j in range(len(g))
+                                               if ratings[i] > ratings[j]]
+            if g is not None:
+                groups.append((g, ratings))
+            for better, worse in pairs:
+                chosen.append(better)
+                rejected.append(worse)
+                subsets.append(s)
+    return chosen, rejected, subsets, groups, errors
 
 
 def write_report(metrics: dict, chosen, rejected, output: str, *, train_dir: str | None = None) -> None:
