@@ -11,8 +11,26 @@ from rmray.core.formats import Format
 from rmray.core.spec import DEFAULT_MAX_BATCH_TOKENS
 
 
+@dataclass(kw_only=True)
+class ActorSettings:
+    """How a Ray Data scoring pipeline runs its model actors (``rmray score`` and ``rmray eval``)."""
+
+    concurrency: int = 1
+    """Scoring actors (each loads the model once)."""
+    num_cpus: float = 0.5
+    """Logical CPUs per scoring actor."""
+    num_gpus: float = 0.0
+    """GPUs per scoring actor (fractions pack several actors on one GPU)."""
+    torch_threads: int = 1
+    """Intra-op threads per scoring actor."""
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    """Padded tokens per forward: length-sorted rows are cut at this budget."""
+    ray_address: Optional[str] = None
+    """Ray cluster to join (``auto`` inside ``ray job submit``); default starts a local Ray."""
+
+
 @dataclass
-class ScoreConfig:
+class ScoreConfig(ActorSettings):
     model_dirs: list[str]
     """rmray model folders (training's ``final/``); several score as an ensemble."""
     input: str
@@ -23,22 +41,10 @@ class ScoreConfig:
     """Column holding the prompt (text or chat messages)."""
     response_field: str = "response"
     """Column holding the response to reward (text or chat messages)."""
-    concurrency: int = 1
-    """Scoring actors (each loads the model once)."""
-    num_cpus: float = 0.5
-    """Logical CPUs per scoring actor."""
-    num_gpus: float = 0.0
-    """GPUs per scoring actor (fractions pack several actors on one GPU)."""
-    torch_threads: int = 1
-    """Intra-op threads per scoring actor."""
     batch_size: int = 256
     """Rows per Ray Data batch handed to an actor; inside it, forwards are cut by ``max_batch_tokens``."""
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
-    """Padded tokens per forward: length-sorted rows are cut at this budget."""
     model_names: Optional[list[str]] = None
     """Names of the ensemble's ``reward_<name>`` columns; default: the folder names."""
-    ray_address: Optional[str] = None
-    """Ray cluster to join (``auto`` inside ``ray job submit``); default starts a local Ray."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     """Forward precision: ``auto`` is bf16 autocast on a GPU with bf16, float32 on CPU."""
     overwrite: bool = False
@@ -47,7 +53,7 @@ class ScoreConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ActorSettings):
     model_dir: str
     """The rmray model folder to evaluate (training's ``final/``)."""
     data: str
@@ -58,17 +64,5 @@ class EvalConfig:
     """The model's training output folder, to plot its loss and accuracy curves in the report."""
     data_format: Optional[Format] = None
     """The data's format; default: detected per row."""
-    concurrency: int = 1
-    """Scoring actors (each loads the model once)."""
-    num_cpus: float = 0.5
-    """Logical CPUs per scoring actor."""
-    num_gpus: float = 0.0
-    """GPUs per scoring actor."""
-    torch_threads: int = 1
-    """Intra-op threads per scoring actor."""
     batch_size: int = 128
     """Pairs per Ray Data batch handed to an actor."""
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
-    """Padded tokens per forward."""
-    ray_address: Optional[str] = None
-    """Ray cluster to join; default starts a local Ray."""
