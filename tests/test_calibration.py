@@ -14,11 +14,16 @@ def test_worked_example_and_a_grid_agree_with_the_fit():
     # by hand: mean(log(1+e^-2), log(1+e^-1), log(1+e^1))
     assert preference_nll(margins, 1.0) == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))
                                                           + math.log1p(math.exp(1))) / 3, abs=1e-12)
-    grid = min((preference_nll(margins, t / 1000), t / 1000) for t in range(10, 10_000))  # T in [0.01, 10)
+    # the fit adds two pseudo-pairs at the mean absolute margin (4/3), one right and one wrong
+    smoothed = margins + [4 / 3, -4 / 3]
+    grid = min((preference_nll(smoothed, t / 1000), t / 1000) for t in range(10, 20_000))  # T in [0.01, 20)
     fitted = fit_temperature(margins)
-    assert fitted == pytest.approx(grid[1], abs=2e-3) and fitted == pytest.approx(1.3222, abs=1e-3)
-    assert preference_nll(margins, fitted) <= grid[0] + 1e-9
-    assert fit_temperature([1.0, 2.0]) == 0.01 and fit_temperature([-1.0, -2.0]) == pytest.approx(100.0)
+    assert fitted == pytest.approx(grid[1], abs=2e-3) and fitted == pytest.approx(2.2984, abs=1e-3)
+    assert preference_nll(smoothed, fitted) <= grid[0] + 1e-9
+    # every pair right: a finite temperature, not T -> 0 and probabilities of exactly 1
+    separable = fit_temperature([1.0, 2.0, 3.0])
+    assert 0.1 < separable < 10 and 1 / (1 + math.exp(3.0 / separable)) > 1e-3
+    assert fit_temperature([-1.0, -2.0]) == pytest.approx(100.0)  # every pair wrong: as flat as allowed
 
 
 def test_an_under_confident_model_is_sharpened_to_its_true_scale():

@@ -7,8 +7,9 @@ fitted by maximum likelihood on held-out pairs (Guo et al., 2017, "temperature s
 stay as they are; the temperature travels in the scoring contract (``ScoringSpec.temperature``).
 
 Worked example: margins [2, 1, -1] (two pairs right, one wrong). T = 1 gives NLL
-mean(log(1+e^-2), log(1+e^-1), log(1+e^1)) = mean(0.1269, 0.3133, 1.3133) = 0.5845; the fitted
-T = 1.3222 gives 0.5750, and no other T gives less (the wrong pair's confidence comes down).
+mean(log(1+e^-2), log(1+e^-1), log(1+e^1)) = mean(0.1269, 0.3133, 1.3133) = 0.5845. The fit adds the
+pseudo-pairs +4/3 and -4/3 (see :func:`fit_temperature`) and lands at T = 2.2984, where the five
+margins' NLL is least (the wrong pair's confidence comes down).
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ def preference_nll(margins: Sequence[float], temperature: float) -> float:
 
 
 def fit_temperature(margins: Sequence[float]) -> float:
-    """The T in [0.01, 100] minimizing :func:`preference_nll`. The loss is convex in 1/T (a softplus of
-    a linear function), so a golden-section search over 1/T finds the minimum; with every pair right the
-    minimum is at the sharpest end, 0.01, and with none at the flattest, 100."""
+    """The T in [0.01, 100] minimizing :func:`preference_nll` over ``margins`` plus two pseudo-pairs at
+    their mean absolute margin, one right and one wrong (Laplace's rule of succession: with every one of
+    n pairs right, confidence is pulled to about (n + 1) / (n + 2), not to 1 -- an eval split the model
+    separates perfectly would otherwise give T -> 0 and probabilities of exactly 0 or 1). The loss is
+    convex in 1/T (a softplus of a linear function), so a golden-section search over 1/T finds it."""
     if not margins:
         raise ValueError("no pairs to fit a temperature on")
+    scale = sum(abs(m) for m in margins) / len(margins)
+    margins = [*margins, scale, -scale]
     lo, hi = 1 / MAX_TEMPERATURE, 1 / MIN_TEMPERATURE  # inverse temperatures
     ratio = (math.sqrt(5) - 1) / 2
     loss = lambda beta: sum(_softplus(-m * beta) for m in margins)  # noqa: E731
