@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -262,6 +263,7 @@ class TrainConfig:
         return self.greater_is_better if self.greater_is_better is not None else not self.best_metric.endswith("loss")
 
 
+@functools.lru_cache(maxsize=None)
 def field_docs(cls) -> dict[str, str]:
     """Each field's docstring (the string literal written under it in the class body), whitespace folded:
     the one place a setting is explained, read by ``--help`` of every command."""

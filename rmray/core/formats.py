@@ -212,8 +212,8 @@ def normalize_rated(row: dict[str, Any]) -> list[PreferencePair]:
     pairs = [PreferencePair(prompt, responses[i], responses[j])
              for i in range(len(responses)) for j in range(len(responses))
              if ratings[i] > ratings[j] and responses[i] != responses[j]]
-    if not pairs:
-        raise BadRow("all_tied", "ratings", "every response is rated the same: no pair to learn from")
+    if not pairs:  # the responses rated differently are the same text
+        raise BadRow("all_tied", "responses", "the responses rated differently are identical: no pair to learn from")
     return pairs
 
 

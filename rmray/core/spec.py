@@ -9,10 +9,11 @@ it from there instead of taking their own settings, so one text gets one reward 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
+
+from .evaluation import sigmoid
 
 SPEC_FILE = "rmray_scoring.json"
 Truncation = Literal["truncate", "drop", "error"]
@@ -66,8 +67,7 @@ class ScoringSpec:
 
     def preference_probability(self, delta: float) -> float:
         """P(a preferred to b) for a reward difference r_a - r_b, calibrated when a temperature was fitted."""
-        x = delta / (self.temperature or 1.0)
-        return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+        return sigmoid(delta / (self.temperature or 1.0))
 
     def save(self, directory: str) -> None:
         with open(os.path.join(directory, SPEC_FILE), "w") as f:

@@ -180,16 +180,13 @@ class _RewardAPI:
         where = "items" if request.items is not None else "item"
         out = await self._score(lambda m: m.encode(request.as_items(), where), "items", request.normalize)
         out.pop("_tokens")
-        out.pop("_per_model")
         return out
 
     async def score_group(self, request: GroupRequest) -> dict:
         items = [Item(prompt=request.prompt, response=r) for r in request.responses]
-        out = await self._score(lambda m: m.encode(items, "responses"), "group", request.normalize)
+        out = await self._score(lambda m: m.encode(items, "responses"), "group", request.normalize,
+                                request.preferences)
         out.pop("_tokens")
-        per_model = out.pop("_per_model")
-        if request.preferences:
-            out["preferences"] = preference_matrix(self.models, per_model)
         return out
 
     async def get_reward(self, request: GetRewardRequest) -> dict:
@@ -222,21 +219,22 @@ class _RewardAPI:
         request = ScoreRequest(items=items, normalize=normalize)
         out = await self._score(lambda m: m.encode(request.as_items(), "items"), "items", normalize)
         out.pop("_tokens", None)
-        out.pop("_per_model", None)
         return out
 
-    async def _score(self, encode_for, kind: str, normalize: bool) -> dict:
+    async def _score(self, encode_for, kind: str, normalize: bool, preferences: bool = False) -> dict:
         """``encode_for(model) -> (ids, truncated)`` runs on the tokenizer threads; the forwards on the scorers."""
         loop = asyncio.get_running_loop()
         encoded = [await loop.run_in_executor(self.tokenize_pool, encode_for, m) for m in self.models]
         per_model = await self._forward(kind, [ids for ids, _ in encoded])
         truncated = [any(flags) for flags in zip(*[t for _, t in encoded])]
-        body = {"truncated": truncated, "_tokens": [len(x) for x in encoded[0][0]], "_per_model": per_model}
+        body = {"truncated": truncated, "_tokens": [len(x) for x in encoded[0][0]]}
         body.update(combine(self.models, per_model, self.normalized))
         if normalize:
             normed = [m.spec.normalize(r) for m, r in zip(self.models, per_model)]
             if all(n is not None for n in normed):
                 body["normalized_rewards"] = ensemble(normed)[0]
+        if preferences:
+            body["preferences"] = preference_matrix(self.models, per_model)
         return body
 
     async def _forward(self, kind: str, ids_per_model: list) -> list[list[float]]:

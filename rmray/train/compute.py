@@ -32,9 +32,8 @@ class Compute:
 
     @classmethod
     def for_run(cls, model, raw, strategy, device, cfg) -> "Compute":
-        use_bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
         loss = functools.partial(group_loss(cfg.loss), center_rewards_coefficient=cfg.center_rewards_coefficient)
-        return cls(model, raw, strategy, device, use_bf16, loss)
+        return cls(model, raw, strategy, device, wants_bf16(cfg, device), loss)
 
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
@@ -64,6 +63,11 @@ class Compute:
                 sums += preference_sums(chosen, rejected, loss.detach() * chunk.num_pairs)
                 tokens += chunk.real_tokens
         return sums, tokens
+
+
+def wants_bf16(cfg, device) -> bool:
+    """bf16 autocast: as configured, else on where the device supports it (CUDA with bf16)."""
+    return bool(cfg.bf16) if cfg.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
 def all_reduce(sums: torch.Tensor, device) -> torch.Tensor:

@@ -35,7 +35,7 @@ from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokeni
 from rmray.core.spec import ScoringSpec
 
 from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
-from .compute import Compute, all_reduce
+from .compute import Compute, all_reduce, wants_bf16
 from .diagnostics import ConsumedLog, chaos_kill
 from .health import Health
 from .metrics_log import MetricsLog
@@ -124,8 +124,7 @@ class WorkerRun:
         device = ray.train.torch.get_device()
         strategy = make_strategy(cfg.fsdp)
         strategy.release_unused_group(self.world)
-        use_bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
-        model, raw = _build_model(cfg, self.tokenizer, strategy, use_bf16, device)
+        model, raw = _build_model(cfg, self.tokenizer, strategy, wants_bf16(cfg, device), device)
         self.compute = Compute.for_run(model, raw, strategy, device, cfg)
         self.layout = Layout(kind=choose_layout(cfg.padding_free, cfg.share_prompt, raw.readout == "last_token"),
                              causal=raw.readout == "last_token", pad_token_id=self.tokenizer.pad_token_id,
@@ -288,9 +287,9 @@ class WorkerRun:
                 if i % self.world != self.rank and not all_batches:
                     continue
                 for chunk in to_chunks(batch, self.layout):
-                    chosen, rejected, loss = compute.score_chunk(chunk, model)
-                    sums += preference_sums(chosen.cpu(), rejected.cpu(), loss.cpu() * chunk.num_pairs)
-                    self.eval_margins += (chosen - rejected).cpu().tolist()
+                    chosen, rejected, loss = (t.cpu() for t in compute.score_chunk(chunk, model))
+                    sums += preference_sums(chosen, rejected, loss * chunk.num_pairs)
+                    self.eval_margins += (chosen - rejected).tolist()
             model.train()
             sums = sums if all_batches else all_reduce(sums, compute.device)
             self.last_eval = {f"eval_{k}": v for k, v in metrics_from_sums(sums).items()}
