@@ -164,3 +164,15 @@ def test_a_rated_file_with_bad_rows_is_counted_by_reason(tiny_qwen):
     assert list(first["chosen_ids"]) == tokenizer("Q: a<|endoftext|>")["input_ids"]
     assert list(first["rejected_ids"]) == tokenizer("Q: b<|endoftext|>")["input_ids"]
     assert len(set(out[out["row_id"].str.startswith("g#")]["split_key"])) == 1  # a group stays on one side
+
+
+def test_a_saved_dataset_dict_without_a_train_split_is_named_with_the_fix(tmp_path):
+    import datasets
+
+    from rmray.data.saved import read_saved_dataset
+    from rmray.errors import UsageError
+
+    datasets.DatasetDict({"test": datasets.Dataset.from_list([{"chosen": "a", "rejected": "b"}])}).save_to_disk(
+        str(tmp_path / "dd"))
+    with pytest.raises(UsageError, match=r"dd: a saved DatasetDict without a 'train' split \(it has \['test'\]\); fix: "):
+        read_saved_dataset(str(tmp_path / "dd"))

@@ -15,6 +15,8 @@ import os
 import pyarrow as pa
 import ray
 
+from rmray.errors import UsageError
+
 
 def is_saved_dataset(folder: str) -> bool:
     return any(os.path.exists(os.path.join(folder, name)) for name in ("state.json", "dataset_dict.json"))
@@ -22,6 +24,11 @@ def is_saved_dataset(folder: str) -> bool:
 
 def read_saved_dataset(folder: str) -> ray.data.Dataset:
     if os.path.exists(os.path.join(folder, "dataset_dict.json")):
+        with open(os.path.join(folder, "dataset_dict.json")) as f:
+            splits = json.load(f).get("splits", [])
+        if "train" not in splits:
+            raise UsageError(f"{folder}: a saved DatasetDict without a 'train' split (it has {splits}); "
+                             f"fix: point at one split's folder, e.g. {os.path.join(folder, splits[0] if splits else 'SPLIT')}")
         folder = os.path.join(folder, "train")
     with open(os.path.join(folder, "state.json")) as f:
         state = json.load(f)
