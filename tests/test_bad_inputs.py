@@ -82,7 +82,7 @@ def test_column_names_are_mapped_and_missing_ones_named_before_ray(tmp_path, cap
     spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
     table = pa.Table.from_pylist([{**rows[0], "_row_id": 0}])
     out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=True,
-                         fields={"prompt": "question", "chosen": "better", "rejected": "worse"})
+                         fields={"prompt": "question", "chosen": "better", "rejected": "worse"}).to_pandas()
     assert list(out["chosen_ids"][0]) == tokenizer("Q: 2+2?\nA: 4" + tokenizer.eos_token)["input_ids"]
     assert list(out["rejected_ids"][0]) == tokenizer("Q: 2+2?\nA: 5" + tokenizer.eos_token)["input_ids"]
 

@@ -98,7 +98,7 @@ def test_a_file_mixing_formats_keeps_every_prompt_in_either_order(tiny_qwen):
     for rows in ([implicit, standard, broken], [standard, implicit, broken]):
         columns = ["prompt", "chosen", "rejected"]  # as Ray's JSON reader unifies them: null where absent
         table = pa.table({**{c: [r.get(c) for r in rows] for c in columns}, "_row_id": list(range(len(rows)))})
-        out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=False)
+        out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=False).to_pandas()
         got = {id(r): rec for r, rec in zip(rows, out.to_dict("records"))}
         std = got[id(standard)]
         assert std["status"] == "ok"
@@ -109,24 +109,33 @@ def test_a_file_mixing_formats_keeps_every_prompt_in_either_order(tiny_qwen):
         assert got[id(broken)]["status"] == "missing_field" and "chosen" in got[id(broken)]["message"]
 
 
-def test_a_rated_row_is_every_ordered_pair_of_different_ratings():
-    from rmray.core.formats import detect_format, normalize_rated
+def test_a_rated_row_is_one_group_whose_pairs_are_its_differently_rated_responses():
+    import torch
+
+    from rmray.core.formats import detect_format, read_group
+    from rmray.core.loss import ordered_pairs
+
+    def pairs(row):
+        _, responses, ratings = read_group(row)
+        place = torch.arange(len(responses), dtype=torch.float32).unsqueeze(0)  # "rewards" = each response's index
+        better, worse = ordered_pairs(place, torch.tensor([ratings]), torch.ones(1, len(responses), dtype=torch.bool))
+        return {(responses[int(i)], responses[int(j)]) for i, j in zip(better, worse)}
 
     row = {"prompt": "Q:", "responses": [" a", " b", " c", " d"], "ratings": [3, 1, 2, 2]}
     assert detect_format(row) == "rated"
-    pairs = {(p.chosen, p.rejected) for p in normalize_rated(row)}
     # 3 > 2 = 2 > 1: a beats b, c, d; c and d beat b; c and d tie (no pair)
-    assert pairs == {(" a", " b"), (" a", " c"), (" a", " d"), (" c", " b"), (" d", " b")}
-    ranked = normalize_rated({"prompt": "Q:", "responses": [" x", " y", " z"], "ranking": [2, 3, 1]})
-    assert {(p.chosen, p.rejected) for p in ranked} == {(" z", " x"), (" z", " y"), (" x", " y")}  # rank 1 best
-    chat = normalize_rated({"prompt": [{"role": "user", "content": "hi"}],
-                            "responses": [[{"role": "assistant", "content": "hello"}],
-                                          [{"role": "assistant", "content": "go"}]], "ratings": [0.9, 0.1]})
-    assert len(chat) == 1 and chat[0].conversational and chat[0].prompt == [{"role": "user", "content": "hi"}]
+    assert pairs(row) == {(" a", " b"), (" a", " c"), (" a", " d"), (" c", " b"), (" d", " b")}
+    ranked = {"prompt": "Q:", "responses": [" x", " y", " z"], "ranking": [2, 3, 1]}
+    assert pairs(ranked) == {(" z", " x"), (" z", " y"), (" x", " y")}  # rank 1 is the best
+    prompt, responses, ratings = read_group({"prompt": [{"role": "user", "content": "hi"}],
+                                             "responses": [[{"role": "assistant", "content": "hello"}],
+                                                           [{"role": "assistant", "content": "go"}]], "ratings": [0.9, 0.1]})
+    assert prompt == [{"role": "user", "content": "hi"}] and responses[1] == [{"role": "assistant", "content": "go"}]
+    assert ratings == [0.9, 0.1]
     # a table reader's NaN where a row has no value for another row's list column is "absent"
     nan = float("nan")
     assert detect_format({"prompt": "Q:", "chosen": " a", "rejected": " b", "responses": nan}) == "standard"
-    assert len(normalize_rated({"responses": [" x", " y"], "ratings": nan, "ranking": [1, 2]})) == 1
+    assert read_group({"responses": [" x", " y"], "ratings": nan, "ranking": [1, 2]})[2] == [-1.0, -2.0]
 
 
 def test_a_rated_file_with_bad_rows_is_counted_by_reason(tiny_qwen):
@@ -153,17 +162,32 @@ def test_a_rated_file_with_bad_rows_is_counted_by_reason(tiny_qwen):
     # as training's JSON-lines reader hands them over: each line's text, parsed row by row
     table = pa.table({"_line": [json.dumps(r) for r in rows], "_where": [f"r.jsonl:{i + 1}" for i in range(len(rows))],
                       "_error": pa.array([None] * len(rows), pa.string())})
-    out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=False)
-    assert int(out["source_row"].sum()) == len(rows)  # every input row accounted for once
+    out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=False).to_pandas()
+    assert list(out["row_id"]) == [r["id"] for r in rows]  # every input row comes out once, as itself
     by_row = dict(zip(out["row_id"], out["status"]))
-    assert [by_row[f"g#{k}"] for k in range(3)] == ["ok"] * 3 and by_row["pair"] == "ok"
+    assert by_row["g"] == "ok" and by_row["pair"] == "ok"
     assert {k: by_row[k] for k in ("one", "nan", "short", "text", "tie", "blank")} == {
         "one": "too_few_responses", "nan": "bad_rating", "short": "bad_rating", "text": "bad_rating",
         "tie": "all_tied", "blank": "empty_field"}
-    first = out[out["row_id"] == "g#0"].iloc[0]
-    assert list(first["chosen_ids"]) == tokenizer("Q: a<|endoftext|>")["input_ids"]
-    assert list(first["rejected_ids"]) == tokenizer("Q: b<|endoftext|>")["input_ids"]
-    assert len(set(out[out["row_id"].str.startswith("g#")]["split_key"])) == 1  # a group stays on one side
+    group = out[out["row_id"] == "g"].iloc[0]
+    assert [list(ids) for ids in group["group_ids"]] == [tokenizer(f"Q: {r}<|endoftext|>")["input_ids"] for r in "abc"]
+    assert list(group["ratings"]) == [2.0, 1.0, 0.0] and group["pairs"] == 3
+    assert list(group["chosen_ids"]) == [] and out[out["row_id"] == "pair"].iloc[0]["pairs"] == 1
+
+
+def test_responses_that_tokenize_alike_are_one_response_rated_their_mean(tiny_qwen):
+    from rmray.core.model import load_tokenizer
+    from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenize import encode_group
+
+    tokenizer = load_tokenizer(tiny_qwen)
+    spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
+    group = encode_group(tokenizer, spec, "Q:", [" a", " b", " a"], [3.0, 2.0, 0.0])
+    assert group.ratings == [1.5, 2.0]  # " a" twice, rated 3 and 0
+    assert group.ids == [tokenizer("Q: a<|endoftext|>")["input_ids"], tokenizer("Q: b<|endoftext|>")["input_ids"]]
+    with pytest.raises(BadRow) as e:
+        encode_group(tokenizer, spec, "Q:", [" a", " b", " a"], [3.0, 2.0, 1.0])  # a = 2 = b after merging
+    assert e.value.reason == "all_tied"
 
 
 def test_a_saved_dataset_dict_without_a_train_split_is_named_with_the_fix(tmp_path):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from rmray.core.scoring import Scorer, _split_shared_prefix
+from rmray.core.packing import split_shared_prefix
+from rmray.core.scoring import Scorer
 from rmray.testing import plain_transformers_scores as plain_scores
 
 PROMPT = "\n\nHuman: What should I cook tonight with rice, eggs and spinach?\n\nAssistant:"
@@ -38,9 +39,9 @@ def test_many_groups_with_different_prompts_and_a_one_token_budget(rm_qwen):
 
 
 def test_shared_prefix_leaves_every_response_a_token():
-    prefix, suffixes = _split_shared_prefix([[1, 2, 3], [1, 2, 3], [1, 2, 3, 4]])
+    prefix, suffixes = split_shared_prefix([[1, 2, 3], [1, 2, 3], [1, 2, 3, 4]])
     assert prefix == [1, 2] and suffixes == [[3], [3], [3, 4]]
-    prefix, suffixes = _split_shared_prefix([[5], [6, 7]])
+    prefix, suffixes = split_shared_prefix([[5], [6, 7]])
     assert prefix == [] and suffixes == [[5], [6, 7]]
 
 

@@ -54,8 +54,8 @@ def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_p
     with pytest.raises(Exception, match="row bad-missing: field 'chosen' is missing"):
         build_preferences(path, tokenizer=tok, spec=spec, name="train", strict=True)
 
-    # Rated groups (UltraFeedback-style): each kept row makes every pair of different ratings, counted
-    # as one row read and kept; a bad group is one skipped row.
+    # Rated groups (UltraFeedback-style): each kept row stays one group, its pairs (different ratings)
+    # counted in the report; a bad group is one skipped row.
     rated = write_jsonl(tmp_path / "rated.jsonl", [
         {"prompt": "Q: hi", "responses": [" hello", " go away", " hm"], "ratings": [5, 1, 3]},
         {"prompt": "Q: hi", "responses": [" hello", " hey"], "ranking": [1, 2]},
@@ -63,7 +63,10 @@ def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_p
         good])
     rated_prefs = build_preferences(rated, tokenizer=tok, spec=spec, name="train")
     rated_report = rated_prefs.report
-    assert rated_prefs.dataset.count() == 5
+    assert rated_prefs.dataset.count() == 3
+    first = rated_prefs.dataset.take(1)[0]
+    assert [list(ids) for ids in first["group_ids"]] == [tok(f"Q: hi{r}<|endoftext|>")["input_ids"]
+                                                         for r in (" hello", " go away", " hm")]
     assert (rated_report.rows_read, rated_report.rows_kept, rated_report.pairs) == (4, 3, 3 + 1 + 1)
     assert rated_report.skipped == {"all_tied": 1} and "kept as 5 pairs" in rated_report.format()
 

@@ -1,6 +1,6 @@
 """Preference-row formats: detect them, validate rows, split implicit prompts.
 
-Three shapes are accepted, named as in TRL's docs:
+Four shapes are accepted, the first three named as in TRL's docs:
 
 - ``standard``:  ``{"prompt": str, "chosen": str, "rejected": str}``
 - ``implicit``:  ``{"chosen": str, "rejected": str}`` -- whole texts; the prompt is their longest
@@ -9,8 +9,8 @@ Three shapes are accepted, named as in TRL's docs:
 - ``conversational``: message lists ``[{"role", "content"}, ...]`` in ``chosen``/``rejected``, with an
   optional ``prompt`` message list (explicit); without it the shared leading messages are the prompt.
 - ``rated``: ``{"prompt", "responses": [...], "ratings": [...]}`` (higher is better) or ``"ranking"``
-  (rank per response, 1 = best), responses as text or message lists (UltraFeedback, Nectar): every
-  ordered pair whose ratings differ (:func:`normalize_rated`).
+  (rank per response, 1 = best), responses as text or message lists (UltraFeedback, Nectar): one
+  group of K responses (:func:`read_group`), trained with the prompt computed once.
 
 Any shape may carry a float ``margin`` column. A row that cannot be used raises :class:`BadRow` with a
 machine-readable ``reason`` so the data layer can count and sample skipped rows instead of crashing.
@@ -201,21 +201,6 @@ def _normalize_conversational(row: dict[str, Any], margin: float) -> PreferenceP
 
 
 # --- Rated and ranked groups: one prompt, K responses ------------------------------------------------
-
-def normalize_rated(row: dict[str, Any]) -> list[PreferencePair]:
-    """A ``rated`` row -- ``{"prompt"?, "responses": [...], "ratings": [...]}`` (higher is better) or
-    ``"ranking"`` (each response's rank, 1 = best) -- as every ordered pair whose ratings differ, the
-    better response as ``chosen``. Bradley-Terry over these pairs is the group's Bradley-Terry loss
-    (``core.loss.bradley_terry_group``). Responses are all text or all message lists; a text prompt
-    may be empty. Ties make no pair; a row with no pair left is ``all_tied``."""
-    prompt, responses, ratings = read_group(row)
-    pairs = [PreferencePair(prompt, responses[i], responses[j])
-             for i in range(len(responses)) for j in range(len(responses))
-             if ratings[i] > ratings[j] and responses[i] != responses[j]]
-    if not pairs:  # the responses rated differently are the same text
-        raise BadRow("all_tied", "responses", "the responses rated differently are identical: no pair to learn from")
-    return pairs
-
 
 def read_group(row: dict[str, Any]) -> tuple[Text, list[Text], list[float]]:
     """A ``rated`` row's prompt, responses and ratings (higher is better; a ranking is negated), checked."""

@@ -59,7 +59,7 @@ def bradley_terry_group(rewards: torch.Tensor, ratings: torch.Tensor, mask: torc
 
     The centering term generalizes TRL's ``(c + r)^2``: ``coef * mean_g (2 * mean_k r_gk)^2``."""
     mask = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.bool()
-    better = (ratings.unsqueeze(2) > ratings.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)  # [G, K, K]
+    better = better_pairs(ratings, mask)
     diff = rewards.unsqueeze(2) - rewards.unsqueeze(1)
     if margins is not None:
         diff = diff - margins.to(diff.dtype)
@@ -90,6 +90,22 @@ def plackett_luce(rewards: torch.Tensor, ratings: torch.Tensor, mask: torch.Tens
 
 
 GROUP_LOSSES = {"bradley_terry": bradley_terry_group, "plackett_luce": plackett_luce}
+# What each loss is a mean over: a micro-batch cut into chunks weights each chunk's loss by its share
+# of these, so the summed gradient is the whole micro-batch's (groups of different K count rightly).
+LOSS_MEAN_OVER = {"bradley_terry": "pairs", "plackett_luce": "groups"}
+
+
+def better_pairs(ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[G, K, K]`` bool: response i is rated above response j, both present."""
+    return (ratings.unsqueeze(2) > ratings.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)
+
+
+def ordered_pairs(rewards: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rewards of every ordered pair of a group whose ratings differ, as (better, worse) vectors --
+    group by group, then by the better response's place -- for the pair metrics. A ``[G, 2]`` group
+    rated ``[1, 0]`` gives back its two columns."""
+    g, i, j = better_pairs(ratings, mask.bool()).nonzero(as_tuple=True)
+    return rewards[g, i], rewards[g, j]
 
 
 def group_loss(name: str):

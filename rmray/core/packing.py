@@ -42,13 +42,31 @@ class PackedBatch:
     plan: list  # per row [(start, prefix length, [response lengths])]: rmray.core.attention's segment plan
 
 
-def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Longest common prefix of two id lists, leaving each at least one own token to read out at."""
-    limit = min(len(a), len(b)) - 1
-    n = 0
-    while n < limit and a[n] == b[n]:
-        n += 1
+def shared_prefix_length(*sequences: Sequence[int]) -> int:
+    """Longest common prefix of id lists, leaving each at least one own token to read out at."""
+    first = sequences[0]
+    n = max(min(len(seq) for seq in sequences) - 1, 0)
+    for seq in sequences[1:]:
+        k = 0
+        while k < n and seq[k] == first[k]:
+            k += 1
+        n = k
     return n
+
+
+def split_shared_prefix(group: Sequence[Sequence[int]]) -> Group:
+    """A group of full sequences as (common prefix, suffixes); every suffix keeps a token to read at."""
+    n = shared_prefix_length(*group)
+    return list(group[0][:n]), [list(seq[n:]) for seq in group]
+
+
+def sequence_groups(groups: Sequence[Sequence[Sequence[int]]], share_prefix: bool) -> list[Group]:
+    """Groups of full sequences (one prompt, K responses each) as packing groups. Through
+    :func:`pack_groups` the read-outs come back group by group, each group's responses in order -- with
+    or without the shared prefix (without it, every sequence is its own group with an empty prefix)."""
+    if share_prefix:
+        return [split_shared_prefix(group) for group in groups]
+    return [([], [list(seq)]) for group in groups for seq in group]
 
 
 def pair_groups(chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], share_prefix: bool) -> list[Group]:

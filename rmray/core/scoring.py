@@ -20,7 +20,7 @@ import torch
 from .collate import pad_sequences
 from .formats import Text
 from .model import RewardModel, load_hf_model, load_tokenizer
-from .packing import model_inputs, on_device, pack_for_model
+from .packing import model_inputs, on_device, pack_for_model, split_shared_prefix
 from .spec import DEFAULT_MAX_BATCH_TOKENS, ScoringSpec
 from .tokenize import Encoded, encode
 
@@ -125,7 +125,7 @@ class Scorer:
             flat = [seq for group in groups for seq in group]
             rewards = iter(self.score_ids(flat, max_batch_tokens=max_batch_tokens))
             return [[next(rewards) for _ in group] for group in groups]
-        packed_groups = [_split_shared_prefix(group) for group in groups]
+        packed_groups = [split_shared_prefix(group) for group in groups]
         results: list[list[float]] = [[] for _ in groups]
         # A cached-prefix variant (prompt K/V once, responses as a padded batch) measured 2.7x slower than
         # this on CPU (benchmarks/serve_bench.py groups): one packed row per group it is.
@@ -160,19 +160,6 @@ def ensemble(per_model: Sequence[Sequence[float]]) -> tuple[list[float], list[fl
         means.append(mean)
         stds.append((sum((x - mean) ** 2 for x in column) / len(column)) ** 0.5)
     return means, stds
-
-
-def _split_shared_prefix(group: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
-    """(common prefix, suffixes); every suffix keeps at least one token to read the reward at."""
-    first = group[0]
-    n = min(len(seq) for seq in group) - 1
-    for seq in group[1:]:
-        k = 0
-        while k < n and seq[k] == first[k]:
-            k += 1
-        n = k
-    n = max(n, 0)
-    return list(first[:n]), [list(seq[n:]) for seq in group]
 
 
 def _chunks_by_tokens(groups: Sequence[tuple[list[int], list[list[int]]]], budget: int) -> list[list[int]]:

@@ -160,6 +160,29 @@ def encode_pair(tokenizer, spec: ScoringSpec, pair: PreferencePair) -> EncodedPa
     return EncodedPair(chosen.ids, rejected.ids, pair.margin, chosen.truncated or rejected.truncated)
 
 
+@dataclass
+class EncodedGroup:
+    ids: list[list[int]]  # one full sequence per distinct response
+    ratings: list[float]  # higher is better
+    truncated: bool
+
+
+def encode_group(tokenizer, spec: ScoringSpec, prompt: Text, responses: list[Text], ratings: list[float]) -> EncodedGroup:
+    """A rated group's responses, each tokenized with the prompt exactly as :func:`encode` does.
+    Responses that come out as the same ids (repeated texts, or texts cut to the same tokens) are one
+    response rated the mean of their ratings: copies of one sequence rated apart teach nothing."""
+    merged: dict[tuple[int, ...], list[float]] = {}
+    truncated = False
+    for response, rating in zip(responses, ratings):
+        enc = encode(tokenizer, spec, prompt, response)
+        truncated = truncated or enc.truncated
+        merged.setdefault(tuple(enc.ids), []).append(rating)
+    means = [sum(values) / len(values) for values in merged.values()]
+    if len(set(means)) < 2:
+        raise BadRow("all_tied", "responses", "the responses rated differently tokenize to the same ids: no pair to learn from")
+    return EncodedGroup([list(ids) for ids in merged], means, truncated)
+
+
 def _truncate(ids: list[int], offsets: list, prompt_chars: int, max_length: int, keep_last: bool) -> list[int]:
     n = len(ids)
     # Leading/trailing special tokens added by the tokenizer's template have empty (0, 0) offsets.

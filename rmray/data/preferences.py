@@ -12,21 +12,21 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-import pandas as pd
 import pyarrow as pa
 import ray
 from ray.data.expressions import col, monotonically_increasing_id
 
-from rmray.core.formats import BadRow, detect_format, normalize_rated, normalize_row
+from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
 from rmray.core.packing import shared_prefix_length
 from rmray.core.report import DataReport
 from rmray.core.spec import ScoringSpec
-from rmray.core.tokenize import encode_pair
+from rmray.core.tokenize import EncodedGroup, EncodedPair, encode_group, encode_pair
 
 from .lines import parse_line
 from .read import read_lines, read_source
 
-PAIR_COLUMNS = ["row_id", "chosen_ids", "rejected_ids", "margin"]
+# A pair row fills chosen_ids/rejected_ids/margin; a rated row fills group_ids/ratings (its K sequences).
+PAIR_COLUMNS = ["row_id", "chosen_ids", "rejected_ids", "margin", "group_ids", "ratings"]
 SPLIT_COLUMNS = PAIR_COLUMNS + ["split_key"]
 
 
@@ -39,15 +39,15 @@ class TokenizedPreferences:
 
 
 def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool,
-                   fields: dict[str, str] | None = None) -> pd.DataFrame:
+                   fields: dict[str, str] | None = None) -> pa.Table:
     """Validate and tokenize one batch; every row comes out with a status.
 
     With ``fmt="auto"`` the format is decided for each row on its own: a file may mix implicit rows
     (``chosen``/``rejected`` only) with standard ones (``prompt`` too), and Arrow gives the implicit rows
     a null ``prompt``. Deciding once per batch would drop the later rows' prompts or refuse them,
     depending on row order. ``fields`` maps rmray's names (``prompt``, ``chosen``, ``rejected``) to the
-    data's own column names. A ``rated`` row becomes all its pairs (``source_row`` marks the first), or
-    one row with the reason it was skipped: a group is kept whole or not at all.
+    data's own column names. A ``rated`` row stays one row, its K sequences in ``group_ids``: a group is
+    kept whole or skipped whole, and trains as one group (the prompt computed once).
     """
     out = _Out()
     renames = {theirs: ours for ours, theirs in (fields or {}).items() if theirs != ours}
@@ -65,7 +65,7 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
         out.start_row(split_key(row))
         row_id = str(row.pop("id")) if row.get("id") is not None else str(generated_id)
         try:
-            pairs = _encode_row(row, fmt, tokenizer, spec)
+            encoded = _encode_row(row, fmt, tokenizer, spec)
         except BadRow as e:
             if strict:
                 raise ValueError(f"row {row_id}: {e} (field {e.field!r}, reason {e.reason}); "
@@ -74,40 +74,61 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
         except ValueError as e:  # truncation="error" and other configuration-level problems
             raise ValueError(f"row {row_id}: {e}") from None
         else:
-            for k, pair in enumerate(pairs):
-                out.add(row_id if len(pairs) == 1 else f"{row_id}#{k}", "ok", "", pair)
-    return pd.DataFrame(out.columns)
+            out.add(row_id, "ok", "", encoded)
+    return out.table()
 
 
-def _encode_row(row: dict, fmt: str, tokenizer, spec: ScoringSpec) -> list:
-    """The row's encoded pairs: one for the pair formats, every ordered pair of a ``rated`` group."""
+def _encode_row(row: dict, fmt: str, tokenizer, spec: ScoringSpec) -> EncodedPair | EncodedGroup:
+    """A pair row's two sequences, or a ``rated`` row's K sequences and ratings."""
     row_format = _row_format(row, fmt)
-    pairs = normalize_rated(row) if row_format == "rated" else [normalize_row(row, row_format)]
-    return [encode_pair(tokenizer, spec, pair) for pair in pairs]
+    if row_format == "rated":
+        return encode_group(tokenizer, spec, *read_group(row))
+    return encode_pair(tokenizer, spec, normalize_row(row, row_format))
+
+
+_SCHEMA = pa.schema([
+    ("row_id", pa.string()), ("status", pa.string()), ("message", pa.string()),
+    ("chosen_ids", pa.list_(pa.int64())), ("rejected_ids", pa.list_(pa.int64())), ("margin", pa.float64()),
+    ("group_ids", pa.list_(pa.list_(pa.int64()))), ("ratings", pa.list_(pa.float64())),
+    ("truncated", pa.bool_()), ("pairs", pa.int64()), ("num_tokens", pa.int64()), ("shared_tokens", pa.int64()),
+    ("split_key", pa.float64()),
+])
 
 
 class _Out:
-    """The output columns of one batch, a row per pair or per skipped input row."""
+    """The output columns of one batch, a row per input row: its sequences, or the reason it was skipped.
+    Typed by one schema, so a batch of only pairs (empty ``group_ids``) joins a batch of groups."""
 
     def __init__(self):
-        self.columns = {k: [] for k in ("row_id", "status", "message", "chosen_ids", "rejected_ids", "margin",
-                                        "truncated", "num_tokens", "shared_tokens", "split_key", "source_row")}
-        self.split, self.first = 0.0, True
+        self.columns = {name: [] for name in _SCHEMA.names}
+        self.split = 0.0
 
     def start_row(self, split: float) -> None:
-        """The next outputs come from a new input row, on this side of the eval split."""
-        self.split, self.first = split, True
+        """The next output comes from a new input row, on this side of the eval split."""
+        self.split = split
 
-    def add(self, row_id: str, status: str, message: str = "", pair=None) -> None:
+    def add(self, row_id: str, status: str, message: str = "", encoded=None) -> None:
+        group = encoded if isinstance(encoded, EncodedGroup) else None
+        pair = encoded if isinstance(encoded, EncodedPair) else None
+        sequences = group.ids if group else ([pair.chosen_ids, pair.rejected_ids] if pair else [])
         values = {"row_id": row_id, "status": status, "message": message, "split_key": self.split,
-                  "source_row": self.first,
                   "chosen_ids": pair.chosen_ids if pair else [], "rejected_ids": pair.rejected_ids if pair else [],
-                  "margin": pair.margin if pair else 0.0, "truncated": pair.truncated if pair else False,
-                  "num_tokens": len(pair.chosen_ids) + len(pair.rejected_ids) if pair else 0,
-                  "shared_tokens": shared_prefix_length(pair.chosen_ids, pair.rejected_ids) if pair else 0}
+                  "margin": pair.margin if pair else 0.0, "group_ids": group.ids if group else [],
+                  "ratings": group.ratings if group else [], "truncated": bool(encoded and encoded.truncated),
+                  "pairs": _count_pairs(group.ratings) if group else int(pair is not None),
+                  "num_tokens": sum(len(s) for s in sequences),
+                  # tokens the shared-prompt layout computes once instead of K times
+                  "shared_tokens": (len(sequences) - 1) * shared_prefix_length(*sequences) if sequences else 0}
         for key, value in values.items():
             self.columns[key].append(value)
-        self.first = False
+
+    def table(self) -> pa.Table:
+        return pa.table(self.columns, schema=_SCHEMA)
+
+
+def _count_pairs(ratings: list[float]) -> int:
+    """Ordered pairs of a group whose ratings differ."""
+    return sum(a > b for a in ratings for b in ratings)
 
 
 def _rows(batch: pa.Table) -> list[dict]:
@@ -177,13 +198,12 @@ def build_preferences(
 
 def _report(tokenized: ray.data.Dataset, name: str) -> DataReport:
     report = DataReport(name=name)
-    columns = ["row_id", "status", "message", "truncated", "num_tokens", "shared_tokens", "source_row"]
+    columns = ["row_id", "status", "message", "truncated", "pairs", "num_tokens", "shared_tokens"]
     for batch in tokenized.select_columns(columns).iter_batches(batch_format="pandas", batch_size=4096):
-        first = batch["source_row"].astype(bool)
-        report.rows_read += int(first.sum())  # input rows: a rated row's pairs count once
+        report.rows_read += len(batch)
         ok = batch["status"] == "ok"
-        report.rows_kept += int((ok & first).sum())
-        report.pairs += int(ok.sum())
+        report.rows_kept += int(ok.sum())
+        report.pairs += int(batch["pairs"].sum())
         report.rows_truncated += int(batch["truncated"].sum())
         report.tokens += int(batch["num_tokens"].sum())
         report.shared_prefix_tokens += int(batch["shared_tokens"].sum())

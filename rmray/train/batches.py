@@ -1,14 +1,16 @@
 """From a worker's Ray Data shard to model inputs: length grouping, then padded or packed layouts.
 
-Three layouts, chosen once per run (``choose_layout``):
+Every row is a group of sequences sharing a prompt: a pair is ``[chosen, rejected]`` rated ``[1, 0]``,
+a rated row its K responses. A chunk's rewards come back as ``[G, K]`` for the ``[G, K]`` losses, so
+pairs and groups take one path. Three layouts, chosen once per run (``choose_layout``):
 
-- ``padded``: the TRL layout, chosen rows then rejected rows, right-padded (``collate_pairs``).
+- ``padded``: the TRL layout, one right-padded row per sequence; for pairs, chosen rows then rejected.
 - ``packed``: padding-free; every sequence in its own attention block, several per row. Exact for
   causal LMs and encoders.
-- ``shared``: packed, and each pair is one ``[prompt | chosen | rejected]`` group, the prompt run
-  once. Exact for causal attention only, so encoders fall back to ``packed``.
+- ``shared``: packed, and each group is one ``[prompt | response_1 | ... | response_K]`` block, the
+  prompt run once. Exact for causal attention only, so encoders fall back to ``packed``.
 
-A micro-batch is always ``per_device_train_batch_size`` pairs, so every rank takes the same number
+A micro-batch is always ``per_device_train_batch_size`` rows, so every rank takes the same number
 of steps (DDP needs that). ``max_tokens_per_batch`` bounds the tokens of one forward: a larger
 micro-batch is split into forward chunks whose gradients add up to the micro-batch's.
 """
@@ -22,8 +24,8 @@ import numpy as np
 import torch
 
 from rmray.core.batching import length_grouped_batches
-from rmray.core.collate import collate_pairs
-from rmray.core.packing import model_inputs, pack_for_model, pair_groups, pair_readout_order
+from rmray.core.collate import pad_sequences
+from rmray.core.packing import model_inputs, pack_for_model, sequence_groups
 
 
 @dataclass
@@ -41,10 +43,19 @@ class Layout:
 @dataclass
 class Chunk:
     inputs: dict  # keyword arguments of RewardModel.forward (tensors, and the segment plan)
-    margin: torch.Tensor  # [n_pairs]
-    num_pairs: int
+    index: torch.Tensor  # [G, K] long: where each response's reward is among the forward's; -1 past a group's end
+    ratings: torch.Tensor  # [G, K] higher is better; a pair is [1, 0]
+    margins: torch.Tensor | None  # [G, K, K] subtracted from r_i - r_j (a pair's margin at [g, 0, 1]); None if all 0
+    num_pairs: int  # ordered pairs whose ratings differ
+    num_groups: int
     computed_tokens: int  # positions the model runs over, padding included
-    real_tokens: int  # chosen + rejected tokens, each sequence counted whole
+    real_tokens: int  # tokens of every sequence, each counted whole
+
+    def group_rewards(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward's rewards as ``[G, K]``, and the mask of responses present."""
+        index = self.index.to(flat.device)
+        mask = index >= 0
+        return flat[index.clamp_min(0)].masked_fill(~mask, 0.0), mask
 
 
 def choose_layout(padding_free: bool, share_prompt: bool, causal: bool) -> str:
@@ -54,55 +65,83 @@ def choose_layout(padding_free: bool, share_prompt: bool, causal: bool) -> str:
 
 
 def iter_pair_batches(shard, *, batch_size: int, group_by_length: bool, window: int, seed: int) -> Iterator[dict]:
-    """Yield dicts of numpy columns with ``batch_size`` pairs (the last may be smaller)."""
+    """Yield dicts of numpy columns with ``batch_size`` rows (the last may be smaller)."""
     if not group_by_length:
         yield from shard.iter_batches(batch_size=batch_size, batch_format="numpy")
         return
     for w, block in enumerate(shard.iter_batches(batch_size=batch_size * window, batch_format="numpy")):
-        lengths = [len(c) + len(r) for c, r in zip(block["chosen_ids"], block["rejected_ids"])]
+        lengths = [sum(len(seq) for seq in group) for group in batch_groups(block)[0]]
         for idx in length_grouped_batches(lengths, batch_size, seed=seed * 100_003 + w):
             yield {key: value[np.asarray(idx)] for key, value in block.items()}
 
 
+def batch_groups(batch: dict) -> tuple[list[list], list[list[float]], list[float]]:
+    """Each row as (sequences, ratings, margin): a pair row is ``[chosen, rejected]`` rated ``[1, 0]``
+    with its margin, a rated row its ``group_ids`` and ``ratings`` with margin 0."""
+    n = len(batch["row_id"]) if "row_id" in batch else len(batch["chosen_ids"])
+    grouped = batch.get("group_ids", [()] * n)
+    margins = batch["margin"] if "margin" in batch else np.zeros(n)
+    groups, ratings, margin = [], [], []
+    for i in range(n):
+        if len(grouped[i]):
+            groups.append([list(seq) for seq in grouped[i]])
+            ratings.append([float(r) for r in batch["ratings"][i]])
+            margin.append(0.0)
+        else:
+            groups.append([list(batch["chosen_ids"][i]), list(batch["rejected_ids"][i])])
+            ratings.append([1.0, 0.0])
+            margin.append(float(margins[i]))
+    return groups, ratings, margin
+
+
 def to_chunks(batch: dict, layout: Layout) -> list[Chunk]:
-    chosen, rejected = list(batch["chosen_ids"]), list(batch["rejected_ids"])
-    margin = torch.as_tensor(np.asarray(batch["margin"], dtype=np.float32)) if "margin" in batch else torch.zeros(len(chosen))
-    spans = _split_by_tokens(chosen, rejected, layout)
-    return [_chunk(chosen[a:b], rejected[a:b], margin[a:b], layout) for a, b in spans]
+    groups, ratings, margins = batch_groups(batch)
+    spans = _split_by_tokens([sum(len(seq) for seq in group) for group in groups], layout.max_tokens_per_batch)
+    return [_chunk(groups[a:b], ratings[a:b], margins[a:b], layout) for a, b in spans]
 
 
-def _split_by_tokens(chosen, rejected, layout: Layout) -> list[tuple[int, int]]:
-    if not layout.max_tokens_per_batch:
-        return [(0, len(chosen))]
+def _split_by_tokens(sizes: list[int], budget: int | None) -> list[tuple[int, int]]:
+    if not budget:
+        return [(0, len(sizes))]
     spans, start, total = [], 0, 0
-    for i, (c, r) in enumerate(zip(chosen, rejected)):
-        size = len(c) + len(r)
-        if i > start and total + size > layout.max_tokens_per_batch:
+    for i, size in enumerate(sizes):
+        if i > start and total + size > budget:
             spans.append((start, i))
             start, total = i, 0
         total += size
-    spans.append((start, len(chosen)))
+    spans.append((start, len(sizes)))
     return spans
 
 
-def _chunk(chosen, rejected, margin, layout: Layout) -> Chunk:
-    n = len(chosen)
-    real = sum(len(s) for s in chosen) + sum(len(s) for s in rejected)
-    if layout.kind == "padded":
-        out = collate_pairs({"chosen_ids": chosen, "rejected_ids": rejected}, layout.pad_token_id, layout.pad_to_multiple_of)
-        inputs = {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
-        return Chunk(inputs, margin, n, out["input_ids"].numel(), real)
-    share = layout.kind == "shared"
-    groups = pair_groups(chosen, rejected, share)
-    packed = pack_for_model(groups, pad_token_id=layout.pad_token_id, causal=layout.causal, segments=layout.segments,
-                            attention_ratio=layout.attention_ratio, row_tokens=layout.row_tokens)
-    order = pair_readout_order(n, share)
-    inputs = model_inputs(packed, layout.segments)
-    inputs["readout_row"], inputs["readout_col"] = packed.readout_row[order], packed.readout_col[order]
-    return Chunk(inputs, margin, n, packed.input_ids.numel(), real)
+def _chunk(groups: list, ratings: list, margins: list, layout: Layout) -> Chunk:
+    real = sum(len(seq) for group in groups for seq in group)
+    if layout.kind == "padded":  # response k of every group, then response k + 1: chosen rows, then rejected
+        order = [(g, k) for k in range(max(map(len, groups))) for g in range(len(groups)) if k < len(groups[g])]
+        input_ids, attention_mask = pad_sequences([groups[g][k] for g, k in order], layout.pad_token_id,
+                                                  layout.pad_to_multiple_of)
+        inputs, computed = {"input_ids": input_ids, "attention_mask": attention_mask}, input_ids.numel()
+    else:  # pack_groups reads out group by group
+        order = [(g, k) for g, group in enumerate(groups) for k in range(len(group))]
+        packed = pack_for_model(sequence_groups(groups, layout.kind == "shared"), pad_token_id=layout.pad_token_id,
+                                causal=layout.causal, segments=layout.segments,
+                                attention_ratio=layout.attention_ratio, row_tokens=layout.row_tokens)
+        inputs, computed = model_inputs(packed, layout.segments), packed.input_ids.numel()
+    width = max(map(len, groups))
+    index = torch.full((len(groups), width), -1, dtype=torch.long)
+    for position, (g, k) in enumerate(order):
+        index[g, k] = position
+    rating = torch.tensor([r + [0.0] * (width - len(r)) for r in ratings])
+    margin = None
+    if any(margins):
+        margin = torch.zeros(len(groups), width, width)
+        margin[:, 0, 1] = torch.tensor(margins)
+    pairs = sum(a > b for r in ratings for a in r for b in r)
+    return Chunk(inputs, index, rating, margin, pairs, len(groups), computed, real)
 
 
 def padded_equivalent_tokens(batch: dict) -> int:
-    """What TRL's layout would compute for this batch: 2B rows padded to the longest sequence."""
-    longest = max(max(len(c), len(r)) for c, r in zip(batch["chosen_ids"], batch["rejected_ids"]))
-    return 2 * len(batch["chosen_ids"]) * longest
+    """What TRL's layout would compute for this batch: every ordered pair as two rows, padded to the
+    longest sequence."""
+    groups, ratings, _ = batch_groups(batch)
+    longest = max(len(seq) for group in groups for seq in group)
+    return 2 * sum(a > b for r in ratings for a in r for b in r) * longest

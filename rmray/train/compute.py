@@ -1,8 +1,8 @@
 """The forward (and backward) of one micro-batch: what training, evaluation and the benchmarks share.
 
-A chunk's rewards come back as ``[chosen..., rejected...]``; they are read as ``[G, 2]`` groups and
-given to the run's ``[G, K]`` loss (``rmray.core.loss``), so a pair is the K = 2 case of the group
-losses, not a second code path.
+A chunk's rewards are read as ``[G, K]`` groups (``Chunk.group_rewards``) and given to the run's
+``[G, K]`` loss (``rmray.core.loss``): a pair is the K = 2 case of the group losses, not a second code
+path. The metrics are over the groups' ordered pairs (``ordered_pairs``), the pair metrics as before.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from rmray.core.loss import group_loss, pair_groups, preference_sums
+from rmray.core.loss import LOSS_MEAN_OVER, group_loss, ordered_pairs, preference_sums
 from rmray.core.packing import on_device
 
 
@@ -29,28 +29,34 @@ class Compute:
     device: torch.device
     use_bf16: bool
     loss: Callable  # a [G, K] loss with the centering coefficient bound
+    per_pair: bool = True  # the loss is a mean over pairs (else over groups): how chunks are weighted
 
     @classmethod
     def for_run(cls, model, raw, strategy, device, cfg) -> "Compute":
         loss = functools.partial(group_loss(cfg.loss), center_rewards_coefficient=cfg.center_rewards_coefficient)
-        return cls(model, raw, strategy, device, wants_bf16(cfg, device), loss)
+        return cls(model, raw, strategy, device, wants_bf16(cfg, device), loss, LOSS_MEAN_OVER[cfg.loss] == "pairs")
 
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
 
     def score_chunk(self, chunk, model=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Chosen rewards, rejected rewards and the chunk's mean loss (float32, on the device)."""
+        """Better and worse rewards of the chunk's ordered pairs (a pair's chosen and rejected) and the
+        chunk's loss (float32, on the device)."""
         with self.autocast():
-            rewards = (model or self.model)(**on_device(chunk.inputs, self.device)).float()
-        chosen, rejected = rewards.chunk(2)
-        return chosen, rejected, self.loss(**pair_groups(chosen, rejected, chunk.margin.to(self.device)))
+            flat = (model or self.model)(**on_device(chunk.inputs, self.device)).float()
+        rewards, mask = chunk.group_rewards(flat)
+        ratings = chunk.ratings.to(self.device)
+        margins = None if chunk.margins is None else chunk.margins.to(self.device)
+        loss = self.loss(rewards=rewards, ratings=ratings, mask=mask, margins=margins)
+        return (*ordered_pairs(rewards, ratings, mask), loss)
 
     def forward_backward(self, chunks: list, accumulation: int = 1, final_sync: bool = True) -> tuple[torch.Tensor, int]:
         """Loss and gradients of one micro-batch, chunk by chunk; each chunk's loss is weighted by its
-        share of the pairs, so the summed gradient is the micro-batch's mean-loss gradient. Under FSDP
-        the ranks' chunk counts are padded to the same number with zero-weight chunks (forwards are
-        collectives). Returns the batch's preference sums and its real token count."""
-        total = sum(c.num_pairs for c in chunks)
+        share of what the loss averages over (pairs or groups), so the summed gradient is the
+        micro-batch's mean-loss gradient. Under FSDP the ranks' chunk counts are padded to the same
+        number with zero-weight chunks (forwards are collectives). Returns the batch's preference sums
+        and its real token count."""
+        total = sum(self._units(c) for c in chunks)
         # Summed where the rewards are: a .cpu() per chunk would make the host wait for every GPU step.
         sums, tokens = torch.zeros(8, dtype=torch.float64, device=self.device), 0
         weighted = self.strategy.equalize(chunks)
@@ -58,11 +64,14 @@ class Compute:
             last = k == len(weighted) - 1
             with self.strategy.no_sync(self.model) if not (last and final_sync) else contextlib.nullcontext():
                 chosen, rejected, loss = self.score_chunk(chunk)
-                (loss * (weight * chunk.num_pairs / total) / accumulation).backward()
+                (loss * (weight * self._units(chunk) / total) / accumulation).backward()
             if weight:
                 sums += preference_sums(chosen, rejected, loss.detach() * chunk.num_pairs)
                 tokens += chunk.real_tokens
         return sums, tokens
+
+    def _units(self, chunk) -> int:
+        return chunk.num_pairs if self.per_pair else chunk.num_groups
 
 
 def wants_bf16(cfg, device) -> bool:

@@ -198,7 +198,7 @@ class WorkerRun:
         self.state.computed_tokens += sum(c.computed_tokens for c in chunks)
         self.state.padded_tokens += padded_equivalent_tokens(batch)
         self.window.sums += sums
-        self.window.pairs += len(batch["chosen_ids"]) * self.world
+        self.window.pairs += sum(c.num_pairs for c in chunks) * self.world
         self.window.tokens += n_tokens * self.world
 
     def _optimizer_step(self) -> None:

@@ -1,0 +1,104 @@
+"""Training on groups: one prompt with K responses runs as one block (the prompt computed once for a
+causal LM, packed for an encoder) and must give exactly what K(K-1)/2 separate pair forwards give --
+the rewards of every ordered pair, the loss and its gradients."""
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rmray.core.collate import pad_sequences
+from rmray.core.loss import group_loss
+from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+from rmray.train.batches import Layout, choose_layout, padded_equivalent_tokens, to_chunks
+from rmray.train.compute import Compute
+from rmray.train.parallel import DDPStrategy
+from tests.test_packing import assert_close_relative as _close_relative
+
+
+def assert_close_relative(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Within 1e-4 relative; a gradient that is analytically zero (the score's bias under a pairwise
+    loss, whose two rewards both carry it) within float32 rounding of zero."""
+    if b.norm() < 1e-8:
+        assert a.norm() < 1e-6
+    else:
+        _close_relative(a, b)
+
+PROMPTS = ["Q: what is the capital of France?\nA:", "Q: 2+2?\nA:", "Tell me a story about a cat that"]
+RESPONSES = [[" Paris.", " Lyon, I think.", " Paris, the capital and largest city.", " I do not know"],
+             [" 4", " 5", " four"],
+             [" sat on a mat all day long.", " flew.", " found a fish and ate it.", " ran", " slept"]]
+RATINGS = [[3.0, 1.0, 2.0, 0.0], [1.0, 0.0, 1.0], [2.0, 0.0, 1.0, 1.0, 0.5]]  # ties make no pair
+
+
+def _batch(tok) -> dict:
+    groups = [[tok(p + r + (tok.eos_token or ""))["input_ids"] for r in rs] for p, rs in zip(PROMPTS, RESPONSES)]
+    return {"row_id": ["a", "b", "c"], "group_ids": groups, "ratings": RATINGS}
+
+
+def _pair_reference(model, batch, pad_id) -> tuple[list[float], list[float], dict]:
+    """Every ordered pair of different ratings as its own two-row forward; Bradley-Terry's mean over
+    all of them, backward pair by pair."""
+    pairs = [(seqs[i], seqs[j]) for seqs, r in zip(batch["group_ids"], batch["ratings"])
+             for i in range(len(r)) for j in range(len(r)) if r[i] > r[j]]
+    better, worse = [], []
+    for chosen, rejected in pairs:
+        rewards = model(*pad_sequences([chosen, rejected], pad_id))
+        (-F.logsigmoid(rewards[0] - rewards[1]) / len(pairs)).backward()
+        better.append(rewards[0].item())
+        worse.append(rewards[1].item())
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return better, worse, grads
+
+
+@pytest.mark.parametrize("kind", ["causal", "encoder"])
+def test_a_group_equals_its_pairs_run_one_by_one(kind, tiny_qwen, minilm_path):
+    path = tiny_qwen if kind == "causal" else minilm_path
+    tok = load_tokenizer(path)
+    torch.manual_seed(0)
+    model = RewardModel(load_hf_model(path, pad_token_id=tok.pad_token_id)).train()
+    causal = kind == "causal"
+    batch = _batch(tok)
+    better, worse, want = _pair_reference(model, batch, tok.pad_token_id)
+    assert len(better) == 6 + 2 + 9  # every pair of different ratings: each tie leaves one out
+
+    layout = Layout(choose_layout(True, True, causal), causal, tok.pad_token_id, attention_ratio=6.0 * 64,
+                    segments=model.segments_ok)
+    assert layout.kind == ("shared" if causal else "packed")
+    chunks = to_chunks(batch, layout)
+    compute = Compute(model, model, DDPStrategy(), torch.device("cpu"), False, group_loss("bradley_terry"))
+    got_better, got_worse, _ = compute.score_chunk(chunks[0])
+    assert_close_relative(got_better.detach(), torch.tensor(better))
+    assert_close_relative(got_worse.detach(), torch.tensor(worse))
+    compute.forward_backward(chunks)
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == want.keys()
+    for name in want:
+        assert_close_relative(got[name], want[name])
+    if causal:  # each prompt ran once, not once per response
+        prompt_tokens = sum(len(tok(p)["input_ids"]) for p in PROMPTS)
+        assert chunks[0].real_tokens - chunks[0].computed_tokens >= prompt_tokens
+        assert padded_equivalent_tokens(batch) > 5 * chunks[0].computed_tokens
+
+
+def test_a_micro_batch_of_groups_cut_into_chunks_weights_each_loss_by_what_it_averages(tiny_qwen):
+    """Plackett-Luce is a mean over groups and Bradley-Terry over pairs: cut by ``max_tokens_per_batch``
+    (groups of 3, 4 and 5 responses in separate forwards), the gradients equal the uncut micro-batch's."""
+    tok = load_tokenizer(tiny_qwen)
+    torch.manual_seed(0)
+    model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id)).train()
+    layout = functools.partial(Layout, "shared", True, tok.pad_token_id, segments=model.segments_ok)
+    batch = _batch(tok)
+    for name, per_pair in (("plackett_luce", False), ("bradley_terry", True)):
+        compute = Compute(model, model, DDPStrategy(), torch.device("cpu"), False, group_loss(name), per_pair)
+        results = []
+        for cut in (None, 20):
+            chunks = to_chunks(batch, layout(max_tokens_per_batch=cut))
+            assert len(chunks) == (1 if cut is None else 3)
+            compute.forward_backward(chunks)
+            results.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            model.zero_grad(set_to_none=True)
+        for key in results[0]:
+            assert_close_relative(results[1][key], results[0][key])
