@@ -1,13 +1,9 @@
 """What each rank trains on is a pure function of (data, seed): the eval split does not depend on row
-order or Ray's blocks, and a run resumed by a new driver process trains exactly the pairs the first
-driver had not trained -- checked by the consumed-pairs record of each rank, against an undisturbed run."""
+order or Ray's blocks. (That a run resumed by a new driver process trains exactly the pairs not yet
+trained is checked in test_train_resilience.py, on the run folder it resumes.)"""
 
 import json
 import os
-import subprocess
-import sys
-
-import pytest
 
 from rmray.config import TrainConfig
 
@@ -48,49 +44,3 @@ def test_the_eval_split_is_a_function_of_the_rows_not_of_their_order(ray_cluster
     # the train set keeps the source's order (one file: the file's order)
     assert train_a == [r["id"] for r in items if r["id"] not in eval_a]
     assert sorted(train_b) == sorted(train_a)
-
-
-def consumed(output_dir: str, rank: int) -> list[dict]:
-    with open(os.path.join(output_dir, "consumed", f"rank-{rank}.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-@pytest.mark.timeout(900)
-def test_a_new_driver_resumes_exactly_the_pairs_not_yet_trained(ray_cluster, tiny_qwen, tmp_path):
-    from rmray.train.run import train
-
-    data = write(tmp_path / "pairs.jsonl", rows(96))
-    common = dict(model_name_or_path=tiny_qwen, train_data=data, max_length=64, per_device_train_batch_size=4,
-                  num_workers=2, cpus_per_worker=0.5, eval_split_ratio=0.1, max_steps=8, save_steps=4,
-                  logging_steps=2, learning_rate=1e-3, log_consumed_pairs=True, report_to=[])
-    interrupted = TrainConfig(output_dir=str(tmp_path / "run"), chaos_kill_at_step=5, max_failures=0, **common)
-    with pytest.raises(Exception):
-        train(interrupted)  # a worker dies at step 5, no retries: the run stops after checkpoint 4
-    assert not os.path.exists(os.path.join(interrupted.output_dir, "final"))
-
-    # The same config (chaos off: the kill already happened) in a new driver process joining the cluster.
-    resumed = TrainConfig(output_dir=str(tmp_path / "run"), **common)
-    script = ("import json, sys; from rmray.config import TrainConfig; from rmray.train.run import train; "
-              "train(TrainConfig(**json.loads(sys.argv[1])))")
-    import dataclasses
-
-    address = ray_cluster.get_runtime_context().gcs_address
-    env = dict(os.environ, RAY_ADDRESS=address)
-    run = subprocess.run([sys.executable, "-c", script, json.dumps(dataclasses.asdict(resumed))],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert os.path.exists(os.path.join(resumed.output_dir, "final", "model.safetensors"))
-
-    undisturbed = TrainConfig(output_dir=str(tmp_path / "reference"), **common)
-    train(undisturbed)
-    for rank in (0, 1):
-        log = consumed(resumed.output_dir, rank)
-        first = [x for x in log if x["started_at_step"] == 0 and x["kind"] == "trained"]
-        second = [x for x in log if x["started_at_step"] == 4]
-        assert first and second
-        skipped = [x["row_ids"] for x in second if x["kind"] == "skipped"]
-        before = [x["row_ids"] for x in first if x["step"] < 4]
-        assert skipped == before  # the new driver found the same pairs at the same positions
-        effective = before + [x["row_ids"] for x in second if x["kind"] == "trained"]
-        reference = [x["row_ids"] for x in consumed(undisturbed.output_dir, rank) if x["kind"] == "trained"]
-        assert effective == reference and len(reference) == 8

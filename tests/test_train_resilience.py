@@ -1,9 +1,13 @@
-"""Training that survives a killed worker, resumes from a checkpoint path, refuses damaged checkpoints,
-stops early, and warns about reward collapse -- on a real 2-worker TorchTrainer."""
+"""Training that survives a killed worker, resumes from a checkpoint path or (in a new driver process)
+from a run folder, refuses damaged checkpoints, stops early, and warns about reward collapse -- on a
+real 2-worker TorchTrainer."""
 
+import dataclasses
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from safetensors.torch import load_file, save_file
@@ -24,12 +28,28 @@ def events(output_dir, kind):
     return [r for r in read_metrics(output_dir) if r.get("event") == kind]
 
 
-def test_resume_from_path_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qwen, tmp_path):
+def consumed(output_dir: str, rank: int) -> list[dict]:
+    with open(os.path.join(output_dir, "consumed", f"rank-{rank}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_in_a_new_driver(cfg: TrainConfig, ray_cluster) -> None:
+    """``train(cfg)`` in another Python process that joins the running cluster, as a resubmitted job does."""
+    script = ("import json, sys; from rmray.config import TrainConfig; from rmray.train.run import train; "
+              "train(TrainConfig(**json.loads(sys.argv[1])))")
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
+    run = subprocess.run([sys.executable, "-c", script, json.dumps(dataclasses.asdict(cfg))],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+@pytest.mark.timeout(900)
+def test_resume_from_path_or_by_a_new_driver_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qwen, tmp_path):
     from rmray.train.run import train
 
     store = tmp_path / "store"  # checkpoints through a pyarrow URI, as with s3:// or gs://
     first = config(tmp_path, "first", tiny_qwen, max_steps=6, report_to=["tensorboard"], save_total_limit=2,
-                   storage_path=f"file://{store}")
+                   storage_path=f"file://{store}", log_consumed_pairs=True)
     train(first)
     assert glob.glob(os.path.join(first.output_dir, "runs", "events.out.tfevents.*"))  # TensorBoard sink
     assert not os.path.exists(os.path.join(first.output_dir, "ray"))
@@ -42,7 +62,9 @@ def test_resume_from_path_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qw
     assert [r["step"] for r in events(resumed.output_dir, "resume")] == [4]
     assert result.summary["steps"] == 6
 
-    # A run folder whose newest checkpoint was cut short: skipped with a warning, the older one loaded.
+    # A run folder whose newest checkpoint was cut short, resumed by a new driver process: the cut one
+    # is skipped with a warning, the older one loaded, and each rank trains exactly the pairs the first
+    # (undisturbed) run trained after it -- the same pairs at the same positions.
     import shutil
 
     crashed = tmp_path / "crashed"
@@ -51,10 +73,18 @@ def test_resume_from_path_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qw
     cut = glob.glob(str(crashed / "ray" / "checkpoint-000006" / "*.safetensors"))[0]
     with open(cut, "r+b") as f:
         f.truncate(100)
-    again = train(config(tmp_path, "crashed", tiny_qwen, max_steps=6))
-    assert [r["step"] for r in events(again.output_dir, "resume")] == [4]
+    train_in_a_new_driver(config(tmp_path, "crashed", tiny_qwen, max_steps=6, log_consumed_pairs=True), ray_cluster)
+    assert [r["step"] for r in events(crashed, "resume")] == [4]
     assert any(w["kind"] == "bad_checkpoint" and "checkpoint-000006" in w["message"]
-               for w in events(again.output_dir, "warning"))
+               for w in events(crashed, "warning"))
+    assert os.path.exists(crashed / "final" / "model.safetensors")
+    for rank in (0, 1):
+        reference = [x for x in consumed(first.output_dir, rank) if x["kind"] == "trained"]
+        log = consumed(str(crashed), rank)
+        assert {x["started_at_step"] for x in log} == {4}
+        assert [x["row_ids"] for x in log if x["kind"] == "skipped"] == [x["row_ids"] for x in reference[:4]]
+        assert [x["row_ids"] for x in log if x["kind"] == "trained"] == [x["row_ids"] for x in reference[4:]]
+        assert len(reference) == 6
 
     damaged = os.path.join(store, "ray", "checkpoint-000006")
     weights = glob.glob(os.path.join(damaged, "*.safetensors"))[0]
