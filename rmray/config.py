@@ -100,6 +100,16 @@ class TrainConfig:
     """The loss over each prompt's responses, read as a [G, K] reward tensor (a pair is K = 2):
     ``bradley_terry`` on every ordered pair (margins subtracted), or ``plackett_luce`` (listwise; on pairs
     it equals Bradley-Terry without margins). See ``rmray/core/loss.py``."""
+    attributes: list[str] = field(default_factory=list)
+    """Per-attribute reward heads (HelpSteer2 style), e.g. ``[helpfulness, correctness, verbosity]``. Empty:
+    one reward. Named, the model has one output per attribute, regressed on rated rows whose ``ratings``
+    give a list per attribute, and the reward is ``sum_a attribute_weights[a] * r_a`` (saved in the
+    scoring contract), which the ranking ``loss`` trains too."""
+    attribute_weights: list[float] = field(default_factory=list)
+    """Weight of each attribute in the one reward, in ``attributes`` order. Empty: equal weights 1/A."""
+    attribute_loss_weight: float = 1.0
+    """Weight of the attribute regression (mean squared error to the rows' per-attribute ratings) added to
+    the ranking loss."""
     center_rewards_coefficient: Optional[float] = None
     """Adds ``coef * mean((r_chosen + r_rejected)^2)``; 0.01 is the usual value."""
     gradient_checkpointing: bool = False
@@ -245,6 +255,9 @@ class TrainConfig:
         need(not (fsdp and self.use_peft), "fsdp",
              "FSDP with LoRA is not supported: LoRA trains a few MB of weights, so use DDP (fsdp='') with "
              "gradient_checkpointing=true -- a 7B base model in bf16 fits one 24 GB GPU that way")
+        need(len(set(self.attributes)) == len(self.attributes), "attributes", f"names repeat: {self.attributes}")
+        need(not self.attribute_weights or len(self.attribute_weights) == len(self.attributes), "attribute_weights",
+             f"give one weight per attribute ({len(self.attributes)}), got {self.attribute_weights}")
         sinks = {"tensorboard", "mlflow", "wandb", "none"}
         need(set(self.report_to) <= sinks, "report_to", f"choose from {sorted(sinks)}, got {self.report_to}")
         if self.metric_for_best_model is not None and not self.metric_for_best_model.startswith("eval_"):
@@ -253,6 +266,13 @@ class TrainConfig:
                     "pack_row_tokens", "max_tokens_per_batch", "length_group_window"):
             value = getattr(self, key)
             need(value is None or value >= 1, key, f"must be >= 1 or unset, got {value}")
+
+    @property
+    def reward_weights(self) -> list[float] | None:
+        """The attribute weights of the one reward (equal when not given); None for a one-reward model."""
+        if not self.attributes:
+            return None
+        return [float(w) for w in self.attribute_weights] or [1.0 / len(self.attributes)] * len(self.attributes)
 
     @property
     def best_metric(self) -> str:

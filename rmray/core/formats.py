@@ -10,7 +10,9 @@ Four shapes are accepted, the first three named as in TRL's docs:
   optional ``prompt`` message list (explicit); without it the shared leading messages are the prompt.
 - ``rated``: ``{"prompt", "responses": [...], "ratings": [...]}`` (higher is better) or ``"ranking"``
   (rank per response, 1 = best), responses as text or message lists (UltraFeedback, Nectar): one
-  group of K responses (:func:`read_group`), trained with the prompt computed once.
+  group of K responses (:func:`read_group`), trained with the prompt computed once. ``ratings`` may
+  instead map attribute names to one number per response (HelpSteer2 grouped by prompt) for a model
+  with per-attribute heads.
 
 Any shape may carry a float ``margin`` column. A row that cannot be used raises :class:`BadRow` with a
 machine-readable ``reason`` so the data layer can count and sample skipped rows instead of crashing.
@@ -202,10 +204,16 @@ def _normalize_conversational(row: dict[str, Any], margin: float) -> PreferenceP
 
 # --- Rated and ranked groups: one prompt, K responses ------------------------------------------------
 
-def read_group(row: dict[str, Any]) -> tuple[Text, list[Text], list[float]]:
-    """A ``rated`` row's prompt, responses and ratings (higher is better; a ranking is negated), checked."""
+def read_group(row: dict[str, Any], weights: dict[str, float] | None = None) -> tuple[Text, list[Text], list[float]]:
+    """A ``rated`` row's prompt, responses and ratings (higher is better; a ranking is negated), checked.
+    Ratings given per attribute (``{"helpfulness": [...], ...}``) need the run's attribute ``weights``: the
+    response's rating is then their weighted sum (:func:`read_attribute_ratings` gives them one by one)."""
     responses = _read_responses(row)
-    ratings = _read_ratings(row, len(responses))
+    per_attribute = read_attribute_ratings(row, list(weights or {}), len(responses))
+    if per_attribute is not None:
+        ratings = [sum(w * v for w, v in zip(weights.values(), values)) for values in per_attribute]
+    else:
+        ratings = _read_ratings(row, len(responses))
     if isinstance(responses[0], list) and not isinstance(row.get("prompt"), str):
         prompt = _read_messages(row, "prompt", required=False) or []
     else:  # a text prompt (chat responses may take one too: it becomes the user turn)
@@ -213,6 +221,23 @@ def read_group(row: dict[str, Any]) -> tuple[Text, list[Text], list[float]]:
     if len(set(ratings)) == 1:
         raise BadRow("all_tied", "ratings", "every response is rated the same: no pair to learn from")
     return prompt, responses, ratings
+
+
+def read_attribute_ratings(row: dict[str, Any], attributes: list[str], n: int) -> list[list[float]] | None:
+    """``[response][attribute]`` ratings of a row whose ``ratings`` is a mapping of attribute -> one
+    number per response (HelpSteer2's shape, grouped by prompt); None when its ratings are one list."""
+    value = row.get("ratings")
+    if not isinstance(value, dict):
+        return None
+    if not attributes:
+        raise BadRow("bad_rating", "ratings", f"ratings per attribute ({', '.join(map(str, value))}) need the run's "
+                     "attributes: set attributes=[...] (and attribute_weights) in the config")
+    columns = []
+    for name in attributes:
+        if _absent(value.get(name)):
+            raise BadRow("bad_rating", f"ratings.{name}", f"ratings has no {name!r} (the run's attributes: {attributes})")
+        columns.append(_read_ratings({"ratings": value[name]}, n, f"ratings.{name}"))
+    return [list(values) for values in zip(*columns)]
 
 
 def _read_responses(row: dict[str, Any]) -> list[Text]:
@@ -229,16 +254,17 @@ def _read_responses(row: dict[str, Any]) -> list[Text]:
     return [_read_messages({f"responses[{i}]": r}, f"responses[{i}]") for i, r in enumerate(value)]  # message lists
 
 
-def _read_ratings(row: dict[str, Any], n: int) -> list[float]:
+def _read_ratings(row: dict[str, Any], n: int, where: str | None = None) -> list[float]:
     field_name = "ratings" if not _absent(row.get("ratings")) else "ranking"
+    where = where or field_name
     value = row.get(field_name)
     value = value.tolist() if hasattr(value, "tolist") else value
     if not isinstance(value, (list, tuple)) or len(value) != n:
-        raise BadRow("bad_rating", field_name, f"{field_name!r} must give one number per response ({n}), got {value!r:.80}")
+        raise BadRow("bad_rating", where, f"{where!r} must give one number per response ({n}), got {value!r:.80}")
     numbers = []
     for i, v in enumerate(value):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise BadRow("bad_rating", field_name, f"{field_name}[{i}] must be a finite number, got {v!r:.40}")
+            raise BadRow("bad_rating", where, f"{where}[{i}] must be a finite number, got {v!r:.40}")
         numbers.append(float(v) if field_name == "ratings" else -float(v))  # rank 1 is the best
     return numbers
 

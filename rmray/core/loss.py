@@ -95,6 +95,16 @@ GROUP_LOSSES = {"bradley_terry": bradley_terry_group, "plackett_luce": plackett_
 LOSS_MEAN_OVER = {"bradley_terry": "pairs", "plackett_luce": "groups"}
 
 
+def attribute_mse(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of per-attribute outputs ``[G, K, A]`` against the rows' ratings, over the
+    entries rated (NaN = not rated: a pair row, or a group position past its K). SteerLM / HelpSteer2's
+    regression objective. Worked example: outputs [[1, 2]] and ratings [[3, NaN]] give (1 - 3)^2 = 4."""
+    rated = ~torch.isnan(targets)
+    if not bool(rated.any()):
+        return predicted.sum() * 0.0  # keeps the graph (DDP expects every output used)
+    return ((predicted[rated] - targets[rated].to(predicted.dtype)) ** 2).mean()
+
+
 def better_pairs(ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``[G, K, K]`` bool: response i is rated above response j, both present."""
     return (ratings.unsqueeze(2) > ratings.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)

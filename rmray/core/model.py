@@ -60,15 +60,20 @@ def load_tokenizer(name_or_path: str, *, chat_template: str | None = None, trust
 
 def load_hf_model(
     name_or_path: str, *, pad_token_id: int | None = None, trust_remote_code: bool = False,
-    disable_dropout: bool = True, dtype: torch.dtype | str = torch.float32,
+    disable_dropout: bool = True, dtype: torch.dtype | str = torch.float32, attributes=None,
 ) -> PreTrainedModel:
+    """A sequence-classification model with one output, or one per attribute (named in ``id2label``).
+    A base model with another head size gets a fresh head of the right size."""
     dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    labels = list(attributes or [])
+    extra = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}} if labels else {}
     model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path(name_or_path), num_labels=1, trust_remote_code=trust_remote_code,
-        dtype=dtype, use_safetensors=True,
+        resolve_model_path(name_or_path), num_labels=max(len(labels), 1), trust_remote_code=trust_remote_code,
+        dtype=dtype, use_safetensors=True, ignore_mismatched_sizes=bool(labels), **extra,
     )
-    if model.config.num_labels != 1:
-        raise ValueError(f"{name_or_path} has num_labels={model.config.num_labels}; a reward model needs exactly 1")
+    if model.config.num_labels != max(len(labels), 1):
+        want = f"{len(labels)} (one per attribute)" if labels else "exactly 1"
+        raise ValueError(f"{name_or_path} has num_labels={model.config.num_labels}; this reward model needs {want}")
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     if disable_dropout:  # TRL's default: dropout makes chosen and rejected see different networks
@@ -135,14 +140,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class RewardModel(nn.Module):
-    """``forward(input_ids, attention_mask) -> rewards [N]``; wraps a HF (or PEFT) seq-cls model.
+    """``forward(input_ids, attention_mask) -> rewards [N]``; wraps a HF (or PEFT) seq-cls model with one
+    output, or one per attribute combined by ``attribute_weights``.
 
     This is the module DDP wraps, so gradient sync covers the custom read-out path.
     """
 
-    def __init__(self, model: nn.Module, *, last_layer_readout_only: bool = True):
+    def __init__(self, model: nn.Module, *, last_layer_readout_only: bool = True, attribute_weights=None):
         super().__init__()
         self.model = model
+        # A per-attribute model's one reward: the weighted sum of its outputs (ScoringSpec.attribute_weights).
+        self.attribute_weights = None if attribute_weights is None else torch.tensor(attribute_weights, dtype=torch.float32)
         self.readout = readout_kind(model)
         # Segment attention where the model runs SDPA/eager (identical to SDPA without a plan).
         self.segments_ok = attention.enable(self.hf_model)
@@ -157,10 +165,12 @@ class RewardModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, *, readout_row: torch.Tensor | None = None,
-                readout_col: torch.Tensor | None = None, segments: list | None = None) -> torch.Tensor:
+                readout_col: torch.Tensor | None = None, segments: list | None = None,
+                per_attribute: bool = False) -> torch.Tensor:
         """Padded rows (2D mask) -> one reward per row; packed rows from
         :func:`rmray.core.packing.pack_groups` (its 4D mask, or its segment ``plan`` as ``segments``)
-        -> one reward per read-out position."""
+        -> one reward per read-out position. A per-attribute model returns its one reward ``[N]``, or
+        with ``per_attribute`` every output ``[N, A]``."""
         if segments is not None:
             if not self.segments_ok:
                 raise ValueError(f"segment attention is not available for {type(self.hf_model).__name__} "
@@ -178,7 +188,13 @@ class RewardModel(nn.Module):
             rewards = self._forward_packed(input_ids, attention_mask, position_ids, (readout_row, readout_col))
         else:
             rewards = self._forward_padded(input_ids, attention_mask)
-        return rewards.clone()  # not a view: FSDP2 hooks this output for the backward all-gather
+        return self._reward(rewards, per_attribute).clone()  # not a view: FSDP2 hooks it for the backward all-gather
+
+    def _reward(self, logits: torch.Tensor, per_attribute: bool) -> torch.Tensor:
+        """Head outputs ``[N, A]`` -> the reward ``[N]`` (A = 1: the output itself), or all of them."""
+        if self.attribute_weights is None:
+            return logits.squeeze(-1)
+        return logits if per_attribute else logits @ self.attribute_weights.to(logits.device)
 
     def _forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         base = self.hf_model
@@ -187,7 +203,7 @@ class RewardModel(nn.Module):
             # a left-padded caller's rows are moved to the front first, so the side cannot matter.
             if not bool(attention_mask[:, 0].all()):
                 input_ids, attention_mask = _left_align(input_ids, attention_mask)
-            return base(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+            return base(input_ids=input_ids, attention_mask=attention_mask).logits.float()
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         backbone = getattr(base, base.base_model_prefix)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
@@ -199,7 +215,7 @@ class RewardModel(nn.Module):
         ).last_hidden_state
         self.last_layer_readout_used |= bool(plan and plan.readout_calls)
         pooled = hidden[0] if plan and plan.readout_calls else hidden[rows, last]
-        return base.score(pooled).squeeze(-1).float()
+        return base.score(pooled).float()
 
     def _forward_packed(self, input_ids, mask4d, position_ids, readout: tuple, kwargs=None) -> torch.Tensor:
         """``readout``: (rows, columns) of the positions whose hidden states the head reads."""
@@ -216,13 +232,13 @@ class RewardModel(nn.Module):
         self.last_layer_readout_used |= used
         picked = hidden[0] if used else hidden[readout]  # [N, H]
         if self.readout == "last_token":
-            return base.score(picked).squeeze(-1).float()
+            return base.score(picked).float()
         # Encoder heads read position 0 of a sequence: hand them each picked [CLS] state as a length-1 row.
         x = picked.unsqueeze(1)
         pooler = getattr(backbone, "pooler", None)
         if pooler is not None:  # BERT-style: pooler(dense + tanh) -> dropout -> classifier
-            return base.classifier(base.dropout(pooler(x)) if hasattr(base, "dropout") else pooler(x)).squeeze(-1).float()
-        return base.classifier(x).squeeze(-1).float()  # RoBERTa-style heads take features[:, 0]
+            return base.classifier(base.dropout(pooler(x)) if hasattr(base, "dropout") else pooler(x)).float()
+        return base.classifier(x).float()  # RoBERTa-style heads take features[:, 0]
 
 
 def _position_offset(hf_model: nn.Module) -> int:

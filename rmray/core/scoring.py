@@ -50,8 +50,9 @@ class Scorer:
             raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
         spec = ScoringSpec.load(model_dir)
         tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-        hf = load_hf_model(model_dir, pad_token_id=tokenizer.pad_token_id, trust_remote_code=trust_remote_code)
-        model = RewardModel(hf).eval()
+        hf = load_hf_model(model_dir, pad_token_id=tokenizer.pad_token_id, trust_remote_code=trust_remote_code,
+                           attributes=spec.attributes)
+        model = RewardModel(hf, attribute_weights=spec.attribute_weights).eval()
         if device:
             model.to(device)
         if precision == "auto":
@@ -59,9 +60,19 @@ class Scorer:
             precision = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
         return cls(model, tokenizer, spec, precision)
 
-    def _forward(self, **inputs) -> list[float]:
+    def _forward(self, per_attribute: bool = False, **inputs) -> list:
+        """Rewards, or with ``per_attribute`` (a per-attribute model) ``[reward, output_1, ..., output_A]``
+        per sequence: the reward is computed from the outputs as :class:`RewardModel` computes it."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
-            return self.model(**inputs).float().tolist()
+            if not per_attribute:
+                return self.model(**inputs).float().tolist()
+            outputs = self.model(**inputs, per_attribute=True).float()
+        reward = outputs @ self.model.attribute_weights.to(outputs.device)
+        return torch.cat([reward.unsqueeze(-1), outputs], dim=-1).tolist()
+
+    @property
+    def attributes(self) -> list[str] | None:
+        return self.spec.attributes
 
     @property
     def causal(self) -> bool:
@@ -83,9 +94,11 @@ class Scorer:
 
     @torch.no_grad()
     def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 64,
-                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, pad_slack: float | None = PAD_SLACK) -> list[float]:
+                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, pad_slack: float | None = PAD_SLACK,
+                  per_attribute: bool = False) -> list:
         """Rewards for token id lists in input order; batches of length-sorted rows whose padded size
-        stays within ``max_batch_tokens`` (and at most ``batch_size`` rows)."""
+        stays within ``max_batch_tokens`` (and at most ``batch_size`` rows). ``per_attribute``: see
+        :meth:`_forward`."""
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         rewards = [0.0] * len(sequences)
         start = 0
@@ -102,7 +115,7 @@ class Scorer:
                 end += 1
             idx = order[start:end]
             ids, mask = pad_sequences([sequences[i] for i in idx], self.tokenizer.pad_token_id)
-            out = self._forward(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            out = self._forward(per_attribute, input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
             for i, r in zip(idx, out):
                 rewards[i] = r
             start = end
@@ -115,7 +128,7 @@ class Scorer:
 
     @torch.no_grad()
     def score_id_groups(self, groups: Sequence[Sequence[Sequence[int]]],
-                        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> list[list[float]]:
+                        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, per_attribute: bool = False) -> list[list]:
         """Rewards for groups of full token sequences that share a prompt, one list per group.
 
         The shared prefix is taken on token ids (longest common prefix of every sequence in the group),
@@ -123,7 +136,7 @@ class Scorer:
         """
         if not self.causal:
             flat = [seq for group in groups for seq in group]
-            rewards = iter(self.score_ids(flat, max_batch_tokens=max_batch_tokens))
+            rewards = iter(self.score_ids(flat, max_batch_tokens=max_batch_tokens, per_attribute=per_attribute))
             return [[next(rewards) for _ in group] for group in groups]
         packed_groups = [split_shared_prefix(group) for group in groups]
         results: list[list[float]] = [[] for _ in groups]
@@ -134,7 +147,7 @@ class Scorer:
             segments = self.model.segments_ok
             batch = pack_for_model(sub, pad_token_id=self.tokenizer.pad_token_id, causal=True, segments=segments,
                                    attention_ratio=6 * self.model.hf_model.config.hidden_size)
-            out = self._forward(**on_device(model_inputs(batch, segments), self.device))
+            out = self._forward(per_attribute, **on_device(model_inputs(batch, segments), self.device))
             pos = 0
             for g, (_, responses) in zip(chunk, sub):
                 results[g] = out[pos:pos + len(responses)]

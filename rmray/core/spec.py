@@ -53,7 +53,16 @@ class ScoringSpec:
     """Preference temperature: P(a preferred to b) = sigmoid((r_a - r_b) / temperature), fitted on the eval
     split at the end of training (``rmray.core.calibration``). Raw rewards do not use it."""
 
+    attributes: list[str] | None = None
+    """Names of the model's outputs when it has one per attribute (``config.json``'s ``id2label`` too)."""
+    attribute_weights: list[float] | None = None
+    """The one reward of a per-attribute model: ``reward = sum_a attribute_weights[a] * output[a]``. A plain
+    transformers user applies them to the logits; every rmray consumer returns that reward."""
+
     def __post_init__(self):
+        if self.attributes and len(self.attribute_weights or []) != len(self.attributes):
+            raise ValueError(f"scoring spec: {len(self.attributes)} attributes need as many attribute_weights, "
+                             f"got {self.attribute_weights}")
         if self.truncation not in TRUNCATION_POLICIES:
             raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {self.truncation!r}")
         if self.max_length < 2:

@@ -165,22 +165,32 @@ class EncodedGroup:
     ids: list[list[int]]  # one full sequence per distinct response
     ratings: list[float]  # higher is better
     truncated: bool
+    attribute_ratings: list[list[float]] | None = None  # [response][attribute], for per-attribute heads
 
 
-def encode_group(tokenizer, spec: ScoringSpec, prompt: Text, responses: list[Text], ratings: list[float]) -> EncodedGroup:
+def encode_group(tokenizer, spec: ScoringSpec, prompt: Text, responses: list[Text], ratings: list[float],
+                 attribute_ratings: list[list[float]] | None = None) -> EncodedGroup:
     """A rated group's responses, each tokenized with the prompt exactly as :func:`encode` does.
     Responses that come out as the same ids (repeated texts, or texts cut to the same tokens) are one
     response rated the mean of their ratings: copies of one sequence rated apart teach nothing."""
-    merged: dict[tuple[int, ...], list[float]] = {}
+    merged: dict[tuple[int, ...], list[int]] = {}  # ids -> the responses that tokenize to them
     truncated = False
-    for response, rating in zip(responses, ratings):
+    for k, response in enumerate(responses):
         enc = encode(tokenizer, spec, prompt, response)
         truncated = truncated or enc.truncated
-        merged.setdefault(tuple(enc.ids), []).append(rating)
-    means = [sum(values) / len(values) for values in merged.values()]
+        merged.setdefault(tuple(enc.ids), []).append(k)
+
+    def mean(values: list, members: list[int]):
+        return sum(values[k] for k in members) / len(members)
+
+    means = [mean(ratings, members) for members in merged.values()]
     if len(set(means)) < 2:
         raise BadRow("all_tied", "responses", "the responses rated differently tokenize to the same ids: no pair to learn from")
-    return EncodedGroup([list(ids) for ids in merged], means, truncated)
+    attributes = None
+    if attribute_ratings is not None:
+        columns = list(zip(*attribute_ratings))
+        attributes = [[mean(column, members) for column in columns] for members in merged.values()]
+    return EncodedGroup([list(ids) for ids in merged], means, truncated, attributes)
 
 
 def _truncate(ids: list[int], offsets: list, prompt_chars: int, max_length: int, keep_last: bool) -> list[int]:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import ray
 from ray.data.expressions import col, monotonically_increasing_id
 
-from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
+from rmray.core.formats import BadRow, detect_format, normalize_row, read_attribute_ratings, read_group
 from rmray.core.packing import shared_prefix_length
 from rmray.core.report import DataReport
 from rmray.core.spec import ScoringSpec
@@ -25,8 +25,9 @@ from rmray.core.tokenize import EncodedGroup, EncodedPair, encode_group, encode_
 from .lines import parse_line
 from .read import read_lines, read_source
 
-# A pair row fills chosen_ids/rejected_ids/margin; a rated row fills group_ids/ratings (its K sequences).
-PAIR_COLUMNS = ["row_id", "chosen_ids", "rejected_ids", "margin", "group_ids", "ratings"]
+# A pair row fills chosen_ids/rejected_ids/margin; a rated row group_ids/ratings (its K sequences), and
+# attribute_ratings ([K][A]) when its ratings are per attribute.
+PAIR_COLUMNS = ["row_id", "chosen_ids", "rejected_ids", "margin", "group_ids", "ratings", "attribute_ratings"]
 SPLIT_COLUMNS = PAIR_COLUMNS + ["split_key"]
 
 
@@ -82,7 +83,10 @@ def _encode_row(row: dict, fmt: str, tokenizer, spec: ScoringSpec) -> EncodedPai
     """A pair row's two sequences, or a ``rated`` row's K sequences and ratings."""
     row_format = _row_format(row, fmt)
     if row_format == "rated":
-        return encode_group(tokenizer, spec, *read_group(row))
+        weights = dict(zip(spec.attributes or [], spec.attribute_weights or []))
+        prompt, responses, ratings = read_group(row, weights)
+        per_attribute = read_attribute_ratings(row, list(weights), len(responses))
+        return encode_group(tokenizer, spec, prompt, responses, ratings, per_attribute)
     return encode_pair(tokenizer, spec, normalize_row(row, row_format))
 
 
@@ -90,6 +94,7 @@ _SCHEMA = pa.schema([
     ("row_id", pa.string()), ("status", pa.string()), ("message", pa.string()),
     ("chosen_ids", pa.list_(pa.int64())), ("rejected_ids", pa.list_(pa.int64())), ("margin", pa.float64()),
     ("group_ids", pa.list_(pa.list_(pa.int64()))), ("ratings", pa.list_(pa.float64())),
+    ("attribute_ratings", pa.list_(pa.list_(pa.float64()))),
     ("truncated", pa.bool_()), ("pairs", pa.int64()), ("num_tokens", pa.int64()), ("shared_tokens", pa.int64()),
     ("split_key", pa.float64()),
 ])
@@ -114,7 +119,8 @@ class _Out:
         values = {"row_id": row_id, "status": status, "message": message, "split_key": self.split,
                   "chosen_ids": pair.chosen_ids if pair else [], "rejected_ids": pair.rejected_ids if pair else [],
                   "margin": pair.margin if pair else 0.0, "group_ids": group.ids if group else [],
-                  "ratings": group.ratings if group else [], "truncated": bool(encoded and encoded.truncated),
+                  "ratings": group.ratings if group else [],
+                  "attribute_ratings": (group.attribute_ratings or []) if group else [], "truncated": bool(encoded and encoded.truncated),
                   "pairs": _count_pairs(group.ratings) if group else int(pair is not None),
                   "num_tokens": sum(len(s) for s in sequences),
                   # tokens the shared-prompt layout computes once instead of K times

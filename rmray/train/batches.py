@@ -18,7 +18,7 @@ micro-batch is split into forward chunks whose gradients add up to the micro-bat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -46,16 +46,19 @@ class Chunk:
     index: torch.Tensor  # [G, K] long: where each response's reward is among the forward's; -1 past a group's end
     ratings: torch.Tensor  # [G, K] higher is better; a pair is [1, 0]
     margins: torch.Tensor | None  # [G, K, K] subtracted from r_i - r_j (a pair's margin at [g, 0, 1]); None if all 0
+    targets: torch.Tensor | None  # [G, K, A] per-attribute ratings (NaN where not rated); None if none is
     num_pairs: int  # ordered pairs whose ratings differ
     num_groups: int
     computed_tokens: int  # positions the model runs over, padding included
     real_tokens: int  # tokens of every sequence, each counted whole
 
     def group_rewards(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forward's rewards as ``[G, K]``, and the mask of responses present."""
+        """The forward's rewards ``[N]`` (or outputs ``[N, A]``) as ``[G, K]`` (``[G, K, A]``), and the mask
+        of responses present."""
         index = self.index.to(flat.device)
         mask = index >= 0
-        return flat[index.clamp_min(0)].masked_fill(~mask, 0.0), mask
+        picked = flat[index.clamp_min(0)]
+        return picked.masked_fill(~(mask.unsqueeze(-1) if picked.dim() == 3 else mask), 0.0), mask
 
 
 def choose_layout(padding_free: bool, share_prompt: bool, causal: bool) -> str:
@@ -70,34 +73,44 @@ def iter_pair_batches(shard, *, batch_size: int, group_by_length: bool, window: 
         yield from shard.iter_batches(batch_size=batch_size, batch_format="numpy")
         return
     for w, block in enumerate(shard.iter_batches(batch_size=batch_size * window, batch_format="numpy")):
-        lengths = [sum(len(seq) for seq in group) for group in batch_groups(block)[0]]
+        lengths = [sum(len(seq) for seq in group) for group in batch_groups(block).groups]
         for idx in length_grouped_batches(lengths, batch_size, seed=seed * 100_003 + w):
             yield {key: value[np.asarray(idx)] for key, value in block.items()}
 
 
-def batch_groups(batch: dict) -> tuple[list[list], list[list[float]], list[float]]:
-    """Each row as (sequences, ratings, margin): a pair row is ``[chosen, rejected]`` rated ``[1, 0]``
-    with its margin, a rated row its ``group_ids`` and ``ratings`` with margin 0."""
+class Rows(NamedTuple):
+    """A batch's rows as groups: a pair row is ``[chosen, rejected]`` rated ``[1, 0]`` with its margin; a
+    rated row its ``group_ids`` and ``ratings``, margin 0, and its per-attribute ratings if it has them."""
+
+    groups: list  # [row][k] token ids
+    ratings: list  # [row][k]
+    margins: list  # [row]
+    targets: list  # [row] None, or [k][a] per-attribute ratings
+
+
+def batch_groups(batch: dict) -> Rows:
     n = len(batch["row_id"]) if "row_id" in batch else len(batch["chosen_ids"])
     grouped = batch.get("group_ids", [()] * n)
+    attributed = batch.get("attribute_ratings", [()] * n)
     margins = batch["margin"] if "margin" in batch else np.zeros(n)
-    groups, ratings, margin = [], [], []
+    rows = Rows([], [], [], [])
     for i in range(n):
         if len(grouped[i]):
-            groups.append([list(seq) for seq in grouped[i]])
-            ratings.append([float(r) for r in batch["ratings"][i]])
-            margin.append(0.0)
+            rows.groups.append([list(seq) for seq in grouped[i]])
+            rows.ratings.append([float(r) for r in batch["ratings"][i]])
+            rows.margins.append(0.0)
         else:
-            groups.append([list(batch["chosen_ids"][i]), list(batch["rejected_ids"][i])])
-            ratings.append([1.0, 0.0])
-            margin.append(float(margins[i]))
-    return groups, ratings, margin
+            rows.groups.append([list(batch["chosen_ids"][i]), list(batch["rejected_ids"][i])])
+            rows.ratings.append([1.0, 0.0])
+            rows.margins.append(float(margins[i]))
+        rows.targets.append([[float(v) for v in per] for per in attributed[i]] if len(attributed[i]) else None)
+    return rows
 
 
 def to_chunks(batch: dict, layout: Layout) -> list[Chunk]:
-    groups, ratings, margins = batch_groups(batch)
-    spans = _split_by_tokens([sum(len(seq) for seq in group) for group in groups], layout.max_tokens_per_batch)
-    return [_chunk(groups[a:b], ratings[a:b], margins[a:b], layout) for a, b in spans]
+    rows = batch_groups(batch)
+    spans = _split_by_tokens([sum(len(seq) for seq in group) for group in rows.groups], layout.max_tokens_per_batch)
+    return [_chunk(Rows(*(column[a:b] for column in rows)), layout) for a, b in spans]
 
 
 def _split_by_tokens(sizes: list[int], budget: int | None) -> list[tuple[int, int]]:
@@ -113,7 +126,8 @@ def _split_by_tokens(sizes: list[int], budget: int | None) -> list[tuple[int, in
     return spans
 
 
-def _chunk(groups: list, ratings: list, margins: list, layout: Layout) -> Chunk:
+def _chunk(rows: Rows, layout: Layout) -> Chunk:
+    groups = rows.groups
     real = sum(len(seq) for group in groups for seq in group)
     if layout.kind == "padded":  # response k of every group, then response k + 1: chosen rows, then rejected
         order = [(g, k) for k in range(max(map(len, groups))) for g in range(len(groups)) if k < len(groups[g])]
@@ -130,18 +144,36 @@ def _chunk(groups: list, ratings: list, margins: list, layout: Layout) -> Chunk:
     index = torch.full((len(groups), width), -1, dtype=torch.long)
     for position, (g, k) in enumerate(order):
         index[g, k] = position
-    rating = torch.tensor([r + [0.0] * (width - len(r)) for r in ratings])
-    margin = None
-    if any(margins):
-        margin = torch.zeros(len(groups), width, width)
-        margin[:, 0, 1] = torch.tensor(margins)
-    pairs = sum(a > b for r in ratings for a in r for b in r)
-    return Chunk(inputs, index, rating, margin, pairs, len(groups), computed, real)
+    rating = torch.tensor([r + [0.0] * (width - len(r)) for r in rows.ratings])
+    pairs = sum(a > b for r in rows.ratings for a in r for b in r)
+    return Chunk(inputs, index, rating, _margins(rows.margins, width), _targets(rows.targets, width), pairs,
+                 len(groups), computed, real)
+
+
+def _margins(margins: list[float], width: int) -> torch.Tensor | None:
+    """``[G, K, K]`` with each pair's margin at ``[g, 0, 1]``; None when every margin is 0."""
+    if not any(margins):
+        return None
+    out = torch.zeros(len(margins), width, width)
+    out[:, 0, 1] = torch.tensor(margins)
+    return out
+
+
+def _targets(targets: list, width: int) -> torch.Tensor | None:
+    """``[G, K, A]`` per-attribute ratings, NaN where a row has none; None when no row has any."""
+    present = [t for t in targets if t is not None]
+    if not present:
+        return None
+    out = torch.full((len(targets), width, len(present[0][0])), float("nan"))
+    for g, t in enumerate(targets):
+        if t is not None:
+            out[g, :len(t)] = torch.tensor(t)
+    return out
 
 
 def padded_equivalent_tokens(batch: dict) -> int:
     """What TRL's layout would compute for this batch: every ordered pair as two rows, padded to the
     longest sequence."""
-    groups, ratings, _ = batch_groups(batch)
-    longest = max(len(seq) for group in groups for seq in group)
-    return 2 * sum(a > b for r in ratings for a in r for b in r) * longest
+    rows = batch_groups(batch)
+    longest = max(len(seq) for group in rows.groups for seq in group)
+    return 2 * sum(a > b for r in rows.ratings for a in r for b in r) * longest

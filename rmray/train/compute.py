@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from rmray.core.loss import LOSS_MEAN_OVER, group_loss, ordered_pairs, preference_sums
+from rmray.core.loss import LOSS_MEAN_OVER, attribute_mse, group_loss, ordered_pairs, preference_sums
 from rmray.core.packing import on_device
 
 
@@ -30,11 +30,13 @@ class Compute:
     use_bf16: bool
     loss: Callable  # a [G, K] loss with the centering coefficient bound
     per_pair: bool = True  # the loss is a mean over pairs (else over groups): how chunks are weighted
+    attribute_loss_weight: float = 0.0  # > 0 on a per-attribute model: its regression joins the loss
 
     @classmethod
     def for_run(cls, model, raw, strategy, device, cfg) -> "Compute":
         loss = functools.partial(group_loss(cfg.loss), center_rewards_coefficient=cfg.center_rewards_coefficient)
-        return cls(model, raw, strategy, device, wants_bf16(cfg, device), loss, LOSS_MEAN_OVER[cfg.loss] == "pairs")
+        return cls(model, raw, strategy, device, wants_bf16(cfg, device), loss, LOSS_MEAN_OVER[cfg.loss] == "pairs",
+                   cfg.attribute_loss_weight if cfg.attributes else 0.0)
 
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
@@ -42,12 +44,22 @@ class Compute:
     def score_chunk(self, chunk, model=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Better and worse rewards of the chunk's ordered pairs (a pair's chosen and rejected) and the
         chunk's loss (float32, on the device)."""
+        per_attribute = self.raw.attribute_weights is not None
         with self.autocast():
-            flat = (model or self.model)(**on_device(chunk.inputs, self.device)).float()
+            flat = (model or self.model)(**on_device(chunk.inputs, self.device), per_attribute=per_attribute).float()
+        outputs = flat
+        if per_attribute:  # the one reward is the weighted sum, as every consumer computes it
+            flat = flat @ self.raw.attribute_weights.to(flat.device)
         rewards, mask = chunk.group_rewards(flat)
         ratings = chunk.ratings.to(self.device)
         margins = None if chunk.margins is None else chunk.margins.to(self.device)
         loss = self.loss(rewards=rewards, ratings=ratings, mask=mask, margins=margins)
+        if per_attribute and self.attribute_loss_weight:
+            targets = chunk.targets
+            if targets is None:
+                targets = torch.full((*chunk.index.shape, outputs.shape[-1]), float("nan"))
+            loss = loss + self.attribute_loss_weight * attribute_mse(chunk.group_rewards(outputs)[0],
+                                                                      targets.to(self.device))
         return (*ordered_pairs(rewards, ratings, mask), loss)
 
     def forward_backward(self, chunks: list, accumulation: int = 1, final_sync: bool = True) -> tuple[torch.Tensor, int]:

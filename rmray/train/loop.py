@@ -395,7 +395,7 @@ class WorkerRun:
 def _build_model(cfg: TrainConfig, tokenizer, strategy, use_bf16: bool, device):
     hf = load_hf_model(cfg.model_name_or_path, pad_token_id=tokenizer.pad_token_id,
                        trust_remote_code=cfg.trust_remote_code, disable_dropout=cfg.disable_dropout,
-                       dtype=cfg.dtype)
+                       dtype=cfg.dtype, attributes=cfg.attributes)
     if len(tokenizer) > hf.get_input_embeddings().num_embeddings:
         hf.resize_token_embeddings(len(tokenizer))
     if cfg.gradient_checkpointing:
@@ -408,6 +408,7 @@ def _build_model(cfg: TrainConfig, tokenizer, strategy, use_bf16: bool, device):
                         modules_to_save=cfg.lora_modules_to_save)
     # from_pretrained returns a model in eval mode: left so, gradient checkpointing (which acts only in
     # training mode) and dropout would be silently off until the first evaluation switched modes.
-    raw = RewardModel(hf, last_layer_readout_only=cfg.last_layer_readout_only).train()
+    raw = RewardModel(hf, last_layer_readout_only=cfg.last_layer_readout_only,
+                      attribute_weights=cfg.reward_weights).train()
     # DDP or FSDP around the whole reward path, so the custom read-out syncs gradients too.
     return strategy.wrap(raw, use_bf16, device), raw

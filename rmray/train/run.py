@@ -185,7 +185,8 @@ def _prepare_data(cfg: TrainConfig, tokenizer, readout: str) -> PreparedData:
 
     spec = ScoringSpec(max_length=cfg.max_length, truncation=cfg.truncation, add_eos=cfg.add_eos,
                        eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
-                       readout=readout, uses_chat_template=tokenizer.chat_template is not None)
+                       readout=readout, uses_chat_template=tokenizer.chat_template is not None,
+                       attributes=list(cfg.attributes) or None, attribute_weights=cfg.reward_weights)
     _explain_layout(cfg, readout)
     common = dict(tokenizer=tokenizer, spec=spec, data_format=cfg.data_format, strict=cfg.on_bad_row == "error",
                   num_cpus=cfg.tokenize_num_cpus, fields=cfg.fields())

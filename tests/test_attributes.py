@@ -1,0 +1,105 @@
+"""Per-attribute reward heads (HelpSteer2 style): ratings per attribute are read and checked per row,
+the model has one output per attribute, training adds their regression to the ranking loss on the one
+reward (the weighted sum), and the saved model scores every attribute as plain transformers does."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification
+
+from rmray.core.formats import BadRow, read_attribute_ratings, read_group
+from rmray.core.loss import group_loss
+from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+from rmray.core.spec import ScoringSpec
+from rmray.train.batches import Layout, to_chunks
+from rmray.train.compute import Compute
+from rmray.train.parallel import DDPStrategy
+
+ATTRIBUTES = ["helpfulness", "verbosity"]
+WEIGHTS = [0.75, -0.25]
+ROW = {"prompt": "Q: 2+2?\nA:", "responses": [" 4", " 5", " four, of course"],
+       "ratings": {"helpfulness": [4, 0, 3], "verbosity": [0, 0, 4], "unused": [1, 1, 1]}}
+
+
+def test_ratings_per_attribute_are_read_weighted_and_checked():
+    weights = dict(zip(ATTRIBUTES, WEIGHTS))
+    assert read_attribute_ratings(ROW, ATTRIBUTES, 3) == [[4.0, 0.0], [0.0, 0.0], [3.0, 4.0]]
+    _, _, ratings = read_group(ROW, weights)
+    assert ratings == [3.0, 0.0, 1.25]  # 0.75 * helpfulness - 0.25 * verbosity
+    assert read_attribute_ratings({"responses": ["a", "b"], "ratings": [1, 0]}, ATTRIBUTES, 2) is None
+    cases = [
+        ({**ROW, "ratings": {"helpfulness": [4, 0, 3]}}, weights, "ratings.verbosity"),  # an attribute missing
+        ({**ROW, "ratings": {"helpfulness": [4, 0], "verbosity": [0, 0, 4]}}, weights, "ratings.helpfulness"),
+        ({**ROW, "ratings": {"helpfulness": [4, "x", 3], "verbosity": [0, 0, 4]}}, weights, "ratings.helpfulness"),
+        (ROW, None, "ratings"),  # per-attribute data, but the run names no attributes
+    ]
+    for row, w, field in cases:
+        with pytest.raises(BadRow) as e:
+            read_group(row, w)
+        assert e.value.reason == "bad_rating" and e.value.field == field
+
+
+def _attribute_model(tiny_qwen):
+    torch.manual_seed(0)
+    hf = load_hf_model(tiny_qwen, pad_token_id=load_tokenizer(tiny_qwen).pad_token_id, attributes=ATTRIBUTES)
+    assert hf.config.num_labels == 2 and hf.config.id2label == {0: "helpfulness", 1: "verbosity"}
+    return RewardModel(hf, attribute_weights=WEIGHTS).train()
+
+
+def test_the_loss_is_the_ranking_loss_on_the_weighted_reward_plus_the_attribute_regression(tiny_qwen):
+    tok = load_tokenizer(tiny_qwen)
+    model = _attribute_model(tiny_qwen)
+    seqs = [tok(ROW["prompt"] + r + tok.eos_token)["input_ids"] for r in ROW["responses"]]
+    targets = [[4.0, 0.0], [0.0, 0.0], [3.0, 4.0]]
+    batch = {"row_id": ["g", "p"], "group_ids": [seqs, []], "ratings": [[3.0, 0.0, 1.25], []],
+             "attribute_ratings": [targets, []], "chosen_ids": [[], seqs[0]], "rejected_ids": [[], seqs[1]],
+             "margin": [0.0, 0.0]}
+    compute = Compute(model, model, DDPStrategy(), torch.device("cpu"), False, group_loss("bradley_terry"),
+                      attribute_loss_weight=0.5)
+    chunk = to_chunks(batch, Layout("shared", True, tok.pad_token_id, segments=model.segments_ok))[0]
+    better, worse, loss = compute.score_chunk(chunk)
+
+    # The same numbers from transformers itself: one forward per sequence, its two logits.
+    with torch.no_grad():
+        logits = [model.hf_model(input_ids=torch.tensor([s])).logits[0] for s in seqs]
+    reward = [float(x @ torch.tensor(WEIGHTS)) for x in logits]
+    pairs = [(0, 1), (0, 2), (2, 1), (0, 1)]  # the group's 3 pairs (3 > 1.25 > 0), then the pair row
+    assert better.tolist() == pytest.approx([reward[i] for i, _ in pairs], abs=1e-5)
+    assert worse.tolist() == pytest.approx([reward[j] for _, j in pairs], abs=1e-5)
+    ranking = sum(-F.logsigmoid(torch.tensor(reward[i] - reward[j])) for i, j in pairs) / 4
+    mse = sum(float((logits[k][a] - targets[k][a]) ** 2) for k in range(3) for a in range(2)) / 6  # the pair row has no ratings
+    assert float(loss.detach()) == pytest.approx(float(ranking) + 0.5 * mse, rel=1e-5)
+    loss.backward()
+    assert model.hf_model.score.weight.grad.abs().sum() > 0
+
+
+def test_a_saved_attribute_model_scores_every_attribute_as_transformers_does(tiny_qwen, tmp_path):
+    from rmray.core.export import save_reward_model
+    from rmray.core.scoring import Scorer
+
+    tok = load_tokenizer(tiny_qwen)
+    model = _attribute_model(tiny_qwen)
+    spec = ScoringSpec(max_length=64, eos_token=tok.eos_token, pad_token=tok.pad_token,
+                       attributes=ATTRIBUTES, attribute_weights=WEIGHTS)
+    save_reward_model(model, tok, spec, str(tmp_path / "m"))
+    saved = json.load(open(tmp_path / "m" / "rmray_scoring.json"))
+    assert saved["attributes"] == ATTRIBUTES and saved["attribute_weights"] == WEIGHTS
+
+    scorer = Scorer.load(str(tmp_path / "m"))
+    seqs = [scorer.encode(ROW["prompt"], r) for r in ROW["responses"]]
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        want = [plain(input_ids=torch.tensor([s])).logits[0].tolist() for s in seqs]
+    per_attribute = scorer.score_ids(seqs, per_attribute=True)
+    rewards = scorer.score_ids(seqs)
+    for got, outputs, reward in zip(per_attribute, want, rewards):
+        assert got[1:] == pytest.approx(outputs, abs=1e-5)
+        assert got[0] == pytest.approx(WEIGHTS[0] * outputs[0] + WEIGHTS[1] * outputs[1], abs=1e-5)
+        assert reward == pytest.approx(got[0], abs=1e-6)
+    grouped = scorer.score_id_groups([seqs], per_attribute=True)[0]
+    for got, outputs in zip(grouped, want):  # one shared-prompt forward: the same outputs
+        assert got[1:] == pytest.approx(outputs, abs=1e-5)
+    with pytest.raises(ValueError, match="attribute_weights"):
+        ScoringSpec(attributes=ATTRIBUTES)
