@@ -39,7 +39,8 @@ class TrainConfig:
     # --- data ---
     train_data: str = "demo"
     """JSONL/JSON/Parquet/CSV path or glob (local or any pyarrow filesystem URI), a ``datasets``
-    folder saved with ``save_to_disk``, a hub dataset id (online only), or ``demo`` (built-in set)."""
+    folder saved with ``save_to_disk``, a hub dataset id (online only), or a built-in set: ``demo`` (pairs)
+    or ``demo-rated`` (groups of 4 rated per attribute)."""
     eval_data: Optional[str] = None
     """Same forms as ``train_data``. When unset, ``eval_split_ratio`` of the train rows is held out."""
     eval_split_ratio: float = 0.1

@@ -68,28 +68,33 @@ def build_tiny_causal_rm(out_dir: str, texts: Iterable[str], *, arch: str = "qwe
     return out_dir
 
 
-def as_rmray_model(model_path: str, out_dir: str, *, max_length: int = 512) -> str:
+def as_rmray_model(model_path: str, out_dir: str, *, max_length: int = 512, attributes=None,
+                   attribute_weights=None) -> str:
     """Export a plain seq-cls model folder as an rmray model (weights + tokenizer + scoring spec), the
-    way training's ``final/`` looks, so scoring/serving tests can start from untrained weights."""
+    way training's ``final/`` looks, so scoring/serving tests can start from untrained weights. With
+    ``attributes``, a fresh head per attribute (seeded) combined by ``attribute_weights``."""
     from rmray.core.export import save_reward_model
     from rmray.core.model import load_hf_model, load_tokenizer, readout_kind
     from rmray.core.spec import ScoringSpec
 
     tokenizer = load_tokenizer(model_path)
-    model = load_hf_model(model_path, pad_token_id=tokenizer.pad_token_id)
+    if attributes:
+        torch.manual_seed(0)
+    model = load_hf_model(model_path, pad_token_id=tokenizer.pad_token_id, attributes=attributes)
     spec = ScoringSpec(max_length=max_length, eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
-                       readout=readout_kind(model))
+                       readout=readout_kind(model), attributes=attributes, attribute_weights=attribute_weights)
     return save_reward_model(model, tokenizer, spec, out_dir)
 
 
 def plain_transformers_scores(model_path: str, texts: list[str], add_eos: bool = True,
-                              read_last: bool = False) -> list[float]:
+                              read_last: bool = False, all_outputs: bool = False) -> list:
     """Independent reference for parity tests: stock transformers, one text at a time, no padding.
 
     Decoders get the EOS appended (rmray's default ``add_eos``) unless ``add_eos=False`` (a text the chat
     template rendered, which ends its own turns); encoders score the text as is. ``read_last``: the
     reward at the last position even where the pad id is the EOS id (Llama 3), where transformers' own
     pooling stops at the first "pad" -- done by transformers itself, with the pad id unset.
+    ``all_outputs``: every output of a per-attribute model, a list per text.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -103,7 +108,8 @@ def plain_transformers_scores(model_path: str, texts: list[str], add_eos: bool =
         for text in texts:
             if add_eos and decoder and tokenizer.eos_token and not text.endswith(tokenizer.eos_token):
                 text += tokenizer.eos_token
-            out.append(model(**tokenizer(text, return_tensors="pt")).logits[0, 0].item())
+            logits = model(**tokenizer(text, return_tensors="pt")).logits[0]
+            out.append(logits.tolist() if all_outputs else logits[0].item())
     return out
 
 

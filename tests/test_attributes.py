@@ -103,3 +103,44 @@ def test_a_saved_attribute_model_scores_every_attribute_as_transformers_does(tin
         assert got[1:] == pytest.approx(outputs, abs=1e-5)
     with pytest.raises(ValueError, match="attribute_weights"):
         ScoringSpec(attributes=ATTRIBUTES)
+
+
+def test_offline_scoring_and_eval_read_out_every_attribute(tiny_qwen, tmp_path):
+    """``rmray score``'s and ``rmray eval``'s batch workers (run here without Ray): a column per attribute,
+    and each rated row's attribute scores beside its ratings."""
+    import pyarrow as pa
+
+    from rmray.score.batch import PairScorer, ResponseScorer
+    from rmray.testing import as_rmray_model
+
+    path = as_rmray_model(tiny_qwen, str(tmp_path / "m"), max_length=64, attributes=ATTRIBUTES,
+                          attribute_weights=WEIGHTS)
+    rows = pa.table({"prompt": [ROW["prompt"]] * 3, "response": ROW["responses"]})
+    out = ResponseScorer([path], ["m"], prompt_field="prompt", response_field="response", max_batch_tokens=4096)(rows)
+    want = [[float(x) for x in o] for o in _plain_outputs(path, [ROW["prompt"] + r for r in ROW["responses"]])]
+    assert out.column("reward_helpfulness").to_pylist() == pytest.approx([o[0] for o in want], abs=1e-5)
+    assert out.column("reward_verbosity").to_pylist() == pytest.approx([o[1] for o in want], abs=1e-5)
+    assert out.column("reward").to_pylist() == pytest.approx([0.75 * h - 0.25 * v for h, v in want], abs=1e-5)
+
+    scored = PairScorer(path, None, 4096)(pa.Table.from_pylist([ROW]))
+    assert scored.column("attribute_ratings").to_pylist() == [[[4.0, 0.0], [0.0, 0.0], [3.0, 4.0]]]
+    assert scored.column("group_ratings").to_pylist() == [[3.0, 0.0, 1.25]]
+    (scores,) = scored.column("attribute_scores").to_pylist()
+    for got, o in zip(scores, want):
+        assert got == pytest.approx(o, abs=1e-5)
+
+
+def _plain_outputs(path: str, texts: list[str]) -> list[list[float]]:
+    from rmray.testing import plain_transformers_scores
+
+    return plain_transformers_scores(path, texts, all_outputs=True)
+
+
+def test_attribute_metrics_worked_example():
+    from rmray.core.evaluation import attribute_metrics
+
+    got = attribute_metrics([([[1.0, 0.0], [2.0, 0.0]], [[2.0, 1.0], [4.0, 1.0]]), ([[3.0, 5.0]], [[7.0, 1.0]])],
+                            ["a", "b"])
+    assert got["a"]["pearson"] == pytest.approx(0.993399, abs=1e-6) and got["a"]["spearman"] == 1.0
+    assert got["a"]["mse"] == pytest.approx(7.0) and got["a"]["responses"] == 3
+    assert got["b"]["mse"] == pytest.approx((1 + 1 + 16) / 3)

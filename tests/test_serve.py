@@ -88,10 +88,32 @@ def served(ray_cluster, rm_qwen, rm_minilm, tmp_path_factory):
     faulty_spec.max_length = 1024  # MiniLM has 512 positions
     faulty_spec.save(faulty)
     serve.run(build_app(ServeSettings(model_dirs=[faulty], **tiny)), name="faulty", route_prefix="/faulty")
+    # A model with a head per attribute (HelpSteer2 style), its reward their weighted sum.
+    from rmray.testing import as_rmray_model
+
+    attr = as_rmray_model(rm_qwen, str(tmp_path_factory.mktemp("served") / "qwen-attr"), max_length=256,
+                          attributes=["helpfulness", "verbosity"], attribute_weights=[0.75, -0.25])
+    serve.run(build_app(ServeSettings(model_dirs=[attr], **tiny)), name="attr", route_prefix="/attr")
     try:
-        yield {"port": port, "qwen": normed, "raw_qwen": rm_qwen, "minilm": rm_minilm}
+        yield {"port": port, "qwen": normed, "raw_qwen": rm_qwen, "minilm": rm_minilm, "attr": attr}
     finally:
         serve.shutdown()
+
+
+def test_a_per_attribute_model_serves_each_attribute_and_their_weighted_reward(served):
+    port = served["port"]
+    outputs = plain_transformers_scores(served["attr"], [PROMPT + r for r in RESPONSES[:3]], all_outputs=True)
+    assert all(len(o) == 2 for o in outputs)
+    items = [{"prompt": PROMPT, "response": r} for r in RESPONSES[:3]]
+    status, body, _ = post(port, "/attr/score", {"items": items})
+    assert status == 200, body
+    assert body["attributes"]["helpfulness"] == pytest.approx([o[0] for o in outputs], abs=1e-4)
+    assert body["attributes"]["verbosity"] == pytest.approx([o[1] for o in outputs], abs=1e-4)
+    assert body["rewards"] == pytest.approx([0.75 * h - 0.25 * v for h, v in outputs], abs=1e-4)
+    status, group, _ = post(port, "/attr/score_group", {"prompt": PROMPT, "responses": RESPONSES[:3]})
+    assert status == 200 and group["attributes"]["verbosity"] == pytest.approx([o[1] for o in outputs], abs=1e-4)
+    status, reward, _ = post(port, "/attr/get_reward", {"query": [PROMPT + RESPONSES[0]], "prompts": [PROMPT]})
+    assert status == 200 and reward["rewards"] == pytest.approx(body["rewards"][:1], abs=1e-4)  # OpenRLHF: the one reward
 
 
 def test_score_equals_plain_transformers_and_normalizes(served):

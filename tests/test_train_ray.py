@@ -201,6 +201,32 @@ def test_demo_command_reaches_high_accuracy(ray_cluster, tmp_path, capsys):
     assert (tmp_path / "demo" / "plots" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_rated_demo_trains_groups_with_attribute_heads_and_eval_reports_them(ray_cluster, tmp_path):
+    """The shipped rated config: four answers per question train as one group, a head per attribute;
+    the model ranks held-out groups and its attribute scores follow the ratings (rmray eval)."""
+    from rmray.core.demo_data import demo_rated_groups
+    from rmray.core.spec import ScoringSpec
+    from rmray.score.evaluate import evaluate
+    from rmray.score.settings import EvalConfig
+    from rmray.train.run import train as run_train
+
+    cfg = load_config(os.path.join(ROOT, "jobs/configs/demo-rated.yaml"),
+                      [f"output_dir={tmp_path / 'rated'}", "num_train_epochs=2", "eval_steps=1000"])
+    result = run_train(cfg)
+    report = json.load(open(os.path.join(result.output_dir, "data_report.json")))[0]
+    assert (report["rows_kept"], report["pairs"]) == (200, 1200)  # 4 distinct ratings per group: 6 pairs each
+    summary = result.summary
+    assert summary["eval_accuracy"] > 0.85 and summary["eval_pairs"] == 6 * 55
+    spec = ScoringSpec.load(result.final_model_dir)
+    assert spec.attributes == ["helpfulness", "verbosity"] and spec.attribute_weights == [1.0, -0.2]
+
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", demo_rated_groups(40, seed=7))
+    metrics = evaluate(EvalConfig(model_dir=result.final_model_dir, data=held_out))
+    assert metrics["ranking"]["groups"] == 40 and metrics["ranking"]["pair_accuracy"] > 0.85
+    assert set(metrics["attributes"]) == {"helpfulness", "verbosity"}
+    assert metrics["attributes"]["helpfulness"]["pearson"] > 0.8 and metrics["attributes"]["helpfulness"]["responses"] == 160
+
+
 def test_reads_every_source_format(ray_cluster, tiny_qwen, tmp_path, monkeypatch):
     """Parquet, CSV, JSON arrays, `datasets` folders and conversational rows all arrive as the same pairs.
     A `save_to_disk` folder (three files here, and a DatasetDict) is read by Ray Data tasks file by file,

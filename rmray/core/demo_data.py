@@ -106,3 +106,36 @@ def demo_pairs(n: int = 400, seed: int = 0) -> list[dict]:
         })
     rng.shuffle(rows)
     return rows
+
+
+RATED_ATTRIBUTES = ["helpfulness", "verbosity"]
+# The four kinds of answer in a demo group: the template, its (helpfulness, verbosity) rating.
+ANSWER_KINDS = [
+    (HELPFUL[:2], (4, 1)),  # the fact, briefly
+    (HELPFUL[2:], (4, 3)),  # the fact with padding around it
+    ([u for u in UNHELPFUL if len(u) < 40], (0, 0)),  # a short dodge
+    ([u for u in UNHELPFUL if len(u) >= 40], (0, 4)),  # a long sneer
+]
+
+
+def demo_rated_groups(n: int = 200, seed: int = 0) -> list[dict]:
+    """``n`` rated rows ``{"id", "prompt", "responses", "ratings": {"helpfulness": [...], "verbosity":
+    [...]}}``: four answers to one question (brief fact, padded fact, dodge, sneer) in shuffled order,
+    rated 0-4 per attribute (HelpSteer2's scale), for per-attribute heads and group training."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic, fact = FACTS[i % len(FACTS)]
+        answers = [(" " + rng.choice(templates).format(f=fact, t=topic), rating) for templates, rating in ANSWER_KINDS]
+        rng.shuffle(answers)
+        rows.append({
+            "id": f"demo-rated-{i}",
+            "prompt": f"\n\nHuman: {rng.choice(QUESTIONS).format(t=topic)}\n\nAssistant:",
+            "responses": [text for text, _ in answers],
+            "ratings": {name: [rating[a] for _, rating in answers] for a, name in enumerate(RATED_ATTRIBUTES)},
+        })
+    return rows
+
+
+# ``train_data`` names of the built-in sets.
+DEMO_SETS = {"demo": demo_pairs, "demo-rated": demo_rated_groups}

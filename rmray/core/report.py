@@ -22,7 +22,8 @@ class DataReport:
     tokens: int = 0
     """Real (unpadded) tokens over all kept pairs, chosen plus rejected."""
     shared_prefix_tokens: int = 0
-    """Tokens chosen and rejected share at their start; the shared-prefix layout computes them once."""
+    """Tokens a row's responses share at their start beyond the first copy: the shared-prompt layout
+    computes them once instead of once per response."""
 
     def add_skip(self, reason: str, row_id, message: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -35,7 +36,7 @@ class DataReport:
             f"data report [{self.name}]: {self.rows_read} rows read, {self.rows_kept} kept "
             + (f"as {self.pairs} pairs " if self.pairs != self.rows_kept else "") +
             f"({self.rows_truncated} truncated), {sum(self.skipped.values())} skipped, {self.tokens} tokens "
-            f"({self.shared_prefix_tokens} in prompts shared by chosen and rejected)"
+            f"({self.shared_prefix_tokens} of them repeated prompt tokens, computed once where prompts are shared)"
         ]
         for reason, count in sorted(self.skipped.items()):
             lines.append(f"  skipped {count:>6} {reason}: e.g. " + "; ".join(self.samples.get(reason, [])[:2]))

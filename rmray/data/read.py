@@ -7,7 +7,7 @@ import os
 
 import ray
 
-from rmray.core.demo_data import demo_pairs
+from rmray.core.demo_data import DEMO_SETS
 from rmray.errors import UsageError
 
 from .saved import is_saved_dataset, read_saved_dataset
@@ -23,8 +23,8 @@ def read_source(source: str) -> ray.data.Dataset:
 
     A hub id may carry a split: ``Anthropic/hh-rlhf:test`` (default ``train``).
     """
-    if source == "demo":
-        return ray.data.from_items(demo_pairs())
+    if source in DEMO_SETS:
+        return ray.data.from_items(DEMO_SETS[source]())
     kind = _file_kind(source)
     if kind and "://" not in source and any(c in source for c in "*?["):
         # Ray's readers take files and folders, not patterns: the matches, sorted (a fixed row order)
@@ -77,7 +77,7 @@ def _looks_local(source: str) -> bool:
 
 def check_source(key: str, source: str) -> None:
     """A local file, folder or glob must exist; ``demo``, URIs and hub ids (``org/name[:split]``) pass."""
-    if source == "demo" or "://" in source or not _looks_local(source):
+    if source in DEMO_SETS or "://" in source or not _looks_local(source):
         return
     path = os.path.expanduser(source)
     if any(c in path for c in "*?["):

@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 
+from rmray.core.demo_data import DEMO_SETS
 from rmray.errors import UsageError
 
 SCAN_BYTES = 512 * 2**20
@@ -25,7 +26,7 @@ def local_files(source: str) -> list[str]:
     from .read import _file_kind
 
     path = os.path.expanduser(source)
-    if "://" in source or source == "demo":
+    if "://" in source or source in DEMO_SETS:
         return []
     if any(c in path for c in "*?["):
         return sorted(f for f in glob.glob(path) if os.path.isfile(f))

@@ -10,7 +10,7 @@ import json
 
 import pyarrow as pa
 
-from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
+from rmray.core.formats import BadRow, detect_format, normalize_row, read_attribute_ratings, read_group
 from rmray.core.scoring import Scorer, ensemble
 from rmray.core.tokenize import encode, encode_pair
 
@@ -38,7 +38,8 @@ PARSE_ERROR = "__rmray_parse_error"
 
 class ResponseScorer:
     """Adds ``reward`` (ensemble mean), per-model ``reward_<name>`` and ``reward_std`` for ensembles,
-    ``truncated`` and ``score_error`` to every batch, keeping all input columns."""
+    ``reward_<attribute>`` for a model with per-attribute heads (``reward_<name>_<attribute>`` in an
+    ensemble), ``truncated`` and ``score_error`` to every batch, keeping all input columns."""
 
     def __init__(self, model_dirs: list[str], names: list[str], *, prompt_field: str, response_field: str,
                  max_batch_tokens: int, num_gpus: float = 0.0, torch_threads: int = 1, precision: str = "auto"):
@@ -72,26 +73,14 @@ class ResponseScorer:
         errors: list[str | None] = [e or _text_error(r, self.response_field) or
                                     (_text_error(p, self.prompt_field) if p is not None else None)
                                     for e, p, r in zip(parsed, prompts, responses)]
-        per_model, truncated = [], [False] * n
-        for scorer in self.scorers:
-            ids, rows = [], []
-            for i, (p, r) in enumerate(zip(prompts, responses)):
-                if errors[i]:
-                    continue
-                try:
-                    enc = encode(scorer.tokenizer, scorer.spec, p or "", r)
-                except (BadRow, ValueError) as err:
-                    errors[i] = f"{getattr(err, 'field', None) or self.response_field}: {err}"
-                    continue
-                ids.append(enc.ids)
-                rows.append(i)
-                truncated[i] = truncated[i] or enc.truncated
-            rewards = [None] * n
-            for i, reward in zip(rows, scorer.score_ids(ids, max_batch_tokens=self.max_batch_tokens)):
-                rewards[i] = reward
+        per_model, truncated, attribute_columns = [], [False] * n, {}
+        for name, scorer in zip(self.names, self.scorers):
+            rewards, attributes = self._score_one(scorer, prompts, responses, errors, truncated)
             per_model.append(rewards)
+            for attribute, values in attributes.items():
+                attribute_columns[f"reward_{attribute}" if len(self.scorers) == 1 else f"reward_{name}_{attribute}"] = values
         # A row that failed for one model of an ensemble is null for all: the mean would be misleading.
-        for rewards in per_model:
+        for rewards in [*per_model, *attribute_columns.values()]:
             for i in range(n):
                 if errors[i]:
                     rewards[i] = None
@@ -105,13 +94,39 @@ class ResponseScorer:
             for name, rewards in zip(self.names, per_model):
                 out = out.append_column(f"reward_{name}", pa.array(rewards, pa.float64()))
             out = out.append_column("reward_std", pa.array(std, pa.float64()))
+        for column, values in attribute_columns.items():
+            out = out.append_column(column, pa.array(values, pa.float64()))
         out = out.append_column("truncated", pa.array(truncated, pa.bool_()))
         return out.append_column("score_error", pa.array(errors, pa.string()))
+
+    def _score_one(self, scorer, prompts: list, responses: list, errors: list, truncated: list) -> tuple[list, dict]:
+        """One model's rewards by row (None where a row cannot be scored; its error noted), and a
+        per-attribute model's scores by attribute name."""
+        ids, rows = [], []
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            if errors[i]:
+                continue
+            try:
+                enc = encode(scorer.tokenizer, scorer.spec, p or "", r)
+            except (BadRow, ValueError) as err:
+                errors[i] = f"{getattr(err, 'field', None) or self.response_field}: {err}"
+                continue
+            ids.append(enc.ids)
+            rows.append(i)
+            truncated[i] = truncated[i] or enc.truncated
+        names = scorer.attributes or []
+        rewards, attributes = [None] * len(prompts), {name: [None] * len(prompts) for name in names}
+        for i, value in zip(rows, scorer.score_ids(ids, max_batch_tokens=self.max_batch_tokens, per_attribute=bool(names))):
+            rewards[i] = value[0] if names else value
+            for a, name in enumerate(names):
+                attributes[name][i] = value[1 + a]
+        return rewards, attributes
 
 
 class PairScorer:
     """Scores preference rows (any training format): ``chosen_reward``, ``rejected_reward``, ``subset``,
-    ``score_error``; a ``rated`` row gets ``group_rewards`` and ``group_ratings`` instead. Pairs and
+    ``score_error``; a ``rated`` row gets ``group_rewards`` and ``group_ratings`` instead, and for a
+    per-attribute model rated per attribute, ``attribute_scores`` and ``attribute_ratings`` ([K][A]). Pairs and
     groups go through group scoring, so a causal model computes each prompt once."""
 
     def __init__(self, model_dir: str, data_format: str | None, max_batch_tokens: int, num_gpus: float = 0.0,
@@ -124,12 +139,14 @@ class PairScorer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        errors: list[str | None] = [None] * len(rows)
-        ratings: list[list[float] | None] = [None] * len(rows)
+        n = len(rows)
+        errors: list[str | None] = [None] * n
+        ratings: list[list[float] | None] = [None] * n
+        targets: list[list[list[float]] | None] = [None] * n
         groups, where = [], []
         for i, row in enumerate(rows):
             try:
-                ids, ratings[i] = self._encode(row)
+                ids, ratings[i], targets[i] = self._encode(row)
             except BadRow as err:
                 errors[i] = f"{err.field or 'row'}: {err}"
                 continue
@@ -138,25 +155,35 @@ class PairScorer:
                 continue
             groups.append(ids)
             where.append(i)
-        chosen, rejected, grouped = [None] * len(rows), [None] * len(rows), [None] * len(rows)
-        for i, rewards in zip(where, self.scorer.score_id_groups(groups, max_batch_tokens=self.max_batch_tokens)):
+        names = self.scorer.attributes or []
+        chosen, rejected, grouped, predicted = [None] * n, [None] * n, [None] * n, [None] * n
+        scored = self.scorer.score_id_groups(groups, max_batch_tokens=self.max_batch_tokens, per_attribute=bool(names))
+        for i, values in zip(where, scored):
+            rewards = [v[0] for v in values] if names else values
             if ratings[i] is None:
                 chosen[i], rejected[i] = rewards
             else:
                 grouped[i] = rewards
+            if targets[i] is not None:
+                predicted[i] = [v[1:] for v in values]
         subset = [str(row["subset"]) if row.get("subset") is not None else None for row in rows]
         return pa.table({"chosen_reward": pa.array(chosen, pa.float64()),
                          "rejected_reward": pa.array(rejected, pa.float64()),
                          "group_rewards": pa.array(grouped, pa.list_(pa.float64())),
                          "group_ratings": pa.array(ratings, pa.list_(pa.float64())),
+                         "attribute_scores": pa.array(predicted, pa.list_(pa.list_(pa.float64()))),
+                         "attribute_ratings": pa.array(targets, pa.list_(pa.list_(pa.float64()))),
                          "subset": pa.array(subset, pa.string()), "score_error": pa.array(errors, pa.string())})
 
-    def _encode(self, row: dict) -> tuple[list[list[int]], list[float] | None]:
-        """A pair's two sequences, or a rated row's K sequences and their ratings."""
+    def _encode(self, row: dict) -> tuple[list[list[int]], list[float] | None, list[list[float]] | None]:
+        """A pair's two sequences, or a rated row's K sequences, their ratings and, for a per-attribute
+        model, their ratings per attribute ([K][A]) when the row gives them."""
         tokenizer, spec = self.scorer.tokenizer, self.scorer.spec
         fmt = self.data_format or detect_format(row)
         if fmt == "rated":
-            prompt, responses, ratings = read_group(row)
-            return [encode(tokenizer, spec, prompt, response).ids for response in responses], ratings
+            weights = dict(zip(spec.attributes or [], spec.attribute_weights or []))
+            prompt, responses, ratings = read_group(row, weights)
+            targets = read_attribute_ratings(row, list(weights), len(responses))
+            return [encode(tokenizer, spec, prompt, response).ids for response in responses], ratings, targets
         enc = encode_pair(tokenizer, spec, normalize_row(row, fmt))
-        return [enc.chosen_ids, enc.rejected_ids], None
+        return [enc.chosen_ids, enc.rejected_ids], None, None

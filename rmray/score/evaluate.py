@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from rmray.core.evaluation import preference_metrics, ranking_metrics
+from rmray.core.evaluation import attribute_metrics, preference_metrics, ranking_metrics
 from rmray.core.spec import ScoringSpec
 from rmray.ray_env import init_ray
 from rmray.report import html, plots
@@ -30,11 +30,12 @@ def evaluate(cfg: EvalConfig) -> dict:
         fn_constructor_kwargs=dict(model_dir=model_dir, data_format=cfg.data_format, max_batch_tokens=cfg.max_batch_tokens,
                                    num_gpus=cfg.num_gpus, torch_threads=cfg.torch_threads),
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
-    chosen, rejected, subsets, groups, errors = _collect(scored)
+    chosen, rejected, subsets, groups, errors, attributed = _collect(scored)
     if not chosen:
         raise ValueError(f"{data}: no row could be scored; first problems: {errors[:3]}")
     has_subsets = any(s is not None for s in subsets)
-    temperature = ScoringSpec.load(model_dir).temperature
+    spec = ScoringSpec.load(model_dir)
+    temperature = spec.temperature
     metrics = preference_metrics(chosen, rejected, subsets if has_subsets else None, temperature=temperature)
     metrics.update({"model": os.path.abspath(model_dir), "data": data, "bad_rows": len(errors),
                     "bad_row_samples": errors[:20]})
@@ -43,6 +44,10 @@ def evaluate(cfg: EvalConfig) -> dict:
         print(f"rmray eval: {ranking['groups']} rated groups: pair accuracy {ranking['pair_accuracy']:.4f}, "
               f"Kendall tau {ranking['kendall_tau']:.3f}, Spearman {ranking['spearman']:.3f}, "
               f"top-1 {ranking['top1_accuracy']:.4f}")
+    if attributed:
+        metrics["attributes"] = per_attribute = attribute_metrics(attributed, spec.attributes)
+        print("rmray eval: per attribute (Pearson, Spearman, MSE): " + ", ".join(
+            f"{name} {m['pearson']:.3f} / {m['spearman']:.3f} / {m['mse']:.3f}" for name, m in per_attribute.items()))
     print(f"rmray eval: accuracy {metrics['accuracy']:.4f} on {metrics['pairs']} pairs, "
           f"mean margin {metrics['mean_margin']:.3f}, ECE {metrics['ece']:.3f}"
           + (f" (calibrated: {metrics['calibrated_ece']:.3f} at temperature {temperature:.3f})" if temperature else "")
@@ -53,13 +58,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     return metrics
 
 
-def _collect(scored) -> tuple[list, list, list, list, list]:
+def _collect(scored) -> tuple[list, list, list, list, list, list]:
     """Chosen and rejected rewards (a rated group's pairs of different ratings included, the better one
-    as chosen), subsets, the rated groups as (rewards, ratings), and the bad rows' errors."""
-    chosen, rejected, subsets, groups, errors = [], [], [], [], []
-    columns = ("chosen_reward", "rejected_reward", "group_rewards", "group_ratings", "subset", "score_error")
+    as chosen), subsets, the rated groups as (rewards, ratings), the bad rows' errors, and the rows
+    rated per attribute as (attribute scores, attribute ratings)."""
+    chosen, rejected, subsets, groups, errors, attributed = [], [], [], [], [], []
+    columns = ("chosen_reward", "rejected_reward", "group_rewards", "group_ratings", "subset", "score_error",
+               "attribute_scores", "attribute_ratings")
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
-        for c, r, g, ratings, s, e in zip(*(batch.column(k).to_pylist() for k in columns)):
+        for c, r, g, ratings, s, e, scores, targets in zip(*(batch.column(k).to_pylist() for k in columns)):
             if e is not None:
                 errors.append(e)
                 continue
@@ -67,11 +74,13 @@ def _collect(scored) -> tuple[list, list, list, list, list]:
                                                if ratings[i] > ratings[j]]
             if g is not None:
                 groups.append((g, ratings))
+            if scores is not None:
+                attributed.append((scores, targets))
             for better, worse in pairs:
                 chosen.append(better)
                 rejected.append(worse)
                 subsets.append(s)
-    return chosen, rejected, subsets, groups, errors
+    return chosen, rejected, subsets, groups, errors, attributed
 
 
 def write_report(metrics: dict, chosen, rejected, output: str, *, train_dir: str | None = None) -> None:

@@ -66,10 +66,12 @@ class _ModelScorer:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._score_calls, calls)
 
     def _score_calls(self, calls):
+        """Rewards per call; a per-attribute model's are ``[reward, output_1, ..., output_A]`` each."""
         singles = [seq for kind, seqs in calls if kind == "items" for seq in seqs]
         groups = [seqs for kind, seqs in calls if kind == "group"]
-        single_rewards = iter(self.scorer.score_ids(singles, max_batch_tokens=self.max_batch_tokens))
-        group_rewards = iter(self.scorer.score_id_groups(groups, max_batch_tokens=self.max_batch_tokens))
+        options = {"max_batch_tokens": self.max_batch_tokens, "per_attribute": bool(self.scorer.attributes)}
+        single_rewards = iter(self.scorer.score_ids(singles, **options))
+        group_rewards = iter(self.scorer.score_id_groups(groups, **options))
         return [[next(single_rewards) for _ in seqs] if kind == "items" else next(group_rewards)
                 for kind, seqs in calls]
 
@@ -225,10 +227,12 @@ class _RewardAPI:
         """``encode_for(model) -> (ids, truncated)`` runs on the tokenizer threads; the forwards on the scorers."""
         loop = asyncio.get_running_loop()
         encoded = [await loop.run_in_executor(self.tokenize_pool, encode_for, m) for m in self.models]
-        per_model = await self._forward(kind, [ids for ids, _ in encoded])
+        per_model, attributes = split_attributes(self.models, await self._forward(kind, [ids for ids, _ in encoded]))
         truncated = [any(flags) for flags in zip(*[t for _, t in encoded])]
         body = {"truncated": truncated, "_tokens": [len(x) for x in encoded[0][0]]}
         body.update(combine(self.models, per_model, self.normalized))
+        if attributes:
+            body["attributes"] = attributes
         if normalize:
             normed = [m.spec.normalize(r) for m, r in zip(self.models, per_model)]
             if all(n is not None for n in normed):
@@ -286,6 +290,21 @@ def _split_queries(model: _Model, queries: list[str], prompts: list[str]) -> tup
         for i, x, t in zip(rows, row_ids, flags):
             ids[i], truncated[i] = x, t
     return ids, truncated
+
+
+def split_attributes(models: list, per_model: list[list]) -> tuple[list[list[float]], dict[str, list[float]]]:
+    """Each model's rewards, and the per-attribute scores of the models that have attribute heads
+    (named by attribute, or ``model/attribute`` in an ensemble)."""
+    rewards, attributes = [], {}
+    for m, values in zip(models, per_model):
+        names = m.spec.attributes or []
+        if not names:
+            rewards.append(values)
+            continue
+        rewards.append([v[0] for v in values])
+        for a, name in enumerate(names):
+            attributes[name if len(models) == 1 else f"{m.name}/{name}"] = [v[1 + a] for v in values]
+    return rewards, attributes
 
 
 def preference_matrix(models: list, per_model: list[list[float]]) -> list[list[float]]:

@@ -159,6 +159,10 @@ class ScoreResponse(BaseModel):
     """Ensembles only: whether ``rewards``/``reward_std`` come from standardized rewards (every model
     saved its eval-set mean/std) or raw ones."""
     per_model: dict[str, list[float]] | None = None
+    attributes: dict[str, list[float]] | None = None
+    """A model with per-attribute heads: each attribute's score per item (``rewards`` is their weighted sum,
+    the weights in the model's ``rmray_scoring.json``). An ensemble reports them per model name as
+    ``"model/attribute"``."""
     preferences: list[list[float]] | None = None
     """``/score_group`` with ``preferences``: P(response i preferred to response j) = sigmoid((r_i - r_j) / T)
     with each model's fitted temperature T (1 for a model trained without an eval split), averaged over

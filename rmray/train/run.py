@@ -216,7 +216,7 @@ def _prepare_data(cfg: TrainConfig, tokenizer, readout: str) -> PreparedData:
     n_train = datasets["train"].count()
     total_steps = _total_steps(cfg, n_train)
     n_eval = datasets["eval"].count() if "eval" in datasets else 0
-    print(f"training on {n_train} pairs ({n_eval} eval) with {cfg.num_workers} workers for {total_steps} steps", flush=True)
+    print(f"training on {n_train} rows ({n_eval} eval) with {cfg.num_workers} workers for {total_steps} steps", flush=True)
     return PreparedData(spec, datasets, reports, total_steps)
 
 
