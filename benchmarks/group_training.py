@@ -38,7 +38,7 @@ RATINGS = [3.0, 2.0, 1.0, 0.0]
 def build_groups(tok, rows: list[dict], n_groups: int, max_length: int) -> list[dict]:
     """Token-id groups of 4; groups with a sequence over ``max_length`` are left out (never cut, which
     would break the shared prompt)."""
-    from rmray.core.formats import BadRow, split_implicit_prompt
+    from rmray.core.formats import BadRow, RatedGroup, split_implicit_prompt
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_group
 
@@ -53,7 +53,7 @@ def build_groups(tok, rows: list[dict], n_groups: int, max_length: int) -> list[
     for i, (prompt, chosen, rejected) in enumerate(split):
         others = [split[(i + 1) % len(split)][1], split[(i + 2) % len(split)][2]]
         try:
-            group = encode_group(tok, spec, prompt, [chosen, rejected, *others], RATINGS)
+            group = encode_group(tok, spec, RatedGroup(prompt, [chosen, rejected, *others], RATINGS))
         except BadRow:
             continue
         if len(group.ids) == 4:

@@ -176,17 +176,18 @@ def test_a_rated_file_with_bad_rows_is_counted_by_reason(tiny_qwen):
 
 
 def test_responses_that_tokenize_alike_are_one_response_rated_their_mean(tiny_qwen):
+    from rmray.core.formats import RatedGroup
     from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_group
 
     tokenizer = load_tokenizer(tiny_qwen)
     spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
-    group = encode_group(tokenizer, spec, "Q:", [" a", " b", " a"], [3.0, 2.0, 0.0])
+    group = encode_group(tokenizer, spec, RatedGroup("Q:", [" a", " b", " a"], [3.0, 2.0, 0.0]))
     assert group.ratings == [1.5, 2.0]  # " a" twice, rated 3 and 0
     assert group.ids == [tokenizer("Q: a<|endoftext|>")["input_ids"], tokenizer("Q: b<|endoftext|>")["input_ids"]]
     with pytest.raises(BadRow) as e:
-        encode_group(tokenizer, spec, "Q:", [" a", " b", " a"], [3.0, 2.0, 1.0])  # a = 2 = b after merging
+        encode_group(tokenizer, spec, RatedGroup("Q:", [" a", " b", " a"], [3.0, 2.0, 1.0]))  # a = 2 = b after merging
     assert e.value.reason == "all_tied"
 
 

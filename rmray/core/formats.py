@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal, NamedTuple, Union
 
 Format = Literal["standard", "implicit", "conversational", "rated"]
 FORMATS: tuple[str, ...] = ("standard", "implicit", "conversational", "rated")
@@ -203,6 +203,15 @@ def _normalize_conversational(row: dict[str, Any], margin: float) -> PreferenceP
 
 
 # --- Rated and ranked groups: one prompt, K responses ------------------------------------------------
+
+class RatedGroup(NamedTuple):
+    """One prompt's responses and their ratings (higher is better)."""
+
+    prompt: Text
+    responses: list[Text]
+    ratings: list[float]
+    attributes: list[list[float]] | None = None  # [response][attribute] for per-attribute heads
+
 
 def read_group(row: dict[str, Any], weights: dict[str, float] | None = None) -> tuple[Text, list[Text], list[float]]:
     """A ``rated`` row's prompt, responses and ratings (higher is better; a ranking is negated), checked.

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .formats import BadRow, PreferencePair, Text
+from .formats import BadRow, PreferencePair, RatedGroup, Text
 from .spec import ScoringSpec
 
 
@@ -168,27 +168,26 @@ class EncodedGroup:
     attribute_ratings: list[list[float]] | None = None  # [response][attribute], for per-attribute heads
 
 
-def encode_group(tokenizer, spec: ScoringSpec, prompt: Text, responses: list[Text], ratings: list[float],
-                 attribute_ratings: list[list[float]] | None = None) -> EncodedGroup:
+def encode_group(tokenizer, spec: ScoringSpec, group: RatedGroup) -> EncodedGroup:
     """A rated group's responses, each tokenized with the prompt exactly as :func:`encode` does.
     Responses that come out as the same ids (repeated texts, or texts cut to the same tokens) are one
     response rated the mean of their ratings: copies of one sequence rated apart teach nothing."""
     merged: dict[tuple[int, ...], list[int]] = {}  # ids -> the responses that tokenize to them
     truncated = False
-    for k, response in enumerate(responses):
-        enc = encode(tokenizer, spec, prompt, response)
+    for k, response in enumerate(group.responses):
+        enc = encode(tokenizer, spec, group.prompt, response)
         truncated = truncated or enc.truncated
         merged.setdefault(tuple(enc.ids), []).append(k)
 
     def mean(values: list, members: list[int]):
         return sum(values[k] for k in members) / len(members)
 
-    means = [mean(ratings, members) for members in merged.values()]
+    means = [mean(group.ratings, members) for members in merged.values()]
     if len(set(means)) < 2:
         raise BadRow("all_tied", "responses", "the responses rated differently tokenize to the same ids: no pair to learn from")
     attributes = None
-    if attribute_ratings is not None:
-        columns = list(zip(*attribute_ratings))
+    if group.attributes is not None:
+        columns = list(zip(*group.attributes))
         attributes = [[mean(column, members) for column in columns] for members in merged.values()]
     return EncodedGroup([list(ids) for ids in merged], means, truncated, attributes)
 

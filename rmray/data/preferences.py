@@ -16,7 +16,7 @@ import pyarrow as pa
 import ray
 from ray.data.expressions import col, monotonically_increasing_id
 
-from rmray.core.formats import BadRow, detect_format, normalize_row, read_attribute_ratings, read_group
+from rmray.core.formats import BadRow, RatedGroup, detect_format, normalize_row, read_attribute_ratings, read_group
 from rmray.core.packing import shared_prefix_length
 from rmray.core.report import DataReport
 from rmray.core.spec import ScoringSpec
@@ -86,7 +86,7 @@ def _encode_row(row: dict, fmt: str, tokenizer, spec: ScoringSpec) -> EncodedPai
         weights = dict(zip(spec.attributes or [], spec.attribute_weights or []))
         prompt, responses, ratings = read_group(row, weights)
         per_attribute = read_attribute_ratings(row, list(weights), len(responses))
-        return encode_group(tokenizer, spec, prompt, responses, ratings, per_attribute)
+        return encode_group(tokenizer, spec, RatedGroup(prompt, responses, ratings, per_attribute))
     return encode_pair(tokenizer, spec, normalize_row(row, row_format))
 
 
