@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rmray import cli
+from rmray.errors import UsageError
 
 GOOD = {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5", "response": " 4"}
 
@@ -61,6 +62,26 @@ def test_readable_inputs_pass(tmp_path, name):
     (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
     check_readable(str(tmp_path / name))
     check_readable(str(tmp_path))  # the folder
+
+
+def test_rated_files_pass_the_column_check_and_per_attribute_ratings_need_attributes(tmp_path, capsys, no_ray):
+    from rmray.data.readable import check_columns
+
+    required = {"chosen_field": "chosen", "rejected_field": "rejected"}
+    rated = tmp_path / "rated.jsonl"
+    rated.write_text(json.dumps({"prompt": "Q:", "responses": [" a", " b"], "ratings": [1, 0]}) + "\n")
+    check_columns(str(rated), required, rated=True)  # a rated file needs no chosen/rejected columns
+    unrated = tmp_path / "unrated.jsonl"
+    unrated.write_text(json.dumps({"prompt": "Q:", "responses": [" a", " b"]}) + "\n")
+    with pytest.raises(UsageError, match="need 'ratings' or 'ranking'"):
+        check_columns(str(unrated), required, rated=True)
+    per_attribute = tmp_path / "helpsteer.jsonl"
+    per_attribute.write_text(json.dumps({"prompt": "Q:", "responses": [" a", " b"],
+                                         "ratings": {"helpfulness": [4, 1]}}) + "\n")
+    check_columns(str(per_attribute), required, rated=True, attributes=["helpfulness"])
+    code = cli.main(["train", f"train_data={per_attribute}", f"output_dir={tmp_path}/out", "max_steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "per attribute (helpfulness)" in err[0] and "attributes=[...]" in err[0], err
 
 
 def test_column_names_are_mapped_and_missing_ones_named_before_ray(tmp_path, capsys, tiny_qwen, no_ray):

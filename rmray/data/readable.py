@@ -133,16 +133,51 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
 
 
-def check_columns(source: str, required: dict[str, str]) -> None:
-    """Each local file's first row has the ``required`` columns (setting name -> column name)."""
+def check_columns(source: str, required: dict[str, str], *, rated: bool = False,
+                  attributes: list[str] | None = None) -> None:
+    """Each local file's first row has the ``required`` columns (setting name -> column name), or, with
+    ``rated``, is a rated row (``responses`` with ``ratings`` or ``ranking``; ratings per attribute need
+    the run's ``attributes``)."""
     for path in local_files(source):
-        columns = _first_columns(path)
-        if columns is None:
+        row = _first_row(path)
+        if row is None:
+            continue
+        if rated and "responses" in row:
+            _check_rated(path, row, attributes)
             continue
         for setting, column in required.items():
-            if column not in columns:
-                raise UsageError(f"{path}: no column {column!r} (columns: {', '.join(sorted(columns))}) (fix: "
+            if column not in row:
+                raise UsageError(f"{path}: no column {column!r} (columns: {', '.join(sorted(row))}) (fix: "
                                  f"{setting}=<the column that holds it>)")
+
+
+def _check_rated(path: str, row: dict, attributes: list[str] | None) -> None:
+    if "ratings" not in row and "ranking" not in row:
+        raise UsageError(f"{path}: rated rows (with 'responses') need 'ratings' or 'ranking' (columns: "
+                         f"{', '.join(sorted(row))})")
+    ratings = row.get("ratings")
+    if isinstance(ratings, dict) and not attributes:
+        raise UsageError(f"{path}: ratings are given per attribute ({', '.join(map(str, ratings))}) (fix: "
+                         "attributes=[...] and attribute_weights=[...] in the config)")
+
+
+def _first_row(path: str) -> dict | None:
+    """The first row (values where a JSON reader gives them cheaply, else its column names mapped to
+    None); None where it cannot be read cheaply (a huge .json document)."""
+    from .read import _is_lines
+
+    if _is_lines(path):  # the first line that is a JSON object (rmray score keeps the others as rows)
+        with _open_lines(path) as f:
+            for _, raw in zip(range(FIRST_LINES), f):
+                try:
+                    row = json.loads(raw) if raw.strip() else None
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    return row
+        return None
+    columns = _first_columns(path)
+    return None if columns is None else dict.fromkeys(columns)
 
 
 def _first_columns(path: str) -> set[str] | None:

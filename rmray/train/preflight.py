@@ -24,7 +24,8 @@ def check_before_ray(cfg) -> None:
         if getattr(cfg, key):
             check_source(key, getattr(cfg, key))
             check_readable(getattr(cfg, key))
-            check_columns(getattr(cfg, key), {"chosen_field": cfg.chosen_field, "rejected_field": cfg.rejected_field})
+            check_columns(getattr(cfg, key), {"chosen_field": cfg.chosen_field, "rejected_field": cfg.rejected_field},
+                          rated=True, attributes=cfg.attributes)
     check_model("model_name_or_path", cfg.model_name_or_path)
     check_sinks(cfg.report_to)
 
