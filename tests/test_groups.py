@@ -53,22 +53,23 @@ def _pair_reference(model, batch, pad_id) -> tuple[list[float], list[float], dic
     return better, worse, grads
 
 
-@pytest.mark.parametrize("kind", ["causal", "encoder"])
+@pytest.mark.parametrize("kind", ["causal", "encoder", "causal-padded"])
 def test_a_group_equals_its_pairs_run_one_by_one(kind, tiny_qwen, minilm_path):
-    path = tiny_qwen if kind == "causal" else minilm_path
+    padded = kind.endswith("padded")
+    path = minilm_path if kind == "encoder" else tiny_qwen
     tok = load_tokenizer(path)
     torch.manual_seed(0)
     # float64 (rewards still leave the head in float32): two exact computations agree to 1e-5, far
     # inside 1e-4, whatever order float32 sums would take
     model = RewardModel(load_hf_model(path, pad_token_id=tok.pad_token_id)).double().train()
-    causal = kind == "causal"
+    causal = kind != "encoder"
     batch = _batch(tok)
     better, worse, want = _pair_reference(model, batch, tok.pad_token_id)
     assert len(better) == 6 + 2 + 9  # every pair of different ratings: each tie leaves one out
 
-    layout = Layout(choose_layout(True, True, causal), causal, tok.pad_token_id, attention_ratio=6.0 * 64,
-                    segments=model.segments_ok)
-    assert layout.kind == ("shared" if causal else "packed")
+    layout = Layout(choose_layout(not padded, True, causal), causal, tok.pad_token_id, attention_ratio=6.0 * 64,
+                    segments=model.segments_ok and not padded)
+    assert layout.kind == ("padded" if padded else "shared" if causal else "packed")
     chunks = to_chunks(batch, layout)
     compute = Compute(model, model, DDPStrategy(), torch.device("cpu"), False, group_loss("bradley_terry"))
     got_better, got_worse, _ = compute.score_chunk(chunks[0])
@@ -79,7 +80,7 @@ def test_a_group_equals_its_pairs_run_one_by_one(kind, tiny_qwen, minilm_path):
     assert got.keys() == want.keys()
     for name in want:
         assert_close_relative(got[name], want[name])
-    if causal:  # each prompt ran once, not once per response
+    if layout.kind == "shared":  # each prompt ran once, not once per response
         prompt_tokens = sum(len(tok(p)["input_ids"]) for p in PROMPTS)
         assert chunks[0].real_tokens - chunks[0].computed_tokens >= prompt_tokens
         assert padded_equivalent_tokens(batch) > 5 * chunks[0].computed_tokens
