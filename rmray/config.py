@@ -108,6 +108,9 @@ class TrainConfig:
     scoring contract), which the ranking ``loss`` trains too."""
     attribute_weights: list[float] = field(default_factory=list)
     """Weight of each attribute in the one reward, in ``attributes`` order. Empty: equal weights 1/A."""
+    rating_margin: float = 0.0
+    """Rated rows: each pair's margin is this times the two ratings' difference, so a response rated far
+    better must win by more (``bradley_terry``; pair rows keep their own ``margin`` column)."""
     attribute_loss_weight: float = 1.0
     """Weight of the attribute regression (mean squared error to the rows' per-attribute ratings) added to
     the ranking loss."""

@@ -105,3 +105,23 @@ def test_a_micro_batch_of_groups_cut_into_chunks_weights_each_loss_by_what_it_av
             model.zero_grad(set_to_none=True)
         for key in results[0]:
             assert_close_relative(results[1][key], results[0][key])
+
+
+def test_rating_margins_apply_to_rated_rows_and_pairs_keep_their_own(tiny_qwen):
+    """``rating_margin=0.5``: a rated pair (i better than j) is scored -log sigmoid(r_i - r_j - 0.5 (s_i - s_j));
+    a pair row keeps its data margin (0.3 here), whatever its [1, 0] ratings."""
+    tok = load_tokenizer(tiny_qwen)
+    torch.manual_seed(0)
+    model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id)).eval()
+    groups = _batch(tok)
+    batch = {"row_id": ["a", "p"], "group_ids": [groups["group_ids"][1], []], "ratings": [RATINGS[1], []],
+             "chosen_ids": [[], groups["group_ids"][0][0]], "rejected_ids": [[], groups["group_ids"][0][1]],
+             "margin": [0.0, 0.3]}
+    compute = Compute(model, model, DDPStrategy(), torch.device("cpu"), False, group_loss("bradley_terry"),
+                      rating_margin=0.5)
+    chunk = to_chunks(batch, Layout("shared", True, tok.pad_token_id, segments=model.segments_ok))[0]
+    with torch.no_grad():
+        better, worse, loss = compute.score_chunk(chunk)
+    # ratings [1, 0, 1]: pairs (0, 1) and (2, 1), each rated 1 apart; then the pair row
+    margins = torch.tensor([0.5, 0.5, 0.3])
+    assert float(loss) == pytest.approx(float(-F.logsigmoid(better - worse - margins).mean()), rel=1e-6)

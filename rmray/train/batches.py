@@ -47,6 +47,7 @@ class Chunk:
     ratings: torch.Tensor  # [G, K] higher is better; a pair is [1, 0]
     margins: torch.Tensor | None  # [G, K, K] subtracted from r_i - r_j (a pair's margin at [g, 0, 1]); None if all 0
     targets: torch.Tensor | None  # [G, K, A] per-attribute ratings (NaN where not rated); None if none is
+    grouped: torch.Tensor  # [G] bool: a rated row (its ratings may set margins), not a pair
     num_pairs: int  # ordered pairs whose ratings differ
     num_groups: int
     computed_tokens: int  # positions the model runs over, padding included
@@ -86,6 +87,7 @@ class Rows(NamedTuple):
     ratings: list  # [row][k]
     margins: list  # [row]
     targets: list  # [row] None, or [k][a] per-attribute ratings
+    grouped: list  # [row] a rated row, not a pair
 
 
 def batch_groups(batch: dict) -> Rows:
@@ -93,7 +95,7 @@ def batch_groups(batch: dict) -> Rows:
     grouped = batch.get("group_ids", [()] * n)
     attributed = batch.get("attribute_ratings", [()] * n)
     margins = batch["margin"] if "margin" in batch else np.zeros(n)
-    rows = Rows([], [], [], [])
+    rows = Rows([], [], [], [], [])
     for i in range(n):
         if len(grouped[i]):
             rows.groups.append([list(seq) for seq in grouped[i]])
@@ -104,6 +106,7 @@ def batch_groups(batch: dict) -> Rows:
             rows.ratings.append([1.0, 0.0])
             rows.margins.append(float(margins[i]))
         rows.targets.append([[float(v) for v in per] for per in attributed[i]] if len(attributed[i]) else None)
+        rows.grouped.append(bool(len(grouped[i])))
     return rows
 
 
@@ -146,8 +149,8 @@ def _chunk(rows: Rows, layout: Layout) -> Chunk:
         index[g, k] = position
     rating = torch.tensor([r + [0.0] * (width - len(r)) for r in rows.ratings])
     pairs = sum(a > b for r in rows.ratings for a in r for b in r)
-    return Chunk(inputs, index, rating, _margins(rows.margins, width), _targets(rows.targets, width), pairs,
-                 len(groups), computed, real)
+    return Chunk(inputs, index, rating, _margins(rows.margins, width), _targets(rows.targets, width),
+                 torch.tensor(rows.grouped), pairs, len(groups), computed, real)
 
 
 def _margins(margins: list[float], width: int) -> torch.Tensor | None:

@@ -31,12 +31,13 @@ class Compute:
     loss: Callable  # a [G, K] loss with the centering coefficient bound
     per_pair: bool = True  # the loss is a mean over pairs (else over groups): how chunks are weighted
     attribute_loss_weight: float = 0.0  # > 0 on a per-attribute model: its regression joins the loss
+    rating_margin: float = 0.0  # rated rows: pairs' margins are this times their rating difference
 
     @classmethod
     def for_run(cls, model, raw, strategy, device, cfg) -> "Compute":
         loss = functools.partial(group_loss(cfg.loss), center_rewards_coefficient=cfg.center_rewards_coefficient)
         return cls(model, raw, strategy, device, wants_bf16(cfg, device), loss, LOSS_MEAN_OVER[cfg.loss] == "pairs",
-                   cfg.attribute_loss_weight if cfg.attributes else 0.0)
+                   cfg.attribute_loss_weight if cfg.attributes else 0.0, cfg.rating_margin)
 
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
@@ -52,7 +53,7 @@ class Compute:
             flat = flat @ self.raw.attribute_weights.to(flat.device)
         rewards, mask = chunk.group_rewards(flat)
         ratings = chunk.ratings.to(self.device)
-        margins = None if chunk.margins is None else chunk.margins.to(self.device)
+        margins = self._margins(chunk, ratings)
         loss = self.loss(rewards=rewards, ratings=ratings, mask=mask, margins=margins)
         if per_attribute and self.attribute_loss_weight:
             targets = chunk.targets
@@ -81,6 +82,15 @@ class Compute:
                 sums += preference_sums(chosen, rejected, loss.detach() * chunk.num_pairs)
                 tokens += chunk.real_tokens
         return sums, tokens
+
+    def _margins(self, chunk, ratings: torch.Tensor) -> torch.Tensor | None:
+        """The data's pair margins, plus ``rating_margin * (r_i - r_j)`` on rated rows' pairs."""
+        margins = None if chunk.margins is None else chunk.margins.to(self.device)
+        if not self.rating_margin or not bool(chunk.grouped.any()):
+            return margins
+        scaled = self.rating_margin * (ratings.unsqueeze(2) - ratings.unsqueeze(1))
+        scaled = scaled * chunk.grouped.to(self.device).view(-1, 1, 1)
+        return scaled if margins is None else margins + scaled
 
     def _units(self, chunk) -> int:
         return chunk.num_pairs if self.per_pair else chunk.num_groups

@@ -23,7 +23,8 @@ RUN_KEYS = (
     "max_train_samples", "max_length", "truncation", "add_eos", "per_device_train_batch_size",
     "gradient_accumulation_steps", "num_workers", "learning_rate", "weight_decay", "lr_scheduler_type",
     "warmup_ratio", "warmup_steps", "num_train_epochs", "max_steps", "max_grad_norm", "seed",
-    "loss", "attributes", "attribute_weights", "attribute_loss_weight", "center_rewards_coefficient", "use_peft",
+    "loss", "attributes", "attribute_weights", "attribute_loss_weight", "rating_margin",
+    "center_rewards_coefficient", "use_peft",
     "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
 )
 
