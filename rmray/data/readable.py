@@ -162,38 +162,20 @@ def _check_rated(path: str, row: dict, attributes: list[str] | None) -> None:
 
 
 def _first_row(path: str) -> dict | None:
-    """The first row (values where a JSON reader gives them cheaply, else its column names mapped to
-    None); None where it cannot be read cheaply (a huge .json document)."""
-    from .read import _is_lines
-
-    if _is_lines(path):  # the first line that is a JSON object (rmray score keeps the others as rows)
-        with _open_lines(path) as f:
-            for _, raw in zip(range(FIRST_LINES), f):
-                try:
-                    row = json.loads(raw) if raw.strip() else None
-                except ValueError:
-                    continue
-                if isinstance(row, dict):
-                    return row
-        return None
-    columns = _first_columns(path)
-    return None if columns is None else dict.fromkeys(columns)
-
-
-def _first_columns(path: str) -> set[str] | None:
-    """Column names of the first row; None where they cannot be read cheaply (a huge .json document)."""
+    """The first row: its values where a JSON reader gives them, else its column names mapped to None
+    (Parquet, CSV); None where it cannot be read cheaply (a huge .json document)."""
     from .read import _file_kind, _is_lines
 
     kind = _file_kind(path)
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        return set(pq.read_schema(path).names)
+        return dict.fromkeys(pq.read_schema(path).names)
     with _open_lines(path) as f:
         if kind == "csv":
             import csv
 
-            return set(next(csv.reader([f.readline().decode("utf-8")]), []))
+            return dict.fromkeys(next(csv.reader([f.readline().decode("utf-8")]), []))
         if _is_lines(path):  # the first line that is a JSON object (rmray score keeps the others as rows)
             for _, raw in zip(range(FIRST_LINES), f):
                 try:
@@ -201,10 +183,10 @@ def _first_columns(path: str) -> set[str] | None:
                 except ValueError:
                     continue
                 if isinstance(row, dict):
-                    return set(row)
+                    return row
             return None
         if os.path.getsize(path) > SCAN_BYTES:
             return None
         document = json.loads(f.read().decode("utf-8"))
     rows = document if isinstance(document, list) else [document]
-    return set(rows[0]) if rows and isinstance(rows[0], dict) else set()
+    return rows[0] if rows and isinstance(rows[0], dict) else {}
