@@ -191,10 +191,14 @@ def _score_text(model_dir: str, prompts: list[str], responses: list[str]) -> int
         return 2
     check_model_dir(model_dir)
     # Scored exactly as given, as /score and rmray score take them (no template added here).
-    rewards = Scorer.load(model_dir).score(prompts, responses)
+    scorer = Scorer.load(model_dir)
+    names = scorer.attributes or []
+    ids = [scorer.encode(p, r) for p, r in zip(prompts, responses)]
     print(f"\nrewards from {model_dir}:")
-    for prompt, response, reward in zip(prompts, responses, rewards):
-        print(f"  {reward:+.3f}  {prompt!r} -> {response!r}")
+    for prompt, response, value in zip(prompts, responses, scorer.score_ids(ids, per_attribute=bool(names))):
+        reward, detail = (value[0], " (" + ", ".join(f"{n} {v:+.3f}" for n, v in zip(names, value[1:])) + ")") \
+            if names else (value, "")
+        print(f"  {reward:+.3f}{detail}  {prompt!r} -> {response!r}")
     return 0
 
 

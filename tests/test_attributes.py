@@ -144,3 +144,15 @@ def test_attribute_metrics_worked_example():
     assert got["a"]["pearson"] == pytest.approx(0.993399, abs=1e-6) and got["a"]["spearman"] == 1.0
     assert got["a"]["mse"] == pytest.approx(7.0) and got["a"]["responses"] == 3
     assert got["b"]["mse"] == pytest.approx((1 + 1 + 16) / 3)
+
+
+def test_score_text_prints_each_attribute_beside_the_reward(tiny_qwen, tmp_path, capsys):
+    from rmray.cli import main
+    from rmray.testing import as_rmray_model
+
+    path = as_rmray_model(tiny_qwen, str(tmp_path / "m"), max_length=64, attributes=ATTRIBUTES,
+                          attribute_weights=WEIGHTS)
+    assert main(["score-text", path, "--prompt", ROW["prompt"], "--response", ROW["responses"][2]]) == 0
+    h, v = _plain_outputs(path, [ROW["prompt"] + ROW["responses"][2]])[0]
+    line = capsys.readouterr().out.strip().splitlines()[-1].strip()
+    assert line.startswith(f"{0.75 * h - 0.25 * v:+.3f} (helpfulness {h:+.3f}, verbosity {v:+.3f})"), line
