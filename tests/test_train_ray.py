@@ -219,6 +219,8 @@ def test_rated_demo_trains_groups_with_attribute_heads_and_eval_reports_them(ray
     assert summary["eval_accuracy"] > 0.85 and summary["eval_pairs"] == 6 * 55
     spec = ScoringSpec.load(result.final_model_dir)
     assert spec.attributes == ["helpfulness", "verbosity"] and spec.attribute_weights == [1.0, -0.2]
+    card = open(os.path.join(result.output_dir, "README.md")).read()
+    assert "its reward is 1·helpfulness - 0.2·verbosity" in card
 
     held_out = write_jsonl(tmp_path / "held_out.jsonl", demo_rated_groups(40, seed=7))
     metrics = evaluate(EvalConfig(model_dir=result.final_model_dir, data=held_out))

@@ -18,6 +18,21 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(out)
 
 
+def _what(config: dict) -> str:
+    """One paragraph: the loss, the base model, the data, and a per-attribute model's reward."""
+    loss = {"bradley_terry": "Bradley-Terry", "plackett_luce": "Plackett-Luce"}.get(config.get("loss"), "Bradley-Terry")
+    text = (f"A {loss} reward model trained with rmray from `{config.get('model_name_or_path')}` on "
+            f"`{config.get('train_data')}`" + (f" (evaluated on `{config['eval_data']}`)" if config.get("eval_data") else "")
+            + ".")
+    names = config.get("attributes") or []
+    if names:
+        weights = config.get("attribute_weights") or [1.0 / len(names)] * len(names)
+        reward = " + ".join(f"{w:g}·{n}" for n, w in zip(names, weights)).replace("+ -", "- ")
+        text += (f" It has one output per attribute ({', '.join(names)}); its reward is {reward} (the weights are "
+                 "in `rmray_scoring.json`; `/score` returns each attribute too).")
+    return text
+
+
 def write_model_card(output_dir: str, config: dict, summary: dict, data_reports: list[dict]) -> str:
     plot = None
     metrics_file = os.path.join(output_dir, "metrics.jsonl")
@@ -40,9 +55,7 @@ def write_model_card(output_dir: str, config: dict, summary: dict, data_reports:
             data_rows.append((f"{report.get('name', 'data')}: skipped", ", ".join(f"{k} {v}" for k, v in skipped.items())))
     lines = [
         f"# Reward model: {os.path.basename(os.path.normpath(output_dir))}", "",
-        f"A Bradley-Terry reward model trained with rmray from `{config.get('model_name_or_path')}` on "
-        f"`{config.get('train_data')}`"
-        + (f" (evaluated on `{config['eval_data']}`)" if config.get("eval_data") else "") + ".", "",
+        _what(config), "",
         "## Results", "", _table(metric_rows) if metric_rows else "No evaluation was run.", "",
     ]
     if plot:
