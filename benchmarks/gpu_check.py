@@ -122,7 +122,7 @@ def step_times(path: str, hh_rows: list[dict], steps: int = 20) -> dict:
     from rmray.core.formats import BadRow, normalize_row
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_pair
-    from rmray.train.batches import Layout, choose_layout, padded_equivalent_tokens, to_chunks
+    from rmray.train.batches import Layout, batch_groups, choose_layout, padded_equivalent_tokens, to_chunks
     from rmray.train.compute import Compute
     from rmray.train.parallel import DDPStrategy
 
@@ -147,7 +147,7 @@ def step_times(path: str, hh_rows: list[dict], steps: int = 20) -> dict:
     variants = {"padded_sdpa": (False, False, True), "packed_dense_mask": (True, False, True),
                 "segments_per_piece_sdpa": (True, True, False), "segments_flash_varlen": (True, True, True)}
     flash_dtype = attention.flash_dtype
-    result = {"padded_equivalent_tokens": sum(padded_equivalent_tokens(b) for b in batches)}
+    result = {"padded_equivalent_tokens": sum(padded_equivalent_tokens(batch_groups(b)) for b in batches)}
     for name, (packed, segments, flash) in variants.items():
         layout = Layout(choose_layout(packed, packed, True), True, tok.pad_token_id, attention_ratio=6.0 * hidden,
                         segments=segments)

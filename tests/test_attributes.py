@@ -26,7 +26,7 @@ ROW = {"prompt": "Q: 2+2?\nA:", "responses": [" 4", " 5", " four, of course"],
 def test_ratings_per_attribute_are_read_weighted_and_checked():
     weights = dict(zip(ATTRIBUTES, WEIGHTS))
     assert read_attribute_ratings(ROW, ATTRIBUTES, 3) == [[4.0, 0.0], [0.0, 0.0], [3.0, 4.0]]
-    _, _, ratings = read_group(ROW, weights)
+    ratings = read_group(ROW, weights).ratings
     assert ratings == [3.0, 0.0, 1.25]  # 0.75 * helpfulness - 0.25 * verbosity
     assert read_attribute_ratings({"responses": ["a", "b"], "ratings": [1, 0]}, ATTRIBUTES, 2) is None
     cases = [

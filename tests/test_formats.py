@@ -116,7 +116,7 @@ def test_a_rated_row_is_one_group_whose_pairs_are_its_differently_rated_response
     from rmray.core.loss import ordered_pairs
 
     def pairs(row):
-        _, responses, ratings = read_group(row)
+        _, responses, ratings, _ = read_group(row)
         place = torch.arange(len(responses), dtype=torch.float32).unsqueeze(0)  # "rewards" = each response's index
         better, worse = ordered_pairs(place, torch.tensor([ratings]), torch.ones(1, len(responses), dtype=torch.bool))
         return {(responses[int(i)], responses[int(j)]) for i, j in zip(better, worse)}
@@ -127,7 +127,7 @@ def test_a_rated_row_is_one_group_whose_pairs_are_its_differently_rated_response
     assert pairs(row) == {(" a", " b"), (" a", " c"), (" a", " d"), (" c", " b"), (" d", " b")}
     ranked = {"prompt": "Q:", "responses": [" x", " y", " z"], "ranking": [2, 3, 1]}
     assert pairs(ranked) == {(" z", " x"), (" z", " y"), (" x", " y")}  # rank 1 is the best
-    prompt, responses, ratings = read_group({"prompt": [{"role": "user", "content": "hi"}],
+    prompt, responses, ratings, _ = read_group({"prompt": [{"role": "user", "content": "hi"}],
                                              "responses": [[{"role": "assistant", "content": "hello"}],
                                                            [{"role": "assistant", "content": "go"}]], "ratings": [0.9, 0.1]})
     assert prompt == [{"role": "user", "content": "hi"}] and responses[1] == [{"role": "assistant", "content": "go"}]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from rmray.core.collate import pad_sequences
 from rmray.core.loss import group_loss
 from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
-from rmray.train.batches import Layout, choose_layout, padded_equivalent_tokens, to_chunks
+from rmray.train.batches import Layout, batch_groups, choose_layout, padded_equivalent_tokens, to_chunks
 from rmray.train.compute import Compute
 from rmray.train.parallel import DDPStrategy
 from tests.test_packing import assert_close_relative as _close_relative
@@ -83,7 +83,7 @@ def test_a_group_equals_its_pairs_run_one_by_one(kind, tiny_qwen, minilm_path):
     if layout.kind == "shared":  # each prompt ran once, not once per response
         prompt_tokens = sum(len(tok(p)["input_ids"]) for p in PROMPTS)
         assert chunks[0].real_tokens - chunks[0].computed_tokens >= prompt_tokens
-        assert padded_equivalent_tokens(batch) > 5 * chunks[0].computed_tokens
+        assert padded_equivalent_tokens(batch_groups(batch)) > 5 * chunks[0].computed_tokens
 
 
 def test_a_micro_batch_of_groups_cut_into_chunks_weights_each_loss_by_what_it_averages(tiny_qwen):

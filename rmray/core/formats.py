@@ -213,10 +213,10 @@ class RatedGroup(NamedTuple):
     attributes: list[list[float]] | None = None  # [response][attribute] for per-attribute heads
 
 
-def read_group(row: dict[str, Any], weights: dict[str, float] | None = None) -> tuple[Text, list[Text], list[float]]:
+def read_group(row: dict[str, Any], weights: dict[str, float] | None = None) -> RatedGroup:
     """A ``rated`` row's prompt, responses and ratings (higher is better; a ranking is negated), checked.
     Ratings given per attribute (``{"helpfulness": [...], ...}``) need the run's attribute ``weights``: the
-    response's rating is then their weighted sum (:func:`read_attribute_ratings` gives them one by one)."""
+    response's rating is then their weighted sum, and ``attributes`` holds them one by one."""
     responses = _read_responses(row)
     per_attribute = read_attribute_ratings(row, list(weights or {}), len(responses))
     if per_attribute is not None:
@@ -229,7 +229,7 @@ def read_group(row: dict[str, Any], weights: dict[str, float] | None = None) -> 
         prompt = _read_text_or_empty(row, "prompt")
     if len(set(ratings)) == 1:
         raise BadRow("all_tied", "ratings", "every response is rated the same: no pair to learn from")
-    return prompt, responses, ratings
+    return RatedGroup(prompt, responses, ratings, per_attribute)
 
 
 def read_attribute_ratings(row: dict[str, Any], attributes: list[str], n: int) -> list[list[float]] | None:

@@ -105,6 +105,11 @@ def attribute_mse(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return ((predicted[rated] - targets[rated].to(predicted.dtype)) ** 2).mean()
 
 
+def count_pairs(ratings) -> int:
+    """Ordered pairs of one group whose ratings differ (a pair rated [1, 0]: 1)."""
+    return sum(a > b for a in ratings for b in ratings)
+
+
 def better_pairs(ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``[G, K, K]`` bool: response i is rated above response j, both present."""
     return (ratings.unsqueeze(2) > ratings.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)

@@ -194,7 +194,12 @@ class RewardModel(nn.Module):
         """Head outputs ``[N, A]`` -> the reward ``[N]`` (A = 1: the output itself), or all of them."""
         if self.attribute_weights is None:
             return logits.squeeze(-1)
-        return logits if per_attribute else logits @ self.attribute_weights.to(logits.device)
+        return logits if per_attribute else self.combine(logits)
+
+    def combine(self, outputs: torch.Tensor) -> torch.Tensor:
+        """A per-attribute model's outputs ``[N, A]`` -> its one reward ``[N]``: the one rule every
+        consumer (training, scoring, serving) applies."""
+        return outputs @ self.attribute_weights.to(outputs.device, outputs.dtype)
 
     def _forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         base = self.hf_model

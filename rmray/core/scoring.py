@@ -67,7 +67,7 @@ class Scorer:
             if not per_attribute:
                 return self.model(**inputs).float().tolist()
             outputs = self.model(**inputs, per_attribute=True).float()
-        reward = outputs @ self.model.attribute_weights.to(outputs.device)
+        reward = self.model.combine(outputs)
         return torch.cat([reward.unsqueeze(-1), outputs], dim=-1).tolist()
 
     @property

@@ -68,6 +68,10 @@ class ScoringSpec:
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
 
+    def weights_by_attribute(self) -> dict[str, float]:
+        """Attribute name -> its weight in the one reward; empty for a one-reward model."""
+        return dict(zip(self.attributes or [], self.attribute_weights or []))
+
     def normalize(self, rewards) -> list[float] | None:
         """Rewards standardized by the eval-set mean/std saved at training time; None without them."""
         if self.reward_mean is None or not self.reward_std:

@@ -16,7 +16,8 @@ import pyarrow as pa
 import ray
 from ray.data.expressions import col, monotonically_increasing_id
 
-from rmray.core.formats import BadRow, RatedGroup, detect_format, normalize_row, read_attribute_ratings, read_group
+from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
+from rmray.core.loss import count_pairs
 from rmray.core.packing import shared_prefix_length
 from rmray.core.report import DataReport
 from rmray.core.spec import ScoringSpec
@@ -83,10 +84,7 @@ def _encode_row(row: dict, fmt: str, tokenizer, spec: ScoringSpec) -> EncodedPai
     """A pair row's two sequences, or a ``rated`` row's K sequences and ratings."""
     row_format = _row_format(row, fmt)
     if row_format == "rated":
-        weights = dict(zip(spec.attributes or [], spec.attribute_weights or []))
-        prompt, responses, ratings = read_group(row, weights)
-        per_attribute = read_attribute_ratings(row, list(weights), len(responses))
-        return encode_group(tokenizer, spec, RatedGroup(prompt, responses, ratings, per_attribute))
+        return encode_group(tokenizer, spec, read_group(row, spec.weights_by_attribute()))
     return encode_pair(tokenizer, spec, normalize_row(row, row_format))
 
 
@@ -121,7 +119,7 @@ class _Out:
                   "margin": pair.margin if pair else 0.0, "group_ids": group.ids if group else [],
                   "ratings": group.ratings if group else [],
                   "attribute_ratings": (group.attribute_ratings or []) if group else [], "truncated": bool(encoded and encoded.truncated),
-                  "pairs": _count_pairs(group.ratings) if group else int(pair is not None),
+                  "pairs": count_pairs(group.ratings) if group else int(pair is not None),
                   "num_tokens": sum(len(s) for s in sequences),
                   # tokens the shared-prompt layout computes once instead of K times
                   "shared_tokens": (len(sequences) - 1) * shared_prefix_length(*sequences) if sequences else 0}
@@ -130,11 +128,6 @@ class _Out:
 
     def table(self) -> pa.Table:
         return pa.table(self.columns, schema=_SCHEMA)
-
-
-def _count_pairs(ratings: list[float]) -> int:
-    """Ordered pairs of a group whose ratings differ."""
-    return sum(a > b for a in ratings for b in ratings)
 
 
 def _rows(batch: pa.Table) -> list[dict]:

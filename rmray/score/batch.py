@@ -10,7 +10,7 @@ import json
 
 import pyarrow as pa
 
-from rmray.core.formats import BadRow, detect_format, normalize_row, read_attribute_ratings, read_group
+from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
 from rmray.core.scoring import Scorer, ensemble
 from rmray.core.tokenize import encode, encode_pair
 
@@ -181,9 +181,7 @@ class PairScorer:
         tokenizer, spec = self.scorer.tokenizer, self.scorer.spec
         fmt = self.data_format or detect_format(row)
         if fmt == "rated":
-            weights = dict(zip(spec.attributes or [], spec.attribute_weights or []))
-            prompt, responses, ratings = read_group(row, weights)
-            targets = read_attribute_ratings(row, list(weights), len(responses))
-            return [encode(tokenizer, spec, prompt, response).ids for response in responses], ratings, targets
+            group = read_group(row, spec.weights_by_attribute())
+            return [encode(tokenizer, spec, group.prompt, r).ids for r in group.responses], group.ratings, group.attributes
         enc = encode_pair(tokenizer, spec, normalize_row(row, fmt))
         return [enc.chosen_ids, enc.rejected_ids], None, None

@@ -25,6 +25,7 @@ import torch
 
 from rmray.core.batching import length_grouped_batches
 from rmray.core.collate import pad_sequences
+from rmray.core.loss import count_pairs
 from rmray.core.packing import model_inputs, pack_for_model, sequence_groups
 
 
@@ -74,7 +75,7 @@ def iter_pair_batches(shard, *, batch_size: int, group_by_length: bool, window: 
         yield from shard.iter_batches(batch_size=batch_size, batch_format="numpy")
         return
     for w, block in enumerate(shard.iter_batches(batch_size=batch_size * window, batch_format="numpy")):
-        lengths = [sum(len(seq) for seq in group) for group in batch_groups(block).groups]
+        lengths = row_sizes(block)
         for idx in length_grouped_batches(lengths, batch_size, seed=seed * 100_003 + w):
             yield {key: value[np.asarray(idx)] for key, value in block.items()}
 
@@ -88,6 +89,13 @@ class Rows(NamedTuple):
     margins: list  # [row]
     targets: list  # [row] None, or [k][a] per-attribute ratings
     grouped: list  # [row] a rated row, not a pair
+
+
+def row_sizes(batch: dict) -> list[int]:
+    """Tokens of each row, all its sequences together (read from the columns, nothing converted)."""
+    grouped = batch.get("group_ids")
+    return [sum(map(len, grouped[i])) if grouped is not None and len(grouped[i]) else len(c) + len(r)
+            for i, (c, r) in enumerate(zip(batch["chosen_ids"], batch["rejected_ids"]))]
 
 
 def batch_groups(batch: dict) -> Rows:
@@ -111,7 +119,11 @@ def batch_groups(batch: dict) -> Rows:
 
 
 def to_chunks(batch: dict, layout: Layout) -> list[Chunk]:
-    rows = batch_groups(batch)
+    return chunks_of(batch_groups(batch), layout)
+
+
+def chunks_of(rows: Rows, layout: Layout) -> list[Chunk]:
+    """A micro-batch's rows as forward chunks of at most ``max_tokens_per_batch`` tokens."""
     spans = _split_by_tokens([sum(len(seq) for seq in group) for group in rows.groups], layout.max_tokens_per_batch)
     return [_chunk(Rows(*(column[a:b] for column in rows)), layout) for a, b in spans]
 
@@ -148,7 +160,7 @@ def _chunk(rows: Rows, layout: Layout) -> Chunk:
     for position, (g, k) in enumerate(order):
         index[g, k] = position
     rating = torch.tensor([r + [0.0] * (width - len(r)) for r in rows.ratings])
-    pairs = sum(a > b for r in rows.ratings for a in r for b in r)
+    pairs = sum(count_pairs(r) for r in rows.ratings)
     return Chunk(inputs, index, rating, _margins(rows.margins, width), _targets(rows.targets, width),
                  torch.tensor(rows.grouped), pairs, len(groups), computed, real)
 
@@ -174,9 +186,8 @@ def _targets(targets: list, width: int) -> torch.Tensor | None:
     return out
 
 
-def padded_equivalent_tokens(batch: dict) -> int:
-    """What TRL's layout would compute for this batch: every ordered pair as two rows, padded to the
+def padded_equivalent_tokens(rows: Rows) -> int:
+    """What TRL's layout would compute for these rows: every ordered pair as two rows, padded to the
     longest sequence."""
-    rows = batch_groups(batch)
     longest = max(len(seq) for group in rows.groups for seq in group)
-    return 2 * sum(a > b for r in rows.ratings for a in r for b in r) * longest
+    return 2 * sum(count_pairs(r) for r in rows.ratings) * longest

@@ -50,17 +50,14 @@ class Compute:
             flat = (model or self.model)(**on_device(chunk.inputs, self.device), per_attribute=per_attribute).float()
         outputs = flat
         if per_attribute:  # the one reward is the weighted sum, as every consumer computes it
-            flat = flat @ self.raw.attribute_weights.to(flat.device)
+            flat = self.raw.combine(flat)
         rewards, mask = chunk.group_rewards(flat)
         ratings = chunk.ratings.to(self.device)
         margins = self._margins(chunk, ratings)
         loss = self.loss(rewards=rewards, ratings=ratings, mask=mask, margins=margins)
-        if per_attribute and self.attribute_loss_weight:
-            targets = chunk.targets
-            if targets is None:
-                targets = torch.full((*chunk.index.shape, outputs.shape[-1]), float("nan"))
+        if per_attribute and self.attribute_loss_weight and chunk.targets is not None:
             loss = loss + self.attribute_loss_weight * attribute_mse(chunk.group_rewards(outputs)[0],
-                                                                      targets.to(self.device))
+                                                                      chunk.targets.to(self.device))
         return (*ordered_pairs(rewards, ratings, mask), loss)
 
     def forward_backward(self, chunks: list, accumulation: int = 1, final_sync: bool = True) -> tuple[torch.Tensor, int]:

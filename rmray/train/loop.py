@@ -34,7 +34,15 @@ from rmray.core.loss import metrics_from_sums, preference_sums
 from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer
 from rmray.core.spec import ScoringSpec
 
-from .batches import Layout, choose_layout, iter_pair_batches, padded_equivalent_tokens, to_chunks
+from .batches import (
+    Layout,
+    batch_groups,
+    choose_layout,
+    chunks_of,
+    iter_pair_batches,
+    padded_equivalent_tokens,
+    to_chunks,
+)
 from .compute import Compute, all_reduce, wants_bf16
 from .diagnostics import ConsumedLog, chaos_kill
 from .health import Health
@@ -193,10 +201,11 @@ class WorkerRun:
                     break
 
     def _micro_batch(self, batch: dict, sync: bool) -> None:
-        chunks = to_chunks(batch, self.layout)
+        rows = batch_groups(batch)
+        chunks = chunks_of(rows, self.layout)
         sums, n_tokens = self.compute.forward_backward(chunks, self.cfg.gradient_accumulation_steps, final_sync=sync)
         self.state.computed_tokens += sum(c.computed_tokens for c in chunks)
-        self.state.padded_tokens += padded_equivalent_tokens(batch)
+        self.state.padded_tokens += padded_equivalent_tokens(rows)
         self.window.sums += sums
         self.window.pairs += sum(c.num_pairs for c in chunks) * self.world
         self.window.tokens += n_tokens * self.world
