@@ -138,7 +138,33 @@ def rm_llama(tiny_llama_pad_is_eos, tmp_path_factory) -> str:
     return as_rmray_model(tiny_llama_pad_is_eos, str(tmp_path_factory.mktemp("rm") / "llama"), max_length=256)
 
 
-RAY_FIXTURES = {"ray_cluster", "served", "apps"}  # a test using one of these runs against a Ray cluster
+def reference_config(model: str, output_dir: str, **overrides):
+    """The undisturbed run's settings: 2 workers of 0.5 CPU on the built-in demo pairs, 8 steps of 8
+    pairs per rank, a checkpoint every 2 steps. A test that compares against :func:`reference_run`
+    changes only what does not decide which pairs each rank trains at each step."""
+    from rmray.config import TrainConfig
+
+    base = dict(model_name_or_path=model, train_data="demo", output_dir=output_dir, max_length=96,
+                per_device_train_batch_size=8, num_workers=2, cpus_per_worker=0.5, logging_steps=1,
+                eval_split_ratio=0.1, max_eval_samples=32, learning_rate=1e-3, max_steps=8, save_steps=2,
+                report_to=[])
+    return TrainConfig(**base | overrides)
+
+
+@pytest.fixture(scope="session")
+def reference_run(ray_cluster, tiny_qwen, tmp_path_factory):
+    """One undisturbed run that the resilience and multinode tests compare their runs with (each rank's
+    pairs logged, checkpoints kept through a pyarrow URI as with s3:// or gs://, TensorBoard on). Tests
+    only read it: one that damages a checkpoint damages a copy."""
+    from rmray.train.run import train
+
+    root = tmp_path_factory.mktemp("reference")
+    cfg = reference_config(tiny_qwen, str(root / "run"), report_to=["tensorboard"], save_total_limit=2,
+                           storage_path=f"file://{root / 'store'}", log_consumed_pairs=True)
+    return {"cfg": cfg, "result": train(cfg), "store": root / "store"}
+
+
+RAY_FIXTURES = {"ray_cluster", "served", "apps", "reference_run"}  # a test using one of these runs against a Ray cluster
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,7 +16,7 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_
 cluster.add_node(num_cpus=1)
 init_ray(cluster.address)
 assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-cfg = TrainConfig(**json.loads(sys.argv[1]), placement_strategy="STRICT_SPREAD")
+cfg = TrainConfig(**json.loads(sys.argv[1]) | {"placement_strategy": "STRICT_SPREAD"})
 result = train(cfg)
 ray.shutdown()
 cluster.shutdown()

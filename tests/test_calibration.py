@@ -60,15 +60,20 @@ def test_a_temperature_fitted_on_real_pairs_lowers_ece_on_other_real_pairs(hh_ro
 
     @torch.no_grad()
     def embed(texts):
-        out = []
+        """Mean-pooled features, in batches of texts of similar length (little padding to compute)."""
+        out = torch.empty(len(texts), encoder.config.hidden_size)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for i in range(0, len(texts), 64):
-            batch = tokenizer(texts[i:i + 64], truncation=True, max_length=64, padding=True, return_tensors="pt")
+            rows = order[i:i + 64]
+            batch = tokenizer([texts[j] for j in rows], truncation=True, max_length=64, padding=True,
+                              return_tensors="pt")
             hidden = encoder(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1)
-            out.append((hidden * mask).sum(1) / mask.sum(1))
-        return torch.cat(out)
+            out[rows] = (hidden * mask).sum(1) / mask.sum(1)
+        return out
 
-    delta = embed([last(r["chosen"]) for r in rows]) - embed([last(r["rejected"]) for r in rows])
+    features = embed([last(r["chosen"]) for r in rows] + [last(r["rejected"]) for r in rows])
+    delta = features[:len(rows)] - features[len(rows):]
     train, fit_split, test_split = delta[:1000], delta[1000:1300], delta[1300:1700]
     w = torch.zeros(delta.shape[1], requires_grad=True)
     optimizer = torch.optim.LBFGS([w], max_iter=500)

@@ -48,52 +48,52 @@ def post(port, path, body, token=TOKEN, raw=None, headers=None):
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, rm_qwen, rm_minilm, tmp_path_factory):
-    """Three apps on one Serve instance: main (token, normalization stats), ensemble, tight (overload)."""
+    """Six apps on one Serve instance, deployed together: main (token, normalization stats), ensemble,
+    tight (overload), an ensemble on two saved scales, a faulty model and a per-attribute model."""
     from ray import serve
+    from ray.serve.api import RunTarget
 
+    from rmray.core.model import load_tokenizer
+    from rmray.core.spec import PLAIN_CHAT_TEMPLATE
     from rmray.serve.app import build_app
     from rmray.serve.settings import ServeSettings
+    from rmray.testing import as_rmray_model
 
-    normed = str(tmp_path_factory.mktemp("served") / "qwen-normed")
-    shutil.copytree(rm_qwen, normed)
+    folder = tmp_path_factory.mktemp("served")
+    normed = str(shutil.copytree(rm_qwen, folder / "qwen-normed"))
     spec = ScoringSpec.load(normed)
     spec.reward_mean, spec.reward_std, spec.temperature = 0.5, 2.0, 0.5
     spec.save(normed)
-    from rmray.core.model import load_tokenizer
-    from rmray.core.spec import PLAIN_CHAT_TEMPLATE
-
     tokenizer = load_tokenizer(normed)  # a chat template, for conversational (TRL-style) requests
     tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     tokenizer.save_pretrained(normed)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    small = dict(num_cpus=0.2, ingress_num_cpus=0.1, api_token=TOKEN)
-    serve.run(build_app(ServeSettings(model_dirs=[normed], replicas=2, **small)), name="main", route_prefix="/")
-    serve.run(build_app(ServeSettings(model_dirs=[rm_qwen, rm_minilm], model_names=["qwen", "minilm"], **small)),
-              name="ens", route_prefix="/ens")
-    serve.run(build_app(ServeSettings(model_dirs=[rm_qwen], max_inflight=2, max_body_bytes=4096, **small)),
-              name="tight", route_prefix="/tight")
-    tiny = dict(num_cpus=0.1, ingress_num_cpus=0.05)
     # An ensemble of two models on different saved scales, and a model whose spec allows more tokens
     # than its position embeddings (a deterministic fault in the scorer, not load).
-    scaled = str(tmp_path_factory.mktemp("served") / "qwen-scaled")
-    shutil.copytree(normed, scaled)
+    scaled = str(shutil.copytree(normed, folder / "qwen-scaled"))
     spec.reward_mean, spec.reward_std = 8.0, 0.5
     spec.save(scaled)
-    serve.run(build_app(ServeSettings(model_dirs=[normed, scaled], model_names=["a", "b"], **tiny)),
-              name="ensn", route_prefix="/ensn")
-    faulty = str(tmp_path_factory.mktemp("served") / "minilm-1024")
-    shutil.copytree(rm_minilm, faulty)
+    faulty = str(shutil.copytree(rm_minilm, folder / "minilm-1024"))
     faulty_spec = ScoringSpec.load(faulty)
     faulty_spec.max_length = 1024  # MiniLM has 512 positions
     faulty_spec.save(faulty)
-    serve.run(build_app(ServeSettings(model_dirs=[faulty], **tiny)), name="faulty", route_prefix="/faulty")
     # A model with a head per attribute (HelpSteer2 style), its reward their weighted sum.
-    from rmray.testing import as_rmray_model
-
-    attr = as_rmray_model(rm_qwen, str(tmp_path_factory.mktemp("served") / "qwen-attr"), max_length=256,
+    attr = as_rmray_model(rm_qwen, str(folder / "qwen-attr"), max_length=256,
                           attributes=["helpfulness", "verbosity"], attribute_weights=[0.75, -0.25])
-    serve.run(build_app(ServeSettings(model_dirs=[attr], **tiny)), name="attr", route_prefix="/attr")
+
+    small = dict(num_cpus=0.2, ingress_num_cpus=0.1, api_token=TOKEN)
+    tiny = dict(num_cpus=0.1, ingress_num_cpus=0.05)
+    apps = {
+        "main": ("/", ServeSettings(model_dirs=[normed], replicas=2, **small)),
+        "ens": ("/ens", ServeSettings(model_dirs=[rm_qwen, rm_minilm], model_names=["qwen", "minilm"], **small)),
+        "tight": ("/tight", ServeSettings(model_dirs=[rm_qwen], max_inflight=2, max_body_bytes=4096, **small)),
+        "ensn": ("/ensn", ServeSettings(model_dirs=[normed, scaled], model_names=["a", "b"], **tiny)),
+        "faulty": ("/faulty", ServeSettings(model_dirs=[faulty], **tiny)),
+        "attr": ("/attr", ServeSettings(model_dirs=[attr], **tiny)),
+    }
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run_many([RunTarget(build_app(settings), name=name, route_prefix=prefix)
+                    for name, (prefix, settings) in apps.items()])
     try:
         yield {"port": port, "qwen": normed, "raw_qwen": rm_qwen, "minilm": rm_minilm, "attr": attr}
     finally:

@@ -15,13 +15,7 @@ from safetensors.torch import load_file, save_file
 from rmray.config import TrainConfig
 from rmray.train.metrics_log import read_metrics
 
-
-def config(tmp_path, name, model, **overrides) -> TrainConfig:
-    base = dict(model_name_or_path=model, train_data="demo", output_dir=str(tmp_path / name), max_length=96,
-                per_device_train_batch_size=8, num_workers=2, cpus_per_worker=0.5, logging_steps=1,
-                eval_split_ratio=0.1, max_eval_samples=32, learning_rate=1e-3, max_steps=6, save_steps=2)
-    base.update(overrides)
-    return TrainConfig(**base)
+from .conftest import reference_config
 
 
 def events(output_dir, kind):
@@ -44,54 +38,53 @@ def train_in_a_new_driver(cfg: TrainConfig, ray_cluster) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_resume_from_path_or_by_a_new_driver_and_damaged_checkpoint_is_refused(ray_cluster, tiny_qwen, tmp_path):
+def test_resume_from_path_or_by_a_new_driver_and_damaged_checkpoint_is_refused(reference_run, ray_cluster, tiny_qwen,
+                                                                               tmp_path):
+    import shutil
+
     from rmray.train.run import train
 
-    store = tmp_path / "store"  # checkpoints through a pyarrow URI, as with s3:// or gs://
-    first = config(tmp_path, "first", tiny_qwen, max_steps=6, report_to=["tensorboard"], save_total_limit=2,
-                   storage_path=f"file://{store}", log_consumed_pairs=True)
-    train(first)
+    first, store = reference_run["cfg"], reference_run["store"]
     assert glob.glob(os.path.join(first.output_dir, "runs", "events.out.tfevents.*"))  # TensorBoard sink
-    assert not os.path.exists(os.path.join(first.output_dir, "ray"))
+    assert not os.path.exists(os.path.join(first.output_dir, "ray"))  # checkpoints went to the URI
     kept = sorted(os.path.basename(k) for k in glob.glob(os.path.join(store, "ray", "checkpoint-*")))
-    assert kept == ["checkpoint-000004", "checkpoint-000006"]  # save_total_limit=2 of 2, 4, 6
+    assert kept == ["checkpoint-000006", "checkpoint-000008"]  # save_total_limit=2 of 2, 4, 6, 8
     assert os.path.exists(store / "final" / "model.safetensors") and os.path.exists(store / "metrics.jsonl")
-    ckpt = os.path.join(store, "ray", "checkpoint-000004")
-    resumed = config(tmp_path, "resumed", tiny_qwen, max_steps=6, resume_from_checkpoint=f"file://{ckpt}")
+    ckpt = os.path.join(store, "ray", "checkpoint-000006")
+    resumed = reference_config(tiny_qwen, str(tmp_path / "resumed"), resume_from_checkpoint=f"file://{ckpt}")
     result = train(resumed)
-    assert [r["step"] for r in events(resumed.output_dir, "resume")] == [4]
-    assert result.summary["steps"] == 6
+    assert [r["step"] for r in events(resumed.output_dir, "resume")] == [6]
+    assert result.summary["steps"] == 8
 
     # A run folder whose newest checkpoint was cut short, resumed by a new driver process: the cut one
     # is skipped with a warning, the older one loaded, and each rank trains exactly the pairs the first
     # (undisturbed) run trained after it -- the same pairs at the same positions.
-    import shutil
-
     crashed = tmp_path / "crashed"
-    for step in ("000004", "000006"):
+    for step in ("000006", "000008"):
         shutil.copytree(os.path.join(store, "ray", f"checkpoint-{step}"), crashed / "ray" / f"checkpoint-{step}")
-    cut = glob.glob(str(crashed / "ray" / "checkpoint-000006" / "*.safetensors"))[0]
+    cut = glob.glob(str(crashed / "ray" / "checkpoint-000008" / "*.safetensors"))[0]
     with open(cut, "r+b") as f:
         f.truncate(100)
-    train_in_a_new_driver(config(tmp_path, "crashed", tiny_qwen, max_steps=6, log_consumed_pairs=True), ray_cluster)
-    assert [r["step"] for r in events(crashed, "resume")] == [4]
-    assert any(w["kind"] == "bad_checkpoint" and "checkpoint-000006" in w["message"]
+    train_in_a_new_driver(reference_config(tiny_qwen, str(crashed), log_consumed_pairs=True), ray_cluster)
+    assert [r["step"] for r in events(crashed, "resume")] == [6]
+    assert any(w["kind"] == "bad_checkpoint" and "checkpoint-000008" in w["message"]
                for w in events(crashed, "warning"))
     assert os.path.exists(crashed / "final" / "model.safetensors")
     for rank in (0, 1):
         reference = [x for x in consumed(first.output_dir, rank) if x["kind"] == "trained"]
         log = consumed(str(crashed), rank)
-        assert {x["started_at_step"] for x in log} == {4}
-        assert [x["row_ids"] for x in log if x["kind"] == "skipped"] == [x["row_ids"] for x in reference[:4]]
-        assert [x["row_ids"] for x in log if x["kind"] == "trained"] == [x["row_ids"] for x in reference[4:]]
-        assert len(reference) == 6
+        assert {x["started_at_step"] for x in log} == {6}
+        assert [x["row_ids"] for x in log if x["kind"] == "skipped"] == [x["row_ids"] for x in reference[:6]]
+        assert [x["row_ids"] for x in log if x["kind"] == "trained"] == [x["row_ids"] for x in reference[6:]]
+        assert len(reference) == 8
 
-    damaged = os.path.join(store, "ray", "checkpoint-000006")
+    damaged = tmp_path / "damaged" / "checkpoint-000008"
+    shutil.copytree(os.path.join(store, "ray", "checkpoint-000008"), damaged)
     weights = glob.glob(os.path.join(damaged, "*.safetensors"))[0]
     with open(weights, "r+b") as f:
         f.truncate(os.path.getsize(weights) // 2)
     with pytest.raises(ValueError, match="not a whole rmray checkpoint"):
-        train(config(tmp_path, "refused", tiny_qwen, max_steps=6, resume_from_checkpoint=damaged))
+        train(reference_config(tiny_qwen, str(tmp_path / "refused"), resume_from_checkpoint=str(damaged)))
     # refused on the driver (sizes; workers check checksums too), before any Ray Train run folder exists
     assert not os.path.exists(os.path.join(tmp_path, "refused", "final"))
     assert not os.path.exists(os.path.join(tmp_path, "refused", "ray"))
@@ -109,8 +102,8 @@ def test_early_stopping_and_reward_collapse_warning(ray_cluster, tiny_qwen, tmp_
     tensors = load_file(path)
     tensors["score.weight"] = tensors["score.weight"] * 0
     save_file(tensors, path, metadata={"format": "pt"})
-    cfg = config(tmp_path, "stop", str(flat), learning_rate=1e-9, max_steps=40, eval_steps=2, save_steps=None,
-                 early_stopping_patience=2, early_stopping_threshold=1e-3)
+    cfg = reference_config(str(flat), str(tmp_path / "stop"), learning_rate=1e-9, max_steps=40, eval_steps=2,
+                           save_steps=None, early_stopping_patience=2, early_stopping_threshold=1e-3)
     result = train(cfg)
     warnings = events(cfg.output_dir, "warning")
     assert any(w["kind"] == "reward_collapse" for w in warnings)
@@ -138,7 +131,7 @@ def effective_batches(output_dir: str, rank: int) -> list[list[str]]:
 
 
 @pytest.mark.timeout(900)
-def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undisturbed_pairs(ray_cluster, tiny_qwen,
+def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undisturbed_pairs(reference_run, tiny_qwen,
                                                                                           tmp_path):
     """Kill after checkpoint 2, kill again two steps after checkpoint 4 (so Ray's checkpoint manager has
     registered it) with 4's weights cut in half: the run rolls back to 2 twice, re-reaches 4 (a second
@@ -147,9 +140,8 @@ def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undistu
     from rmray.core.scoring import Scorer
     from rmray.train.run import train
 
-    common = dict(max_steps=8, save_steps=2, save_total_limit=3, log_consumed_pairs=True, eval_split_ratio=0)
-    cfg = config(tmp_path, "chaos", tiny_qwen, chaos_kill_at_step=[3, 6], chaos_damage_checkpoint=4, max_failures=2,
-                 **common)
+    cfg = reference_config(tiny_qwen, str(tmp_path / "chaos"), chaos_kill_at_step=[3, 6], chaos_damage_checkpoint=4,
+                           max_failures=2, save_total_limit=3, log_consumed_pairs=True)
     result = train(cfg)
     with open(os.path.join(cfg.output_dir, ".chaos_killed")) as f:
         assert f.read().split() == ["3", "6"]  # both kills happened
@@ -173,7 +165,7 @@ def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undistu
     assert train_steps[-6:] == [3, 4, 5, 6, 7, 8]
     assert len(Scorer.load(result.final_model_dir).score(["Q:"], [" A."])) == 1
 
-    reference = train(config(tmp_path, "undisturbed", tiny_qwen, **common))
+    reference = reference_run["result"]
     # the same pairs, so the same tokens: counted across the resumes, not only since the last one
     assert result.summary["train_tokens"] == reference.summary["train_tokens"]
     assert result.summary["train_pairs"] == reference.summary["train_pairs"]
