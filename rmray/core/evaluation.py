@@ -181,3 +181,13 @@ def attribute_metrics(rows: Sequence[tuple[Sequence[Sequence[float]], Sequence[S
         out[name] = {"responses": len(scores), "pearson": _pearson(scores, ratings), "spearman": _spearman(scores, ratings),
                      "mse": sum((s - r) ** 2 for s, r in zip(scores, ratings)) / len(scores)}
     return out
+
+
+def ensemble(per_model: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
+    """Per item: mean over models and their disagreement (population std)."""
+    means, stds = [], []
+    for column in zip(*per_model):
+        mean = sum(column) / len(column)
+        means.append(mean)
+        stds.append((sum((x - mean) ** 2 for x in column) / len(column)) ** 0.5)
+    return means, stds

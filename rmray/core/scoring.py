@@ -19,10 +19,11 @@ import torch
 
 from .collate import pad_sequences
 from .formats import Text
-from .model import RewardModel, load_hf_model, load_tokenizer
+from .model import RewardModel, load_hf_model
 from .packing import model_inputs, on_device, pack_for_model, split_shared_prefix
 from .spec import DEFAULT_MAX_BATCH_TOKENS, ScoringSpec
 from .tokenize import Encoded, encode
+from .tokenizer import load_tokenizer
 
 PAD_SLACK = 1.25  # padded tokens allowed per real token in one forward
 
@@ -163,16 +164,6 @@ def model_name(model_dir: str) -> str:
     path = os.path.normpath(os.path.abspath(model_dir))
     base = os.path.basename(path)
     return os.path.basename(os.path.dirname(path)) if base in ("final", "adapter") else base
-
-
-def ensemble(per_model: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
-    """Per item: mean over models and their disagreement (population std)."""
-    means, stds = [], []
-    for column in zip(*per_model):
-        mean = sum(column) / len(column)
-        means.append(mean)
-        stds.append((sum((x - mean) ** 2 for x in column) / len(column)) ** 0.5)
-    return means, stds
 
 
 def _chunks_by_tokens(groups: Sequence[tuple[list[int], list[list[int]]]], budget: int) -> list[list[int]]:

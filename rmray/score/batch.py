@@ -10,8 +10,9 @@ import json
 
 import pyarrow as pa
 
+from rmray.core.evaluation import ensemble
 from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
-from rmray.core.scoring import Scorer, ensemble
+from rmray.core.scoring import Scorer
 from rmray.core.tokenize import encode, encode_pair
 
 from .columns import TEXT_COLUMN

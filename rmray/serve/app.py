@@ -19,11 +19,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from rmray.core.evaluation import ensemble
 from rmray.core.formats import BadRow
-from rmray.core.model import load_tokenizer
-from rmray.core.scoring import ensemble
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import encode, encode_text, keep_end
+from rmray.core.tokenizer import load_tokenizer
 
 from .guard import Guard
 from .listen import bind_replica_grpc_privately

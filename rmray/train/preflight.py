@@ -33,7 +33,7 @@ def check_before_ray(cfg) -> None:
 def check_model(key: str, name: str) -> None:
     """``pkg:<module>`` must import; a local path must be a model folder (``config.json``); a hub id
     must be in the local cache when ``HF_HUB_OFFLINE`` is set."""
-    from rmray.core.model import resolve_model_path
+    from rmray.core.tokenizer import resolve_model_path
 
     if name.startswith("pkg:"):
         try:

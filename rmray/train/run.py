@@ -170,7 +170,7 @@ def _worker_data(cfg: TrainConfig, data: PreparedData, early: bool, started_at: 
 
 def _model_facts(cfg: TrainConfig) -> tuple:
     """The tokenizer and the read-out kind (torch and transformers imported on the way)."""
-    from rmray.core.model import load_tokenizer
+    from rmray.core.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
                                trust_remote_code=cfg.trust_remote_code)
@@ -246,7 +246,8 @@ def _readout(cfg: TrainConfig) -> str:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from rmray.core.model import readout_kind, resolve_model_path
+    from rmray.core.model import readout_kind
+    from rmray.core.tokenizer import resolve_model_path
 
     config = AutoConfig.from_pretrained(resolve_model_path(cfg.model_name_or_path), num_labels=1,
                                         trust_remote_code=cfg.trust_remote_code)
