@@ -25,7 +25,7 @@ def read_source(source: str) -> ray.data.Dataset:
     """
     if source in DEMO_SETS:
         return ray.data.from_items(DEMO_SETS[source]())
-    kind = _file_kind(source)
+    kind = file_kind(source)
     if kind and "://" not in source and any(c in source for c in "*?["):
         # Ray's readers take files and folders, not patterns: the matches, sorted (a fixed row order)
         return _read_files(kind, sorted(f for f in glob.glob(os.path.expanduser(source)) if os.path.isfile(f)), source)
@@ -34,14 +34,16 @@ def read_source(source: str) -> ray.data.Dataset:
     if os.path.isdir(source):
         if is_saved_dataset(source):
             return read_saved_dataset(source)
-        files = sorted(f for f in os.listdir(source) if _file_kind(f))
+        files = sorted(f for f in os.listdir(source) if file_kind(f))
         if not files:
             raise ValueError(f"{source}: folder has no .jsonl/.json/.parquet/.csv files and is not a saved `datasets` dataset")
-        kind = _file_kind(files[0])  # the first file's kind; the folder's other kinds are not mixed in
-        return _read_files(kind, [os.path.join(source, f) for f in files if _file_kind(f) == kind], source)
+        kind = file_kind(files[0])  # the first file's kind; the folder's other kinds are not mixed in
+        return _read_files(kind, [os.path.join(source, f) for f in files if file_kind(f) == kind], source)
     looks_local = os.path.exists(source) or "://" in source or source.startswith((".", "/", "~")) or "*" in source
     if not looks_local:  # "org/name" or "org/name:split"
-        return _read_hub(source)
+        from .hub import read_hub
+
+        return read_hub(source)
     raise ValueError(
         f"cannot read {source!r}: expected a .jsonl/.json/.parquet/.csv path or glob, a saved `datasets` folder, "
         "a hub dataset id (online), or 'demo'"
@@ -54,7 +56,7 @@ def read_lines(source: str, include_paths: bool = False) -> ray.data.Dataset | N
     from .lines import JsonLinesText
     from .readable import local_files
 
-    files = [f for f in local_files(source) if _file_kind(f) == "json" and _is_lines(f)]
+    files = [f for f in local_files(source) if file_kind(f) == "json" and _is_lines(f)]
     if not files or "://" in source:
         return None
     return ray.data.read_datasource(JsonLinesText(files, include_paths=include_paths))
@@ -72,12 +74,18 @@ def _read_files(kind: str, paths, source: str) -> ray.data.Dataset:
 
 def _looks_local(source: str) -> bool:
     return (os.path.exists(source) or source.startswith((".", "/", "~")) or any(c in source for c in "*?[")
-            or bool(_file_kind(source)) or source.count("/") > 1)
+            or bool(file_kind(source)) or source.count("/") > 1)
 
 
 def check_source(key: str, source: str) -> None:
-    """A local file, folder or glob must exist; ``demo``, URIs and hub ids (``org/name[:split]``) pass."""
-    if source in DEMO_SETS or "://" in source or not _looks_local(source):
+    """A local file, folder or glob must exist; a hub id (``org/name[:split]``) must list files of its
+    split (a network call of a second, before Ray starts); ``demo`` and URIs pass."""
+    if source in DEMO_SETS or "://" in source:
+        return
+    if not _looks_local(source):
+        from .hub import hub_files
+
+        hub_files(source)
         return
     path = os.path.expanduser(source)
     if any(c in path for c in "*?["):
@@ -88,18 +96,6 @@ def check_source(key: str, source: str) -> None:
                          "folder or glob, a hub dataset id, or demo)")
 
 
-def _read_hub(source: str) -> ray.data.Dataset:
-    import datasets
-
-    name, _, split = source.partition(":")
-    try:
-        hf = datasets.load_dataset(name, split=split or "train")
-    except Exception as e:  # offline, missing, gated: say which and what to do
-        raise ValueError(f"could not load hub dataset {name!r} (split {split or 'train'!r}): {e}. "
-                         "Offline? Point train_data at a local file instead.") from e
-    return ray.data.from_huggingface(hf)
-
-
 def _suffix(path: str) -> str:
     lower = path.lower()
     for ext in sorted(_READERS, key=len, reverse=True):
@@ -108,7 +104,7 @@ def _suffix(path: str) -> str:
     return ""
 
 
-def _file_kind(path: str) -> str | None:
+def file_kind(path: str) -> str | None:
     return _READERS.get(_suffix(path))
 
 

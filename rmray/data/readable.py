@@ -23,7 +23,7 @@ FIRST_LINES = 20
 
 def local_files(source: str) -> list[str]:
     """The local files behind ``source`` (a file, folder or glob); [] for hub ids, URIs and ``demo``."""
-    from .read import _file_kind
+    from .read import file_kind
 
     path = os.path.expanduser(source)
     if "://" in source or source in DEMO_SETS:
@@ -31,7 +31,7 @@ def local_files(source: str) -> list[str]:
     if any(c in path for c in "*?["):
         return sorted(f for f in glob.glob(path) if os.path.isfile(f))
     if os.path.isdir(path):
-        return sorted(os.path.join(path, f) for f in os.listdir(path) if _file_kind(f))
+        return sorted(os.path.join(path, f) for f in os.listdir(path) if file_kind(f))
     return [path] if os.path.isfile(path) else []
 
 
@@ -40,12 +40,12 @@ def check_readable(source: str, *, parse_lines: bool = True) -> None:
 
     ``parse_lines=False`` checks JSON-lines files as text only (UTF-8, whole gzip streams): for
     ``rmray score``, which keeps a line that is not JSON as a row with its reason."""
-    from .read import _file_kind, _is_lines
+    from .read import _is_lines, file_kind
 
     files = local_files(source)
     budget = SCAN_BYTES
     for path in files:
-        kind = _file_kind(path)
+        kind = file_kind(path)
         if kind == "parquet":
             _check_parquet(path)
         elif kind == "json" and _is_lines(path):
@@ -164,9 +164,9 @@ def _check_rated(path: str, row: dict, attributes: list[str] | None) -> None:
 def _first_row(path: str) -> dict | None:
     """The first row: its values where a JSON reader gives them, else its column names mapped to None
     (Parquet, CSV); None where it cannot be read cheaply (a huge .json document)."""
-    from .read import _file_kind, _is_lines
+    from .read import _is_lines, file_kind
 
-    kind = _file_kind(path)
+    kind = file_kind(path)
     if kind == "parquet":
         import pyarrow.parquet as pq
 

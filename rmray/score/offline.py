@@ -46,12 +46,12 @@ class ScoreResult:
 
 def list_inputs(source: str) -> list[str | None]:
     """Input files in a stable order; ``[None]`` for sources that are not files (saved datasets, hub ids)."""
-    from rmray.data.read import _file_kind
+    from rmray.data.read import file_kind
 
     if os.path.isfile(source):
         return [source]
     if os.path.isdir(source):
-        files = sorted(os.path.join(source, f) for f in os.listdir(source) if _file_kind(f))
+        files = sorted(os.path.join(source, f) for f in os.listdir(source) if file_kind(f))
         return files or [None]
     if any(ch in source for ch in "*?["):
         files = sorted(glob.glob(source))
@@ -67,7 +67,7 @@ def list_inputs(source: str) -> list[str | None]:
             return [source]
         if info.type == pafs.FileType.Directory:
             scheme = source.split("://", 1)[0]
-            files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if _file_kind(f.path))
+            files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if file_kind(f.path))
             if files:
                 return [f"{scheme}://{f}" for f in files]
         raise FileNotFoundError(f"{source}: no .jsonl/.json/.parquet/.csv files found there")
@@ -116,12 +116,12 @@ def _read(pending: list[tuple[int, str | None]], cfg: "ScoreConfig"):
     import ray
 
     from rmray.data.lines import JsonLinesText
-    from rmray.data.read import _file_kind, _is_lines, read_source
+    from rmray.data.read import _is_lines, file_kind, read_source
 
     if pending[0][1] is None:
         return read_source(cfg.input).map_batches(_tag_all, batch_format="pyarrow", num_cpus=0.25)
     paths = [p for _, p in pending]
-    kinds = {("lines" if _is_lines(p) else _file_kind(p)) for p in paths}
+    kinds = {("lines" if _is_lines(p) else file_kind(p)) for p in paths}
     if len(kinds) != 1:
         raise ValueError(f"{cfg.input}: mixed file types {sorted(map(str, kinds))}; score each type separately")
     kind = kinds.pop()
