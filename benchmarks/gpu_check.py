@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.train_vs_trl import HH, build_models  # noqa: E402
 from rmray.core import attention  # noqa: E402
 from rmray.core.collate import pad_sequences  # noqa: E402
-from rmray.core.model import RewardModel, load_hf_model, load_tokenizer  # noqa: E402
+from rmray.core.model import RewardModel, load_hf_model  # noqa: E402
 from rmray.core.packing import pack_groups, pair_groups, pair_readout_order  # noqa: E402
+from rmray.core.tokenizer import load_tokenizer  # noqa: E402
 from rmray.testing import build_tiny_causal_rm  # noqa: E402
 from tests.test_packing import edge_case_pairs, rewards_and_grads  # noqa: E402
 

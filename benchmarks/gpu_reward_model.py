@@ -73,9 +73,9 @@ def matmul_tflops(n: int) -> float:
 def needed_tokens(model_dir: str, rows: list[dict], max_length: int) -> int:
     """Tokens a pair needs: the shared prompt once, then each answer (rmray's shared-prefix layout)."""
     from rmray.core.formats import normalize_row
-    from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_pair
+    from rmray.core.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     spec = ScoringSpec(max_length=max_length, eos_token=tok.eos_token)
@@ -132,9 +132,10 @@ def lora_7b_memory(rows: list[dict], tokenizer_dir: str, tiny: bool) -> dict:
 
     from rmray.config import load_config
     from rmray.core.formats import normalize_row
-    from rmray.core.model import RewardModel, apply_lora, load_tokenizer
+    from rmray.core.model import RewardModel, apply_lora
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_pair
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.train.batches import Layout, choose_layout, to_chunks
     from rmray.train.compute import Compute
     from rmray.train.parallel import DDPStrategy

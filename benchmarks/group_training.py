@@ -80,7 +80,8 @@ def as_pairs(groups: list[dict]) -> dict:
 def train_once(model_dir: str, batches: list[dict], layout_kind: str, args) -> dict:
     """One pass over the micro-batches from fresh weights; the first micro-batch is a warm-up."""
     from rmray.config import load_config
-    from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+    from rmray.core.model import RewardModel, load_hf_model
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.train.batches import Layout, to_chunks
     from rmray.train.compute import Compute
     from rmray.train.parallel import DDPStrategy
@@ -140,7 +141,7 @@ def main() -> None:
         sys.exit(f"needs the hh-rlhf file at {args.data}")
     with gzip.open(args.data, "rt") as f:
         rows = [json.loads(line) for line in f]
-    from rmray.core.model import load_tokenizer
+    from rmray.core.tokenizer import load_tokenizer
 
     with tempfile.TemporaryDirectory() as workdir:
         model_dir = build_models(workdir, rows, [args.model])[args.model]

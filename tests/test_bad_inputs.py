@@ -88,8 +88,8 @@ def test_column_names_are_mapped_and_missing_ones_named_before_ray(tmp_path, cap
     """prompt_field/chosen_field/rejected_field read data whose columns are named otherwise."""
     import pyarrow as pa
 
-    from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.data.preferences import tokenize_batch
 
     rows = [{"question": "Q: 2+2?\nA:", "better": " 4", "worse": " 5", "prompt": "ignored"}]
@@ -132,8 +132,8 @@ def test_readable_bad_rows_are_kept_or_counted_and_scored_with_every_column(ray_
     (rows in = kept + reported), and comes out of ``rmray score`` with all its input columns."""
     import pyarrow.parquet as pq
 
-    from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.data.preferences import build_preferences
     from rmray.score.offline import ScoreConfig, score_dataset
 

@@ -6,7 +6,8 @@ import functools
 import torch
 
 from rmray.core.loss import bradley_terry_loss, group_loss
-from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+from rmray.core.model import RewardModel, load_hf_model
+from rmray.core.tokenizer import load_tokenizer
 from rmray.train.batches import Layout, choose_layout, to_chunks
 from rmray.train.compute import Compute
 from rmray.train.parallel import DDPStrategy

@@ -63,6 +63,17 @@ def test_core_never_imports_ray():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+def test_the_serve_ingress_never_imports_the_model_classes():
+    """The ingress replica only tokenizes: importing its module must not pull in rmray's model code or
+    transformers' model classes (seconds per replica start)."""
+    code = (
+        "import sys, rmray.serve.app\n"
+        "heavy = [m for m in ('rmray.core.model', 'rmray.core.scoring', 'transformers.modeling_utils') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def test_every_module_imports():
     code = (
         "import importlib, pkgutil, rmray\n"

@@ -86,8 +86,8 @@ def test_a_file_mixing_formats_keeps_every_prompt_in_either_order(tiny_qwen):
     dropped and none is refused, whichever kind comes first."""
     import pyarrow as pa
 
-    from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.data.preferences import tokenize_batch
 
     tokenizer = load_tokenizer(tiny_qwen)
@@ -143,8 +143,8 @@ def test_a_rated_file_with_bad_rows_is_counted_by_reason(tiny_qwen):
     skipped whole), in a file that mixes rated and pair rows."""
     import pyarrow as pa
 
-    from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.data.preferences import tokenize_batch
 
     tokenizer = load_tokenizer(tiny_qwen)
@@ -177,9 +177,9 @@ def test_a_rated_file_with_bad_rows_is_counted_by_reason(tiny_qwen):
 
 def test_responses_that_tokenize_alike_are_one_response_rated_their_mean(tiny_qwen):
     from rmray.core.formats import RatedGroup
-    from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenize import encode_group
+    from rmray.core.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_qwen)
     spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)

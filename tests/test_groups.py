@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from rmray.core.collate import pad_sequences
 from rmray.core.loss import group_loss
-from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+from rmray.core.model import RewardModel, load_hf_model
+from rmray.core.tokenizer import load_tokenizer
 from rmray.train.batches import Layout, batch_groups, choose_layout, padded_equivalent_tokens, to_chunks
 from rmray.train.compute import Compute
 from rmray.train.parallel import DDPStrategy

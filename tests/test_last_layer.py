@@ -8,8 +8,9 @@ from transformers import AutoModelForSequenceClassification, BertConfig, Mistral
 
 from rmray.core import last_layer
 from rmray.core.collate import pad_sequences
-from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+from rmray.core.model import RewardModel, load_hf_model
 from rmray.core.packing import pack_groups, pair_groups, pair_readout_order
+from rmray.core.tokenizer import load_tokenizer
 from tests.test_packing import assert_close_relative, edge_case_pairs, rewards_and_grads, run_packed
 
 

@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rmray.core.collate import pad_sequences
-from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer, readout_kind
+from rmray.core.model import RewardModel, apply_lora, load_hf_model, readout_kind
+from rmray.core.tokenizer import load_tokenizer
 
 SHORT = "\n\nHuman: hi\n\nAssistant: hello there"
 LONG = "\n\nHuman: " + "tell me a long story about a dragon and a knight " * 12 + "\n\nAssistant: once upon a time"

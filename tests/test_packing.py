@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from rmray.core.collate import pad_sequences
 from rmray.core.formats import PreferencePair
 from rmray.core.loss import bradley_terry_loss
-from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+from rmray.core.model import RewardModel, load_hf_model
 from rmray.core.packing import pack_groups, pair_groups, pair_readout_order, shared_prefix_length
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import encode_pair
+from rmray.core.tokenizer import load_tokenizer
 
 
 def edge_case_pairs(tok, hh_rows=None):

@@ -53,8 +53,8 @@ def served(ray_cluster, rm_qwen, rm_minilm, tmp_path_factory):
     from ray import serve
     from ray.serve.api import RunTarget
 
-    from rmray.core.model import load_tokenizer
     from rmray.core.spec import PLAIN_CHAT_TEMPLATE
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.serve.app import build_app
     from rmray.serve.settings import ServeSettings
     from rmray.testing import as_rmray_model

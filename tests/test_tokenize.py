@@ -1,9 +1,9 @@
 import pytest
 
 from rmray.core.formats import BadRow, PreferencePair, normalize_row
-from rmray.core.model import load_tokenizer
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import encode, encode_pair
+from rmray.core.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ def write_jsonl(path, rows):
 
 
 def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_path):
-    from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.data.preferences import build_preferences
 
     good = {"prompt": "Q: hi", "chosen": " hello", "rejected": " go away"}
@@ -123,8 +123,8 @@ def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
     assert os.path.exists(os.path.join(result.output_dir, "data_report.json"))
 
     # The final folder loads with plain transformers and reproduces the in-worker eval exactly.
-    from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.data.preferences import build_preferences
 
     spec = ScoringSpec.load(result.final_model_dir)
@@ -236,8 +236,8 @@ def test_reads_every_source_format(ray_cluster, tiny_qwen, tmp_path, monkeypatch
     import datasets
     import pandas as pd
 
-    from rmray.core.model import load_tokenizer
     from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenizer import load_tokenizer
     from rmray.data.preferences import build_preferences
 
     rows = [{"prompt": f"Q{i}:", "chosen": f" good answer {i}", "rejected": f" bad {i}", "margin": 0.5} for i in range(30)]

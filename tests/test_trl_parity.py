@@ -6,9 +6,10 @@ import torch
 from rmray.core.collate import collate_pairs
 from rmray.core.formats import normalize_row
 from rmray.core.loss import bradley_terry_loss
-from rmray.core.model import RewardModel, load_hf_model, load_tokenizer
+from rmray.core.model import RewardModel, load_hf_model
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import encode_pair
+from rmray.core.tokenizer import load_tokenizer
 
 trl = pytest.importorskip("trl", reason="TRL is a test-only dependency (pip install -e '.[test]')")
 

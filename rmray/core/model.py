@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from . import attention, last_layer
-from .tokenizer import load_tokenizer, resolve_model_path  # noqa: F401  the model API loads both
+from .tokenizer import resolve_model_path
 
 
 def load_hf_model(

@@ -27,13 +27,13 @@ def hub_filesystem():
     return HfFileSystem()
 
 
-def read_hub(source: str, fs=None) -> ray.data.Dataset:
+def read_hub(source: str) -> ray.data.Dataset:
     """The split's rows as a Ray Dataset, read on the cluster."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     from .read import file_kind
 
-    fs = fs or hub_filesystem()
+    fs = hub_filesystem()
     files = hub_files(source, fs)
     kinds = {file_kind(f) for f in files}
     if len(kinds) > 1:

@@ -39,8 +39,7 @@ def read_source(source: str) -> ray.data.Dataset:
             raise ValueError(f"{source}: folder has no .jsonl/.json/.parquet/.csv files and is not a saved `datasets` dataset")
         kind = file_kind(files[0])  # the first file's kind; the folder's other kinds are not mixed in
         return _read_files(kind, [os.path.join(source, f) for f in files if file_kind(f) == kind], source)
-    looks_local = os.path.exists(source) or "://" in source or source.startswith((".", "/", "~")) or "*" in source
-    if not looks_local:  # "org/name" or "org/name:split"
+    if "://" not in source and not _looks_local(source):  # "org/name" or "org/name:split"
         from .hub import read_hub
 
         return read_hub(source)

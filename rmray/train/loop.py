@@ -31,8 +31,9 @@ from rmray.core.cpu_bf16 import slow_bf16_warning
 from rmray.core.evaluation import preference_metrics
 from rmray.core.export import save_reward_model
 from rmray.core.loss import metrics_from_sums, preference_sums
-from rmray.core.model import RewardModel, apply_lora, load_hf_model, load_tokenizer
+from rmray.core.model import RewardModel, apply_lora, load_hf_model
 from rmray.core.spec import ScoringSpec
+from rmray.core.tokenizer import load_tokenizer
 
 from .batches import (
     Layout,
