@@ -1,7 +1,9 @@
 """Training from 2k, 20k and 200k preference pairs: time to first step, driver memory, object store, pairs/s.
 
     scripts/in-loopback-ns .venv/bin/python benchmarks/data_scale.py --sizes 2000,20000,200000 \\
-        --out benchmarks/results/data_scale.json
+        --path stream --out benchmarks/results/data_scale_stream.json
+    scripts/in-loopback-ns .venv/bin/python benchmarks/data_scale.py --sizes 2000,20000,200000 \\
+        --path whole --out benchmarks/results/data_scale_whole.json
 
 The pairs are the hh-rlhf file's rows, repeated with a numbered first line in each prompt so that no two
 pairs are alike (nothing is deduplicated or cached), written as 8 JSON-lines files of uneven sizes. A
@@ -12,6 +14,8 @@ its own local 2-CPU Ray: the driver's peak RSS and the object store's peak are t
 Reported per size: time to first step (the run's ``startup_s.first_step``), the driver's peak RSS, the
 object store's peak use (sampled every second), and steady pairs/s (the median of the logged per-step
 rate, the first step left out). The goals compare 200k with 2k: first step <= 1.3x, driver RSS <= +200 MB.
+``--path stream`` trains from the stream (the default); ``--path whole`` reads and tokenizes every
+row first (``stream_data=false``), the baseline.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class StorePeak:
         self._thread.join(timeout=10)
 
 
-def run_one(size: int, model: str, data_dir: str, out_dir: str) -> dict:
+def run_one(size: int, model: str, data_dir: str, out_dir: str, path: str) -> dict:
     """One training run in this process (the driver being measured)."""
     from rmray.config import TrainConfig
     from rmray.ray_env import init_ray
@@ -92,7 +96,7 @@ def run_one(size: int, model: str, data_dir: str, out_dir: str) -> dict:
     init_ray("local", num_cpus=2, include_dashboard=False)
     cfg = TrainConfig(model_name_or_path=model, train_data=data_dir, output_dir=out_dir, max_length=256,
                       per_device_train_batch_size=8, num_workers=2, cpus_per_worker=0.5, max_steps=20,
-                      logging_steps=1, eval_split_ratio=0, save_steps=None, report_to=[])
+                      logging_steps=1, eval_split_ratio=0, save_steps=None, report_to=[], stream_data=path == "stream")
     started = time.time()
     with StorePeak() as store:
         summary = train(cfg).summary
@@ -109,11 +113,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="2000,20000,200000", help="pairs per run, comma-separated")
     parser.add_argument("--hh", default=HH, help="the hh-rlhf JSON-lines file (gzip) the pairs are made from")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    parser.add_argument("--child", nargs=4, metavar=("SIZE", "MODEL", "DATA", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=["stream", "whole"], default="stream",
+                        help="stream: train while rows are read and tokenized; whole: read and tokenize every row first")
+    parser.add_argument("--child", nargs=5, metavar=("SIZE", "MODEL", "DATA", "OUT", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        size, model, data, out = args.child
-        print("RESULT " + json.dumps(run_one(int(size), model, data, out)), flush=True)
+        size, model, data, out, path = args.child
+        print("RESULT " + json.dumps(run_one(int(size), model, data, out, path)), flush=True)
         return
 
     from rmray.testing import build_tiny_causal_rm
@@ -126,14 +132,14 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         data = os.path.join(work, f"pairs-{size}")
         write_pairs(args.hh, size, data)
-        child = subprocess.run([sys.executable, __file__, "--child", str(size), model, data, os.path.join(work, f"out-{size}")],
+        child = subprocess.run([sys.executable, __file__, "--child", str(size), model, data, os.path.join(work, f"out-{size}"), args.path],
                                capture_output=True, text=True)
         line = next((x for x in child.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"the {size}-pair run failed:\n{child.stdout[-2000:]}\n{child.stderr[-3000:]}")
         results.append(json.loads(line[len("RESULT "):]))
         print(json.dumps(results[-1]), flush=True)
-    report = {"path": "materialized", "runs": results}
+    report = {"path": args.path, "runs": results}
     if len(results) > 1:
         small, big = results[0], results[-1]
         report["first_step_ratio"] = big["first_step_s"] / small["first_step_s"]

@@ -67,6 +67,15 @@ class TrainConfig:
     ``skip`` counts them by reason in the data report; ``error`` stops at the first, naming it."""
     add_eos: bool = True
     """Append the tokenizer's EOS to non-conversational texts that lack it (as TRL does)."""
+    stream_data: bool = True
+    """Train from a stream: rows are read and tokenized while earlier ones train, so the first step waits
+    for one window of rows, not the whole set, and the data report is counted as rows pass (written at
+    each checkpoint and at the end). The schedule comes from the source's row count (line counts,
+    Parquet footers) or ``max_steps``. ``false``: read and tokenize everything first -- an exact
+    schedule and the whole report before the first step. Both follow one order rule (``rmray/data/stream.py``)."""
+    data_object_store_mb: Optional[int] = 1024
+    """Object-store memory Ray Data may fill with rows read and tokenized ahead of training (its
+    resource limit): the bound on the stream's memory, whatever the dataset's size. None: Ray Data's default share."""
     pad_to_multiple_of: Optional[int] = None
     """Pad sequence lengths up to a multiple of this (padded layout only; 8 helps tensor cores)."""
 
@@ -267,7 +276,7 @@ class TrainConfig:
         if self.metric_for_best_model is not None and not self.metric_for_best_model.startswith("eval_"):
             self.metric_for_best_model = "eval_" + self.metric_for_best_model  # TRL accepts "loss" for "eval_loss"
         for key in ("eval_steps", "save_steps", "save_total_limit", "early_stopping_patience", "max_train_samples", "max_eval_samples", "pad_to_multiple_of",
-                    "pack_row_tokens", "max_tokens_per_batch", "length_group_window"):
+                    "pack_row_tokens", "max_tokens_per_batch", "length_group_window", "data_object_store_mb"):
             value = getattr(self, key)
             need(value is None or value >= 1, key, f"must be >= 1 or unset, got {value}")
 

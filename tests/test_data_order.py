@@ -20,11 +20,15 @@ def write(path, items) -> str:
 
 
 def eval_ids(cfg: TrainConfig) -> tuple[set, list]:
+    """The eval rows and the train rows in order, as one worker reads them from the run's stream."""
+    from rmray.data.stream import eval_batches, rank_windows
     from rmray.train.run import _model_facts, _prepare_data
 
     os.makedirs(cfg.output_dir, exist_ok=True)
-    data = _prepare_data(cfg, *_model_facts(cfg))
-    return {r["row_id"] for r in data.datasets["eval"].take_all()}, [r["row_id"] for r in data.datasets["train"].take_all()]
+    data = _prepare_data(cfg, *_model_facts(cfg), stream=True)
+    evals = [i for batch in eval_batches(data.stream, 0, 16) for i in batch["row_id"]]
+    train = [i for window in rank_windows(data.stream, "a/0", 0) for i in window["row_id"]]
+    return set(evals), train
 
 
 def test_the_eval_split_is_a_function_of_the_rows_not_of_their_order(ray_cluster, tiny_qwen, tmp_path):
@@ -35,7 +39,7 @@ def test_the_eval_split_is_a_function_of_the_rows_not_of_their_order(ray_cluster
     shuffled = items[::-1]
     for k in range(3):  # the same rows, reversed, over three files: other blocks, other order
         write(folder / f"part-{k}.jsonl", shuffled[k * 40:(k + 1) * 40])
-    common = dict(model_name_or_path=tiny_qwen, max_length=64, eval_split_ratio=0.2)
+    common = dict(model_name_or_path=tiny_qwen, max_length=64, eval_split_ratio=0.2, num_workers=1)
     eval_a, train_a = eval_ids(TrainConfig(train_data=one_file, output_dir=str(tmp_path / "a"), **common))
     eval_b, train_b = eval_ids(TrainConfig(train_data=str(folder), output_dir=str(tmp_path / "b"), **common))
     assert eval_a == eval_b

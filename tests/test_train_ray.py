@@ -189,9 +189,10 @@ def test_demo_command_reaches_high_accuracy(ray_cluster, tmp_path, capsys):
     # progress through the silent part of start-up, in order
     lines = out.splitlines()
     starting = next(i for i, x in enumerate(lines) if x.startswith("starting Ray"))
-    reading = next(i for i, x in enumerate(lines) if x.startswith("reading and tokenizing demo"))
-    report = next(i for i, x in enumerate(lines) if x.startswith("data report [train]"))
-    assert starting < reading < report
+    streaming = next(i for i, x in enumerate(lines) if x.startswith("streaming demo: about"))
+    first_step = next(i for i, x in enumerate(lines) if x.startswith("step "))
+    report = next(i for i, x in enumerate(lines) if x.startswith("data report [train]: 400 rows read"))
+    assert starting < streaming < first_step < report  # the report is counted as the rows stream
     summary = next(r for r in read_metrics(str(tmp_path / "demo")) if r.get("event") == "summary")
     phases = [summary["startup_s"][k] for k in ("ray_ready", "data_ready", "worker_entered", "model_ready", "first_step")]
     assert phases == sorted(phases) and phases[0] >= 0

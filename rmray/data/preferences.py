@@ -1,9 +1,9 @@
 """Ray Data pipeline: raw preference rows -> validated, tokenized pairs plus a data report.
 
 Tokenization runs in parallel ``map_batches`` tasks; every row comes out with a ``status`` (``ok``
-or the skip reason), so skipped rows are counted and sampled, never silently lost. The result is
-materialized once: the report and the optimizer schedule must be known before the first step, and
-later epochs re-read the tokens instead of re-tokenizing (Ray spills to disk if it does not fit).
+or the skip reason), so skipped rows are counted and sampled, never silently lost. Training streams
+``tokenized_rows`` (:mod:`rmray.data.stream` counts the report as the rows pass); ``build_preferences``
+materializes it first, for a schedule and a report known before the first step.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from ray.data.expressions import col, monotonically_increasing_id
 
@@ -38,6 +39,8 @@ class TokenizedPreferences:
     """Lazy over the materialized tokens (a filter away from them), in the source's row order. Columns
     ``row_id`` (str), ``chosen_ids``/``rejected_ids`` (int lists), ``margin`` (float), ``split_key``."""
     report: DataReport
+    tokenized: ray.data.Dataset | None = None
+    """Every row with its ``status`` (materialized): what the trainer's ``RowStream`` reads."""
 
 
 def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool,
@@ -164,14 +167,15 @@ def _row_format(row: dict, fmt: str) -> str:
         raise BadRow("missing_field", None, str(e)) from None
 
 
-def build_preferences(
-    source: str, *, tokenizer, spec: ScoringSpec, name: str, data_format: str = "auto", limit: int | None = None,
+def tokenized_rows(
+    source: str, *, tokenizer, spec: ScoringSpec, data_format: str = "auto", limit: int | None = None,
     strict: bool = False, num_cpus: float = 0.5, raw: ray.data.Dataset | None = None,
     fields: dict[str, str] | None = None,
-) -> TokenizedPreferences:
-    """Read, validate and tokenize ``source`` (or an already-read ``raw`` dataset), keeping the
-    source's row order: what each rank trains on must be a function of (data, seed), so that a resume
-    in a new driver finds the same pairs at the same positions."""
+) -> ray.data.Dataset:
+    """Read ``source`` (or an already-read ``raw`` dataset) and validate and tokenize it, lazily: every
+    row comes out with its ``status`` (``tokenize_batch``), in the source's row order -- what each rank
+    trains on must be a function of the data, so that a resume in a new driver finds the same pairs at
+    the same positions."""
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     lines = read_lines(source) if raw is None else None
     ds = raw if raw is not None else (lines if lines is not None else read_source(source))
@@ -181,34 +185,45 @@ def build_preferences(
     # generated id that is unique per row ("block:offset" after formatting) for other sources.
     if lines is None:
         ds = ds.with_column("_row_id", monotonically_increasing_id())
-    tokenized = ds.map_batches(
+    return ds.map_batches(
         tokenize_batch, batch_format="pyarrow", batch_size=256, num_cpus=num_cpus,
         fn_kwargs={"tokenizer": tokenizer, "spec": spec, "fmt": data_format, "strict": strict, "fields": fields},
-    ).materialize()
-    report = _report(tokenized, name)
+    )
+
+
+def build_preferences(source: str, *, name: str, **options) -> TokenizedPreferences:
+    """``tokenized_rows`` materialized, with its report: the whole set read and tokenized before anything
+    trains (``stream_data=false``; the tests of the data path). Raises when no row is kept."""
+    tokenized = tokenized_rows(source, **options).materialize()
+    report = DataReport(name=name)
+    for batch in tokenized.select_columns(REPORT_COLUMNS).iter_batches(batch_format="pyarrow", batch_size=4096):
+        count_report(report, batch)
     if report.rows_read == 0:
         raise ValueError(f"{name} data {source!r} has no rows")
     # Not materialized again: the caller's split (or the trainer) runs this filter in its own pass.
     kept = tokenized.filter(expr=col("status") == "ok").select_columns(SPLIT_COLUMNS)
     if report.rows_kept == 0:
         raise ValueError(f"{name} data {source!r}: all {report.rows_read} rows were skipped\n{report.format()}")
-    return TokenizedPreferences(kept, report)
+    return TokenizedPreferences(kept, report, tokenized)
 
 
-def _report(tokenized: ray.data.Dataset, name: str) -> DataReport:
-    report = DataReport(name=name)
-    columns = ["row_id", "status", "message", "truncated", "pairs", "num_tokens", "shared_tokens"]
-    for batch in tokenized.select_columns(columns).iter_batches(batch_format="pandas", batch_size=4096):
-        report.rows_read += len(batch)
-        ok = batch["status"] == "ok"
-        report.rows_kept += int(ok.sum())
-        report.pairs += int(batch["pairs"].sum())
-        report.rows_truncated += int(batch["truncated"].sum())
-        report.tokens += int(batch["num_tokens"].sum())
-        report.shared_prefix_tokens += int(batch["shared_tokens"].sum())
-        for row in batch[~ok].itertuples():
-            report.add_skip(row.status, _format_row_id(row.row_id), row.message)
-    return report
+REPORT_COLUMNS = ["row_id", "status", "message", "truncated", "pairs", "num_tokens", "shared_tokens"]
+
+
+def count_report(report: DataReport, batch: pa.Table) -> None:
+    """Add a batch of tokenized rows (``REPORT_COLUMNS``) to ``report``: counts as the rows pass, no pass of its own."""
+    status = batch.column("status").to_pylist()
+    report.rows_read += len(status)
+    report.rows_kept += status.count("ok")
+    report.pairs += int(pc.sum(batch.column("pairs")).as_py() or 0)
+    report.rows_truncated += int(pc.sum(pc.cast(batch.column("truncated"), pa.int64())).as_py() or 0)
+    report.tokens += int(pc.sum(batch.column("num_tokens")).as_py() or 0)
+    report.shared_prefix_tokens += int(pc.sum(batch.column("shared_tokens")).as_py() or 0)
+    if len(status) != status.count("ok"):
+        ids, messages = batch.column("row_id").to_pylist(), batch.column("message").to_pylist()
+        for i, value in enumerate(status):
+            if value != "ok":
+                report.add_skip(value, _format_row_id(ids[i]), messages[i])
 
 
 def _format_row_id(row_id: str) -> str:

@@ -69,14 +69,17 @@ def choose_layout(padding_free: bool, share_prompt: bool, causal: bool) -> str:
     return "shared" if share_prompt and causal else "packed"
 
 
-def iter_pair_batches(shard, *, batch_size: int, group_by_length: bool, window: int, seed: int) -> Iterator[dict]:
-    """Yield dicts of numpy columns with ``batch_size`` rows (the last may be smaller)."""
-    if not group_by_length:
-        yield from shard.iter_batches(batch_size=batch_size, batch_format="numpy")
-        return
-    for w, block in enumerate(shard.iter_batches(batch_size=batch_size * window, batch_format="numpy")):
-        lengths = row_sizes(block)
-        for idx in length_grouped_batches(lengths, batch_size, seed=seed * 100_003 + w):
+def iter_pair_batches(windows, *, batch_size: int, group_by_length: bool, seed: int, first_window: int = 0) -> Iterator[dict]:
+    """Micro-batches of ``batch_size`` rows (a window's last may be smaller) from a rank's windows
+    (dicts of numpy columns, ``rmray.data.stream``): in order, or grouped by length inside each window
+    (seeded by ``seed`` and the window's index, so a resumed epoch groups its windows the same way)."""
+    for w, block in enumerate(windows, start=first_window):
+        n = len(block["chosen_ids"])
+        if group_by_length:
+            order = length_grouped_batches(row_sizes(block), batch_size, seed=seed * 100_003 + w)
+        else:
+            order = [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        for idx in order:
             yield {key: value[np.asarray(idx)] for key, value in block.items()}
 
 

@@ -1,15 +1,14 @@
-"""Hands the driver's tokenized data to a trainer that started before the data was ready.
+"""Hands the driver's data stream to a trainer that started before the data was ready.
 
 Ray Train takes about 10 s to bring up its controller and workers (process starts, torch imports, the
-process group), the workers a few more to import transformers and load the model, and the driver
-about as long to read, tokenize and report the data. One after the other they double the wait for
-the first step, so ``rmray.train.run`` starts the trainer first; each rank builds its model and then
-waits here for the data.
+process group), the workers a few more to import transformers and load the model, while the driver
+loads the tokenizer and sets up the stream (reading everything first, with ``stream_data=false``,
+takes as long as the data's size). One after the other they add up, so ``rmray.train.run`` starts the
+trainer first; each rank builds its model and then waits here for the data.
 
-Payload the driver puts (once): ``{"data": {"train": [shard per rank], "eval": dataset | None,
-"info": {...}}}`` on success, ``{"error": "..."}`` when preparing the data failed -- the read then
-raises in every rank, which Ray Train does not retry, so the run ends and the driver re-raises the
-original error.
+Payload the driver puts (once): ``{"data": {"stream": RowStream actor, "info": {...}}}`` on success,
+``{"error": "..."}`` when preparing the data failed -- the read then raises in every rank, which Ray
+Train does not retry, so the run ends and the driver re-raises the original error.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from rmray.core.loss import metrics_from_sums, preference_sums
 from rmray.core.model import RewardModel, apply_lora, load_hf_model
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenizer import load_tokenizer
+from rmray.data.stream import StreamError, eval_batches, rank_windows, stop_stream, write_data_report
 
 from .batches import (
     Layout,
@@ -44,6 +45,7 @@ from .batches import (
     padded_equivalent_tokens,
     to_chunks,
 )
+from .attempt import attempt_id
 from .compute import Compute, all_reduce, wants_bf16
 from .diagnostics import ConsumedLog, chaos_kill
 from .health import Health
@@ -58,7 +60,10 @@ from .state import checkpoint_name, save_training_state, write_manifest
 def train_loop_per_worker(loop_config: dict) -> None:
     run = WorkerRun(loop_config)
     run.setup()
-    run.train()
+    try:
+        run.train()
+    except StreamError:  # every rank meets a data error at the same window; the driver raises its message
+        return
     run.finish()
 
 
@@ -144,12 +149,13 @@ class WorkerRun:
         self.startup["model_ready"] = time.time() - self.started_at
 
     def _setup_data(self) -> None:
-        # The model is built while the driver may still be tokenizing (see rmray.train.handoff); from here
-        # on the run needs the data: this rank's train shard, the eval set, the schedule.
+        # The model is built while the driver may still be preparing the data (see rmray.train.handoff);
+        # from here on the run needs it: the stream of this rank's rows, and the schedule.
         data = ray.get(self.loop_config["handoff"].get.remote("data"))
-        self.info, self.train_shard, self.eval_shard = data["info"], data["train"][self.rank], data.get("eval")
+        self.info, self.stream, self.has_eval = data["info"], data["stream"], data["info"]["has_eval"]
         self.spec, self.total_steps = ScoringSpec(**self.info["spec"]), self.info["total_steps"]
         self.startup["data_ready"] = self.info["data_ready_s"]
+        self.attempt = attempt_id(self.rank)  # names this attempt's passes over the stream
 
     def _open_log(self) -> MetricsLog:
         cfg, rank0 = self.cfg, self.rank == 0
@@ -178,15 +184,20 @@ class WorkerRun:
             self._end_epoch()
 
     def _done(self) -> bool:
-        return self.state.step >= self.total_steps or self.stopped
+        """``max_steps``, else the epochs: a streamed schedule's step count is an estimate, the epochs are not."""
+        s, cfg = self.state, self.cfg
+        return self.stopped or (s.step >= cfg.max_steps if cfg.max_steps > 0 else s.epoch >= cfg.num_train_epochs)
 
     def _train_epoch(self) -> None:
         cfg, s = self.cfg, self.state
-        batches = iter_pair_batches(self.train_shard, batch_size=cfg.per_device_train_batch_size,
-                                    group_by_length=cfg.group_by_length, window=cfg.length_group_window,
+        skip = s.batches_in_epoch // cfg.length_group_window  # a window holds length_group_window micro-batches
+        windows = rank_windows(self.stream, f"{self.attempt}/{s.epoch}", self.rank, skip)
+        batches = iter_pair_batches(windows, batch_size=cfg.per_device_train_batch_size, first_window=skip,
+                                    group_by_length=cfg.group_by_length,
                                     seed=random.Random(f"{cfg.seed}-{s.epoch}-{self.rank}").randrange(2**31))
-        micro, self._t0 = 0, time.perf_counter()
-        for batch_index, batch in enumerate(self._timed(batches)):
+        # a resumed epoch made progress before; a fresh one that makes none would repeat forever
+        micro, self._t0, self._epoch_steps = 0, time.perf_counter(), s.batches_in_epoch
+        for batch_index, batch in enumerate(self._timed(batches), start=skip * cfg.length_group_window):
             if batch_index < s.batches_in_epoch:  # resuming inside an epoch: skip what was trained
                 self.consumed.write(s, batch_index, batch, "skipped")
                 continue
@@ -196,6 +207,7 @@ class WorkerRun:
             self._micro_batch(batch, sync)
             s.batches_in_epoch = batch_index + 1
             if sync:
+                self._epoch_steps += 1
                 self._optimizer_step()
                 self._after_step()
                 if self._done():
@@ -227,17 +239,21 @@ class WorkerRun:
         cfg, step = self.cfg, self.state.step
         if step % cfg.logging_steps == 0 or step >= self.total_steps:
             self._log_train()
-        if self.eval_shard is not None and cfg.eval_steps and step % cfg.eval_steps == 0:
+        if self.has_eval and cfg.eval_steps and step % cfg.eval_steps == 0:
             self.evaluate()
         if cfg.save_steps and step % cfg.save_steps == 0:
             self.save_checkpoint()
 
     def _end_epoch(self) -> None:
+        if self._epoch_steps == 0:
+            stop_stream(self.stream, f"an epoch gave no optimizer step: each of the {self.world} workers "
+                                "got fewer micro-batches than gradient_accumulation_steps; use more data, fewer "
+                                "workers, or a smaller batch size / accumulation")
         with self._paused():
             self.optimizer.zero_grad(set_to_none=True)  # a partial accumulation at the epoch's end is not carried over
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
-        if self.eval_shard is not None and self.evaluated_at != self.state.step:
+        if self.has_eval and self.evaluated_at != self.state.step:
             self.evaluate()
         if not self._done() and self.saved_at != self.state.step:
             self.save_checkpoint()
@@ -283,19 +299,16 @@ class WorkerRun:
 
     @torch.no_grad()
     def evaluate(self) -> None:
-        """Every rank reads the whole (small, unsplit) eval set and scores every world-th batch; the sums
-        are all-reduced, so eval metrics are identical whatever the number of workers. Under FSDP every
-        rank runs every batch (each forward is a collective) and nothing is reduced."""
+        """Every rank scores its share of the eval rows (row i is rank i % world's, ``rmray.data.stream``);
+        the sums are all-reduced, so eval metrics are identical whatever the number of workers. Under FSDP
+        every rank runs every row (each forward is a collective) and nothing is reduced."""
         compute, cfg = self.compute, self.cfg
         with self._paused():
             model = compute.strategy.eval_model(compute.model, compute.raw)
             model.eval()
             sums, self.eval_margins = torch.zeros(8, dtype=torch.float64), []
             all_batches = compute.strategy.every_rank_evaluates_all()
-            batches = self.eval_shard.iter_batches(batch_size=cfg.per_device_eval_batch_size, batch_format="numpy")
-            for i, batch in enumerate(batches):
-                if i % self.world != self.rank and not all_batches:
-                    continue
+            for batch in eval_batches(self.stream, self.rank, cfg.per_device_eval_batch_size, all_batches):
                 for chunk in to_chunks(batch, self.layout):
                     chosen, rejected, loss = (t.cpu() for t in compute.score_chunk(chunk, model))
                     sums += preference_sums(chosen, rejected, loss * chunk.num_pairs)
@@ -332,6 +345,7 @@ class WorkerRun:
             if self.rank != 0:
                 ray.train.report(metrics, checkpoint=None)
                 return
+            write_data_report(self.stream, cfg.output_dir)
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = os.path.join(tmp, "checkpoint")
                 save_reward_model(compute.raw, self.tokenizer, self.spec, ckpt, merge_lora=False, state_dict=model_state)

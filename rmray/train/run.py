@@ -2,8 +2,8 @@
 
 ``train(cfg)`` is the one function the CLI and ``jobs/train.py`` call. The trainer is started
 before the data is ready whenever that is safe (``_start_workers_early``): Ray Train's controller
-and workers come up and load the model while the driver reads and tokenizes, and the data -- one
-train shard per rank -- reaches them through :mod:`rmray.train.handoff`.
+and workers come up and load the model while the driver sets up the stream of rows
+(:mod:`rmray.data.stream`), which reaches them through :mod:`rmray.train.handoff`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from rmray.config import TrainConfig
+from rmray.core.report import DataReport
 from rmray.core.spec import ScoringSpec
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray, verbose, without_no_cpu_warning
@@ -40,9 +41,10 @@ class TrainResult:
 @dataclass
 class PreparedData:
     spec: ScoringSpec
-    datasets: dict  # "train" (and "eval") -> MaterializedDataset of PAIR_COLUMNS
-    reports: list
+    stream: object  # the RowStream actor every rank reads from (rmray.data.stream)
+    reports: list  # the data reports when read whole first; [] when counted as the rows stream
     total_steps: int
+    has_eval: bool
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -68,7 +70,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     try:
         # The early start left a CPU for the data tasks (_room_for_data_tasks): Ray Data's hang warning is false.
         with without_no_cpu_warning() if early else contextlib.nullcontext():
-            data = _prepare_data(cfg, *model_facts.result())
+            data = _prepare_data(cfg, *model_facts.result(), stream=cfg.stream_data and early)
         payload = _worker_data(cfg, data, early, started_at)
     except BaseException as e:
         handoff.put.remote({"error": f"{type(e).__name__}: {e}"})
@@ -78,13 +80,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     handoff.put.remote({"data": payload})
     running = running or InBackground(trainer.fit)
     follow_progress(running, os.path.join(cfg.output_dir, "metrics.jsonl"), data.total_steps)
-
+    reports = _final_reports(cfg, data)
     summary = next((m for m in reversed(read_metrics(cfg.output_dir)) if m.get("event") == "summary"), {})
     final_dir = os.path.join(cfg.output_dir, "final")
     if summary:
         from rmray.report.model_card import write_model_card
 
-        write_model_card(cfg.output_dir, dataclasses.asdict(cfg), summary, [r.to_dict() for r in data.reports])
+        write_model_card(cfg.output_dir, dataclasses.asdict(cfg), summary, reports)
     if _is_uri(cfg.storage_path) and summary:
         _upload_outputs(cfg.output_dir, cfg.storage_path.rstrip("/"))
     _print_summary(summary, final_dir)
@@ -155,17 +157,32 @@ def _build_trainer(cfg: TrainConfig, handoff, started_at: float, ray_ready: floa
 
 
 def _worker_data(cfg: TrainConfig, data: PreparedData, early: bool, started_at: float) -> dict:
-    """What every rank takes from the handoff: its own train shard (equal sizes, so every rank runs the
-    same number of steps; at most ``num_workers - 1`` pairs are left out), the whole eval set (each
-    rank scores its share, see ``loop._evaluate``) and the schedule. The split is rmray's rather than
-    Ray Train's ``datasets=``: that path calls the training function only once the data exists (and
-    streams the split through a coordinator actor), while this one lets the workers import and load
-    the model during tokenization. A split of materialized blocks, fixed for the run: a resumed epoch
-    reads the same rows in the same order."""
-    shards = data.datasets["train"].split(cfg.num_workers, equal=True)
-    return {"train": shards, "eval": data.datasets.get("eval"), "info": {
-        "spec": dataclasses.asdict(data.spec), "total_steps": data.total_steps, "data_ready_s": time.time() - started_at,
-        "workers_started_early": early}}
+    """What every rank takes from the handoff: the stream of its rows (``RowStream``: the order rule,
+    equal rows per rank in every window, its share of the eval rows) and the schedule. The stream is
+    rmray's rather than Ray Train's ``datasets=`` + ``streaming_split``: that split hands blocks to
+    whichever rank asks first, so which rank trains which pair would depend on timing and a resumed
+    run could not skip exactly what was trained; and it calls the training function only once the
+    data exists, while here the workers load the model while the first rows tokenize."""
+    return {"stream": data.stream, "info": {
+        "spec": dataclasses.asdict(data.spec), "total_steps": data.total_steps, "has_eval": data.has_eval,
+        "data_ready_s": time.time() - started_at, "workers_started_early": early}}
+
+
+def _final_reports(cfg: TrainConfig, data: PreparedData) -> list[dict]:
+    """The data reports, saved; a data error the stream met (a bad row under ``on_bad_row=error``, no row
+    kept) is raised here, after every rank stopped at it."""
+    import ray
+
+    status = ray.get(data.stream.data_report.remote())
+    if status["error"]:
+        raise UsageError(f"{cfg.train_data}: {status['error']}")
+    if data.reports:
+        return [r.to_dict() for r in data.reports]
+    reports = status["reports"]
+    for report in reports:
+        print(DataReport(**report).format() + ("" if status["complete"] else " (rows read so far)"), flush=True)
+    _save_json(os.path.join(cfg.output_dir, "data_report.json"), reports)
+    return reports
 
 
 def _model_facts(cfg: TrainConfig) -> tuple:
@@ -177,47 +194,91 @@ def _model_facts(cfg: TrainConfig) -> tuple:
     return tokenizer, _readout(cfg)
 
 
-def _prepare_data(cfg: TrainConfig, tokenizer, readout: str) -> PreparedData:
-    """Read, validate, tokenize, report and split; materialized, so the schedule is known up front."""
-    from ray.data.expressions import col
-
-    from rmray.data.preferences import PAIR_COLUMNS, build_preferences
+def _prepare_data(cfg: TrainConfig, tokenizer, readout: str, stream: bool) -> PreparedData:
+    """The rows' stream and the schedule. Streamed, the schedule comes from the source's row count; read
+    whole first (``stream_data=false``, a source without a count, or no CPU left beside the workers for
+    Ray Data's tasks), from the exact count, with the report printed before the first step."""
+    from rmray.data.preferences import tokenized_rows
 
     spec = ScoringSpec(max_length=cfg.max_length, truncation=cfg.truncation, add_eos=cfg.add_eos,
                        eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
                        readout=readout, uses_chat_template=tokenizer.chat_template is not None,
                        attributes=list(cfg.attributes) or None, attribute_weights=cfg.reward_weights)
     _explain_layout(cfg, readout)
+    _bound_object_store(cfg)
     common = dict(tokenizer=tokenizer, spec=spec, data_format=cfg.data_format, strict=cfg.on_bad_row == "error",
                   num_cpus=cfg.tokenize_num_cpus, fields=cfg.fields())
+    rows = _expected_train_rows(cfg) if stream else None
+    if stream and rows is None and cfg.max_steps <= 0:
+        print(f"{cfg.train_data}: no row count without reading it (set max_steps to stream it); reading it whole first",
+              flush=True)
+        stream = False
+    has_eval = bool(cfg.eval_data) or cfg.eval_split_ratio > 0
+    if stream:
+        train = tokenized_rows(cfg.train_data, limit=cfg.max_train_samples, **common)
+        evals = tokenized_rows(cfg.eval_data, limit=cfg.max_eval_samples, **common) if cfg.eval_data else None
+        reports, total_steps = [], cfg.max_steps if rows is None else _total_steps(cfg, rows)
+        print(f"streaming {cfg.train_data}: " + (f"about {rows} train rows, " if rows is not None else "")
+              + f"{cfg.num_workers} workers, {total_steps} steps", flush=True)
+    else:
+        train, evals, reports, rows = _read_whole(cfg, common)
+        total_steps = _total_steps(cfg, rows)
+    from rmray.data.stream import RowStream
+
+    row_stream = RowStream.remote(
+        train, evals, world=cfg.num_workers, rows_per_window=cfg.per_device_train_batch_size * cfg.length_group_window,
+        eval_split_ratio=0.0 if cfg.eval_data else cfg.eval_split_ratio, count_reports=stream,
+        max_eval_rows=cfg.max_eval_samples)
+    return PreparedData(spec, row_stream, reports, total_steps, has_eval)
+
+
+def _read_whole(cfg: TrainConfig, common: dict) -> tuple:
+    """Read and tokenize everything first: the reports and the exact train row count up front."""
+    from ray.data.expressions import col
+
+    from rmray.data.preferences import build_preferences
+
     print(f"reading and tokenizing {cfg.train_data}...", flush=True)
-    train_prefs = build_preferences(cfg.train_data, name="train", limit=cfg.max_train_samples, **common)
-    train_ds, eval_ds, reports = train_prefs.dataset, None, [train_prefs.report]
+    train = build_preferences(cfg.train_data, name="train", limit=cfg.max_train_samples, **common)
+    reports, evals, ratio = [train.report], None, 0.0 if cfg.eval_data else cfg.eval_split_ratio
     if cfg.eval_data:
         eval_prefs = build_preferences(cfg.eval_data, name="eval", limit=cfg.max_eval_samples, **common)
-        eval_ds = eval_prefs.dataset
         reports.append(eval_prefs.report)
-    elif cfg.eval_split_ratio > 0:  # by a hash of each row (preferences.split_key): the same split in any driver
-        eval_ds = train_ds.filter(expr=col("split_key") < cfg.eval_split_ratio)
-        train_ds = train_ds.filter(expr=col("split_key") >= cfg.eval_split_ratio)
-        if cfg.max_eval_samples:
-            eval_ds = eval_ds.limit(cfg.max_eval_samples)
-    # One pass each from the tokens to what the workers read.
-    datasets = {"train": _materialized(train_ds.select_columns(PAIR_COLUMNS))}
-    if eval_ds is not None:
-        datasets["eval"] = _materialized(eval_ds.select_columns(PAIR_COLUMNS))
-        if datasets["eval"].count() == 0:
-            raise UsageError(f"eval_split_ratio={cfg.eval_split_ratio} left no eval pairs out of {reports[0].rows_kept}: "
-                             "raise eval_split_ratio, give eval_data, or set eval_split_ratio=0")
+        evals = eval_prefs.tokenized
+    n_train = train.dataset.filter(expr=col("split_key") >= ratio).count() if ratio else train.report.rows_kept
+    if ratio and n_train == train.report.rows_kept:
+        raise UsageError(f"eval_split_ratio={ratio} left no eval pairs out of {train.report.rows_kept}: "
+                         "raise eval_split_ratio, give eval_data, or set eval_split_ratio=0")
     for report in reports:
         print(report.format(), flush=True)
     _save_json(os.path.join(cfg.output_dir, "data_report.json"), [r.to_dict() for r in reports])
+    print(f"training on {n_train} rows with {cfg.num_workers} workers", flush=True)
+    return train.tokenized, evals, reports, n_train
 
-    n_train = datasets["train"].count()
-    total_steps = _total_steps(cfg, n_train)
-    n_eval = datasets["eval"].count() if "eval" in datasets else 0
-    print(f"training on {n_train} rows ({n_eval} eval) with {cfg.num_workers} workers for {total_steps} steps", flush=True)
-    return PreparedData(spec, datasets, reports, total_steps)
+
+def _expected_train_rows(cfg: TrainConfig) -> int | None:
+    """Train rows from the source's own count, before validation. Of a split by row hash, the expected
+    train share plus three standard deviations: a schedule a little long is harmless (the learning rate
+    ends near 0), one too short would end the decay before the data."""
+    from rmray.data.rowcount import count_rows
+
+    rows = count_rows(cfg.train_data)
+    if rows is None:
+        return None
+    if cfg.max_train_samples:
+        rows = min(rows, cfg.max_train_samples)
+    ratio = 0.0 if cfg.eval_data else cfg.eval_split_ratio
+    return min(rows, math.ceil(rows * (1 - ratio) + 3 * math.sqrt(rows * ratio * (1 - ratio))))
+
+
+def _bound_object_store(cfg: TrainConfig) -> None:
+    """Ray Data's object-store budget for rows read and tokenized ahead (captured by each dataset made after)."""
+    import ray.data
+    from ray.data._internal.execution.interfaces import ExecutionResources
+
+    if cfg.data_object_store_mb:
+        options = ray.data.DataContext.get_current().execution_options
+        options.resource_limits = ExecutionResources(object_store_memory=cfg.data_object_store_mb * 2**20)
 
 
 def _train_worker(loop_config: dict) -> None:
@@ -269,7 +330,7 @@ def _explain_layout(cfg: TrainConfig, readout: str) -> None:
 
 
 def _total_steps(cfg: TrainConfig, n_train: int) -> int:
-    per_rank = n_train // cfg.num_workers  # Ray splits the train set equally across ranks
+    per_rank = n_train // cfg.num_workers  # the order rule gives every rank as many rows (rmray.data.stream)
     batches = math.ceil(per_rank / cfg.per_device_train_batch_size)
     steps_per_epoch = batches // cfg.gradient_accumulation_steps
     if steps_per_epoch == 0:
@@ -339,12 +400,6 @@ def _upload_outputs(output_dir: str, uri: str) -> None:
             with open(source, "rb") as f, filesystem.open_output_stream(f"{root}/{name}") as out:
                 out.write(f.read())
     print(f"outputs copied to {uri}", flush=True)
-
-
-def _materialized(ds):
-    from ray.data.dataset import MaterializedDataset
-
-    return ds if isinstance(ds, MaterializedDataset) else ds.materialize()
 
 
 def _save_json(path: str, obj) -> None:

@@ -1,0 +1,296 @@
+"""The order rule, and the actor that streams it: which rows each rank trains on, window by window.
+
+**Order rule** (the one rule of the streamed and the materialized path). The train rows that are kept,
+in the source's order (files sorted, rows in file order), are cut into windows of
+``world * rows_per_window`` rows; rank ``r`` takes rows ``r, r + world, r + 2 world, ...`` of each
+window. The last window is cut to a multiple of ``world`` (at most ``world - 1`` rows a epoch are left
+out), so in every window every rank has as many rows as every other: the ranks take the same number of
+micro-batches however uneven the files are, and the end of the stream ends the epoch for every rank
+at the same micro-batch. The order is a pure function of the data; where the rows of a window go
+inside a rank (length grouping) is a function of (seed, epoch, rank, window). A resumed epoch asks for
+its stream from window ``k``: the windows before it are read but never shipped.
+
+``RowStream`` is an actor the driver starts. It runs the Ray Data pipeline (read, then validate and
+tokenize in tasks; Ray Data's backpressure bounds how far ahead they run), counts the data report as
+the rows pass (no counting pass), and puts each rank's share of a window in the object store, where
+that rank's next request finds it. A data error (a bad row under ``on_bad_row=error``, no row kept,
+no eval row) ends every rank's stream at the same window with the message, and the driver raises it.
+
+Example, 2 ranks, ``rows_per_window=2``, kept rows ``a b c d e f g``: windows ``[a b c d]``,
+``[e f g]`` -> ``[e f]``; rank 0 trains ``a c | e``, rank 1 ``b d | f``; ``g`` waits for the next epoch's
+read of the same rule (it is left out again: the cut is by position, not by chance).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import deque
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from rmray.core.report import DataReport
+
+from .preferences import PAIR_COLUMNS, REPORT_COLUMNS, count_report
+
+
+def rank_share(table: pa.Table, rank: int, world: int) -> pa.Table:
+    """Rows ``rank, rank + world, ...`` of ``table``."""
+    return table.take(pa.array(range(rank, table.num_rows, world), type=pa.int64()))
+
+
+def kept_rows(table: pa.Table, split: tuple[float, float] | None) -> pa.Table:
+    """The rows tokenized without a problem (and on this side of the eval split), as ``PAIR_COLUMNS``."""
+    keep = pc.equal(table.column("status"), "ok")
+    if split is not None:
+        low, high = split
+        key = table.column("split_key")
+        keep = pc.and_(keep, pc.and_(pc.greater_equal(key, low), pc.less(key, high)))
+    return table.filter(keep).select(PAIR_COLUMNS)
+
+
+class _Windows:
+    """One pass over a tokenized dataset, cut into windows by the order rule; counts its report."""
+
+    def __init__(self, dataset, *, world: int, rows: int, split, skip: int, report: DataReport | None):
+        self.batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+        self.world, self.size, self.split, self.report = world, world * rows, split, report
+        self.buffer: list[pa.Table] = []
+        self.buffered, self.produced, self.skip, self.ended = 0, 0, skip, False
+        self.queues = [deque() for _ in range(world)]
+        self.primer: threading.Thread | None = None
+        self.primed: list = []
+
+    def prime(self) -> "_Windows":
+        """Start reading and tokenizing the first window now, while the ranks still load their model."""
+        self.primer = threading.Thread(target=self._prime, daemon=True)
+        self.primer.start()
+        return self
+
+    def _prime(self) -> None:
+        try:
+            self.primed.append(self._next_window())
+        except Exception as e:  # noqa: BLE001 - raised to the first rank that asks
+            self.primed.append(e)
+
+    def next_for(self, rank: int):
+        """``rank``'s next share (an object ref), or None at the end of the pass."""
+        if self.primer is not None:
+            self.primer.join()
+            self.primer = None
+        while not self.queues[rank]:
+            window = self._next_window()
+            if window is None:
+                return None
+            self.produced += 1
+            if self.produced > self.skip:  # a resumed epoch: the windows before its position are not shipped
+                for r in range(self.world):
+                    self.queues[r].append(ray.put(rank_share(window, r, self.world)))
+        return self.queues[rank].popleft()
+
+    def _next_window(self) -> pa.Table | None:
+        if self.primed:
+            window = self.primed.pop()
+            if isinstance(window, Exception):
+                raise window
+            return window
+        while self.buffered < self.size and not self.ended:
+            try:
+                block = next(self.batches)
+            except StopIteration:
+                self.ended = True
+                break
+            if self.report is not None:
+                count_report(self.report, block.select(REPORT_COLUMNS))
+            kept = kept_rows(block, self.split)
+            if kept.num_rows:
+                self.buffer.append(kept)
+                self.buffered += kept.num_rows
+        take = self.size if self.buffered >= self.size else self.buffered - self.buffered % self.world
+        if take == 0:
+            return None
+        rows = pa.concat_tables(self.buffer)
+        self.buffer, self.buffered = [rows.slice(take)], rows.num_rows - take
+        return rows.slice(0, take)
+
+
+@ray.remote(num_cpus=0)
+class RowStream:
+    """Serves every rank its windows of the train rows and its share of the eval rows (see the module)."""
+
+    def __init__(self, train, eval_data=None, *, world: int, rows_per_window: int, eval_split_ratio: float = 0.0,
+                 count_reports: bool = True, max_eval_rows: int | None = None):
+        self.train, self.eval_data, self.world, self.rows = train, eval_data, world, rows_per_window
+        self.ratio, self.count_reports, self.max_eval_rows = eval_split_ratio, count_reports, max_eval_rows
+        self.passes: dict[str, _Windows] = {}
+        self.reports: dict[str, DataReport] = {}  # "train"/"eval": a whole pass's report
+        self.partial: DataReport | None = None
+        self.eval_shares: list[list] | None = None
+        self.error: str | None = None
+        self.first = self._windows(skip=0).prime()  # the first pass's first window, before any rank asks
+
+    def next_window(self, key: str, rank: int, skip: int = 0) -> dict:
+        """``{"window": [ref]}``, ``{"end": True}`` or ``{"error": message}``. ``key`` names one pass
+        (an attempt's epoch): the first rank to ask for a new key starts it, the passes of other keys end."""
+        if self.error:
+            return {"error": self.error}
+        try:
+            if key not in self.passes:
+                self._start(key, skip)
+            ref = self.passes[key].next_for(rank)
+        except Exception as e:  # noqa: BLE001 - the message ends every rank's stream
+            self.error = _message(e)
+            return {"error": self.error}
+        if ref is None:
+            return self._ended(key)
+        return {"window": [ref]}
+
+    def _start(self, key: str, skip: int) -> None:
+        self.passes = {k: v for k, v in self.passes.items() if k.split("/")[0] == key.split("/")[0]}
+        first, self.first = self.first, None
+        self.passes[key] = first if first is not None and skip == 0 else self._windows(skip)
+
+    def _windows(self, skip: int) -> _Windows:
+        split = (self.ratio, 1.0) if self.ratio > 0 and self.eval_data is None else None
+        self.partial = DataReport(name="train") if self.count_reports else None
+        return _Windows(self.train, world=self.world, rows=self.rows, split=split, skip=skip, report=self.partial)
+
+    def _ended(self, key: str) -> dict:
+        done = self.passes[key]
+        if done.report is not None and "train" not in self.reports:
+            self.reports["train"] = done.report
+            problem = _empty_problem(done.report)
+            if problem:
+                self.error = problem
+                return {"error": problem}
+        if done.produced == 0:
+            self.error = (f"the train data has fewer kept rows than workers ({self.world}): no rank has a row "
+                          "to train on; use more data or fewer workers")
+            return {"error": self.error}
+        return {"end": True}
+
+    def eval_share(self, rank: int, everything: bool = False) -> dict:
+        """``{"shares": [ref, ...]}``: rank ``rank``'s rows of the eval set (every row with ``everything``,
+        for strategies whose every forward is a collective), read once and kept for later evaluations."""
+        if self.error:
+            return {"error": self.error}
+        try:
+            if self.eval_shares is None:
+                self._read_eval()
+        except Exception as e:  # noqa: BLE001
+            self.error = _message(e)
+            return {"error": self.error}
+        if everything:
+            return {"shares": [ref for share in self.eval_shares for ref in share]}
+        return {"shares": self.eval_shares[rank]}
+
+    def _read_eval(self) -> None:
+        source = self.eval_data if self.eval_data is not None else self.train
+        split = None if self.eval_data is not None else (0.0, self.ratio)
+        report = DataReport(name="eval") if self.count_reports and self.eval_data is not None else None
+        shares, seen, limit = [[] for _ in range(self.world)], 0, self.max_eval_rows
+        for block in source.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if report is not None:
+                count_report(report, block.select(REPORT_COLUMNS))
+            kept = kept_rows(block, split)
+            if limit is not None:
+                kept = kept.slice(0, max(0, limit - seen))
+            for r in range(self.world):  # row i of the eval set is rank (i % world)'s
+                share = rank_share(kept, (r - seen) % self.world, self.world)
+                if share.num_rows:
+                    shares[r].append(ray.put(share))
+            seen += kept.num_rows
+        if report is not None:
+            self.reports["eval"] = report
+        if seen == 0:
+            raise ValueError("no eval rows: eval_split_ratio held out none of the train rows (or eval_data kept none); "
+                             "raise eval_split_ratio, give eval_data, or set eval_split_ratio=0")
+        self.eval_shares = shares
+
+    def fail(self, message: str) -> None:
+        """A data error a rank met (an epoch with no step): every later request answers it."""
+        self.error = self.error or message
+
+    def data_report(self) -> dict:
+        """The reports of the passes so far: whole ones, else the train pass counted up to now."""
+        reports = dict(self.reports)
+        if "train" not in reports and self.partial is not None:
+            reports["train"] = self.partial
+        return {"reports": [r.to_dict() for r in reports.values()], "complete": "train" in self.reports,
+                "error": self.error}
+
+
+def _empty_problem(report: DataReport) -> str | None:
+    if report.rows_read == 0:
+        return "the train data has no rows"
+    if report.rows_kept == 0:
+        return f"the train data: all {report.rows_read} rows were skipped\n{report.format()}"
+    return None
+
+
+def _message(error: Exception) -> str:
+    """The user's error from inside a Ray Data task, without Ray's wrapping: the first ``XError: message``
+    line of the remote traceback Ray re-raises as text (the task's exception is not chained)."""
+    text = str(error)
+    for line in text.splitlines():
+        found = re.match(r"^[A-Za-z_][\w.]*(?:Error|Exception): (.+)$", line.strip())
+        if found:
+            return found.group(1)
+    return text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+
+
+class StreamError(Exception):
+    """The stream ended on a data error: every rank stops where it met it, and the driver raises it."""
+
+
+def rank_windows(stream, key: str, rank: int, skip: int = 0) -> Iterator[dict]:
+    """A rank's windows of one pass as numpy columns, the next one requested while this one trains."""
+    pending = stream.next_window.remote(key, rank, skip)
+    while True:
+        got = ray.get(pending)
+        if "error" in got:
+            raise StreamError(got["error"])
+        if got.get("end"):
+            return
+        pending = stream.next_window.remote(key, rank, skip)
+        yield as_numpy(ray.get(got["window"][0]))
+
+
+def eval_batches(stream, rank: int, batch_size: int, everything: bool = False) -> Iterator[dict]:
+    """A rank's share of the eval rows (all of them with ``everything``) in batches of numpy columns."""
+    got = ray.get(stream.eval_share.remote(rank, everything))
+    if "error" in got:
+        raise StreamError(got["error"])
+    for ref in got["shares"]:
+        table = ray.get(ref)
+        for start in range(0, table.num_rows, batch_size):
+            yield as_numpy(table.slice(start, batch_size))
+
+
+def as_numpy(table: pa.Table) -> dict:
+    """Columns as Ray Data's ``batch_format="numpy"`` gives them (list columns: arrays of arrays)."""
+    from ray.data.block import BlockAccessor
+
+    return BlockAccessor.for_block(table).to_batch_format("numpy")
+
+
+def stop_stream(stream, message: str) -> None:
+    """End the stream with a data error every rank met at the same point, and stop this rank."""
+    ray.get(stream.fail.remote(message))
+    raise StreamError(message)
+
+
+def write_data_report(stream, output_dir: str) -> None:
+    """``data_report.json`` as counted so far (at a checkpoint; the driver writes the whole one at the end)."""
+    import json
+    import os
+
+    status = ray.get(stream.data_report.remote())
+    if status["reports"]:
+        path = os.path.join(output_dir, "data_report.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(status["reports"], f, indent=2)
+        os.replace(path + ".tmp", path)

@@ -1,0 +1,118 @@
+"""The stream training reads: the order rule (rank r takes rows r, r + world, ... of each window; the
+last window cut to a multiple of world), resume by window, data errors, and the row counts a
+streamed schedule starts from. The runs that train over it are in test_stream_training.py."""
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rmray.data.preferences import _SCHEMA
+from rmray.data.rowcount import count_rows
+
+
+def tokenized(ids: list[str], bad: set[str] = frozenset(), split: dict | None = None) -> pa.Table:
+    """Rows as the tokenizer emits them: chosen_ids encode the row's number, so a share is checkable."""
+    n = len(ids)
+    return pa.table({
+        "row_id": ids, "status": ["missing_field" if i in bad else "ok" for i in ids],
+        "message": ["no chosen" if i in bad else "" for i in ids],
+        "chosen_ids": [[int(i[1:]), 1] for i in ids], "rejected_ids": [[int(i[1:]), 2] for i in ids],
+        "margin": [0.0] * n, "group_ids": [[] for _ in ids], "ratings": [[] for _ in ids],
+        "attribute_ratings": [[] for _ in ids], "truncated": [False] * n, "pairs": [0 if i in bad else 1 for i in ids],
+        "num_tokens": [4] * n, "shared_tokens": [0] * n,
+        "split_key": [(split or {}).get(i, 0.5) for i in ids],
+    }, schema=_SCHEMA)
+
+
+def shares(stream, key, world, skip=0):
+    from rmray.data.stream import rank_windows
+
+    return [[list(w["row_id"]) for w in rank_windows(stream, key, r, skip)] for r in range(world)]
+
+
+def test_each_rank_takes_every_world_th_row_of_each_window_and_the_last_window_is_cut(ray_cluster):
+    import ray
+
+    from rmray.data.stream import RowStream
+
+    ids = [f"r{i}" for i in range(11)]
+    # three blocks of uneven sizes: the windows must not depend on them
+    ds = ray.data.from_arrow([tokenized(ids[:2], bad={"r1"}), tokenized(ids[2:9]), tokenized(ids[9:])])
+    stream = RowStream.remote(ds, world=3, rows_per_window=2)
+    # kept: r0 r2 r3 ... r10 (10 rows); windows of 6: [r0 r2 r3 r4 r5 r6], [r7 r8 r9 r10] -> cut to [r7 r8 r9]
+    assert shares(stream, "a/0", 3) == [[["r0", "r4"], ["r7"]], [["r2", "r5"], ["r8"]], [["r3", "r6"], ["r9"]]]
+    # a resumed pass (new key) from window 1 ships only what follows
+    assert shares(stream, "b/0", 3, skip=1) == [[["r7"]], [["r8"]], [["r9"]]]
+    status = ray.get(stream.data_report.remote())
+    report = status["reports"][0]
+    assert status["complete"] and status["error"] is None
+    assert (report["rows_read"], report["rows_kept"], report["skipped"]) == (11, 10, {"missing_field": 1})
+
+
+def test_eval_rows_are_split_by_their_key_and_shared_by_rank(ray_cluster):
+    import ray
+
+    from rmray.data.stream import RowStream, eval_batches
+
+    ids = [f"r{i}" for i in range(8)]
+    held_out = {"r1": 0.01, "r4": 0.02, "r5": 0.03, "r7": 0.04}
+    ds = ray.data.from_arrow(tokenized(ids, split=held_out))
+    stream = RowStream.remote(ds, world=2, rows_per_window=8, eval_split_ratio=0.1)
+    train = shares(stream, "a/0", 2)
+    assert train == [[["r0", "r3"]], [["r2", "r6"]]]
+    by_rank = [[i for b in eval_batches(stream, r, 1) for i in b["row_id"]] for r in range(2)]
+    assert by_rank == [["r1", "r5"], ["r4", "r7"]]
+    assert sorted(i for b in eval_batches(stream, 1, 3, everything=True) for i in b["row_id"]) == ["r1", "r4", "r5", "r7"]
+
+
+def test_a_data_error_ends_every_ranks_stream_with_its_message(ray_cluster):
+    import ray
+
+    from rmray.data.stream import RowStream, StreamError, rank_windows
+
+    def strict(batch):
+        raise ValueError("row data.jsonl:3: field 'chosen' is empty; fix the row or set on_bad_row=skip")
+
+    ds = ray.data.from_arrow(tokenized(["r0", "r1"])).map_batches(strict, batch_format="pyarrow")
+    stream = RowStream.remote(ds, world=2, rows_per_window=4)
+    for rank in range(2):
+        with pytest.raises(StreamError, match=r"^row data.jsonl:3: field 'chosen' is empty; fix"):
+            list(rank_windows(stream, "a/0", rank))
+    assert ray.get(stream.data_report.remote())["error"].startswith("row data.jsonl:3")
+
+
+def test_an_all_skipped_stream_is_an_error_not_an_empty_epoch(ray_cluster):
+    import ray
+
+    from rmray.data.stream import RowStream, StreamError
+
+    stream = RowStream.remote(ray.data.from_arrow(tokenized(["r0", "r1"], bad={"r0", "r1"})), world=1, rows_per_window=4)
+    with pytest.raises(StreamError, match="all 2 rows were skipped"):
+        shares(stream, "a/0", 1)
+
+
+def test_row_counts_come_from_metadata_and_line_counts(tmp_path):
+    rows = [{"chosen": f"a{i}", "rejected": f"b{i}"} for i in range(7)]
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + "\n  \n")
+    with gzip.open(tmp_path / "j" / "b.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    assert count_rows(str(tmp_path / "j")) == 10  # blank lines are not rows
+    assert count_rows(str(tmp_path / "j" / "*.jsonl")) == 3
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet", row_group_size=2)
+    assert count_rows(str(tmp_path / "p.parquet")) == 7
+    (tmp_path / "c.csv").write_text("chosen,rejected\n" + "".join(f"a{i},b{i}\n" for i in range(5)))
+    assert count_rows(str(tmp_path / "c.csv")) == 5
+    (tmp_path / "doc.json").write_text(json.dumps(rows))
+    assert count_rows(str(tmp_path / "doc.json")) is None  # no count without parsing it
+    assert count_rows("demo") == 400
+
+
+def test_a_saved_dataset_is_counted_from_its_record_batches(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"chosen": f"a{i}", "rejected": f"b{i}"} for i in range(9)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"), num_shards=2)
+    assert count_rows(str(tmp_path / "hf")) == 9

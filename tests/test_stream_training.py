@@ -1,0 +1,84 @@
+"""Training over the stream: the same pairs and metrics as the path that reads everything first, ranks in
+step over files of uneven sizes, and a data error met mid-run stopping the run with its message and
+nothing half-written. (A new driver resuming a streamed run: test_train_resilience.py.)"""
+
+import json
+import os
+
+import pytest
+
+from rmray.errors import UsageError
+from tests.conftest import reference_config
+
+
+def consumed(output_dir: str, rank: int) -> list[dict]:
+    with open(os.path.join(output_dir, "consumed", f"rank-{rank}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(output_dir: str) -> list[tuple]:
+    from rmray.train.metrics_log import read_metrics
+
+    return [(m["step"], m["loss"], m["accuracy"]) for m in read_metrics(output_dir) if "loss" in m and "event" not in m]
+
+
+def test_a_streamed_run_trains_the_pairs_and_metrics_of_the_run_that_reads_everything_first(reference_run, tiny_qwen, tmp_path):
+    from rmray.train.run import train
+
+    streamed = reference_run["cfg"]
+    assert streamed.stream_data  # the default
+    whole = train(reference_config(tiny_qwen, str(tmp_path / "whole"), stream_data=False, log_consumed_pairs=True,
+                                   save_steps=None))
+    for rank in range(2):
+        assert ([r["row_ids"] for r in consumed(streamed.output_dir, rank)]
+                == [r["row_ids"] for r in consumed(whole.output_dir, rank)])
+    a, b = train_losses(streamed.output_dir), train_losses(whole.output_dir)
+    assert [s for s, *_ in a] == list(range(1, 9)) and [s for s, *_ in b] == list(range(1, 9))
+    assert [x for row in a for x in row] == pytest.approx([x for row in b for x in row], rel=1e-6)
+    assert whole.summary["eval_accuracy"] == pytest.approx(reference_run["result"].summary["eval_accuracy"])
+    assert whole.summary["eval_loss"] == pytest.approx(reference_run["result"].summary["eval_loss"], rel=1e-6)
+
+
+def write_parts(folder, rows: list[dict], sizes: list[int]) -> None:
+    folder.mkdir()
+    start = 0
+    for k, size in enumerate(sizes):
+        with open(folder / f"part-{k}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows[start:start + size])
+        start += size
+
+
+def test_files_of_uneven_sizes_keep_the_ranks_in_step_and_every_row_trains_once(ray_cluster, tiny_qwen, tmp_path):
+    from rmray.core.demo_data import DEMO_SETS
+    from rmray.train.run import train
+
+    rows = [dict(r, id=f"p{i}") for i, r in enumerate(DEMO_SETS["demo"]()[:101])]
+    write_parts(tmp_path / "parts", rows, [3, 61, 1, 36])  # 101 rows: one row is left over for 2 ranks
+    cfg = reference_config(tiny_qwen, str(tmp_path / "run"), train_data=str(tmp_path / "parts"), max_steps=-1,
+                           num_train_epochs=1, eval_split_ratio=0, per_device_train_batch_size=4,
+                           length_group_window=3, save_steps=None, log_consumed_pairs=True)
+    result = train(cfg)
+    logs = [consumed(cfg.output_dir, rank) for rank in range(2)]
+    assert len(logs[0]) == len(logs[1]) == 13  # 50 rows per rank: windows of 12, 12, 12, 12, 2 rows
+    trained = [i for log in logs for batch in log for i in batch["row_ids"]]
+    assert len(trained) == len(set(trained)) == 100
+    assert set(trained) == {r["id"] for r in rows[:100]}  # the order rule's cut: the last row waits
+    assert result.summary["steps"] == 13
+    with open(os.path.join(cfg.output_dir, "data_report.json")) as f:
+        report = json.load(f)[0]
+    assert (report["rows_read"], report["rows_kept"]) == (101, 101)  # counted as the rows passed
+
+
+def test_a_bad_row_met_mid_stream_stops_the_run_naming_it_and_writes_no_model(ray_cluster, tiny_qwen, tmp_path):
+    from rmray.core.demo_data import DEMO_SETS
+    from rmray.train.run import train
+
+    rows = DEMO_SETS["demo"]()[:80]
+    rows[70] = {"prompt": "Q?", "chosen": "", "rejected": "no"}  # in the stream's third window
+    write_parts(tmp_path / "data", rows, [80])
+    cfg = reference_config(tiny_qwen, str(tmp_path / "run"), train_data=str(tmp_path / "data"), max_steps=-1,
+                           eval_split_ratio=0, per_device_train_batch_size=4, length_group_window=4,
+                           on_bad_row="error", save_steps=None)
+    with pytest.raises(UsageError, match=r"part-0.jsonl:71.*chosen.*on_bad_row=skip"):
+        train(cfg)
+    assert not os.path.exists(os.path.join(cfg.output_dir, "final"))
