@@ -33,6 +33,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from rmray.config import TrainConfig  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 HH = os.path.join(HERE, "..", "..", "shared", "data", "hh-rlhf-harmless-dev.jsonl.gz")
 FILES = 8
@@ -86,7 +89,7 @@ class StorePeak:
         self._thread.join(timeout=10)
 
 
-def run_one(size: int, model: str, data_dir: str, out_dir: str, path: str) -> dict:
+def run_one(size: int, model: str, data_dir: str, out_dir: str, path: str, store_mb: int) -> dict:
     """One training run in this process (the driver being measured)."""
     from rmray.config import TrainConfig
     from rmray.ray_env import init_ray
@@ -96,13 +99,14 @@ def run_one(size: int, model: str, data_dir: str, out_dir: str, path: str) -> di
     init_ray("local", num_cpus=2, include_dashboard=False)
     cfg = TrainConfig(model_name_or_path=model, train_data=data_dir, output_dir=out_dir, max_length=256,
                       per_device_train_batch_size=8, num_workers=2, cpus_per_worker=0.5, max_steps=20,
-                      logging_steps=1, eval_split_ratio=0, save_steps=None, report_to=[], stream_data=path == "stream")
+                      logging_steps=1, eval_split_ratio=0, save_steps=None, report_to=[], stream_data=path == "stream",
+                      data_object_store_mb=store_mb or None)
     started = time.time()
     with StorePeak() as store:
         summary = train(cfg).summary
     steps = [r["pairs_per_s"] for r in read_metrics(out_dir) if "pairs_per_s" in r and "event" not in r]
     return {"pairs": size, "wall_s": time.time() - started, "first_step_s": summary["startup_s"]["first_step"],
-            "data_ready_s": summary["startup_s"]["data_ready"],
+            "data_ready_s": summary["startup_s"]["data_ready"], "startup_s": summary["startup_s"],
             "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "object_store_peak_mib": store.peak_mib, "steady_pairs_per_s": statistics.median(steps[1:]),
             "steps": summary["steps"]}
@@ -115,11 +119,13 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--path", choices=["stream", "whole"], default="stream",
                         help="stream: train while rows are read and tokenized; whole: read and tokenize every row first")
-    parser.add_argument("--child", nargs=5, metavar=("SIZE", "MODEL", "DATA", "OUT", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--object-store-mb", type=int, default=TrainConfig.data_object_store_mb,
+                        help="data_object_store_mb: the stream's read-ahead budget (0: Ray Data's default)")
+    parser.add_argument("--child", nargs=6, metavar=("SIZE", "MODEL", "DATA", "OUT", "PATH", "MB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        size, model, data, out, path = args.child
-        print("RESULT " + json.dumps(run_one(int(size), model, data, out, path)), flush=True)
+        size, model, data, out, path, store_mb = args.child
+        print("RESULT " + json.dumps(run_one(int(size), model, data, out, path, int(store_mb))), flush=True)
         return
 
     from rmray.testing import build_tiny_causal_rm
@@ -132,14 +138,15 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         data = os.path.join(work, f"pairs-{size}")
         write_pairs(args.hh, size, data)
-        child = subprocess.run([sys.executable, __file__, "--child", str(size), model, data, os.path.join(work, f"out-{size}"), args.path],
+        child = subprocess.run([sys.executable, __file__, "--child", str(size), model, data, os.path.join(work, f"out-{size}"), args.path,
+                                str(args.object_store_mb or 0)],
                                capture_output=True, text=True)
         line = next((x for x in child.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"the {size}-pair run failed:\n{child.stdout[-2000:]}\n{child.stderr[-3000:]}")
         results.append(json.loads(line[len("RESULT "):]))
         print(json.dumps(results[-1]), flush=True)
-    report = {"path": args.path, "runs": results}
+    report = {"path": args.path, "data_object_store_mb": args.object_store_mb, "runs": results}
     if len(results) > 1:
         small, big = results[0], results[-1]
         report["first_step_ratio"] = big["first_step_s"] / small["first_step_s"]

@@ -73,9 +73,11 @@ class TrainConfig:
     each checkpoint and at the end). The schedule comes from the source's row count (line counts,
     Parquet footers) or ``max_steps``. ``false``: read and tokenize everything first -- an exact
     schedule and the whole report before the first step. Both follow one order rule (``rmray/data/stream.py``)."""
-    data_object_store_mb: Optional[int] = 1024
-    """Object-store memory Ray Data may fill with rows read and tokenized ahead of training (its
-    resource limit): the bound on the stream's memory, whatever the dataset's size. None: Ray Data's default share."""
+    data_object_store_mb: Optional[int] = 128
+    """Object-store memory Ray Data may fill with rows read and tokenized ahead of training (its resource
+    limit): the stream's memory bound, whatever the dataset's size. At a few KB per tokenized pair that
+    is tens of thousands of pairs ahead; rows read further ahead only take CPU and memory before they
+    are needed. Raise it if the summary's ``data_wait_s`` grows. None: Ray Data's default share."""
     pad_to_multiple_of: Optional[int] = None
     """Pad sequence lengths up to a multiple of this (padded layout only; 8 helps tensor cores)."""
 

@@ -22,10 +22,11 @@ def write(path, items) -> str:
 def eval_ids(cfg: TrainConfig) -> tuple[set, list]:
     """The eval rows and the train rows in order, as one worker reads them from the run's stream."""
     from rmray.data.stream import eval_batches, rank_windows
-    from rmray.train.run import _model_facts, _prepare_data
+    from rmray.train.data_plan import prepare_data
+    from rmray.train.run import _model_facts
 
     os.makedirs(cfg.output_dir, exist_ok=True)
-    data = _prepare_data(cfg, *_model_facts(cfg), stream=True)
+    data = prepare_data(cfg, *_model_facts(cfg), stream=True)
     evals = [i for batch in eval_batches(data.stream, 0, 16) for i in batch["row_id"]]
     train = [i for window in rank_windows(data.stream, "a/0", 0) for i in window["row_id"]]
     return set(evals), train

@@ -17,7 +17,7 @@ import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
 CHUNK_BYTES = 8 * 2**20
-ROWS_PER_BLOCK = 4096
+ROWS_PER_BLOCK = 512
 
 
 class JsonLinesText(FileBasedDatasource):

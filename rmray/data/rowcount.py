@@ -75,7 +75,7 @@ def _hub_rows(source: str) -> int | None:
     """The hub's Parquet files of the split, by their footers (a ranged read each); None for other files."""
     import pyarrow.parquet as pq
 
-    from .hub import hub_filesystem, hub_files
+    from .hub import hub_files, hub_filesystem
 
     fs, files = hub_filesystem(), hub_files(source)
     if not files or not all(f.endswith(".parquet") for f in files):

@@ -36,6 +36,7 @@ from rmray.core.spec import ScoringSpec
 from rmray.core.tokenizer import load_tokenizer
 from rmray.data.stream import StreamError, eval_batches, rank_windows, stop_stream, write_data_report
 
+from .attempt import attempt_id
 from .batches import (
     Layout,
     batch_groups,
@@ -45,7 +46,6 @@ from .batches import (
     padded_equivalent_tokens,
     to_chunks,
 )
-from .attempt import attempt_id
 from .compute import Compute, all_reduce, wants_bf16
 from .diagnostics import ConsumedLog, chaos_kill
 from .health import Health

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import math
 import os
 import shutil
 import time
@@ -19,10 +18,10 @@ from dataclasses import dataclass
 
 from rmray.config import TrainConfig
 from rmray.core.report import DataReport
-from rmray.core.spec import ScoringSpec
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray, verbose, without_no_cpu_warning
 
+from .data_plan import PreparedData, prepare_data, save_json
 from .identity import check_or_record
 from .metrics_log import read_metrics
 from .preflight import check_before_ray
@@ -36,15 +35,6 @@ class TrainResult:
     output_dir: str
     final_model_dir: str
     summary: dict
-
-
-@dataclass
-class PreparedData:
-    spec: ScoringSpec
-    stream: object  # the RowStream actor every rank reads from (rmray.data.stream)
-    reports: list  # the data reports when read whole first; [] when counted as the rows stream
-    total_steps: int
-    has_eval: bool
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -70,7 +60,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     try:
         # The early start left a CPU for the data tasks (_room_for_data_tasks): Ray Data's hang warning is false.
         with without_no_cpu_warning() if early else contextlib.nullcontext():
-            data = _prepare_data(cfg, *model_facts.result(), stream=cfg.stream_data and early)
+            data = prepare_data(cfg, *model_facts.result(), stream=cfg.stream_data and early)
         payload = _worker_data(cfg, data, early, started_at)
     except BaseException as e:
         handoff.put.remote({"error": f"{type(e).__name__}: {e}"})
@@ -181,7 +171,7 @@ def _final_reports(cfg: TrainConfig, data: PreparedData) -> list[dict]:
     reports = status["reports"]
     for report in reports:
         print(DataReport(**report).format() + ("" if status["complete"] else " (rows read so far)"), flush=True)
-    _save_json(os.path.join(cfg.output_dir, "data_report.json"), reports)
+    save_json(os.path.join(cfg.output_dir, "data_report.json"), reports)
     return reports
 
 
@@ -192,93 +182,6 @@ def _model_facts(cfg: TrainConfig) -> tuple:
     tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
                                trust_remote_code=cfg.trust_remote_code)
     return tokenizer, _readout(cfg)
-
-
-def _prepare_data(cfg: TrainConfig, tokenizer, readout: str, stream: bool) -> PreparedData:
-    """The rows' stream and the schedule. Streamed, the schedule comes from the source's row count; read
-    whole first (``stream_data=false``, a source without a count, or no CPU left beside the workers for
-    Ray Data's tasks), from the exact count, with the report printed before the first step."""
-    from rmray.data.preferences import tokenized_rows
-
-    spec = ScoringSpec(max_length=cfg.max_length, truncation=cfg.truncation, add_eos=cfg.add_eos,
-                       eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
-                       readout=readout, uses_chat_template=tokenizer.chat_template is not None,
-                       attributes=list(cfg.attributes) or None, attribute_weights=cfg.reward_weights)
-    _explain_layout(cfg, readout)
-    _bound_object_store(cfg)
-    common = dict(tokenizer=tokenizer, spec=spec, data_format=cfg.data_format, strict=cfg.on_bad_row == "error",
-                  num_cpus=cfg.tokenize_num_cpus, fields=cfg.fields())
-    rows = _expected_train_rows(cfg) if stream else None
-    if stream and rows is None and cfg.max_steps <= 0:
-        print(f"{cfg.train_data}: no row count without reading it (set max_steps to stream it); reading it whole first",
-              flush=True)
-        stream = False
-    has_eval = bool(cfg.eval_data) or cfg.eval_split_ratio > 0
-    if stream:
-        train = tokenized_rows(cfg.train_data, limit=cfg.max_train_samples, **common)
-        evals = tokenized_rows(cfg.eval_data, limit=cfg.max_eval_samples, **common) if cfg.eval_data else None
-        reports, total_steps = [], cfg.max_steps if rows is None else _total_steps(cfg, rows)
-        print(f"streaming {cfg.train_data}: " + (f"about {rows} train rows, " if rows is not None else "")
-              + f"{cfg.num_workers} workers, {total_steps} steps", flush=True)
-    else:
-        train, evals, reports, rows = _read_whole(cfg, common)
-        total_steps = _total_steps(cfg, rows)
-    from rmray.data.stream import RowStream
-
-    row_stream = RowStream.remote(
-        train, evals, world=cfg.num_workers, rows_per_window=cfg.per_device_train_batch_size * cfg.length_group_window,
-        eval_split_ratio=0.0 if cfg.eval_data else cfg.eval_split_ratio, count_reports=stream,
-        max_eval_rows=cfg.max_eval_samples)
-    return PreparedData(spec, row_stream, reports, total_steps, has_eval)
-
-
-def _read_whole(cfg: TrainConfig, common: dict) -> tuple:
-    """Read and tokenize everything first: the reports and the exact train row count up front."""
-    from ray.data.expressions import col
-
-    from rmray.data.preferences import build_preferences
-
-    print(f"reading and tokenizing {cfg.train_data}...", flush=True)
-    train = build_preferences(cfg.train_data, name="train", limit=cfg.max_train_samples, **common)
-    reports, evals, ratio = [train.report], None, 0.0 if cfg.eval_data else cfg.eval_split_ratio
-    if cfg.eval_data:
-        eval_prefs = build_preferences(cfg.eval_data, name="eval", limit=cfg.max_eval_samples, **common)
-        reports.append(eval_prefs.report)
-        evals = eval_prefs.tokenized
-    n_train = train.dataset.filter(expr=col("split_key") >= ratio).count() if ratio else train.report.rows_kept
-    if ratio and n_train == train.report.rows_kept:
-        raise UsageError(f"eval_split_ratio={ratio} left no eval pairs out of {train.report.rows_kept}: "
-                         "raise eval_split_ratio, give eval_data, or set eval_split_ratio=0")
-    for report in reports:
-        print(report.format(), flush=True)
-    _save_json(os.path.join(cfg.output_dir, "data_report.json"), [r.to_dict() for r in reports])
-    print(f"training on {n_train} rows with {cfg.num_workers} workers", flush=True)
-    return train.tokenized, evals, reports, n_train
-
-
-def _expected_train_rows(cfg: TrainConfig) -> int | None:
-    """Train rows from the source's own count, before validation. Of a split by row hash, the expected
-    train share plus three standard deviations: a schedule a little long is harmless (the learning rate
-    ends near 0), one too short would end the decay before the data."""
-    from rmray.data.rowcount import count_rows
-
-    rows = count_rows(cfg.train_data)
-    if rows is None:
-        return None
-    if cfg.max_train_samples:
-        rows = min(rows, cfg.max_train_samples)
-    ratio = 0.0 if cfg.eval_data else cfg.eval_split_ratio
-    return min(rows, math.ceil(rows * (1 - ratio) + 3 * math.sqrt(rows * ratio * (1 - ratio))))
-
-
-def _bound_object_store(cfg: TrainConfig) -> None:
-    """Ray Data's object-store budget for rows read and tokenized ahead (captured by each dataset made after)."""
-    import ray.data
-    from ray.data._internal.execution.interfaces import ExecutionResources
-
-    if cfg.data_object_store_mb:
-        options = ray.data.DataContext.get_current().execution_options
-        options.resource_limits = ExecutionResources(object_store_memory=cfg.data_object_store_mb * 2**20)
 
 
 def _train_worker(loop_config: dict) -> None:
@@ -315,31 +218,6 @@ def _readout(cfg: TrainConfig) -> str:
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
     return readout_kind(model)
-
-
-def _explain_layout(cfg: TrainConfig, readout: str) -> None:
-    from .batches import choose_layout
-
-    layout = choose_layout(cfg.padding_free, cfg.share_prompt, readout == "last_token")
-    text = {"padded": "padded batches", "packed": "padding-free packing", "shared": "shared-prompt packing"}[layout]
-    if cfg.padding_free and cfg.share_prompt and readout != "last_token":
-        text += " (share_prompt is exact only for causal attention; this encoder attends both ways, so pairs are packed)"
-    if layout != "padded":
-        text += ", segment attention" if cfg.packed_attention == "segments" else ", dense block mask"
-    print(f"layout: {text}" + (", length-grouped" if cfg.group_by_length else ""), flush=True)
-
-
-def _total_steps(cfg: TrainConfig, n_train: int) -> int:
-    per_rank = n_train // cfg.num_workers  # the order rule gives every rank as many rows (rmray.data.stream)
-    batches = math.ceil(per_rank / cfg.per_device_train_batch_size)
-    steps_per_epoch = batches // cfg.gradient_accumulation_steps
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{n_train} train pairs over {cfg.num_workers} workers give {batches} micro-batches per worker per epoch, "
-            f"fewer than gradient_accumulation_steps={cfg.gradient_accumulation_steps}: no optimizer step would run. "
-            "Use more data, fewer workers, or a smaller batch size / accumulation."
-        )
-    return cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.num_train_epochs
 
 
 def _prepare_output_dir(cfg: TrainConfig) -> None:
@@ -400,15 +278,6 @@ def _upload_outputs(output_dir: str, uri: str) -> None:
             with open(source, "rb") as f, filesystem.open_output_stream(f"{root}/{name}") as out:
                 out.write(f.read())
     print(f"outputs copied to {uri}", flush=True)
-
-
-def _save_json(path: str, obj) -> None:
-    import json
-
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _print_summary(summary: dict, final_dir: str) -> None:
