@@ -44,7 +44,7 @@ class TokenizedPreferences:
 
 
 def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool,
-                   fields: dict[str, str] | None = None) -> pa.Table:
+                   fields: dict[str, str] | None = None, split: tuple[float, float] | None = None) -> pa.Table:
     """Validate and tokenize one batch; every row comes out with a status.
 
     With ``fmt="auto"`` the format is decided for each row on its own: a file may mix implicit rows
@@ -67,7 +67,10 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
         if renames:
             row = {renames.get(k, k): v for k, v in row.items() if k not in renames.values() or k in renames}
         generated_id = row.pop("_row_id")
-        out.start_row(split_key(row))
+        key = split_key(row)
+        if split is not None and not split[0] <= key < split[1]:
+            continue  # the other side of the eval split: not tokenized at all
+        out.start_row(key)
         row_id = str(row.pop("id")) if row.get("id") is not None else str(generated_id)
         try:
             encoded = _encode_row(row, fmt, tokenizer, spec)
@@ -170,12 +173,13 @@ def _row_format(row: dict, fmt: str) -> str:
 def tokenized_rows(
     source: str, *, tokenizer, spec: ScoringSpec, data_format: str = "auto", limit: int | None = None,
     strict: bool = False, num_cpus: float = 0.5, raw: ray.data.Dataset | None = None,
-    fields: dict[str, str] | None = None,
+    fields: dict[str, str] | None = None, split: tuple[float, float] | None = None,
 ) -> ray.data.Dataset:
     """Read ``source`` (or an already-read ``raw`` dataset) and validate and tokenize it, lazily: every
     row comes out with its ``status`` (``tokenize_batch``), in the source's row order -- what each rank
     trains on must be a function of the data, so that a resume in a new driver finds the same pairs at
-    the same positions."""
+    the same positions. With ``split=(low, high)`` only rows whose ``split_key`` falls in it come out
+    (the eval rows of a hash split, found without tokenizing the train rows)."""
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     lines = read_lines(source) if raw is None else None
     ds = raw if raw is not None else (lines if lines is not None else read_source(source))
@@ -187,7 +191,8 @@ def tokenized_rows(
         ds = ds.with_column("_row_id", monotonically_increasing_id())
     return ds.map_batches(
         tokenize_batch, batch_format="pyarrow", batch_size=256, num_cpus=num_cpus,
-        fn_kwargs={"tokenizer": tokenizer, "spec": spec, "fmt": data_format, "strict": strict, "fields": fields},
+        fn_kwargs={"tokenizer": tokenizer, "spec": spec, "fmt": data_format, "strict": strict, "fields": fields,
+                   "split": split},
     )
 
 

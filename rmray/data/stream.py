@@ -154,7 +154,7 @@ class RowStream:
         self.passes[key] = first if first is not None and skip == 0 else self._windows(skip)
 
     def _windows(self, skip: int) -> _Windows:
-        split = (self.ratio, 1.0) if self.ratio > 0 and self.eval_data is None else None
+        split = (self.ratio, 1.0) if self.ratio > 0 else None
         self.partial = DataReport(name="train") if self.count_reports else None
         return _Windows(self.train, world=self.world, rows=self.rows, split=split, skip=skip, report=self.partial)
 
@@ -188,9 +188,10 @@ class RowStream:
         return {"shares": self.eval_shares[rank]}
 
     def _read_eval(self) -> None:
+        # with a hash split, eval_data (when given) is the train source read for its held-out rows only
         source = self.eval_data if self.eval_data is not None else self.train
-        split = None if self.eval_data is not None else (0.0, self.ratio)
-        report = DataReport(name="eval") if self.count_reports and self.eval_data is not None else None
+        split = (0.0, self.ratio) if self.ratio > 0 else None
+        report = DataReport(name="eval") if self.count_reports and split is None else None
         shares, seen, limit = [[] for _ in range(self.world)], 0, self.max_eval_rows
         for block in source.iter_batches(batch_size=None, batch_format="pyarrow"):
             if report is not None:

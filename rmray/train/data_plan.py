@@ -53,7 +53,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, readout: str, stream: bool) -> Pre
     if stream:
         with _stream_context(cfg):
             train = tokenized_rows(cfg.train_data, limit=cfg.max_train_samples, **common)
-            evals = tokenized_rows(cfg.eval_data, limit=cfg.max_eval_samples, **common) if cfg.eval_data else None
+            evals = _stream_eval(cfg, common, tokenized_rows)
         reports, total_steps = [], cfg.max_steps if rows is None else _total_steps(cfg, rows)
         print(f"streaming {cfg.train_data}: " + (f"about {rows} train rows, " if rows is not None else "")
               + f"{cfg.num_workers} workers, {total_steps} steps", flush=True)
@@ -67,6 +67,16 @@ def prepare_data(cfg: TrainConfig, tokenizer, readout: str, stream: bool) -> Pre
         eval_split_ratio=0.0 if cfg.eval_data else cfg.eval_split_ratio, count_reports=stream,
         max_eval_rows=cfg.max_eval_samples)
     return PreparedData(spec, row_stream, reports, total_steps, has_eval)
+
+
+def _stream_eval(cfg: TrainConfig, common: dict, tokenized_rows):
+    """The eval rows: ``eval_data``, or the train source's held-out rows -- found by their hash before
+    tokenizing, so the first evaluation's pass over the source tokenizes only them."""
+    if cfg.eval_data:
+        return tokenized_rows(cfg.eval_data, limit=cfg.max_eval_samples, **common)
+    if cfg.eval_split_ratio > 0:
+        return tokenized_rows(cfg.train_data, limit=cfg.max_train_samples, split=(0.0, cfg.eval_split_ratio), **common)
+    return None
 
 
 def _read_whole(cfg: TrainConfig, common: dict) -> tuple:
