@@ -3,7 +3,7 @@
 **Order rule** (the one rule of the streamed and the materialized path). The train rows that are kept,
 in the source's order (files sorted, rows in file order), are cut into windows of
 ``world * rows_per_window`` rows; rank ``r`` takes rows ``r, r + world, r + 2 world, ...`` of each
-window. The last window is cut to a multiple of ``world`` (at most ``world - 1`` rows a epoch are left
+window. The last window is cut to a multiple of ``world`` (at most ``world - 1`` rows an epoch are left
 out), so in every window every rank has as many rows as every other: the ranks take the same number of
 micro-batches however uneven the files are, and the end of the stream ends the epoch for every rank
 at the same micro-batch. The order is a pure function of the data; where the rows of a window go
@@ -17,8 +17,8 @@ that rank's next request finds it. A data error (a bad row under ``on_bad_row=er
 no eval row) ends every rank's stream at the same window with the message, and the driver raises it.
 
 Example, 2 ranks, ``rows_per_window=2``, kept rows ``a b c d e f g``: windows ``[a b c d]``,
-``[e f g]`` -> ``[e f]``; rank 0 trains ``a c | e``, rank 1 ``b d | f``; ``g`` waits for the next epoch's
-read of the same rule (it is left out again: the cut is by position, not by chance).
+``[e f g]`` -> ``[e f]``; rank 0 trains ``a c | e``, rank 1 ``b d | f``; ``g`` is left out, in every epoch
+alike (the cut is by position, not by chance).
 """
 
 from __future__ import annotations
