@@ -11,7 +11,6 @@ the exact count at the end.
 
 from __future__ import annotations
 
-import json
 import os
 
 from rmray.core.demo_data import DEMO_SETS
@@ -58,15 +57,14 @@ def _lines(path: str, *, skip_blank: bool) -> int:
 def _saved_rows(folder: str) -> int | None:
     import pyarrow as pa
 
-    if os.path.exists(os.path.join(folder, "dataset_dict.json")):
-        folder = os.path.join(folder, "train")
-    with open(os.path.join(folder, "state.json")) as f:
-        state = json.load(f)
-    if state.get("_indices_data_files"):
+    from .saved import saved_files
+
+    _, files = saved_files(folder)
+    if files is None:
         return None
     total = 0
-    for entry in state["_data_files"]:
-        with pa.memory_map(os.path.join(folder, entry["filename"])) as source:
+    for path in files:
+        with pa.memory_map(path) as source:
             total += sum(batch.num_rows for batch in pa.ipc.open_stream(source))
     return total
 

@@ -23,6 +23,18 @@ def is_saved_dataset(folder: str) -> bool:
 
 
 def read_saved_dataset(folder: str) -> ray.data.Dataset:
+    folder, files = saved_files(folder)
+    if files is None:  # a selected or shuffled view: its row order lives in an index
+        import datasets
+
+        return ray.data.from_huggingface(datasets.load_from_disk(folder).flatten_indices())
+    return ray.data.from_items([{"path": path} for path in files]).map_batches(
+        _read_stream, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
+
+
+def saved_files(folder: str) -> tuple[str, list[str] | None]:
+    """The split's folder (a DatasetDict gives its ``train``) and its Arrow files in order; None for a
+    view whose rows are chosen by an index file."""
     if os.path.exists(os.path.join(folder, "dataset_dict.json")):
         with open(os.path.join(folder, "dataset_dict.json")) as f:
             splits = json.load(f).get("splits", [])
@@ -32,13 +44,9 @@ def read_saved_dataset(folder: str) -> ray.data.Dataset:
         folder = os.path.join(folder, "train")
     with open(os.path.join(folder, "state.json")) as f:
         state = json.load(f)
-    if state.get("_indices_data_files"):  # a selected or shuffled view: its row order lives in an index
-        import datasets
-
-        return ray.data.from_huggingface(datasets.load_from_disk(folder).flatten_indices())
-    files = [os.path.join(os.path.abspath(folder), entry["filename"]) for entry in state["_data_files"]]
-    return ray.data.from_items([{"path": path} for path in files]).map_batches(
-        _read_stream, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
+    if state.get("_indices_data_files"):
+        return folder, None
+    return folder, [os.path.join(os.path.abspath(folder), entry["filename"]) for entry in state["_data_files"]]
 
 
 def _read_stream(batch: pa.Table) -> pa.Table:
