@@ -126,8 +126,9 @@ def usable(row: dict) -> bool:
 
 
 def lora_7b_memory(rows: list[dict], tokenizer_dir: str, tiny: bool) -> dict:
-    """Peak memory of rmray's LoRA path on a 7B-shaped model: the calls ``train.loop._build_model`` makes,
+    """Peak memory of rmray's LoRA path on a 7B-shaped model: the calls ``train.build.build_model`` makes,
     on a model built on the GPU (writing and re-reading 13 GB of random weights would only cost time)."""
+    from peft import LoraConfig
     from transformers import AutoModelForSequenceClassification, LlamaConfig
 
     from rmray.config import load_config
@@ -149,7 +150,7 @@ def lora_7b_memory(rows: list[dict], tokenizer_dir: str, tiny: bool) -> dict:
         hf = AutoModelForSequenceClassification.from_config(config, dtype=torch.bfloat16)
     hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     hf.enable_input_require_grads()
-    hf = apply_lora(hf, r=16, alpha=32, dropout=0.0, target_modules="all-linear")
+    hf = apply_lora(hf, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     model = RewardModel(hf).to(DEV)
     weights_mb = torch.cuda.memory_allocated() / 2**20 if DEV == "cuda" else 0.0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

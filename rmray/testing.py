@@ -41,26 +41,34 @@ def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2000, pad_token:
     return tokenizer
 
 
-def build_tiny_causal_rm(out_dir: str, texts: Iterable[str], *, arch: str = "qwen2", num_layers: int = 2,
-                         hidden: int = 64, heads: int = 4, vocab_size: int = 2000, pad_token: str | None = "<|pad|>",
-                         seed: int = 0, chatml: bool = False) -> str:
+TINY_SIZES = {"num_layers": 2, "hidden": 64, "heads": 4, "vocab_size": 2000, "seed": 0}
+
+
+def build_tiny_causal_rm(out_dir: str, texts: Iterable[str], *, arch: str = "qwen2", pad_token: str | None = "<|pad|>",
+                         chatml: bool = False, **sizes) -> str:
     """Write a random-init ``*ForSequenceClassification`` (num_labels=1) plus tokenizer to ``out_dir``.
 
-    ``pad_token=None`` makes the tokenizer's pad token its EOS (the Llama-3 situation).
+    ``pad_token=None`` makes the tokenizer's pad token its EOS (the Llama-3 situation). ``sizes``
+    override ``TINY_SIZES`` (layers, hidden size, heads, BPE vocabulary, weight seed).
     """
     from transformers import AutoModelForSequenceClassification, LlamaConfig, Qwen2Config
 
-    tokenizer = build_bpe_tokenizer(texts, vocab_size, pad_token, chatml)
+    unknown = set(sizes) - set(TINY_SIZES)
+    if unknown:
+        raise TypeError(f"unknown sizes {sorted(unknown)}; known: {sorted(TINY_SIZES)}")
+    size = TINY_SIZES | sizes
+    hidden, heads = size["hidden"], size["heads"]
+    tokenizer = build_bpe_tokenizer(texts, size["vocab_size"], pad_token, chatml)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     config_cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
     config = config_cls(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=num_layers,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=size["num_layers"],
         num_attention_heads=heads, num_key_value_heads=heads // 2 if heads > 1 else 1, max_position_embeddings=2048,
         num_labels=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
+    torch.manual_seed(size["seed"])
     model = AutoModelForSequenceClassification.from_config(config)
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)

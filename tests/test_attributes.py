@@ -112,18 +112,19 @@ def test_offline_scoring_and_eval_read_out_every_attribute(tiny_qwen, tmp_path):
     import pyarrow as pa
 
     from rmray.score.batch import PairScorer, ResponseScorer
+    from rmray.score.settings import EvalConfig, ScoreConfig
     from rmray.testing import as_rmray_model
 
     path = as_rmray_model(tiny_qwen, str(tmp_path / "m"), max_length=64, attributes=ATTRIBUTES,
                           attribute_weights=WEIGHTS)
     rows = pa.table({"prompt": [ROW["prompt"]] * 3, "response": ROW["responses"]})
-    out = ResponseScorer([path], ["m"], prompt_field="prompt", response_field="response", max_batch_tokens=4096)(rows)
+    out = ResponseScorer(ScoreConfig(model_dirs=[path], input="rows", output="out", max_batch_tokens=4096), ["m"])(rows)
     want = [[float(x) for x in o] for o in _plain_outputs(path, [ROW["prompt"] + r for r in ROW["responses"]])]
     assert out.column("reward_helpfulness").to_pylist() == pytest.approx([o[0] for o in want], abs=1e-5)
     assert out.column("reward_verbosity").to_pylist() == pytest.approx([o[1] for o in want], abs=1e-5)
     assert out.column("reward").to_pylist() == pytest.approx([0.75 * h - 0.25 * v for h, v in want], abs=1e-5)
 
-    scored = PairScorer(path, None, 4096)(pa.Table.from_pylist([ROW]))
+    scored = PairScorer(EvalConfig(model_dir=path, data="rows", max_batch_tokens=4096))(pa.Table.from_pylist([ROW]))
     assert scored.column("attribute_ratings").to_pylist() == [[[4.0, 0.0], [0.0, 0.0], [3.0, 4.0]]]
     assert scored.column("group_ratings").to_pylist() == [[3.0, 0.0, 1.25]]
     (scores,) = scored.column("attribute_scores").to_pylist()

@@ -90,7 +90,7 @@ def test_column_names_are_mapped_and_missing_ones_named_before_ray(tmp_path, cap
 
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenizer import load_tokenizer
-    from rmray.data.preferences import tokenize_batch
+    from rmray.data.preferences import RowRules, tokenize_batch
 
     rows = [{"question": "Q: 2+2?\nA:", "better": " 4", "worse": " 5", "prompt": "ignored"}]
     (tmp_path / "named.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -102,8 +102,8 @@ def test_column_names_are_mapped_and_missing_ones_named_before_ray(tmp_path, cap
     tokenizer = load_tokenizer(tiny_qwen)
     spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
     table = pa.Table.from_pylist([{**rows[0], "_row_id": 0}])
-    out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=True,
-                         fields={"prompt": "question", "chosen": "better", "rejected": "worse"}).to_pandas()
+    out = tokenize_batch(table, RowRules(tokenizer, spec, strict=True,
+                                           fields={"prompt": "question", "chosen": "better", "rejected": "worse"})).to_pandas()
     assert list(out["chosen_ids"][0]) == tokenizer("Q: 2+2?\nA: 4" + tokenizer.eos_token)["input_ids"]
     assert list(out["rejected_ids"][0]) == tokenizer("Q: 2+2?\nA: 5" + tokenizer.eos_token)["input_ids"]
 
@@ -134,7 +134,7 @@ def test_readable_bad_rows_are_kept_or_counted_and_scored_with_every_column(ray_
 
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenizer import load_tokenizer
-    from rmray.data.preferences import build_preferences
+    from rmray.data.preferences import RowRules, build_preferences
     from rmray.score.offline import ScoreConfig, score_dataset
 
     tok = load_tokenizer(rm_qwen_chat)
@@ -144,7 +144,7 @@ def test_readable_bad_rows_are_kept_or_counted_and_scored_with_every_column(ray_
     for name, rows in corpus.items():
         path = folder / name
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        prefs = build_preferences(str(path), tokenizer=tok, spec=spec, name=name)
+        prefs = build_preferences(str(path), RowRules(tok, spec), name=name)
         report = prefs.report
         assert report.rows_read == len(rows), name
         assert report.rows_kept + sum(report.skipped.values()) == report.rows_read, (name, report.format())

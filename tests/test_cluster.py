@@ -1,6 +1,7 @@
-"""The cluster around training: cluster.yaml passes Ray's own validation, and a real `ray start --head`
-on loopback runs `ray job submit -- python jobs/train.py ...` whose model then loads."""
+"""The cluster around training: cluster.yaml passes Ray's own validation, and a real two-node `ray start`
+cluster on loopback runs `ray job submit -- python jobs/train.py ...` as one node trains it."""
 
+import json
 import os
 import shutil
 import signal
@@ -39,45 +40,89 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.ray
+def _ray_start(ray_bin: str, args: list[str], log, env: dict) -> subprocess.Popen:
+    """``ray start --block ...`` in its own session: stopped by signalling its group, never a machine-wide
+    ``ray stop``."""
+    return subprocess.Popen([ray_bin, "start", "--block", "--num-cpus=1", "--disable-usage-stats", *args],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _as_overrides(cfg) -> list[str]:
+    """The keys where ``cfg`` differs from the defaults, as a job's ``key=value`` arguments (JSON is YAML)."""
+    import dataclasses
+
+    from rmray.config import TrainConfig
+
+    defaults = TrainConfig()
+    return [f"{f.name}={json.dumps(getattr(cfg, f.name))}" for f in dataclasses.fields(cfg)
+            if getattr(cfg, f.name) != getattr(defaults, f.name)]
+
+
 @pytest.mark.timeout(600)
-def test_ray_start_and_job_submit_train(tmp_path):
+def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(reference_run, tiny_qwen, tmp_path):
+    """`ray start` a head and a second node (two raylets, 1 CPU each), `ray job submit` jobs/train.py with
+    one worker per node (STRICT_SPREAD): the same pairs on each rank at each step as the one-node reference
+    run, so the same metrics to float rounding (training's order is a function of the data and the seed,
+    not of where the workers run), and a model that loads."""
+    from rmray.core.scoring import Scorer
+    from rmray.train.metrics_log import read_metrics
+
+    from .conftest import reference_config
+
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     port, dash, agent = _free_port(), _free_port(), _free_port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
     env.pop("RAY_ADDRESS", None)
-    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-         "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}"],
-        stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    out = tmp_path / "job-out"
+    # Ray's socket paths must stay under 107 bytes; each raylet its own folder, as on two machines (a
+    # shared one lets one node's runtime-env agent delete the job's working directory under the other).
+    temp_dirs = [tempfile.mkdtemp(prefix="rj", dir="/tmp") for _ in range(2)]
+    log = open(tmp_path / "cluster.log", "w")
+    nodes = [_ray_start(ray_bin, ["--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+                                  f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp_dirs[0]}"], log, env)]
+    two = reference_config(tiny_qwen, str(tmp_path / "two"), placement_strategy="STRICT_SPREAD")
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
-            assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+            assert nodes[0].poll() is None, (tmp_path / "cluster.log").read_text()[-3000:]
             probe = subprocess.run([ray_bin, "job", "list", "--address", f"http://127.0.0.1:{dash}"],
                                    capture_output=True, env=env)
             if probe.returncode == 0:
                 break
             time.sleep(2)
+        nodes.append(_ray_start(ray_bin, [f"--address=127.0.0.1:{port}", f"--temp-dir={temp_dirs[1]}"], log, env))
+        while time.time() < deadline + 60:  # both raylets registered before the job asks for two nodes
+            status = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], capture_output=True,
+                                    text=True, env=env).stdout
+            if status.count(" node_") >= 2:
+                break
+            time.sleep(1)
         job = subprocess.run(
             [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ROOT, "--",
-             sys.executable, "jobs/train.py", "jobs/configs/demo.yaml", "max_steps=4", f"output_dir={out}",
-             "overwrite_output_dir=true", "max_train_samples=96", "cpus_per_worker=0.5"],
+             sys.executable, "jobs/train.py", *_as_overrides(two)],
             capture_output=True, text=True, env=env, timeout=480)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout.lower()
     finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)  # the head this test started, not a machine-wide `ray stop`
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    from rmray.core.scoring import Scorer
-
-    scorer = Scorer.load(str(out / "final"))
+        for node in reversed(nodes):
+            _stop(node)
+        log.close()
+        for folder in temp_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+    one_node = reference_run["result"].summary
+    two_nodes = next(r for r in read_metrics(two.output_dir) if r.get("event") == "summary")
+    assert two_nodes["steps"] == one_node["steps"] == 8
+    assert two_nodes["train_pairs"] == one_node["train_pairs"]
+    assert two_nodes["eval_accuracy"] == one_node["eval_accuracy"]
+    assert two_nodes["eval_loss"] == pytest.approx(one_node["eval_loss"], abs=1e-4)
+    assert two_nodes["eval_loss"] < 0.6 and one_node["eval_loss"] < 0.6  # both trained (0.69 untrained)
+    scorer = Scorer.load(os.path.join(two.output_dir, "final"))
     assert len(scorer.score(["How do I keep basil fresh?"], [" Keep it in water."])) == 1

@@ -101,7 +101,7 @@ def test_every_serve_score_and_eval_setting_has_help_and_its_option_uses_it():
     import dataclasses
 
     from rmray.cli import EVAL_OPTIONS, SCORE_OPTIONS, SERVE_OPTIONS, build_parser
-    from rmray.config import field_docs
+    from rmray.config_fields import field_docs
     from rmray.score.settings import EvalConfig, ScoreConfig
     from rmray.serve.settings import ServeSettings
 
@@ -117,3 +117,47 @@ def test_every_serve_score_and_eval_setting_has_help_and_its_option_uses_it():
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         assert {n: getattr(args, n) for n in names} == {n: defaults[n] for n in names}, command
     assert parser.parse_args(["score", "m", "in", "out", "--max-batch-tokens", "512"]).max_batch_tokens == 512
+
+
+def test_keys_nested_under_their_group_load_as_the_flat_keys(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("model_name_or_path: m\nlearning_rate: 2.0e-5\nlora_r: 8\nuse_peft: true\nnum_workers: 3\n")
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text("model:\n  model_name_or_path: m\noptimization:\n  learning_rate: 2.0e-5\n"
+                       "lora:\n  use_peft: true\n  lora_r: 8\nnum_workers: 3\n")
+    want = TrainConfig(model_name_or_path="m", learning_rate=2e-5, lora_r=8, use_peft=True, num_workers=3)
+    assert load_config(str(flat)) == want
+    assert load_config(str(grouped)) == want
+    assert load_config(None, ["optimization.learning_rate=2.0e-5", "ray.num_workers=3"]) == \
+        TrainConfig(learning_rate=2e-5, num_workers=3)
+
+
+@pytest.mark.parametrize("text, override, message", [
+    ("model:\n  lora_r: 8\n", [], r"g.yaml: config key 'lora_r' belongs to group 'lora', not 'model'"),
+    ("learning_rate: 1.0\noptimization:\n  learning_rate: 2.0\n", [],
+     r"g.yaml: config key 'learning_rate' is given twice \(learning_rate and optimization.learning_rate\)"),
+    ("", ["model.learning_rate=1"], r"override 'model.learning_rate=1': config key 'learning_rate' belongs to "
+                                    r"group 'optimization', not 'model'"),
+    ("", ["modle.dtype=bfloat16"], r"'modle' is not a config group; the groups are model, data, optimization"),
+    ("model:\n  model_nme: m\n", [], r"g.yaml: unknown config key 'model_nme'; did you mean 'model_name_or_path'"),
+])
+def test_a_key_under_the_wrong_group_or_given_twice_is_named(tmp_path, text, override, message):
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(str(path), override)
+
+
+def test_every_key_is_in_one_group_and_help_lists_them_by_group():
+    import dataclasses
+
+    from rmray.config_fields import field_groups
+
+    groups = field_groups(TrainConfig)
+    assert list(groups) == ["model", "data", "optimization", "speed", "lora", "checkpoints", "fault_tolerance",
+                            "ray", "debug"]
+    placed = [key for _, keys in groups.values() for key in keys]
+    assert sorted(placed) == sorted(f.name for f in dataclasses.fields(TrainConfig))  # each once
+    assert "chaos_kill_at_step" in groups["debug"][1] and "lora_r" in groups["lora"][1]
+    text = config_help()
+    assert text.index("\nlora: ") < text.index("  lora_r = ") < text.index("\ncheckpoints: ")

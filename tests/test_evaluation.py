@@ -5,7 +5,7 @@ import math
 import pytest
 
 from rmray.core.evaluation import calibration, preference_metrics, sigmoid
-from rmray.score.select import select_rows
+from rmray.score.select import Selection, select_rows
 
 
 def logit(p):
@@ -40,12 +40,12 @@ def test_preference_metrics_from_rewards():
 def test_top_k_per_prompt_breaks_ties_deterministically():
     rows = [{"prompt": "p", "response": r, "reward": w, "id": i}
             for i, (r, w) in enumerate([("b", 1.0), ("a", 1.0), ("c", 2.0), ("d", None), ("e", 0.5)])]
-    best = select_rows(rows, response_field="response", top_k=2, threshold=None)
+    best = select_rows(rows, Selection(top_k=2))
     assert [r["response"] for r in best] == ["c", "a"]  # the 1.0 tie goes to the smaller response
-    assert select_rows(list(reversed(rows)), response_field="response", top_k=2, threshold=None) == best
-    assert [r["response"] for r in select_rows(rows, response_field="response", top_k=None, threshold=1.0)] == \
+    assert select_rows(list(reversed(rows)), Selection(top_k=2)) == best
+    assert [r["response"] for r in select_rows(rows, Selection(threshold=1.0))] == \
         ["c", "a", "b"]
-    assert select_rows(rows, response_field="response", top_k=1, threshold=5.0) == []
+    assert select_rows(rows, Selection(top_k=1, threshold=5.0)) == []
 
 
 def test_ranking_metrics_on_hand_worked_groups():

@@ -88,7 +88,7 @@ def test_a_file_mixing_formats_keeps_every_prompt_in_either_order(tiny_qwen):
 
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenizer import load_tokenizer
-    from rmray.data.preferences import tokenize_batch
+    from rmray.data.preferences import RowRules, tokenize_batch
 
     tokenizer = load_tokenizer(tiny_qwen)
     spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
@@ -98,7 +98,7 @@ def test_a_file_mixing_formats_keeps_every_prompt_in_either_order(tiny_qwen):
     for rows in ([implicit, standard, broken], [standard, implicit, broken]):
         columns = ["prompt", "chosen", "rejected"]  # as Ray's JSON reader unifies them: null where absent
         table = pa.table({**{c: [r.get(c) for r in rows] for c in columns}, "_row_id": list(range(len(rows)))})
-        out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=False).to_pandas()
+        out = tokenize_batch(table, RowRules(tokenizer, spec)).to_pandas()
         got = {id(r): rec for r, rec in zip(rows, out.to_dict("records"))}
         std = got[id(standard)]
         assert std["status"] == "ok"
@@ -145,7 +145,7 @@ def test_a_rated_file_with_bad_rows_is_counted_by_reason(tiny_qwen):
 
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenizer import load_tokenizer
-    from rmray.data.preferences import tokenize_batch
+    from rmray.data.preferences import RowRules, tokenize_batch
 
     tokenizer = load_tokenizer(tiny_qwen)
     spec = ScoringSpec(eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
@@ -162,7 +162,7 @@ def test_a_rated_file_with_bad_rows_is_counted_by_reason(tiny_qwen):
     # as training's JSON-lines reader hands them over: each line's text, parsed row by row
     table = pa.table({"_line": [json.dumps(r) for r in rows], "_where": [f"r.jsonl:{i + 1}" for i in range(len(rows))],
                       "_error": pa.array([None] * len(rows), pa.string())})
-    out = tokenize_batch(table, tokenizer=tokenizer, spec=spec, fmt="auto", strict=False).to_pandas()
+    out = tokenize_batch(table, RowRules(tokenizer, spec)).to_pandas()
     assert list(out["row_id"]) == [r["id"] for r in rows]  # every input row comes out once, as itself
     by_row = dict(zip(out["row_id"], out["status"]))
     assert by_row["g"] == "ok" and by_row["pair"] == "ok"

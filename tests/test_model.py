@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from peft import LoraConfig
 from transformers import AutoModelForSequenceClassification
 
 from rmray.core.collate import pad_sequences
@@ -65,12 +66,12 @@ def test_pad_equal_to_eos_is_read_at_the_eos(tiny_llama_pad_is_eos):
 
 
 def test_lora_trains_and_saves_head_and_merges_exactly(tiny_qwen, tmp_path):
-    from rmray.core.export import save_reward_model
+    from rmray.core.export import save_reward_model, save_unmerged
     from rmray.core.spec import ScoringSpec
 
     tok = load_tokenizer(tiny_qwen)
-    peft_model = apply_lora(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id), r=4, alpha=8, dropout=0.0,
-                            target_modules="all-linear")
+    peft_model = apply_lora(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id),
+                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     assert "score" in peft_model.peft_config["default"].modules_to_save
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert any("score" in n for n in trainable) and any("lora_A" in n for n in trainable)
@@ -82,12 +83,12 @@ def test_lora_trains_and_saves_head_and_merges_exactly(tiny_qwen, tmp_path):
     ids, mask = pad_sequences([ids_of(tok, SHORT), ids_of(tok, LONG)], tok.pad_token_id)
     with torch.no_grad():
         before = model(ids, mask)
-    save_reward_model(model, tok, ScoringSpec(), str(tmp_path / "adapter"), merge_lora=False)
+    save_unmerged(model, tok, ScoringSpec(), str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     from safetensors.torch import load_file
 
     assert any("score" in k for k in load_file(str(tmp_path / "adapter" / "adapter_model.safetensors")))
-    save_reward_model(model, tok, ScoringSpec(), str(tmp_path / "merged"), merge_lora=True)
+    save_reward_model(model, tok, ScoringSpec(), str(tmp_path / "merged"))
     plain = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "merged"))
     assert not hasattr(plain, "peft_config")
     with torch.no_grad():
@@ -101,8 +102,8 @@ def test_lora_on_a_bf16_base_trains_float32_adapters_and_head(tiny_qwen, tmp_pat
     from rmray.core.spec import ScoringSpec
 
     tok = load_tokenizer(tiny_qwen)
-    peft_model = apply_lora(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id, dtype="bfloat16"), r=4, alpha=8,
-                            dropout=0.0, target_modules="all-linear")
+    peft_model = apply_lora(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id, dtype="bfloat16"),
+                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
     frozen = [p for p in peft_model.parameters() if not p.requires_grad]
     assert all(p.dtype == torch.bfloat16 for p in frozen)
@@ -116,7 +117,7 @@ def test_lora_on_a_bf16_base_trains_float32_adapters_and_head(tiny_qwen, tmp_pat
     assert all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in head_grads)
     with torch.no_grad():
         live = model.eval()(ids, mask)
-    out = save_reward_model(model, tok, ScoringSpec(), str(tmp_path / "merged"), merge_lora=True)
+    out = save_reward_model(model, tok, ScoringSpec(), str(tmp_path / "merged"))
     reloaded = RewardModel(load_hf_model(out, pad_token_id=tok.pad_token_id)).eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(ids, mask), live, atol=0.05)  # bf16 base vs its float32 reload

@@ -227,6 +227,8 @@ def test_segment_attention_under_gradient_checkpointing(fixture, lora, request):
     """Checkpointed layers recompute their forward during backward; the segment plan must reach that
     recomputation too (it once lived in a context variable, gone by then: the backward raised). LoRA +
     checkpointing is the README's recipe for large models."""
+    from peft import LoraConfig
+
     from rmray.core.model import apply_lora
 
     path = request.getfixturevalue(fixture)
@@ -242,7 +244,7 @@ def test_segment_attention_under_gradient_checkpointing(fixture, lora, request):
             hf.enable_input_require_grads()
         if lora:
             torch.manual_seed(1)
-            hf = apply_lora(hf, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+            hf = apply_lora(hf, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
         model = RewardModel(hf).train()
         pb = pack_groups(pair_groups(chosen, rejected, causal), row_tokens=0, pad_token_id=tok.pad_token_id,
                          causal=causal, dense_mask=False)
@@ -266,7 +268,7 @@ def test_the_training_model_is_in_training_mode_so_checkpointing_runs(tiny_qwen,
     where TRL took 8) until a first evaluation switched modes."""
     from rmray.config import TrainConfig
     from rmray.train.batches import Layout, choose_layout, to_chunks
-    from rmray.train.loop import _build_model
+    from rmray.train.build import build_model
 
     class InPlace:  # the strategy's wrap without a process group; DDP and FSDP keep the module's mode
         def wrap(self, raw, use_bf16, device):
@@ -279,7 +281,7 @@ def test_the_training_model_is_in_training_mode_so_checkpointing_runs(tiny_qwen,
     for checkpointing in (False, True):
         cfg = TrainConfig(model_name_or_path=tiny_qwen, train_data="demo", gradient_checkpointing=checkpointing,
                           use_peft=lora, lora_r=4)
-        model, raw = _build_model(cfg, tok, InPlace(), False, torch.device("cpu"))
+        model, raw = build_model(cfg, tok, InPlace(), False, torch.device("cpu"))
         assert raw.training and raw.hf_model.training
         layout = Layout(choose_layout(True, True, True), True, tok.pad_token_id, attention_ratio=6.0 * 64,
                         segments=raw.segments_ok)

@@ -44,7 +44,7 @@ def read_output(folder):
 
 def test_score_dataset_rewards_columns_bad_rows_and_resume(ray_cluster, rm_qwen, rm_minilm, tmp_path):
     from rmray.score.offline import ScoreConfig, score_dataset
-    from rmray.score.select import select_best
+    from rmray.score.select import Selection, select_best
 
     rows = write_inputs(tmp_path / "in")
     out = str(tmp_path / "out")
@@ -92,7 +92,7 @@ def test_score_dataset_rewards_columns_bad_rows_and_resume(ray_cluster, rm_qwen,
     assert score_dataset(other).files_skipped == files
 
     # Best-of-n: exactly the top 2 per prompt.
-    kept = select_best(out, str(tmp_path / "best"), top_k=2)
+    kept = select_best(out, str(tmp_path / "best"), Selection(top_k=2))
     best = read_output(str(tmp_path / "best"))[1]
     assert kept == len(best) == 4
     for prompt in PROMPTS:

@@ -18,7 +18,8 @@ def test_training_state_round_trip_without_pickle(tmp_path):
         model(torch.randn(2, 4)).sum().backward()
         opt.step()
         sched.step()
-    save_training_state(str(tmp_path), optimizer_state=opt.state_dict(), scheduler=sched, step=3, epoch=0, batches_in_epoch=3)
+    save_training_state(str(tmp_path), optimizer_state=opt.state_dict(), scheduler=sched,
+                        position={"step": 3, "epoch": 0, "batches_in_epoch": 3})
     assert {OPTIMIZER_FILE, TRAINER_STATE} <= set(os.listdir(tmp_path))
     json.load(open(tmp_path / TRAINER_STATE))  # plain JSON, no pickle anywhere
 

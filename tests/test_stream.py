@@ -36,12 +36,12 @@ def shares(stream, key, world, skip=0):
 def test_each_rank_takes_every_world_th_row_of_each_window_and_the_last_window_is_cut(ray_cluster):
     import ray
 
-    from rmray.data.stream import RowStream
+    from rmray.data.stream import RowStream, StreamShape
 
     ids = [f"r{i}" for i in range(11)]
     # three blocks of uneven sizes: the windows must not depend on them
     ds = ray.data.from_arrow([tokenized(ids[:2], bad={"r1"}), tokenized(ids[2:9]), tokenized(ids[9:])])
-    stream = RowStream.remote(ds, world=3, rows_per_window=2)
+    stream = RowStream.remote(ds, None, StreamShape(world=3, rows_per_window=2))
     # kept: r0 r2 r3 ... r10 (10 rows); windows of 6: [r0 r2 r3 r4 r5 r6], [r7 r8 r9 r10] -> cut to [r7 r8 r9]
     assert shares(stream, "a/0", 3) == [[["r0", "r4"], ["r7"]], [["r2", "r5"], ["r8"]], [["r3", "r6"], ["r9"]]]
     # a resumed pass (new key) from window 1 ships only what follows
@@ -52,15 +52,45 @@ def test_each_rank_takes_every_world_th_row_of_each_window_and_the_last_window_i
     assert (report["rows_read"], report["rows_kept"], report["skipped"]) == (11, 10, {"missing_field": 1})
 
 
+def test_a_pass_that_fits_is_replayed_to_later_epochs_without_reading_again(ray_cluster, tmp_path):
+    import ray
+
+    from rmray.data.stream import RowStream, StreamShape
+
+    log = tmp_path / "reads"
+
+    def count(batch):  # runs in Ray Data's tasks: each read of a row leaves a trace here
+        with open(log, "a") as f:
+            f.write(f"{batch.num_rows}\n")
+        return batch
+
+    def pipeline():
+        return ray.data.from_arrow(tokenized([f"r{i}" for i in range(10)])).map_batches(count, batch_format="pyarrow")
+
+    def rows_read() -> int:
+        return sum(int(n) for n in log.read_text().split())
+
+    kept = RowStream.remote(pipeline(), None, StreamShape(world=2, rows_per_window=2, replay_bytes=2**20))
+    first = shares(kept, "a/0", 2)
+    assert first == [[["r0", "r2"], ["r4", "r6"], ["r8"]], [["r1", "r3"], ["r5", "r7"], ["r9"]]]
+    assert rows_read() == 10
+    assert shares(kept, "a/1", 2) == first and rows_read() == 10  # epoch 2: the same windows, not read again
+    assert shares(kept, "b/1", 2, skip=1) == [w[1:] for w in first]  # a restarted attempt resumes inside it
+    log.unlink()
+    again = RowStream.remote(pipeline(), None, StreamShape(world=2, rows_per_window=2, replay_bytes=1))
+    assert shares(again, "a/0", 2) == first and shares(again, "a/1", 2) == first
+    assert rows_read() == 20  # too big to keep: every epoch reads the source
+
+
 def test_eval_rows_are_split_by_their_key_and_shared_by_rank(ray_cluster):
     import ray
 
-    from rmray.data.stream import RowStream, eval_batches
+    from rmray.data.stream import RowStream, StreamShape, eval_batches
 
     ids = [f"r{i}" for i in range(8)]
     held_out = {"r1": 0.01, "r4": 0.02, "r5": 0.03, "r7": 0.04}
     ds = ray.data.from_arrow(tokenized(ids, split=held_out))
-    stream = RowStream.remote(ds, world=2, rows_per_window=8, eval_split_ratio=0.1)
+    stream = RowStream.remote(ds, None, StreamShape(world=2, rows_per_window=8, eval_split_ratio=0.1))
     train = shares(stream, "a/0", 2)
     assert train == [[["r0", "r3"]], [["r2", "r6"]]]
     by_rank = [[i for b in eval_batches(stream, r, 1) for i in b["row_id"]] for r in range(2)]
@@ -71,13 +101,13 @@ def test_eval_rows_are_split_by_their_key_and_shared_by_rank(ray_cluster):
 def test_a_data_error_ends_every_ranks_stream_with_its_message(ray_cluster):
     import ray
 
-    from rmray.data.stream import RowStream, StreamError, rank_windows
+    from rmray.data.stream import RowStream, StreamError, StreamShape, rank_windows
 
     def strict(batch):
         raise ValueError("row data.jsonl:3: field 'chosen' is empty; fix the row or set on_bad_row=skip")
 
     ds = ray.data.from_arrow(tokenized(["r0", "r1"])).map_batches(strict, batch_format="pyarrow")
-    stream = RowStream.remote(ds, world=2, rows_per_window=4)
+    stream = RowStream.remote(ds, None, StreamShape(world=2, rows_per_window=4))
     for rank in range(2):
         with pytest.raises(StreamError, match=r"^row data.jsonl:3: field 'chosen' is empty; fix"):
             list(rank_windows(stream, "a/0", rank))
@@ -87,9 +117,10 @@ def test_a_data_error_ends_every_ranks_stream_with_its_message(ray_cluster):
 def test_an_all_skipped_stream_is_an_error_not_an_empty_epoch(ray_cluster):
     import ray
 
-    from rmray.data.stream import RowStream, StreamError
+    from rmray.data.stream import RowStream, StreamError, StreamShape
 
-    stream = RowStream.remote(ray.data.from_arrow(tokenized(["r0", "r1"], bad={"r0", "r1"})), world=1, rows_per_window=4)
+    stream = RowStream.remote(ray.data.from_arrow(tokenized(["r0", "r1"], bad={"r0", "r1"})), None,
+                              StreamShape(world=1, rows_per_window=4))
     with pytest.raises(StreamError, match="all 2 rows were skipped"):
         shares(stream, "a/0", 1)
 

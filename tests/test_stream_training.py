@@ -23,12 +23,17 @@ def train_losses(output_dir: str) -> list[tuple]:
 
 
 def test_a_streamed_run_trains_the_pairs_and_metrics_of_the_run_that_reads_everything_first(reference_run, tiny_qwen, tmp_path):
+    """Also keeps the checkpoints best by a metric (evaluating and saving do not change what trains)."""
+    import glob
+
+    from rmray.train.metrics_log import read_metrics
     from rmray.train.run import train
 
     streamed = reference_run["cfg"]
     assert streamed.stream_data  # the default
     whole = train(reference_config(tiny_qwen, str(tmp_path / "whole"), stream_data=False, log_consumed_pairs=True,
-                                   save_steps=None))
+                                   eval_steps=2, metric_for_best_model="eval_loss", greater_is_better=True,
+                                   save_total_limit=2))
     for rank in range(2):
         assert ([r["row_ids"] for r in consumed(streamed.output_dir, rank)]
                 == [r["row_ids"] for r in consumed(whole.output_dir, rank)])
@@ -37,6 +42,12 @@ def test_a_streamed_run_trains_the_pairs_and_metrics_of_the_run_that_reads_every
     assert [x for row in a for x in row] == pytest.approx([x for row in b for x in row], rel=1e-6)
     assert whole.summary["eval_accuracy"] == pytest.approx(reference_run["result"].summary["eval_accuracy"])
     assert whole.summary["eval_loss"] == pytest.approx(reference_run["result"].summary["eval_loss"], rel=1e-6)
+    losses = {m["step"]: m["eval_loss"] for m in read_metrics(whole.output_dir) if "eval_loss" in m and "event" not in m}
+    assert sorted(losses) == [2, 4, 6, 8]
+    # The loss falls step by step, so "greater is better" keeps the two earliest: by the metric, not the latest.
+    best_two = sorted(sorted(losses, key=losses.get, reverse=True)[:2])
+    kept = sorted(int(p.rsplit("-", 1)[1]) for p in glob.glob(os.path.join(whole.output_dir, "ray", "checkpoint-*")))
+    assert kept == best_two and kept != [6, 8], losses
 
 
 def write_parts(folder, rows: list[dict], sizes: list[int]) -> None:

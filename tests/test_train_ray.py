@@ -26,7 +26,7 @@ def write_jsonl(path, rows):
 def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_path):
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenizer import load_tokenizer
-    from rmray.data.preferences import build_preferences
+    from rmray.data.preferences import RowRules, build_preferences
 
     good = {"prompt": "Q: hi", "chosen": " hello", "rejected": " go away"}
     rows = [dict(good, id=f"ok-{i}") for i in range(20)] + [
@@ -40,7 +40,7 @@ def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_p
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     tok = load_tokenizer(tiny_qwen)
     spec = ScoringSpec(max_length=64, eos_token=tok.eos_token, pad_token=tok.pad_token)
-    prefs = build_preferences(path, tokenizer=tok, spec=spec, name="train")
+    prefs = build_preferences(path, RowRules(tok, spec), name="train")
     report = prefs.report
     assert (report.rows_read, report.rows_kept, report.rows_truncated) == (26, 21, 1)
     assert report.skipped == {"missing_field": 1, "non_string_field": 1, "empty_field": 1,
@@ -48,11 +48,11 @@ def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_p
     assert report.samples["non_string_field"][0].startswith("row bad-type:")
     assert prefs.dataset.count() == 21
 
-    dropped = build_preferences(path, tokenizer=tok, spec=ScoringSpec(max_length=64, truncation="drop",
-                                eos_token=tok.eos_token), name="train").report
+    dropped = build_preferences(path, RowRules(tok, ScoringSpec(max_length=64, truncation="drop",
+                                eos_token=tok.eos_token)), name="train").report
     assert dropped.skipped["too_long"] == 1 and dropped.rows_kept == 20
     with pytest.raises(Exception, match="row bad-missing: field 'chosen' is missing"):
-        build_preferences(path, tokenizer=tok, spec=spec, name="train", strict=True)
+        build_preferences(path, RowRules(tok, spec, strict=True), name="train")
 
     # Rated groups (UltraFeedback-style): each kept row stays one group, its pairs (different ratings)
     # counted in the report; a bad group is one skipped row.
@@ -61,7 +61,7 @@ def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_p
         {"prompt": "Q: hi", "responses": [" hello", " hey"], "ranking": [1, 2]},
         {"prompt": "Q: hi", "responses": [" hello", " hey"], "ratings": [2, 2]},
         good])
-    rated_prefs = build_preferences(rated, tokenizer=tok, spec=spec, name="train")
+    rated_prefs = build_preferences(rated, RowRules(tok, spec), name="train")
     rated_report = rated_prefs.report
     assert rated_prefs.dataset.count() == 3
     first = rated_prefs.dataset.take(1)[0]
@@ -73,10 +73,10 @@ def test_data_pipeline_counts_and_samples_bad_rows(ray_cluster, tiny_qwen, tmp_p
     # Not preference data at all (detected inside the tokenize tasks, no extra pass): a clear error.
     other = write_jsonl(tmp_path / "other.jsonl", [{"text": "a"}, {"text": "b"}])
     with pytest.raises(ValueError, match="all 2 rows were skipped(.|\n)*needs 'chosen' and 'rejected'"):
-        build_preferences(other, tokenizer=tok, spec=spec, name="train")
+        build_preferences(other, RowRules(tok, spec), name="train")
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(Exception, match="no rows|empty"):
-        build_preferences(str(tmp_path / "empty.jsonl"), tokenizer=tok, spec=spec, name="train")
+        build_preferences(str(tmp_path / "empty.jsonl"), RowRules(tok, spec), name="train")
 
 
 @torch.no_grad()
@@ -125,11 +125,11 @@ def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
     # The final folder loads with plain transformers and reproduces the in-worker eval exactly.
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenizer import load_tokenizer
-    from rmray.data.preferences import build_preferences
+    from rmray.data.preferences import RowRules, build_preferences
 
     spec = ScoringSpec.load(result.final_model_dir)
     assert spec.readout == "pooler" and spec.max_length == 128 and spec.reward_std > 0
-    prefs = build_preferences(evals, tokenizer=load_tokenizer(result.final_model_dir), spec=spec, name="eval")
+    prefs = build_preferences(evals, RowRules(load_tokenizer(result.final_model_dir), spec), name="eval")
     plain = plain_transformers_eval(result.final_model_dir, prefs.dataset.take_all())
     assert plain["accuracy"] == pytest.approx(summary["eval_accuracy"], abs=1e-9)
     assert plain["chosen_reward_mean"] == pytest.approx(summary["eval_chosen_reward_mean"], abs=1e-4)
@@ -239,7 +239,7 @@ def test_reads_every_source_format(ray_cluster, tiny_qwen, tmp_path, monkeypatch
 
     from rmray.core.spec import ScoringSpec
     from rmray.core.tokenizer import load_tokenizer
-    from rmray.data.preferences import build_preferences
+    from rmray.data.preferences import RowRules, build_preferences
 
     rows = [{"prompt": f"Q{i}:", "chosen": f" good answer {i}", "rejected": f" bad {i}", "margin": 0.5} for i in range(30)]
     pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
@@ -252,7 +252,7 @@ def test_reads_every_source_format(ray_cluster, tiny_qwen, tmp_path, monkeypatch
     spec = ScoringSpec(max_length=64, eos_token=tok.eos_token)
     results = {}
     for source in ("d.parquet", "d.csv", "d.json", "hf", "hf_dict"):
-        prefs = build_preferences(str(tmp_path / source), tokenizer=tok, spec=spec, name="train")
+        prefs = build_preferences(str(tmp_path / source), RowRules(tok, spec), name="train")
         results[source] = [(tuple(r["chosen_ids"]), tuple(r["rejected_ids"]), r["margin"])
                            for r in prefs.dataset.take_all()]
         assert prefs.report.rows_kept == 30
@@ -264,7 +264,7 @@ def test_reads_every_source_format(ray_cluster, tiny_qwen, tmp_path, monkeypatch
             for i in range(10)]
     write_jsonl(tmp_path / "chat.jsonl", chat)
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    prefs = build_preferences(str(tmp_path / "chat.jsonl"), tokenizer=tok, spec=spec, name="train")
+    prefs = build_preferences(str(tmp_path / "chat.jsonl"), RowRules(tok, spec), name="train")
     assert prefs.report.rows_kept == 10
     first = prefs.dataset.take(1)[0]
     assert tok.decode(first["chosen_ids"]).startswith("<user>hi") and tok.decode(first["chosen_ids"]).endswith("<assistant>hello!\n")

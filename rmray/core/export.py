@@ -16,22 +16,31 @@ from .model import RewardModel
 from .spec import ScoringSpec
 
 
-def save_reward_model(model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str, *, merge_lora: bool = True,
-                      state_dict: dict | None = None) -> str:
+def save_reward_model(model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str, state_dict: dict | None = None) -> str:
     """Save a plain transformers model to ``out_dir`` (LoRA merged into the weights when present).
 
     ``model`` may be a :class:`~rmray.core.model.RewardModel`, a DDP wrapper, a PEFT model or a plain
     transformers model. Merging happens on the live model (call this once training is over).
     ``state_dict`` replaces the live weights, e.g. the full tensors gathered from FSDP shards.
     """
-    inner = getattr(model, "module", model)  # DDP
-    if isinstance(inner, RewardModel):
-        inner = inner.model
+    inner = _inner(model)
     if hasattr(inner, "merge_and_unload"):
-        if not merge_lora:
-            return save_adapter(inner, tokenizer, spec, out_dir)
         inner = inner.merge_and_unload()
     return _atomic_write(out_dir, lambda tmp: _write_model(inner, tokenizer, spec, tmp, state_dict))
+
+
+def save_unmerged(model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str, state_dict: dict | None = None) -> str:
+    """Save what training goes on from: a LoRA model's adapter (and head), else the full weights --
+    a checkpoint, where merging would end the adapters' training."""
+    inner = _inner(model)
+    if hasattr(inner, "merge_and_unload"):
+        return save_adapter(inner, tokenizer, spec, out_dir)
+    return _atomic_write(out_dir, lambda tmp: _write_model(inner, tokenizer, spec, tmp, state_dict))
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", model)  # DDP
+    return inner.model if isinstance(inner, RewardModel) else inner
 
 
 def save_adapter(peft_model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str) -> str:

@@ -18,18 +18,18 @@ from . import attention, last_layer
 from .tokenizer import resolve_model_path
 
 
-def load_hf_model(
-    name_or_path: str, *, pad_token_id: int | None = None, trust_remote_code: bool = False,
-    disable_dropout: bool = True, dtype: torch.dtype | str = torch.float32, attributes=None,
-) -> PreTrainedModel:
+def load_hf_model(name_or_path: str, *, pad_token_id: int | None = None, attributes=None,
+                  disable_dropout: bool = True, **load_options) -> PreTrainedModel:
     """A sequence-classification model with one output, or one per attribute (named in ``id2label``).
-    A base model with another head size gets a fresh head of the right size."""
+    A base model with another head size gets a fresh head of the right size. ``load_options`` go to
+    ``from_pretrained`` (``dtype``, ``trust_remote_code``); safetensors only, remote code off by default."""
+    dtype = load_options.pop("dtype", torch.float32)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     labels = list(attributes or [])
     extra = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}} if labels else {}
     model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path(name_or_path), num_labels=max(len(labels), 1), trust_remote_code=trust_remote_code,
-        dtype=dtype, use_safetensors=True, ignore_mismatched_sizes=bool(labels), **extra,
+        resolve_model_path(name_or_path), num_labels=max(len(labels), 1), dtype=dtype, use_safetensors=True,
+        ignore_mismatched_sizes=bool(labels), **({"trust_remote_code": False} | load_options | extra),
     )
     if model.config.num_labels != max(len(labels), 1):
         want = f"{len(labels)} (one per attribute)" if labels else "exactly 1"
@@ -57,20 +57,20 @@ def readout_kind(model: nn.Module) -> str:
     return "last_token" if hasattr(_unwrap(model), "score") else "pooler"
 
 
-def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float, target_modules, modules_to_save=None):
-    """Wrap in a PEFT LoRA model with the reward head fully trained and saved.
+def apply_lora(model: PreTrainedModel, lora):
+    """Wrap in a PEFT LoRA model (``lora``: a ``peft.LoraConfig``) with the reward head fully trained and saved.
 
     ``task_type=SEQ_CLS`` and the head in ``modules_to_save`` are set here, not left to the user:
     a LoRA reward model whose random head is frozen or not saved is the most reported RM LoRA bug
     (TRL #297/#578, OpenRLHF #873).
     """
-    from peft import LoraConfig, TaskType, get_peft_model
+    import dataclasses
+
+    from peft import TaskType, get_peft_model
 
     heads = head_module_names(model)
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-        target_modules=target_modules, modules_to_save=sorted(set(heads) | set(modules_to_save or [])),
-    )
+    config = dataclasses.replace(lora, task_type=TaskType.SEQ_CLS,
+                                 modules_to_save=sorted(set(heads) | set(lora.modules_to_save or [])))
     peft_model = get_peft_model(model, config)  # adapters in float32 even on a bf16/fp16 base (autocast_adapter_dtype)
     if any(p.dtype != torch.float32 for p in peft_model.parameters()):
         _float32_heads(peft_model, config.modules_to_save)

@@ -51,8 +51,8 @@ class Scorer:
             raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
         spec = ScoringSpec.load(model_dir)
         tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-        hf = load_hf_model(model_dir, pad_token_id=tokenizer.pad_token_id, trust_remote_code=trust_remote_code,
-                           attributes=spec.attributes)
+        hf = load_hf_model(model_dir, pad_token_id=tokenizer.pad_token_id, attributes=spec.attributes,
+                           trust_remote_code=trust_remote_code)
         model = RewardModel(hf, attribute_weights=spec.attribute_weights).eval()
         if device:
             model.to(device)

@@ -43,24 +43,39 @@ class TokenizedPreferences:
     """Every row with its ``status`` (materialized): what the trainer's ``RowStream`` reads."""
 
 
-def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, strict: bool,
-                   fields: dict[str, str] | None = None, split: tuple[float, float] | None = None) -> pa.Table:
+@dataclass(frozen=True)
+class RowRules:
+    """How raw rows become tokenized ones: what every ``map_batches`` task is handed, in one object."""
+
+    tokenizer: object
+    spec: ScoringSpec
+    fmt: str = "auto"
+    """A format every row must have (``pair``, ``conversational``, ...), or ``auto``: decided per row."""
+    strict: bool = False
+    """Raise at the first bad row (``on_bad_row=error``) instead of counting it."""
+    fields: dict[str, str] | None = None
+    """rmray's column names (``prompt``, ``chosen``, ``rejected``) -> the data's own."""
+    num_cpus: float = 0.5
+    """Logical CPUs per tokenization task."""
+
+
+def tokenize_batch(batch: pa.Table, rules: RowRules, split: tuple[float, float] | None = None) -> pa.Table:
     """Validate and tokenize one batch; every row comes out with a status.
 
     With ``fmt="auto"`` the format is decided for each row on its own: a file may mix implicit rows
     (``chosen``/``rejected`` only) with standard ones (``prompt`` too), and Arrow gives the implicit rows
     a null ``prompt``. Deciding once per batch would drop the later rows' prompts or refuse them,
-    depending on row order. ``fields`` maps rmray's names (``prompt``, ``chosen``, ``rejected``) to the
-    data's own column names. A ``rated`` row stays one row, its K sequences in ``group_ids``: a group is
-    kept whole or skipped whole, and trains as one group (the prompt computed once).
+    depending on row order. A ``rated`` row stays one row, its K sequences in ``group_ids``: a group is
+    kept whole or skipped whole, and trains as one group (the prompt computed once). With
+    ``split=(low, high)`` only rows whose ``split_key`` falls in it are tokenized.
     """
     out = _Out()
-    renames = {theirs: ours for ours, theirs in (fields or {}).items() if theirs != ours}
+    renames = {theirs: ours for ours, theirs in (rules.fields or {}).items() if theirs != ours}
     for row in _rows(batch):
         if "_bad_line" in row:  # a JSON line that is not an object: counted, never silently dropped
             out.start_row(0.0)
             message = row["_bad_line"]
-            if strict:
+            if rules.strict:
                 raise ValueError(f"row {row['_row_id']}: {message}; fix the line or set on_bad_row=skip")
             out.add(str(row["_row_id"]), "bad_json", message)
             continue
@@ -73,9 +88,9 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
         out.start_row(key)
         row_id = str(row.pop("id")) if row.get("id") is not None else str(generated_id)
         try:
-            encoded = _encode_row(row, fmt, tokenizer, spec)
+            encoded = _encode_row(row, rules)
         except BadRow as e:
-            if strict:
+            if rules.strict:
                 raise ValueError(f"row {row_id}: {e} (field {e.field!r}, reason {e.reason}); "
                                  "fix the row or set on_bad_row=skip to skip and count such rows") from None
             out.add(row_id, e.reason, str(e))
@@ -86,12 +101,12 @@ def tokenize_batch(batch: pa.Table, *, tokenizer, spec: ScoringSpec, fmt: str, s
     return out.table()
 
 
-def _encode_row(row: dict, fmt: str, tokenizer, spec: ScoringSpec) -> EncodedPair | EncodedGroup:
+def _encode_row(row: dict, rules: RowRules) -> EncodedPair | EncodedGroup:
     """A pair row's two sequences, or a ``rated`` row's K sequences and ratings."""
-    row_format = _row_format(row, fmt)
+    row_format = _row_format(row, rules.fmt)
     if row_format == "rated":
-        return encode_group(tokenizer, spec, read_group(row, spec.weights_by_attribute()))
-    return encode_pair(tokenizer, spec, normalize_row(row, row_format))
+        return encode_group(rules.tokenizer, rules.spec, read_group(row, rules.spec.weights_by_attribute()))
+    return encode_pair(rules.tokenizer, rules.spec, normalize_row(row, row_format))
 
 
 _SCHEMA = pa.schema([
@@ -170,36 +185,30 @@ def _row_format(row: dict, fmt: str) -> str:
         raise BadRow("missing_field", None, str(e)) from None
 
 
-def tokenized_rows(
-    source: str, *, tokenizer, spec: ScoringSpec, data_format: str = "auto", limit: int | None = None,
-    strict: bool = False, num_cpus: float = 0.5, raw: ray.data.Dataset | None = None,
-    fields: dict[str, str] | None = None, split: tuple[float, float] | None = None,
-) -> ray.data.Dataset:
-    """Read ``source`` (or an already-read ``raw`` dataset) and validate and tokenize it, lazily: every
-    row comes out with its ``status`` (``tokenize_batch``), in the source's row order -- what each rank
-    trains on must be a function of the data, so that a resume in a new driver finds the same pairs at
-    the same positions. With ``split=(low, high)`` only rows whose ``split_key`` falls in it come out
-    (the eval rows of a hash split, found without tokenizing the train rows)."""
+def tokenized_rows(source: str, rules: RowRules, *, limit: int | None = None,
+                   split: tuple[float, float] | None = None) -> ray.data.Dataset:
+    """Read ``source`` and validate and tokenize it, lazily: every row comes out with its ``status``
+    (``tokenize_batch``), in the source's row order -- what each rank trains on must be a function of
+    the data, so that a resume in a new driver finds the same pairs at the same positions. With
+    ``split=(low, high)`` only rows whose ``split_key`` falls in it come out (the eval rows of a hash
+    split, found without tokenizing the train rows)."""
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    lines = read_lines(source) if raw is None else None
-    ds = raw if raw is not None else (lines if lines is not None else read_source(source))
+    lines = read_lines(source)
+    ds = lines if lines is not None else read_source(source)
     if limit:
         ds = ds.limit(limit)
     # A row's own "id" column names it in reports when present; otherwise file:line for JSON lines, or a
     # generated id that is unique per row ("block:offset" after formatting) for other sources.
     if lines is None:
         ds = ds.with_column("_row_id", monotonically_increasing_id())
-    return ds.map_batches(
-        tokenize_batch, batch_format="pyarrow", batch_size=256, num_cpus=num_cpus,
-        fn_kwargs={"tokenizer": tokenizer, "spec": spec, "fmt": data_format, "strict": strict, "fields": fields,
-                   "split": split},
-    )
+    return ds.map_batches(tokenize_batch, batch_format="pyarrow", batch_size=256, num_cpus=rules.num_cpus,
+                          fn_kwargs={"rules": rules, "split": split})
 
 
-def build_preferences(source: str, *, name: str, **options) -> TokenizedPreferences:
+def build_preferences(source: str, rules: RowRules, *, name: str, limit: int | None = None) -> TokenizedPreferences:
     """``tokenized_rows`` materialized, with its report: the whole set read and tokenized before anything
     trains (``stream_data=false``; the tests of the data path). Raises when no row is kept."""
-    tokenized = tokenized_rows(source, **options).materialize()
+    tokenized = tokenized_rows(source, rules, limit=limit).materialize()
     report = DataReport(name=name)
     for batch in tokenized.select_columns(REPORT_COLUMNS).iter_batches(batch_format="pyarrow", batch_size=4096):
         count_report(report, batch)

@@ -15,6 +15,9 @@ tokenize in tasks; Ray Data's backpressure bounds how far ahead they run), count
 the rows pass (no counting pass), and puts each rank's share of a window in the object store, where
 that rank's next request finds it. A data error (a bad row under ``on_bad_row=error``, no row kept,
 no eval row) ends every rank's stream at the same window with the message, and the driver raises it.
+The eval rows are read beside training once the first window is out, so no evaluation waits on a pass
+over the data. A pass that fits in ``replay_bytes`` is kept: later epochs replay its windows (the same
+ones, by the rule) instead of reading and tokenizing the source again.
 
 Example, 2 ranks, ``rows_per_window=2``, kept rows ``a b c d e f g``: windows ``[a b c d]``,
 ``[e f g]`` -> ``[e f]``; rank 0 trains ``a c | e``, rank 1 ``b d | f``; ``g`` is left out, in every epoch
@@ -26,6 +29,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Iterator
 
 import pyarrow as pa
@@ -52,17 +56,39 @@ def kept_rows(table: pa.Table, split: tuple[float, float] | None) -> pa.Table:
     return table.filter(keep).select(PAIR_COLUMNS)
 
 
+@dataclass(frozen=True)
+class StreamShape:
+    """How a ``RowStream`` cuts and shares its rows."""
+
+    world: int
+    """Ranks the rows are shared between."""
+    rows_per_window: int
+    """Rows per rank per window: ``per_device_train_batch_size x length_group_window``."""
+    eval_split_ratio: float = 0.0
+    """Rows whose ``split_key`` is under this are eval rows, the rest train rows (0: no split)."""
+    max_eval_rows: int | None = None
+    """The first this many eval rows are evaluated on; None: all."""
+    count_reports: bool = True
+    """Count the data report as the rows pass (False when the rows were read and counted whole first)."""
+    replay_bytes: int = 0
+    """A whole pass whose windows take at most this many bytes is kept and replayed to later epochs
+    (the same windows, by the order rule) instead of read and tokenized again; 0: read every epoch."""
+
+
 class _Windows:
     """One pass over a tokenized dataset, cut into windows by the order rule; counts its report."""
 
-    def __init__(self, dataset, *, world: int, rows: int, split, skip: int, report: DataReport | None):
+    def __init__(self, dataset, shape: StreamShape, split, skip: int, report: DataReport | None):
         self.batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
-        self.world, self.size, self.split, self.report = world, world * rows, split, report
+        world = shape.world
+        self.world, self.size, self.split, self.report = world, world * shape.rows_per_window, split, report
         self.buffer: list[pa.Table] = []
         self.buffered, self.produced, self.skip, self.ended = 0, 0, skip, False
         self.queues = [deque() for _ in range(world)]
         self.primer: threading.Thread | None = None
         self.primed: list = []
+        self.kept: list[list] | None = [] if shape.replay_bytes and skip == 0 else None  # for a replay
+        self.kept_bytes, self.replay_bytes = 0, shape.replay_bytes
 
     def prime(self) -> "_Windows":
         """Start reading and tokenizing the first window now, while the ranks still load their model."""
@@ -87,9 +113,24 @@ class _Windows:
                 return None
             self.produced += 1
             if self.produced > self.skip:  # a resumed epoch: the windows before its position are not shipped
+                shares = [ray.put(rank_share(window, r, self.world)) for r in range(self.world)]
                 for r in range(self.world):
-                    self.queues[r].append(ray.put(rank_share(window, r, self.world)))
+                    self.queues[r].append(shares[r])
+                self._keep(shares, window.nbytes)
         return self.queues[rank].popleft()
+
+    def _keep(self, shares: list, nbytes: int) -> None:
+        if self.kept is None:
+            return
+        self.kept_bytes += nbytes
+        if self.kept_bytes > self.replay_bytes:
+            self.kept = None  # too big to hold: later epochs read the source again
+        else:
+            self.kept.append(shares)
+
+    def replay(self) -> list[list] | None:
+        """The whole pass's shares, window by window, once it ended within ``replay_bytes``."""
+        return self.kept if self.ended else None
 
     def _next_window(self) -> pa.Table | None:
         if self.primed:
@@ -117,20 +158,42 @@ class _Windows:
         return rows.slice(0, take)
 
 
+class _Replay:
+    """A later epoch's pass served from the first pass's shares: no read, no tokenization."""
+
+    report = None
+
+    def __init__(self, windows: list[list], skip: int, world: int):
+        self.windows, self.produced = windows, len(windows)
+        self.next = [skip] * world
+
+    def next_for(self, rank: int):
+        at = self.next[rank]
+        if at >= len(self.windows):
+            return None
+        self.next[rank] += 1
+        return self.windows[at][rank]
+
+
 @ray.remote(num_cpus=0)
 class RowStream:
     """Serves every rank its windows of the train rows and its share of the eval rows (see the module)."""
 
-    def __init__(self, train, eval_data=None, *, world: int, rows_per_window: int, eval_split_ratio: float = 0.0,
-                 count_reports: bool = True, max_eval_rows: int | None = None):
-        self.train, self.eval_data, self.world, self.rows = train, eval_data, world, rows_per_window
-        self.ratio, self.count_reports, self.max_eval_rows = eval_split_ratio, count_reports, max_eval_rows
+    def __init__(self, train, eval_data, shape: StreamShape):
+        self.train, self.eval_data, self.shape = train, eval_data, shape
+        self.world, self.ratio = shape.world, shape.eval_split_ratio
         self.passes: dict[str, _Windows] = {}
         self.reports: dict[str, DataReport] = {}  # "train"/"eval": a whole pass's report
         self.partial: DataReport | None = None
         self.eval_shares: list[list] | None = None
         self.error: str | None = None
+        self.replayed: list[list] | None = None  # a whole pass kept for the later epochs (replay_bytes)
         self.first = self._windows(skip=0).prime()  # the first pass's first window, before any rank asks
+        self.eval_reader: threading.Thread | None = None
+        self.eval_problem: Exception | None = None
+        if eval_data is not None or self.ratio > 0:  # the eval rows, read once the first window is out
+            self.eval_reader = threading.Thread(target=self._prime_eval, args=(self.first.primer,), daemon=True)
+            self.eval_reader.start()
 
     def next_window(self, key: str, rank: int, skip: int = 0) -> dict:
         """``{"window": [ref]}``, ``{"end": True}`` or ``{"error": message}``. ``key`` names one pass
@@ -151,12 +214,17 @@ class RowStream:
     def _start(self, key: str, skip: int) -> None:
         self.passes = {k: v for k, v in self.passes.items() if k.split("/")[0] == key.split("/")[0]}
         first, self.first = self.first, None
-        self.passes[key] = first if first is not None and skip == 0 else self._windows(skip)
+        if first is not None and skip == 0:
+            self.passes[key] = first
+        elif self.replayed is not None:
+            self.passes[key] = _Replay(self.replayed, skip, self.world)
+        else:
+            self.passes[key] = self._windows(skip)
 
     def _windows(self, skip: int) -> _Windows:
         split = (self.ratio, 1.0) if self.ratio > 0 else None
-        self.partial = DataReport(name="train") if self.count_reports else None
-        return _Windows(self.train, world=self.world, rows=self.rows, split=split, skip=skip, report=self.partial)
+        self.partial = DataReport(name="train") if self.shape.count_reports else None
+        return _Windows(self.train, self.shape, split, skip, self.partial)
 
     def _ended(self, key: str) -> dict:
         done = self.passes[key]
@@ -170,6 +238,8 @@ class RowStream:
             self.error = (f"the train data has fewer kept rows than workers ({self.world}): no rank has a row "
                           "to train on; use more data or fewer workers")
             return {"error": self.error}
+        if self.replayed is None and isinstance(done, _Windows):
+            self.replayed = done.replay()
         return {"end": True}
 
     def eval_share(self, rank: int, everything: bool = False) -> dict:
@@ -178,6 +248,11 @@ class RowStream:
         if self.error:
             return {"error": self.error}
         try:
+            if self.eval_reader is not None:
+                self.eval_reader.join()
+                self.eval_reader = None
+            if self.eval_problem is not None:
+                raise self.eval_problem
             if self.eval_shares is None:
                 self._read_eval()
         except Exception as e:  # noqa: BLE001
@@ -187,12 +262,22 @@ class RowStream:
             return {"shares": [ref for share in self.eval_shares for ref in share]}
         return {"shares": self.eval_shares[rank]}
 
+    def _prime_eval(self, first_window: threading.Thread | None) -> None:
+        """Read the eval rows beside training, after the first window (the one the first step waits
+        for): the first evaluation then waits on no pass over the data."""
+        if first_window is not None:
+            first_window.join()
+        try:
+            self._read_eval()
+        except Exception as e:  # noqa: BLE001 - raised to the first rank that evaluates
+            self.eval_problem = e
+
     def _read_eval(self) -> None:
         # with a hash split, eval_data (when given) is the train source read for its held-out rows only
         source = self.eval_data if self.eval_data is not None else self.train
         split = (0.0, self.ratio) if self.ratio > 0 else None
-        report = DataReport(name="eval") if self.count_reports and split is None else None
-        shares, seen, limit = [[] for _ in range(self.world)], 0, self.max_eval_rows
+        report = DataReport(name="eval") if self.shape.count_reports and split is None else None
+        shares, seen, limit = [[] for _ in range(self.world)], 0, self.shape.max_eval_rows
         for block in source.iter_batches(batch_size=None, batch_format="pyarrow"):
             if report is not None:
                 count_report(report, block.select(REPORT_COLUMNS))

@@ -16,6 +16,7 @@ from rmray.core.scoring import Scorer
 from rmray.core.tokenize import encode, encode_pair
 
 from .columns import TEXT_COLUMN
+from .settings import EvalConfig, ScoreConfig
 
 
 def _device(num_gpus: float) -> str | None:
@@ -42,14 +43,13 @@ class ResponseScorer:
     ``reward_<attribute>`` for a model with per-attribute heads (``reward_<name>_<attribute>`` in an
     ensemble), ``truncated`` and ``score_error`` to every batch, keeping all input columns."""
 
-    def __init__(self, model_dirs: list[str], names: list[str], *, prompt_field: str, response_field: str,
-                 max_batch_tokens: int, num_gpus: float = 0.0, torch_threads: int = 1, precision: str = "auto"):
+    def __init__(self, cfg: ScoreConfig, names: list[str]):
         import torch
 
-        torch.set_num_threads(torch_threads)
-        self.scorers = [Scorer.load(d, device=_device(num_gpus), precision=precision) for d in model_dirs]
-        self.names, self.prompt_field, self.response_field = names, prompt_field, response_field
-        self.max_batch_tokens = max_batch_tokens
+        torch.set_num_threads(cfg.torch_threads)
+        self.scorers = [Scorer.load(d, device=_device(cfg.num_gpus), precision=cfg.precision) for d in cfg.model_dirs]
+        self.names, self.prompt_field, self.response_field = names, cfg.prompt_field, cfg.response_field
+        self.max_batch_tokens = cfg.max_batch_tokens
 
     @staticmethod
     def _texts(batch: pa.Table, field: str, missing) -> list:
@@ -130,13 +130,12 @@ class PairScorer:
     per-attribute model rated per attribute, ``attribute_scores`` and ``attribute_ratings`` ([K][A]). Pairs and
     groups go through group scoring, so a causal model computes each prompt once."""
 
-    def __init__(self, model_dir: str, data_format: str | None, max_batch_tokens: int, num_gpus: float = 0.0,
-                 torch_threads: int = 1):
+    def __init__(self, cfg: EvalConfig):
         import torch
 
-        torch.set_num_threads(torch_threads)
-        self.scorer = Scorer.load(model_dir, device=_device(num_gpus))
-        self.data_format, self.max_batch_tokens = data_format, max_batch_tokens
+        torch.set_num_threads(cfg.torch_threads)
+        self.scorer = Scorer.load(cfg.model_dir, device=_device(cfg.num_gpus))
+        self.data_format, self.max_batch_tokens = cfg.data_format, cfg.max_batch_tokens
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

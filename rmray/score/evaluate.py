@@ -27,8 +27,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     model_dir, data, output = cfg.model_dir, cfg.data, cfg.output
     scored = read_source(data).map_batches(
         PairScorer, batch_format="pyarrow", batch_size=cfg.batch_size,
-        fn_constructor_kwargs=dict(model_dir=model_dir, data_format=cfg.data_format, max_batch_tokens=cfg.max_batch_tokens,
-                                   num_gpus=cfg.num_gpus, torch_threads=cfg.torch_threads),
+        fn_constructor_kwargs={"cfg": cfg},
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     chosen, rejected, subsets, groups, errors, attributed = _collect(scored)
     if not chosen:

@@ -166,9 +166,7 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
     ds = _read(pending, cfg)
     scored = ds.map_batches(
         ResponseScorer, batch_format="pyarrow", batch_size=cfg.batch_size,
-        fn_constructor_kwargs=dict(model_dirs=cfg.model_dirs, names=names, prompt_field=cfg.prompt_field,
-                                   response_field=cfg.response_field, max_batch_tokens=cfg.max_batch_tokens,
-                                   num_gpus=cfg.num_gpus, torch_threads=cfg.torch_threads, precision=cfg.precision),
+        fn_constructor_kwargs={"cfg": cfg, "names": names},
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     return _write(scored, cfg, pending, skipped, scored_by)
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -27,40 +28,53 @@ def _add_key(batch: pa.Table, group_by: str) -> pa.Table:
     return batch.append_column(GROUP_KEY, pa.array(keys, pa.string()))
 
 
-def select_rows(rows: list[dict], *, response_field: str, top_k: int | None, threshold: float | None) -> list[dict]:
+@dataclass(frozen=True)
+class Selection:
+    """Which scored rows to keep, per prompt."""
+
+    top_k: int | None = None
+    """Keep the best this many rows of each prompt."""
+    threshold: float | None = None
+    """Keep rows whose reward is at least this."""
+    group_by: str = "prompt"
+    """The column whose equal values form one prompt's group."""
+    response_field: str = "response"
+    """The column breaking ties between equal rewards."""
+
+    def __post_init__(self):
+        if self.top_k is None and self.threshold is None:
+            raise ValueError("give top_k, threshold, or both")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+
+
+def select_rows(rows: list[dict], rule: Selection) -> list[dict]:
     """The selection rule for one prompt's rows (pure; rows without a reward are never selected)."""
     scored = [r for r in rows if r.get("reward") is not None]
-    scored.sort(key=lambda r: (-r["reward"], _key(r.get(response_field)), json.dumps(r, sort_keys=True, default=str)))
-    if threshold is not None:
-        scored = [r for r in scored if r["reward"] >= threshold]
-    return scored[:top_k] if top_k is not None else scored
+    scored.sort(key=lambda r: (-r["reward"], _key(r.get(rule.response_field)), json.dumps(r, sort_keys=True, default=str)))
+    if rule.threshold is not None:
+        scored = [r for r in scored if r["reward"] >= rule.threshold]
+    return scored[:rule.top_k] if rule.top_k is not None else scored
 
 
-def _select_group(group: pa.Table, response_field: str, top_k: int | None, threshold: float | None) -> pa.Table:
-    rows = group.drop_columns([GROUP_KEY]).to_pylist()
-    kept = select_rows(rows, response_field=response_field, top_k=top_k, threshold=threshold)
+def _select_group(group: pa.Table, rule: Selection) -> pa.Table:
+    kept = select_rows(group.drop_columns([GROUP_KEY]).to_pylist(), rule)
     schema = group.schema.remove(group.schema.get_field_index(GROUP_KEY))
     return pa.Table.from_pylist(kept, schema=schema)
 
 
-def select_best(scored_dir: str, output: str, *, group_by: str = "prompt", response_field: str = "response",
-                top_k: int | None = None, threshold: float | None = None) -> int:
+def select_best(scored_dir: str, output: str, rule: Selection) -> int:
     """Write the selected rows of ``scored_dir`` (``rmray score`` output) to Parquet in ``output``
     (atomically: a temp folder renamed into place). Returns the number of rows kept."""
     import ray
 
-    if top_k is None and threshold is None:
-        raise ValueError("give top_k, threshold, or both")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    group_by = rule.group_by
     ds = ray.data.read_parquet(scored_dir)
     if group_by not in ds.schema().names:
         raise ValueError(f"{scored_dir}: no column {group_by!r} to group by (columns: {ds.schema().names})")
     selected = (ds.map_batches(_add_key, fn_kwargs={"group_by": group_by}, batch_format="pyarrow", num_cpus=0.25)
                 .groupby(GROUP_KEY)
-                .map_groups(_select_group, fn_kwargs=dict(response_field=response_field, top_k=top_k,
-                                                          threshold=threshold),
-                            batch_format="pyarrow", num_cpus=0.25))
+                .map_groups(_select_group, fn_kwargs={"rule": rule}, batch_format="pyarrow", num_cpus=0.25))
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)

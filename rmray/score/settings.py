@@ -1,5 +1,5 @@
 """Settings of ``rmray score`` and ``rmray eval``: dataclasses whose field docstrings are the help of
-their command-line options (``rmray.config.add_options``). No torch or Ray import here, so the command
+their command-line options (``rmray.config_fields.add_options``). No torch or Ray import here, so the command
 line parses in milliseconds."""
 
 from __future__ import annotations

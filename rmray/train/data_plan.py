@@ -20,6 +20,7 @@ from rmray.core.spec import ScoringSpec
 from rmray.errors import UsageError
 
 STREAM_BLOCK_BYTES = 2**20  # a few hundred tokenized pairs: less than the first window needs
+DEFAULT_OBJECT_STORE_MB = 128  # what a pass may hold for replay when data_object_store_mb is unset
 
 
 @dataclass
@@ -35,15 +36,15 @@ def prepare_data(cfg: TrainConfig, tokenizer, readout: str, stream: bool) -> Pre
     """The rows' stream and the schedule. Streamed, the schedule comes from the source's row count; read
     whole first (``stream_data=false``, a source without a count, or no CPU left beside the workers for
     Ray Data's tasks), from the exact count, with the report printed before the first step."""
-    from rmray.data.preferences import tokenized_rows
+    from rmray.data.preferences import RowRules, tokenized_rows
 
     spec = ScoringSpec(max_length=cfg.max_length, truncation=cfg.truncation, add_eos=cfg.add_eos,
                        eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
                        readout=readout, uses_chat_template=tokenizer.chat_template is not None,
                        attributes=list(cfg.attributes) or None, attribute_weights=cfg.reward_weights)
     _explain_layout(cfg, readout)
-    common = dict(tokenizer=tokenizer, spec=spec, data_format=cfg.data_format, strict=cfg.on_bad_row == "error",
-                  num_cpus=cfg.tokenize_num_cpus, fields=cfg.fields())
+    rules = RowRules(tokenizer, spec, fmt=cfg.data_format, strict=cfg.on_bad_row == "error", fields=cfg.fields(),
+                     num_cpus=cfg.tokenize_num_cpus)
     rows = _expected_train_rows(cfg) if stream else None
     if stream and rows is None and cfg.max_steps <= 0:
         print(f"{cfg.train_data}: no row count without reading it (set max_steps to stream it); reading it whole first",
@@ -52,44 +53,47 @@ def prepare_data(cfg: TrainConfig, tokenizer, readout: str, stream: bool) -> Pre
     has_eval = bool(cfg.eval_data) or cfg.eval_split_ratio > 0
     if stream:
         with _stream_context(cfg):
-            train = tokenized_rows(cfg.train_data, limit=cfg.max_train_samples, **common)
-            evals = _stream_eval(cfg, common, tokenized_rows)
+            train = tokenized_rows(cfg.train_data, rules, limit=cfg.max_train_samples)
+            evals = _stream_eval(cfg, rules)
         reports, total_steps = [], cfg.max_steps if rows is None else _total_steps(cfg, rows)
         print(f"streaming {cfg.train_data}: " + (f"about {rows} train rows, " if rows is not None else "")
               + f"{cfg.num_workers} workers, {total_steps} steps", flush=True)
     else:
-        train, evals, reports, rows = _read_whole(cfg, common)
+        train, evals, reports, rows = _read_whole(cfg, rules)
         total_steps = _total_steps(cfg, rows)
-    from rmray.data.stream import RowStream
+    from rmray.data.stream import RowStream, StreamShape
 
-    row_stream = RowStream.remote(
-        train, evals, world=cfg.num_workers, rows_per_window=cfg.per_device_train_batch_size * cfg.length_group_window,
-        eval_split_ratio=0.0 if cfg.eval_data else cfg.eval_split_ratio, count_reports=stream,
-        max_eval_rows=cfg.max_eval_samples)
+    shape = StreamShape(cfg.num_workers, cfg.per_device_train_batch_size * cfg.length_group_window,
+                        eval_split_ratio=0.0 if cfg.eval_data else cfg.eval_split_ratio,
+                        max_eval_rows=cfg.max_eval_samples, count_reports=stream,
+                        replay_bytes=(cfg.data_object_store_mb or DEFAULT_OBJECT_STORE_MB) * 2**20)
+    row_stream = RowStream.remote(train, evals, shape)
     return PreparedData(spec, row_stream, reports, total_steps, has_eval)
 
 
-def _stream_eval(cfg: TrainConfig, common: dict, tokenized_rows):
+def _stream_eval(cfg: TrainConfig, rules):
     """The eval rows: ``eval_data``, or the train source's held-out rows -- found by their hash before
     tokenizing, so the first evaluation's pass over the source tokenizes only them."""
+    from rmray.data.preferences import tokenized_rows
+
     if cfg.eval_data:
-        return tokenized_rows(cfg.eval_data, limit=cfg.max_eval_samples, **common)
+        return tokenized_rows(cfg.eval_data, rules, limit=cfg.max_eval_samples)
     if cfg.eval_split_ratio > 0:
-        return tokenized_rows(cfg.train_data, limit=cfg.max_train_samples, split=(0.0, cfg.eval_split_ratio), **common)
+        return tokenized_rows(cfg.train_data, rules, limit=cfg.max_train_samples, split=(0.0, cfg.eval_split_ratio))
     return None
 
 
-def _read_whole(cfg: TrainConfig, common: dict) -> tuple:
+def _read_whole(cfg: TrainConfig, rules) -> tuple:
     """Read and tokenize everything first: the reports and the exact train row count up front."""
     from ray.data.expressions import col
 
     from rmray.data.preferences import build_preferences
 
     print(f"reading and tokenizing {cfg.train_data}...", flush=True)
-    train = build_preferences(cfg.train_data, name="train", limit=cfg.max_train_samples, **common)
+    train = build_preferences(cfg.train_data, rules, name="train", limit=cfg.max_train_samples)
     reports, evals, ratio = [train.report], None, 0.0 if cfg.eval_data else cfg.eval_split_ratio
     if cfg.eval_data:
-        eval_prefs = build_preferences(cfg.eval_data, name="eval", limit=cfg.max_eval_samples, **common)
+        eval_prefs = build_preferences(cfg.eval_data, rules, name="eval", limit=cfg.max_eval_samples)
         reports.append(eval_prefs.report)
         evals = eval_prefs.tokenized
     n_train = train.dataset.filter(expr=col("split_key") >= ratio).count() if ratio else train.report.rows_kept

@@ -29,9 +29,8 @@ from rmray.config import TrainConfig
 from rmray.core.calibration import fit_temperature
 from rmray.core.cpu_bf16 import slow_bf16_warning
 from rmray.core.evaluation import preference_metrics
-from rmray.core.export import save_reward_model
+from rmray.core.export import save_reward_model, save_unmerged
 from rmray.core.loss import metrics_from_sums, preference_sums
-from rmray.core.model import RewardModel, apply_lora, load_hf_model
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenizer import load_tokenizer
 from rmray.data.stream import StreamError, eval_batches, rank_windows, stop_stream, write_data_report
@@ -46,6 +45,7 @@ from .batches import (
     padded_equivalent_tokens,
     to_chunks,
 )
+from .build import build_model
 from .compute import Compute, all_reduce, wants_bf16
 from .diagnostics import ConsumedLog, chaos_kill
 from .health import Health
@@ -54,7 +54,7 @@ from .parallel import make_strategy
 from .resume import load_resume_state
 from .schedule import build_scheduler
 from .sinks import Sinks
-from .state import checkpoint_name, save_training_state, write_manifest
+from .state import LoopState, checkpoint_name, save_training_state, write_manifest
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -65,23 +65,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     except StreamError:  # every rank meets a data error at the same window; the driver raises its message
         return
     run.finish()
-
-
-@dataclass
-class LoopState:
-    """What a checkpoint restores (step, position in the epoch, the counters) and what the summary reads."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches of this epoch already trained
-    train_time_s: float = 0.0  # only the training loop: no start-up, eval or checkpointing
-    pairs_seen: int = 0  # global, all ranks
-    tokens_seen: int = 0
-    computed_tokens: int = 0  # positions run by the model on this rank, padding included
-    padded_tokens: int = 0  # what TRL's padded layout would have run on the same batches
-    data_wait_s: float = 0.0  # time spent waiting for the next micro-batch from Ray Data (in train_time_s)
-    first_step_at: float | None = None
-    last_train_accuracy: float | None = None
 
 
 @dataclass
@@ -137,8 +120,7 @@ class WorkerRun:
                                         trust_remote_code=cfg.trust_remote_code)
         device = ray.train.torch.get_device()
         strategy = make_strategy(cfg.fsdp)
-        strategy.release_unused_group(self.world)
-        model, raw = _build_model(cfg, self.tokenizer, strategy, wants_bf16(cfg, device), device)
+        model, raw = build_model(cfg, self.tokenizer, strategy, wants_bf16(cfg, device), device)
         self.compute = Compute.for_run(model, raw, strategy, device, cfg)
         self.layout = Layout(kind=choose_layout(cfg.padding_free, cfg.share_prompt, raw.readout == "last_token"),
                              causal=raw.readout == "last_token", pad_token_id=self.tokenizer.pad_token_id,
@@ -348,11 +330,10 @@ class WorkerRun:
             write_data_report(self.stream, cfg.output_dir)
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = os.path.join(tmp, "checkpoint")
-                save_reward_model(compute.raw, self.tokenizer, self.spec, ckpt, merge_lora=False, state_dict=model_state)
-                save_training_state(ckpt, optimizer_state=optimizer_state, scheduler=self.scheduler, step=s.step,
-                                    epoch=s.epoch, batches_in_epoch=s.batches_in_epoch,
-                                    extra={"train_time_s": s.train_time_s, "pairs_seen": s.pairs_seen,
-                                           "tokens_seen": s.tokens_seen})
+                save_unmerged(compute.raw, self.tokenizer, self.spec, ckpt, state_dict=model_state)
+                position = {"step": s.step, "epoch": s.epoch, "batches_in_epoch": s.batches_in_epoch,
+                            "train_time_s": s.train_time_s, "pairs_seen": s.pairs_seen, "tokens_seen": s.tokens_seen}
+                save_training_state(ckpt, optimizer_state=optimizer_state, scheduler=self.scheduler, position=position)
                 write_manifest(ckpt)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt),
                                  checkpoint_dir_name=checkpoint_name(cfg, s.step))
@@ -370,9 +351,8 @@ class WorkerRun:
             if "eval_reward_mean" in self.last_eval:  # saved for optional reward normalization at serving time
                 spec.reward_mean, spec.reward_std = self.last_eval["eval_reward_mean"], self.last_eval["eval_reward_std"]
             if cfg.use_peft:
-                save_reward_model(compute.raw, self.tokenizer, spec, os.path.join(cfg.output_dir, "adapter"), merge_lora=False)
-            save_reward_model(compute.raw, self.tokenizer, spec, os.path.join(cfg.output_dir, "final"), merge_lora=True,
-                              state_dict=model_state)
+                save_unmerged(compute.raw, self.tokenizer, spec, os.path.join(cfg.output_dir, "adapter"))
+            save_reward_model(compute.raw, self.tokenizer, spec, os.path.join(cfg.output_dir, "final"), model_state)
             self.log.write(summary)
         ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                           and not (isinstance(v, float) and math.isnan(v))}, checkpoint=None)
@@ -414,25 +394,3 @@ class WorkerRun:
             "loss": self.cfg.loss,
             **self.last_eval,
         }
-
-
-def _build_model(cfg: TrainConfig, tokenizer, strategy, use_bf16: bool, device):
-    hf = load_hf_model(cfg.model_name_or_path, pad_token_id=tokenizer.pad_token_id,
-                       trust_remote_code=cfg.trust_remote_code, disable_dropout=cfg.disable_dropout,
-                       dtype=cfg.dtype, attributes=cfg.attributes)
-    if len(tokenizer) > hf.get_input_embeddings().num_embeddings:
-        hf.resize_token_embeddings(len(tokenizer))
-    if cfg.gradient_checkpointing:
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.use_peft:
-        if cfg.gradient_checkpointing:
-            hf.enable_input_require_grads()
-        hf = apply_lora(hf, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                        target_modules=cfg.lora_target_modules if cfg.lora_target_modules != ["all-linear"] else "all-linear",
-                        modules_to_save=cfg.lora_modules_to_save)
-    # from_pretrained returns a model in eval mode: left so, gradient checkpointing (which acts only in
-    # training mode) and dropout would be silently off until the first evaluation switched modes.
-    raw = RewardModel(hf, last_layer_readout_only=cfg.last_layer_readout_only,
-                      attribute_weights=cfg.reward_weights).train()
-    # DDP or FSDP around the whole reward path, so the custom read-out syncs gradients too.
-    return strategy.wrap(raw, use_bf16, device), raw

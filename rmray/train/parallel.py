@@ -26,13 +26,6 @@ FSDP_OPTIONS = {"full_shard", "shard_grad_op", "offload", "auto_wrap"}
 
 
 class DDPStrategy:
-    def release_unused_group(self, world_size: int) -> None:
-        """Ray Train opens a process group even for one worker, where DDP never uses it; gloo's TCP
-        loop thread then wakes every 10 ms beside torch's compute threads. Closing it: +7.6 % on the
-        overhead ladder's plain loop on 2 cores, not established on a whole run (BENCHMARKS.md)."""
-        if world_size == 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
     def wrap(self, raw_model, use_bf16: bool, device):
         import ray.train.torch
 
@@ -75,9 +68,6 @@ class FSDPStrategy:
 
     def __init__(self, options: set[str]):
         self.options = options
-
-    def release_unused_group(self, world_size: int) -> None:
-        pass  # fully_shard's device mesh is built on the group, even for one rank
 
     def wrap(self, raw_model, use_bf16: bool, device):
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,9 +22,30 @@ TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 
 
-def save_training_state(directory: str, *, optimizer_state: dict, scheduler, step: int, epoch: int,
-                        batches_in_epoch: int, extra: dict | None = None) -> None:
-    """``optimizer_state``: ``optimizer.state_dict()``, or the full (unsharded) one under FSDP."""
+@dataclass
+class LoopState:
+    """What a checkpoint restores (step, position in the epoch, the counters) and what the summary reads."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of this epoch already trained
+    train_time_s: float = 0.0  # only the training loop: no start-up, eval or checkpointing
+    pairs_seen: int = 0  # global, all ranks
+    tokens_seen: int = 0
+    computed_tokens: int = 0  # positions run by the model on this rank, padding included
+    padded_tokens: int = 0  # what TRL's padded layout would have run on the same batches
+    data_wait_s: float = 0.0  # time spent waiting for the next micro-batch from Ray Data (in train_time_s)
+    first_step_at: float | None = None
+    last_train_accuracy: float | None = None
+
+
+def save_training_state(directory: str, *, optimizer_state: dict, scheduler, position: dict) -> None:
+    """``optimizer_state``: ``optimizer.state_dict()``, or the full (unsharded) one under FSDP.
+    ``position``: ``step``, ``epoch`` and ``batches_in_epoch`` (where a resume starts), and any counters
+    the run carries on (``pairs_seen``, ...); written as they are into ``trainer_state.json``."""
+    missing = {"step", "epoch", "batches_in_epoch"} - set(position)
+    if missing:
+        raise ValueError(f"position lacks {sorted(missing)}: a resume could not find its place")
     osd = optimizer_state
     tensors, scalars = {}, {}
     for index, param_state in osd["state"].items():
@@ -34,10 +56,9 @@ def save_training_state(directory: str, *, optimizer_state: dict, scheduler, ste
                 scalars[f"{index}.{name}"] = value
     save_file(tensors, os.path.join(directory, OPTIMIZER_FILE))
     state = {
-        "step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-        "param_groups": osd["param_groups"], "optimizer_scalars": scalars,
+        **position, "param_groups": osd["param_groups"], "optimizer_scalars": scalars,
         "scheduler": scheduler.state_dict(),  # LambdaLR keeps its functions out: lr_lambdas is [None]
-        "torch_rng": torch.get_rng_state().tolist(), **(extra or {}),
+        "torch_rng": torch.get_rng_state().tolist(),
     }
     with open(os.path.join(directory, TRAINER_STATE), "w") as f:
         json.dump(state, f)
