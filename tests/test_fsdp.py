@@ -1,12 +1,11 @@
 """FSDP2 on gloo: a sharded run, killed and resumed from its own (gathered) checkpoint, ends at the
-same weights as a DDP run -- on a real 2-worker TorchTrainer.
+same weights as the DDP reference run -- on a real 2-worker TorchTrainer.
 
-Each epoch is a single step over all 16 train pairs (8 per rank); both runs read the data in the same
-fixed order (training's order is a function of the data and the seed), so the two must agree to float
-rounding.
+Both runs read the same pairs in the same order (training's order is a function of the data and the
+seed), so they must agree to float rounding; the sharded one also cuts each micro-batch into several
+forward chunks, not always as many on both ranks.
 """
 
-import json
 import os
 
 import pytest
@@ -14,36 +13,25 @@ import torch
 from safetensors.torch import load_file
 
 from rmray.config import TrainConfig
-from rmray.core.demo_data import demo_pairs
 from rmray.train.metrics_log import read_metrics
 
-
-def _write(path, rows):
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return str(path)
+from .conftest import reference_config
 
 
-def test_fsdp_run_with_a_kill_matches_ddp(ray_cluster, tiny_qwen, tmp_path):
+def test_fsdp_run_with_a_kill_matches_ddp(reference_run, tiny_qwen, tmp_path):
+    from rmray.core.demo_data import demo_pairs
     from rmray.core.scoring import Scorer
     from rmray.train.run import train
 
-    pairs = demo_pairs(24, seed=3)
-    train_file, eval_file = _write(tmp_path / "train.jsonl", pairs[:16]), _write(tmp_path / "eval.jsonl", pairs[16:])
-    common = dict(model_name_or_path=tiny_qwen, train_data=train_file, eval_data=eval_file, max_length=96,
-                  per_device_train_batch_size=8, num_workers=2, cpus_per_worker=0.5, logging_steps=1,
-                  learning_rate=3e-3, num_train_epochs=4, report_to=[],
-                  # several forward chunks per micro-batch, not always as many on both ranks
-                  max_tokens_per_batch=150)
-    ddp = train(TrainConfig(**common, output_dir=str(tmp_path / "ddp")))
-    fsdp_cfg = TrainConfig(**common, output_dir=str(tmp_path / "fsdp"), fsdp="full_shard auto_wrap",
-                           chaos_kill_at_step=3, max_failures=1)
+    ddp = reference_run["result"]
+    fsdp_cfg = reference_config(tiny_qwen, str(tmp_path / "fsdp"), fsdp="full_shard auto_wrap", chaos_kill_at_step=3,
+                                max_failures=1, max_tokens_per_batch=150)
     fsdp = train(fsdp_cfg)
 
     assert os.path.exists(os.path.join(fsdp_cfg.output_dir, ".chaos_killed"))  # the kill really happened
     resumes = [r for r in read_metrics(fsdp_cfg.output_dir) if r.get("event") == "resume"]
-    assert [r["step"] for r in resumes] == [2]  # re-sharded from the full checkpoint of epoch 2
-    assert fsdp.summary["steps"] == ddp.summary["steps"] == 4
+    assert [r["step"] for r in resumes] == [2]  # re-sharded from the full checkpoint of step 2
+    assert fsdp.summary["steps"] == ddp.summary["steps"] == 8
 
     a = load_file(os.path.join(ddp.final_model_dir, "model.safetensors"))
     b = load_file(os.path.join(fsdp.final_model_dir, "model.safetensors"))
@@ -56,7 +44,8 @@ def test_fsdp_run_with_a_kill_matches_ddp(ray_cluster, tiny_qwen, tmp_path):
     assert fsdp.summary["eval_accuracy"] == ddp.summary["eval_accuracy"]
     assert fsdp.summary["eval_loss"] == pytest.approx(ddp.summary["eval_loss"], rel=1e-4)
 
-    texts = [p["prompt"] + p["chosen"] for p in pairs[16:20]]
+    pairs = demo_pairs(4, seed=3)
+    texts = [p["prompt"] + p["chosen"] for p in pairs]
     expected = Scorer.load(ddp.final_model_dir).score(texts, [""] * 4)
     assert Scorer.load(fsdp.final_model_dir).score(texts, [""] * 4) == pytest.approx(expected, rel=1e-4, abs=1e-5)
 

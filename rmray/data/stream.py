@@ -305,8 +305,8 @@ class RowStream:
         reports = dict(self.reports)
         if "train" not in reports and self.partial is not None:
             reports["train"] = self.partial
-        return {"reports": [r.to_dict() for r in reports.values()], "complete": "train" in self.reports,
-                "error": self.error}
+        ordered = [reports[name] for name in ("train", "eval") if name in reports]  # eval may end first
+        return {"reports": [r.to_dict() for r in ordered], "complete": "train" in self.reports, "error": self.error}
 
 
 def _empty_problem(report: DataReport) -> str | None:
