@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, MistralConfig, Qwen3Config, RobertaConfig
 
 from rmray.core import last_layer
+from rmray.core.architecture import LAYER_SHAPES, describe
 from rmray.core.collate import pad_sequences
 from rmray.core.model import RewardModel, load_hf_model
 from rmray.core.packing import pack_groups, pair_groups, pair_readout_order
@@ -58,7 +59,7 @@ def test_readout_last_layer_equals_full_forward_and_computes_only_readout_rows(k
     full = RewardModel(copy.deepcopy(hf), last_layer_readout_only=False)
     fast = RewardModel(hf)
     assert fast.last_layer_readout_only and not full.last_layer_readout_only
-    rows = _mlp_rows(last_layer.find(fast.hf_model))
+    rows = _mlp_rows(describe(fast.hf_model).last_layer)
 
     ref, ref_grads = rewards_and_grads(full, lambda: full(*pad_sequences(chosen + rejected, tok.pad_token_id)))
     queries = []
@@ -84,7 +85,7 @@ def test_padded_causal_rows_use_it_and_dense_packed_rows_keep_the_full_last_laye
     hf = load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id)
     full = RewardModel(copy.deepcopy(hf), last_layer_readout_only=False)
     model = RewardModel(hf)
-    rows = _mlp_rows(last_layer.find(model.hf_model))
+    rows = _mlp_rows(describe(model.hf_model).last_layer)
     chosen, rejected = edge_case_pairs(tok)
     ids, mask = pad_sequences(chosen + rejected, tok.pad_token_id)
     with torch.no_grad():
@@ -105,7 +106,7 @@ def test_deepcopy_keeps_the_readout_path_on_the_copy(tiny_qwen):
     model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id))
     clone = copy.deepcopy(model)
     with torch.no_grad():
-        for p in last_layer.find(clone.hf_model).mlp.parameters():
+        for p in describe(clone.hf_model).last_layer.mlp.parameters():
             p.add_(1.0)
     chosen, rejected = edge_case_pairs(tok)
     pb = pack_groups(pair_groups(chosen, rejected, True), row_tokens=0, pad_token_id=tok.pad_token_id, causal=True,
@@ -116,7 +117,7 @@ def test_deepcopy_keeps_the_readout_path_on_the_copy(tiny_qwen):
 
 
 def test_unknown_layer_types_are_left_alone(tiny_qwen, monkeypatch):
-    monkeypatch.setattr(last_layer, "PRE_NORM", set())
+    monkeypatch.setitem(LAYER_SHAPES, "pre_norm", set())
     tok = load_tokenizer(tiny_qwen)
     model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id))
     assert not model.last_layer_readout_only
@@ -128,14 +129,13 @@ def test_outside_the_verified_transformers_range_the_last_layer_runs_in_full(tin
     warning naming the range; inside it the fast path is on."""
     import transformers
 
-    from rmray.core import last_layer
     from rmray.core.model import RewardModel, load_hf_model
 
     assert last_layer.transformers_verified(transformers.__version__)  # the installed one (pyproject caps it)
     monkeypatch.setattr(last_layer.transformers, "__version__", "5.99.0")  # the version the module reads
     with pytest.warns(UserWarning, match=r"verified on transformers 5\.17 to <5\.26; with 5\.99\.0"):
         model = RewardModel(load_hf_model(tiny_qwen), last_layer_readout_only=True)
-    assert not model.last_layer_readout_only and last_layer.find(model.hf_model) is not None
+    assert not model.last_layer_readout_only and describe(model.hf_model).last_layer is not None
     with pytest.warns(UserWarning):
         assert not last_layer.transformers_verified("5.16.1")
     assert last_layer.transformers_verified("5.17.0")

@@ -24,29 +24,8 @@ import transformers
 from packaging.version import Version
 from torch import nn
 
+from .architecture import describe
 from .attention import KWARG, READOUT_ONLY
-
-# Pre-norm decoder layers with the same forward in transformers 5.x (checked against their source):
-# x + attn(norm(x)), then x + mlp(norm(x)).
-PRE_NORM = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer"}
-# Post-norm encoder layers: norm(x + dense(attn(x))), then norm(x + mlp(x)).
-POST_NORM = {"BertLayer", "RobertaLayer"}
-
-
-def find(hf_model: nn.Module) -> nn.Module | None:
-    """The backbone's last transformer layer, or None where it is not one of the known shapes."""
-    backbone = getattr(hf_model, hf_model.base_model_prefix, None)
-    layers = getattr(backbone, "layers", None)  # decoders
-    if layers is None:
-        layers = getattr(getattr(backbone, "encoder", None), "layer", None)  # BERT-style encoders
-    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        return None
-    layer = layers[-1]
-    name = type(layer).__name__
-    if name in POST_NORM and (layer.is_decoder or layer.add_cross_attention):
-        return None
-    return layer if name in PRE_NORM | POST_NORM else None
-
 
 # transformers releases whose layer forwards the read-out bodies were checked against, [low, high): the
 # exactness tests (tests/test_last_layer.py) ran on 5.17 (H200) and 5.25 (CPU). pyproject.toml caps
@@ -68,11 +47,12 @@ def enable(hf_model: nn.Module) -> bool:
     False where the layer is not a known shape, or transformers is outside the verified range."""
     if not transformers_verified(transformers.__version__):
         return False
-    layer = find(hf_model)
+    arch = describe(hf_model)
+    layer = arch.last_layer
     if layer is None:
         return False
     if "_rmray_readout" not in vars(layer):
-        layer._rmray_readout = _pre_norm if type(layer).__name__ in PRE_NORM else _post_norm
+        layer._rmray_readout = {"pre_norm": _pre_norm, "post_norm": _post_norm}[arch.last_layer_shape]
         layer.forward = types.MethodType(_forward, layer)  # a bound method: deepcopy rebinds it to the copy
     return True
 
@@ -98,7 +78,7 @@ def _pre_norm(layer, hidden, readout: tuple, args, kwargs):
 def _post_norm(layer, hidden, readout: tuple, args, kwargs):
     rows, cols = readout
     # BertEncoder passes (attention_mask, encoder_hidden_states) positionally; the latter is None
-    # without cross-attention, which find() requires.
+    # without cross-attention, which architecture.describe requires.
     kwargs = dict(kwargs)
     mask = args[0] if args else kwargs.pop("attention_mask", None)
     for name in ("encoder_hidden_states", "encoder_attention_mask"):

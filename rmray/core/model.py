@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from . import attention, last_layer
+from .architecture import describe
 from .tokenizer import resolve_model_path
 
 
@@ -43,18 +44,9 @@ def load_hf_model(name_or_path: str, *, pad_token_id: int | None = None, attribu
     return model
 
 
-def head_module_names(model: nn.Module) -> list[str]:
-    """Names of the freshly initialised reward head: ``score`` (causal LMs) or ``classifier`` (encoders)."""
-    base = _unwrap(model)
-    names = [n for n in ("score", "classifier") if isinstance(getattr(base, n, None), nn.Module)]
-    if not names:
-        raise ValueError(f"{type(base).__name__} has no 'score' or 'classifier' head; is it a sequence-classification model?")
-    return names
-
-
 def readout_kind(model: nn.Module) -> str:
     """``last_token`` for decoder models with a ``score`` head, ``pooler`` for encoders (BERT-style)."""
-    return "last_token" if hasattr(_unwrap(model), "score") else "pooler"
+    return describe(_unwrap(model)).readout
 
 
 def apply_lora(model: PreTrainedModel, lora):
@@ -68,7 +60,7 @@ def apply_lora(model: PreTrainedModel, lora):
 
     from peft import TaskType, get_peft_model
 
-    heads = head_module_names(model)
+    heads = describe(_unwrap(model)).heads
     config = dataclasses.replace(lora, task_type=TaskType.SEQ_CLS,
                                  modules_to_save=sorted(set(heads) | set(lora.modules_to_save or [])))
     peft_model = get_peft_model(model, config)  # adapters in float32 even on a bf16/fp16 base (autocast_adapter_dtype)
@@ -111,13 +103,13 @@ class RewardModel(nn.Module):
         self.model = model
         # A per-attribute model's one reward: the weighted sum of its outputs (ScoringSpec.attribute_weights).
         self.attribute_weights = None if attribute_weights is None else torch.tensor(attribute_weights, dtype=torch.float32)
-        self.readout = readout_kind(model)
+        arch = describe(self.hf_model)
+        self.readout, self.position_offset = arch.readout, arch.position_offset
         # Segment attention where the model runs SDPA/eager (identical to SDPA without a plan).
         self.segments_ok = attention.enable(self.hf_model)
         # Packed forwards with a segment plan compute the last layer at read-out positions only.
         self.last_layer_readout_only = last_layer_readout_only and self.segments_ok and last_layer.enable(self.hf_model)
         self.last_layer_readout_used = False  # whether a forward took that path (the run summary reports it)
-        self.position_offset = _position_offset(self.hf_model)
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -204,16 +196,6 @@ class RewardModel(nn.Module):
         if pooler is not None:  # BERT-style: pooler(dense + tanh) -> dropout -> classifier
             return base.classifier(base.dropout(pooler(x)) if hasattr(base, "dropout") else pooler(x)).float()
         return base.classifier(x).float()  # RoBERTa-style heads take features[:, 0]
-
-
-def _position_offset(hf_model: nn.Module) -> int:
-    """Where a sequence's position ids start. RoBERTa-family embeddings (XLM-R, CamemBERT, MPNet, ...)
-    number positions from ``padding_idx + 1`` when they derive them from the input ids, as they do for
-    padded rows; packed rows pass 0-based ids per sequence, which must be shifted the same way."""
-    backbone = getattr(hf_model, hf_model.base_model_prefix, None)
-    embeddings = getattr(backbone, "embeddings", None)
-    padding_idx = getattr(embeddings, "padding_idx", None)
-    return padding_idx + 1 if hasattr(embeddings, "create_position_ids_from_input_ids") and padding_idx is not None else 0
 
 
 def _last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:

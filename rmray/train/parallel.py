@@ -22,6 +22,8 @@ import contextlib
 import torch
 import torch.distributed as dist
 
+from rmray.core.architecture import describe
+
 FSDP_OPTIONS = {"full_shard", "shard_grad_op", "offload", "auto_wrap"}
 
 
@@ -77,7 +79,7 @@ class FSDPStrategy:
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if "offload" in self.options:
             kwargs["offload_policy"] = CPUOffloadPolicy()
-        block_names = set(getattr(raw_model.hf_model, "_no_split_modules", None) or [])
+        block_names = describe(raw_model.hf_model).blocks
         blocks = [m for m in raw_model.modules() if type(m).__name__ in block_names]
         if not blocks:
             raise ValueError(f"fsdp: {type(raw_model.hf_model).__name__} names no transformer block class "
