@@ -80,6 +80,7 @@ def test_score_mistakes_are_one_line_before_ray(tmp_path, capsys, no_ray):
         "not a model": ([str(tmp_path), str(tmp_path / "rows.jsonl")], "config.json is missing"),
         "no input": ([str(model), str(tmp_path / "gone.jsonl")], "gone.jsonl: file not found"),
         "no match": ([str(model), str(tmp_path / "x-*.parquet")], "no file matches"),
+        "top-k 0": ([str(model), str(tmp_path / "rows.jsonl"), "--top-k", "0"], "--top-k must be at least 1, got 0"),
     }
     for name, (args, expected) in cases.items():
         code = cli.main(["score", *args, str(tmp_path / "out")])

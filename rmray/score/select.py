@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from rmray.errors import UsageError
+
 GROUP_KEY = "__rmray_group"
 
 
@@ -43,9 +45,9 @@ class Selection:
 
     def __post_init__(self):
         if self.top_k is None and self.threshold is None:
-            raise ValueError("give top_k, threshold, or both")
+            raise UsageError("selection: give --top-k, --threshold, or both")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
 
 
 def select_rows(rows: list[dict], rule: Selection) -> list[dict]:
