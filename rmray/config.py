@@ -186,7 +186,8 @@ class TrainConfig:
     overwrite_output_dir: bool = False
     """Allow training into a folder that already holds a final model."""
     save_total_limit: Optional[int] = 2
-    """Checkpoints kept on disk (the best ones when ``metric_for_best_model`` is set, else the latest)."""
+    """Checkpoints kept on disk: the latest ones, or the best ones by ``metric_for_best_model`` when it is
+    set -- and then the latest too, which a restart resumes from."""
     metric_for_best_model: Optional[str] = None
     """``eval_loss``, ``eval_accuracy``, ...: which checkpoints to keep and what early stopping watches."""
     greater_is_better: Optional[bool] = None
