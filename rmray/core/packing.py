@@ -165,16 +165,31 @@ def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, 
     )
 
 
-def pack_for_model(groups: Sequence[Group], *, pad_token_id: int, causal: bool, segments: bool,
-                   attention_ratio: float, row_tokens: int | None = None) -> PackedBatch:
+@dataclass(frozen=True)
+class PackRule:
+    """How groups are laid out for one forward (``train.batches.Layout`` carries the same fields)."""
+
+    pad_token_id: int
+    causal: bool
+    segments: bool
+    """Segment attention (rmray.core.attention): one unpadded row, no 4D mask."""
+    attention_ratio: float = 2304.0
+    """Cost of a token of attention against one of padding, for ``choose_row_tokens`` (6 x hidden size)."""
+    row_tokens: int | None = None
+    """A fixed row length; None: chosen per batch."""
+
+
+def pack_for_model(groups: Sequence[Group], rule: PackRule) -> PackedBatch:
     """The one rule for laying groups out for a forward: with segment attention (rmray.core.attention)
     the cost does not grow with the row, so all groups go in one unpadded row and no 4D mask is built;
-    with a dense mask the row length trades padding against wasted attention (choose_row_tokens)."""
+    with a dense mask the row length trades padding against wasted attention (choose_row_tokens).
+    ``rule``: a :class:`PackRule`, or any object with its fields (the training loop's ``Layout``)."""
     sizes = [len(p) + sum(len(r) for r in rs) for p, rs in groups]
+    row_tokens = rule.row_tokens
     if row_tokens is None:
-        row_tokens = sum(sizes) if segments else choose_row_tokens(sizes, attention_ratio)
-    return pack_groups(groups, row_tokens=row_tokens, pad_token_id=pad_token_id, causal=causal,
-                       dense_mask=not segments)
+        row_tokens = sum(sizes) if rule.segments else choose_row_tokens(sizes, rule.attention_ratio)
+    return pack_groups(groups, row_tokens=row_tokens, pad_token_id=rule.pad_token_id, causal=rule.causal,
+                       dense_mask=not rule.segments)
 
 
 def model_inputs(packed: PackedBatch, segments: bool) -> dict:

@@ -20,7 +20,7 @@ import torch
 from .collate import pad_sequences
 from .formats import Text
 from .model import RewardModel, load_hf_model
-from .packing import model_inputs, on_device, pack_for_model, split_shared_prefix
+from .packing import PackRule, model_inputs, on_device, pack_for_model, split_shared_prefix
 from .spec import DEFAULT_MAX_BATCH_TOKENS, ScoringSpec
 from .tokenize import Encoded, encode
 from .tokenizer import load_tokenizer
@@ -146,8 +146,9 @@ class Scorer:
         for chunk in _chunks_by_tokens(packed_groups, max_batch_tokens):
             sub = [packed_groups[g] for g in chunk]
             segments = self.model.segments_ok
-            batch = pack_for_model(sub, pad_token_id=self.tokenizer.pad_token_id, causal=True, segments=segments,
-                                   attention_ratio=6 * self.model.hf_model.config.hidden_size)
+            rule = PackRule(self.tokenizer.pad_token_id, causal=True, segments=segments,
+                            attention_ratio=6 * self.model.hf_model.config.hidden_size)
+            batch = pack_for_model(sub, rule)
             out = self._forward(per_attribute, **on_device(model_inputs(batch, segments), self.device))
             pos = 0
             for g, (_, responses) in zip(chunk, sub):

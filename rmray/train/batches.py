@@ -26,7 +26,7 @@ import torch
 from rmray.core.batching import length_grouped_batches
 from rmray.core.collate import pad_sequences
 from rmray.core.loss import count_pairs
-from rmray.core.packing import model_inputs, pack_for_model, sequence_groups
+from rmray.core.packing import PackRule, model_inputs, pack_for_model, sequence_groups
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Layout:
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     row_tokens: int | None = None  # None: per micro-batch, by choose_row_tokens
-    attention_ratio: float = 2304.0  # see choose_row_tokens; 6 * hidden_size
+    attention_ratio: float = PackRule.attention_ratio  # see choose_row_tokens; 6 * hidden_size
     max_tokens_per_batch: int | None = None
     segments: bool = False  # segment attention (rmray.core.attention): one unpadded row per chunk, no 4D mask
 
@@ -154,9 +154,7 @@ def _chunk(rows: Rows, layout: Layout) -> Chunk:
         inputs, computed = {"input_ids": input_ids, "attention_mask": attention_mask}, input_ids.numel()
     else:  # pack_groups reads out group by group
         order = [(g, k) for g, group in enumerate(groups) for k in range(len(group))]
-        packed = pack_for_model(sequence_groups(groups, layout.kind == "shared"), pad_token_id=layout.pad_token_id,
-                                causal=layout.causal, segments=layout.segments,
-                                attention_ratio=layout.attention_ratio, row_tokens=layout.row_tokens)
+        packed = pack_for_model(sequence_groups(groups, layout.kind == "shared"), layout)
         inputs, computed = model_inputs(packed, layout.segments), packed.input_ids.numel()
     width = max(map(len, groups))
     index = torch.full((len(groups), width), -1, dtype=torch.long)
