@@ -15,6 +15,8 @@ from typing import Literal, Optional
 from rmray import config_fields
 from rmray.core.formats import Format
 
+DATA_OBJECT_STORE_MB = 128  # the stream's default read-ahead bound, and what a pass may keep for replay
+
 
 @dataclass
 class TrainConfig:
@@ -68,7 +70,7 @@ class TrainConfig:
     each checkpoint and at the end). The schedule comes from the source's row count (line counts,
     Parquet footers) or ``max_steps``. ``false``: read and tokenize everything first -- an exact
     schedule and the whole report before the first step. Both follow one order rule (``rmray/data/stream.py``)."""
-    data_object_store_mb: Optional[int] = 128
+    data_object_store_mb: Optional[int] = DATA_OBJECT_STORE_MB
     """Object-store memory Ray Data may fill with rows read and tokenized ahead of training (its resource
     limit): the stream's memory bound, whatever the dataset's size. At a few KB per tokenized pair that
     is tens of thousands of pairs ahead; rows read further ahead only take CPU and memory before they

@@ -29,7 +29,6 @@ import yaml
 from rmray.errors import UsageError
 
 _GROUP = re.compile(r"^\s*# --- (\w+)(?:: (.*?))? ---\s*$")
-_FIELD = re.compile(r"^    (\w+)\s*:")
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,17 +49,17 @@ def field_docs(cls) -> dict[str, str]:
 @functools.lru_cache(maxsize=None)
 def field_groups(cls) -> dict[str, tuple[str, list[str]]]:
     """``{group: (what it holds, [field, ...])}`` from the class body's ``# --- group: ... ---`` comments,
-    in their order; empty for a class without them."""
-    names, groups, current = {f.name for f in dataclasses.fields(cls)}, {}, None
-    for line in inspect.getsource(cls).splitlines():
-        found = _GROUP.match(line)
-        if found:
-            current = found.group(1)
-            groups[current] = (found.group(2) or "", [])
-            continue
-        field = _FIELD.match(line)
-        if field and current and field.group(1) in names:
-            groups[current][1].append(field.group(1))
+    in their order: each field belongs to the last such comment above it. Empty without them."""
+    import ast
+
+    source = inspect.getsource(cls)
+    marks = [(n, m) for n, m in enumerate((_GROUP.match(line) for line in source.splitlines()), start=1) if m]
+    groups = {m.group(1): (m.group(2) or "", []) for _, m in marks}
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign):
+            above = [m.group(1) for n, m in marks if n < node.lineno]
+            if above:
+                groups[above[-1]][1].append(node.target.id)
     return groups
 
 

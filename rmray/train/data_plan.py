@@ -15,12 +15,11 @@ import math
 import os
 from dataclasses import dataclass
 
-from rmray.config import TrainConfig
+from rmray.config import DATA_OBJECT_STORE_MB, TrainConfig
 from rmray.core.spec import ScoringSpec
 from rmray.errors import UsageError
 
 STREAM_BLOCK_BYTES = 2**20  # a few hundred tokenized pairs: less than the first window needs
-DEFAULT_OBJECT_STORE_MB = 128  # what a pass may hold for replay when data_object_store_mb is unset
 
 
 @dataclass
@@ -66,7 +65,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, readout: str, stream: bool) -> Pre
     shape = StreamShape(cfg.num_workers, cfg.per_device_train_batch_size * cfg.length_group_window,
                         eval_split_ratio=0.0 if cfg.eval_data else cfg.eval_split_ratio,
                         max_eval_rows=cfg.max_eval_samples, count_reports=stream,
-                        replay_bytes=(cfg.data_object_store_mb or DEFAULT_OBJECT_STORE_MB) * 2**20)
+                        replay_bytes=(cfg.data_object_store_mb or DATA_OBJECT_STORE_MB) * 2**20)
     row_stream = RowStream.remote(train, evals, shape)
     return PreparedData(spec, row_stream, reports, total_steps, has_eval)
 
