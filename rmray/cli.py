@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-SERVE_OPTIONS = ["host", "port", "replicas", "max_replicas", "num_cpus", "num_gpus", "max_inflight", "max_body_bytes",
-                 "ensemble", "precision"]
+SERVE_OPTIONS = ["host", "port", "replicas", "max_replicas", "target_ongoing_requests", "num_cpus", "num_gpus",
+                 "max_inflight", "max_body_bytes", "ensemble", "precision"]
 SCORE_OPTIONS = ["prompt_field", "response_field", "concurrency", "num_cpus", "num_gpus", "torch_threads", "batch_size",
                  "max_batch_tokens", "overwrite", "precision", "ray_address"]
 EVAL_OPTIONS = ["output", "train_dir", "data_format", "concurrency", "num_cpus", "num_gpus", "torch_threads",

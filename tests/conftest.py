@@ -93,6 +93,12 @@ def ray_cluster():
 
     from rmray.ray_env import init_ray
 
+    # Serve's autoscaler samples load every 6 s and hears of it every 10 s by default; the test cluster
+    # samples and reports each second, so the autoscaling test waits on Serve's decision, not on sampling.
+    for name, value in (("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1"),
+                        ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1"),
+                        ("RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR", "0.03")):
+        os.environ.setdefault(name, value)
     init_ray("local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()

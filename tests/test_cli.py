@@ -100,3 +100,12 @@ def test_score_text_prints_rewards_without_progress_bars(rm_qwen):
     assert run.returncode == 0, run.stderr
     assert "rewards from" in run.stdout and "'Q: 2+2?\\nA:' -> ' 4'" in run.stdout
     assert "Loading weights" not in run.stderr + run.stdout, run.stderr
+
+
+def test_serve_autoscaling_mistakes_are_one_line_before_ray(rm_qwen, capsys, no_ray):
+    cases = {("--replicas", "3", "--max-replicas", "2"): "max_replicas (2) is below replicas (3)",
+             ("--max-replicas", "2", "--target-ongoing-requests", "0"): "target_ongoing_requests must be above 0"}
+    for args, expected in cases.items():
+        code = cli.main(["serve", rm_qwen, *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and expected in err[0], (args, err)

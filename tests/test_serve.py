@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,8 +49,9 @@ def post(port, path, body, token=TOKEN, raw=None, headers=None):
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, rm_qwen, rm_minilm, tmp_path_factory):
-    """Six apps on one Serve instance, deployed together: main (token, normalization stats), ensemble,
-    tight (overload), an ensemble on two saved scales, a faulty model and a per-attribute model."""
+    """Seven apps on one Serve instance, deployed together: main (token, normalization stats), ensemble,
+    tight (overload), an ensemble on two saved scales, a faulty model, a per-attribute model and an
+    autoscaling one (1 to 2 scorer replicas)."""
     from ray import serve
     from ray.serve.api import RunTarget
 
@@ -84,11 +86,13 @@ def served(ray_cluster, rm_qwen, rm_minilm, tmp_path_factory):
     tiny = dict(num_cpus=0.1, ingress_num_cpus=0.05)
     apps = {
         "main": ("/", ServeSettings(model_dirs=[normed], replicas=2, **small)),
-        "ens": ("/ens", ServeSettings(model_dirs=[rm_qwen, rm_minilm], model_names=["qwen", "minilm"], **small)),
+        "ens": ("/ens", ServeSettings(model_dirs=[rm_qwen, rm_minilm], model_names=["qwen", "minilm"], **tiny)),
         "tight": ("/tight", ServeSettings(model_dirs=[rm_qwen], max_inflight=2, max_body_bytes=4096, **small)),
         "ensn": ("/ensn", ServeSettings(model_dirs=[normed, scaled], model_names=["a", "b"], **tiny)),
         "faulty": ("/faulty", ServeSettings(model_dirs=[faulty], **tiny)),
         "attr": ("/attr", ServeSettings(model_dirs=[attr], **tiny)),
+        "auto": ("/auto", ServeSettings(model_dirs=[rm_qwen], max_replicas=2, target_ongoing_requests=1,
+                                        upscale_delay_s=1, **tiny)),
     }
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -376,6 +380,46 @@ def test_killed_replica_loses_no_request_and_overload_gets_503(served):
     assert statuses.count(503) > 0 and statuses.count(200) > 0
     assert all(a[2].get("retry-after") or a[2].get("Retry-After") for a in answers if a[0] == 503)
     assert post(port, "/tight/score", {"prompt": "a", "response": "b"})[0] == 200  # recovered
+
+
+def _running_scorers(app: str) -> int:
+    from ray import serve
+
+    deployments = serve.status().applications[app].deployments
+    return sum(d.replica_states.get("RUNNING", 0) for name, d in deployments.items() if name.startswith("scorer"))
+
+
+def test_sustained_load_scales_the_scorers_up_and_every_request_is_answered(served):
+    """max_replicas=2, a target of 1 request in flight per replica: under 8 concurrent clients Serve adds
+    the second scorer replica; requests sent while it starts are all answered, none from a third."""
+    port, statuses, stop = served["port"], [], threading.Event()
+    expected = plain_transformers_scores(served["raw_qwen"], [PROMPT + RESPONSES[0]])[0]
+    body = {"items": [{"prompt": PROMPT, "response": r} for r in RESPONSES[:3] * 8]}
+
+    def client():
+        while not stop.is_set():
+            status, answer, _ = post(port, "/auto/score", body)
+            statuses.append(status)
+            if status == 200:
+                assert answer["rewards"][0] == pytest.approx(expected, abs=1e-4)
+
+    counts = [_running_scorers("auto")]
+    assert counts == [1]
+    with ThreadPoolExecutor(8) as pool:
+        clients = [pool.submit(client) for _ in range(8)]
+        deadline = time.time() + 120
+        while counts[-1] < 2 and time.time() < deadline:
+            time.sleep(0.5)
+            counts.append(_running_scorers("auto"))
+        scaled_after = len(statuses)
+        for _ in range(4):  # requests keep flowing to both replicas, and no third one comes
+            time.sleep(0.5)
+            counts.append(_running_scorers("auto"))
+        stop.set()
+        for c in clients:
+            c.result()
+    assert counts[-1] == 2 and max(counts) == 2, f"replicas {counts} after {len(statuses)} requests"
+    assert len(statuses) > scaled_after and set(statuses) == {200}, sorted(set(statuses))
 
 
 def test_serve_config_file_is_valid_and_builds():

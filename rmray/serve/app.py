@@ -341,13 +341,18 @@ ModelScorer = serve.deployment(name="scorer")(_ModelScorer)
 RewardAPI = serve.deployment(name="ingress")(serve.ingress()(_RewardAPI))
 
 
+def _autoscaling(s: ServeSettings) -> dict:
+    """Serve's own autoscaler (it counts the requests queued and in flight at each scorer replica)."""
+    return {"min_replicas": s.replicas, "initial_replicas": s.replicas, "max_replicas": s.max_replicas,
+            "target_ongoing_requests": s.target_ongoing_requests, "upscale_delay_s": s.upscale_delay_s,
+            "downscale_delay_s": s.downscale_delay_s}
+
+
 def build_app(args: dict | ServeSettings):
     """Serve application builder (``import_path: rmray.serve.app:build_app`` in a Serve config file)."""
     s = args if isinstance(args, ServeSettings) else ServeSettings.from_dict(dict(args))
     settings = s.__dict__.copy()
-    scaling = ({"autoscaling_config": {"min_replicas": s.replicas, "max_replicas": s.max_replicas,
-                                       "target_ongoing_requests": 8}}
-               if s.max_replicas else {"num_replicas": s.replicas})
+    scaling = {"autoscaling_config": _autoscaling(s)} if s.max_replicas else {"num_replicas": s.replicas}
     scorers = [
         ModelScorer.options(name=f"scorer-{name}", ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
                             max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests,

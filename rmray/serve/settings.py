@@ -27,6 +27,13 @@ class ServeSettings:
     """Scorer replicas per model (the minimum when ``max_replicas`` enables autoscaling)."""
     max_replicas: int | None = None
     """Autoscale each model's scorers up to this many replicas; default: a fixed ``replicas``."""
+    target_ongoing_requests: float = 8.0
+    """Autoscaling: requests in flight per scorer replica that Serve aims for; above it adds replicas,
+    below it removes them (RL loops send bursts: a low target scales up sooner)."""
+    upscale_delay_s: float = 30.0
+    """Autoscaling: how long the load must stay above the target before a replica is added (Serve's default)."""
+    downscale_delay_s: float = 600.0
+    """Autoscaling: how long the load must stay below the target before a replica is removed (Serve's default)."""
     num_cpus: float = 0.5
     """Logical CPUs per scorer replica."""
     num_gpus: float = 0.0
@@ -82,6 +89,11 @@ class ServeSettings:
         for key in ("replicas", "max_batch_size", "max_batch_tokens", "max_inflight", "max_body_bytes"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas}), "
+                             "the autoscaling minimum: raise max_replicas or leave it unset")
+        if self.target_ongoing_requests <= 0:
+            raise ValueError(f"target_ongoing_requests must be above 0, got {self.target_ongoing_requests}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ServeSettings":
