@@ -13,7 +13,8 @@ import torch
 from rmray.serve.client import RewardClient
 from rmray.testing import build_tiny_policy, plain_transformers_scores
 
-from .test_serve import PROMPT, RESPONSES, _free_port, post
+from ..conftest import ROOT
+from .conftest import PROMPT, RESPONSES, post
 
 CHATS = [
     ([{"role": "user", "content": "How do I keep basil fresh?"}], "Trim the stems and keep it in water."),
@@ -22,25 +23,6 @@ CHATS = [
      "Add a third ball once two feel easy."),
     ([{"role": "user", "content": "Say nothing."}], ""),  # a policy that emitted EOS first
 ]
-
-
-@pytest.fixture(scope="module")
-def apps(ray_cluster, rm_qwen_chat, rm_qwen):
-    """``/chat``: a Qwen2 RM with ChatML; ``/plain``: one without a chat template."""
-    from ray import serve
-
-    from rmray.serve.app import build_app
-    from rmray.serve.settings import ServeSettings
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    small = dict(num_cpus=0.2, ingress_num_cpus=0.1)
-    serve.run(build_app(ServeSettings(model_dirs=[rm_qwen_chat], **small)), name="chat", route_prefix="/chat")
-    serve.run(build_app(ServeSettings(model_dirs=[rm_qwen], **small)), name="plain", route_prefix="/plain")
-    try:
-        yield {"port": port, "chat": rm_qwen_chat, "plain": rm_qwen}
-    finally:
-        serve.shutdown()
 
 
 def _verl_batch(tokenizer, chat: list, response: str):
@@ -191,7 +173,7 @@ def test_trl_grpo_trainer_with_reward_client(apps, tmp_path, conversational):
     assert os.path.isdir(tmp_path / "grpo")
 
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EXAMPLES = os.path.join(ROOT, "examples")
 
 
 def test_verl_custom_reward_function_example(apps):
