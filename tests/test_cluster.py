@@ -1,6 +1,7 @@
 """The cluster around training: cluster.yaml passes Ray's own validation, and a real two-node `ray start`
 cluster on loopback runs `ray job submit -- python jobs/train.py ...` as one node trains it."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import pytest
 import yaml
@@ -42,18 +44,40 @@ def _free_port() -> int:
 
 def _ray_start(ray_bin: str, args: list[str], log, env: dict) -> subprocess.Popen:
     """``ray start --block ...`` in its own session: stopped by signalling its group, never a machine-wide
-    ``ray stop``."""
-    return subprocess.Popen([ray_bin, "start", "--block", "--num-cpus=1", "--disable-usage-stats", *args],
+    ``ray stop``. Two logical CPUs per node: a 0.5-CPU worker leaves a read task room, as on a real node."""
+    return subprocess.Popen([ray_bin, "start", "--block", "--num-cpus=2", "--disable-usage-stats", *args],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
+def _stop(procs: list[subprocess.Popen], grace_s: float = 10) -> None:
+    """SIGTERM to every node's process group at once, SIGKILL to what is left after ``grace_s``: a node
+    that lost its head waits a minute for it to come back, and this cluster is thrown away."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
         os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for proc in running:
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def _dashboard(dash: int, path: str):
+    """The head's dashboard API (what ``ray job`` and ``ray status`` ask), or None while it is not up."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{dash}{path}", timeout=5) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive_nodes(dash: int) -> int:
+    nodes = (_dashboard(dash, "/api/v0/nodes?limit=10") or {}).get("data", {}).get("result", {}).get("result", [])
+    return sum(n.get("state") == "ALIVE" for n in nodes)
 
 
 def _as_overrides(cfg) -> list[str]:
@@ -69,7 +93,7 @@ def _as_overrides(cfg) -> list[str]:
 
 @pytest.mark.timeout(600)
 def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(reference_run, tiny_qwen, tmp_path):
-    """`ray start` a head and a second node (two raylets, 1 CPU each), `ray job submit` jobs/train.py with
+    """`ray start` a head and a second node (two raylets), `ray job submit` jobs/train.py with
     one worker per node (STRICT_SPREAD): the same pairs on each rank at each step as the one-node reference
     run, so the same metrics to float rounding (training's order is a function of the data and the seed,
     not of where the workers run), and a model that loads."""
@@ -91,20 +115,13 @@ def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(refer
     two = reference_config(tiny_qwen, str(tmp_path / "two"), placement_strategy="STRICT_SPREAD")
     try:
         deadline = time.time() + 120
-        while time.time() < deadline:
+        while _dashboard(dash, "/api/jobs/") is None and time.time() < deadline:  # the job server is up
             assert nodes[0].poll() is None, (tmp_path / "cluster.log").read_text()[-3000:]
-            probe = subprocess.run([ray_bin, "job", "list", "--address", f"http://127.0.0.1:{dash}"],
-                                   capture_output=True, env=env)
-            if probe.returncode == 0:
-                break
-            time.sleep(2)
+            time.sleep(0.5)
         nodes.append(_ray_start(ray_bin, [f"--address=127.0.0.1:{port}", f"--temp-dir={temp_dirs[1]}"], log, env))
-        while time.time() < deadline + 60:  # both raylets registered before the job asks for two nodes
-            status = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], capture_output=True,
-                                    text=True, env=env).stdout
-            if status.count(" node_") >= 2:
-                break
-            time.sleep(1)
+        while _alive_nodes(dash) < 2 and time.time() < deadline + 60:  # both raylets in before the job asks
+            assert nodes[1].poll() is None, (tmp_path / "cluster.log").read_text()[-3000:]
+            time.sleep(0.5)
         job = subprocess.run(
             [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ROOT, "--",
              sys.executable, "jobs/train.py", *_as_overrides(two)],
@@ -112,8 +129,7 @@ def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(refer
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout.lower()
     finally:
-        for node in reversed(nodes):
-            _stop(node)
+        _stop(nodes)
         log.close()
         for folder in temp_dirs:
             shutil.rmtree(folder, ignore_errors=True)
