@@ -1,5 +1,6 @@
 """``rmray train``'s arguments: a YAML file, overrides alone, and what a wrong path says (no Ray)."""
 
+import pytest
 
 from rmray import cli
 
@@ -109,3 +110,8 @@ def test_serve_autoscaling_mistakes_are_one_line_before_ray(rm_qwen, capsys, no_
         code = cli.main(["serve", rm_qwen, *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0], (args, err)
+    # The delays are Serve-config settings (a Serve config file's args), checked when the settings are made.
+    from rmray.serve.settings import ServeSettings
+
+    with pytest.raises(ValueError, match="upscale_delay_s must be 0 or more seconds, got -1"):
+        ServeSettings(model_dirs=[rm_qwen], max_replicas=2, upscale_delay_s=-1)

@@ -94,6 +94,9 @@ class ServeSettings:
                              "the autoscaling minimum: raise max_replicas or leave it unset")
         if self.target_ongoing_requests <= 0:
             raise ValueError(f"target_ongoing_requests must be above 0, got {self.target_ongoing_requests}")
+        for key in ("upscale_delay_s", "downscale_delay_s"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be 0 or more seconds, got {getattr(self, key)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ServeSettings":
