@@ -150,7 +150,7 @@ def step_times(path: str, hh_rows: list[dict], steps: int = 20) -> dict:
     flash_dtype = attention.flash_dtype
     result = {"padded_equivalent_tokens": sum(padded_equivalent_tokens(batch_groups(b)) for b in batches)}
     for name, (packed, segments, flash) in variants.items():
-        layout = Layout(choose_layout(packed, packed, True), True, tok.pad_token_id, attention_ratio=6.0 * hidden,
+        layout = Layout(choose_layout(packed, packed, True), causal=True, pad_token_id=tok.pad_token_id, attention_ratio=6.0 * hidden,
                         segments=segments)
         chunked = [to_chunks(b, layout) for b in batches]
         computed = sum(c.computed_tokens for cs in chunked for c in cs)

@@ -92,7 +92,7 @@ def train_once(model_dir: str, batches: list[dict], layout_kind: str, args) -> d
     cfg = load_config(None, ["learning_rate=1e-5", f"bf16={args.bf16}"])
     model = RewardModel(load_hf_model(model_dir, pad_token_id=tok.pad_token_id)).to(device).train()
     causal = model.readout == "last_token"
-    layout = Layout(layout_kind if causal or layout_kind != "shared" else "packed", causal, tok.pad_token_id,
+    layout = Layout(layout_kind if causal or layout_kind != "shared" else "packed", causal=causal, pad_token_id=tok.pad_token_id,
                     attention_ratio=6.0 * model.hf_model.config.hidden_size, max_tokens_per_batch=args.max_tokens,
                     segments=model.segments_ok and layout_kind != "padded")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)

@@ -45,7 +45,7 @@ def measure(model_dir: str, rows: list[dict], rounds: int, batches: int) -> dict
         torch.manual_seed(0)
         models[on] = RewardModel(load_hf_model(model_dir, pad_token_id=tok.pad_token_id), last_layer_readout_only=on)
     causal = models[True].readout == "last_token"
-    layout = Layout(choose_layout(True, True, causal), causal, tok.pad_token_id,
+    layout = Layout(choose_layout(True, True, causal), causal=causal, pad_token_id=tok.pad_token_id,
                     attention_ratio=6.0 * models[True].hf_model.config.hidden_size, segments=True)
     lengths = [len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
     chunks = []

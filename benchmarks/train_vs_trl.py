@@ -162,7 +162,7 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     model = RewardModel(load_hf_model(model_dir, pad_token_id=tok.pad_token_id),
                         last_layer_readout_only=cfg.last_layer_readout_only).to(device)
     causal = model.readout == "last_token"
-    layout = Layout(choose_layout(True, True, causal), causal, tok.pad_token_id,
+    layout = Layout(choose_layout(True, True, causal), causal=causal, pad_token_id=tok.pad_token_id,
                     attention_ratio=6.0 * model.hf_model.config.hidden_size, segments=model.segments_ok)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     compute = Compute.for_run(model, model, DDPStrategy(), device, cfg)

@@ -59,7 +59,7 @@ def test_the_loss_is_the_ranking_loss_on_the_weighted_reward_plus_the_attribute_
              "margin": [0.0, 0.0]}
     compute = Compute(model, model, DDPStrategy(), torch.device("cpu"), False, group_loss("bradley_terry"),
                       attribute_loss_weight=0.5)
-    chunk = to_chunks(batch, Layout("shared", True, tok.pad_token_id, segments=model.segments_ok))[0]
+    chunk = to_chunks(batch, Layout("shared", causal=True, pad_token_id=tok.pad_token_id, segments=model.segments_ok))[0]
     better, worse, loss = compute.score_chunk(chunk)
 
     # The same numbers from transformers itself: one forward per sequence, its two logits.

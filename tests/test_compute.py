@@ -22,7 +22,7 @@ def _setup(tiny_qwen):
     model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id)).train()
     loss = functools.partial(group_loss("bradley_terry"), center_rewards_coefficient=0.01)
     compute = Compute(model, model, DDPStrategy(), torch.device("cpu"), False, loss)
-    layout = functools.partial(Layout, choose_layout(True, True, True), True, tok.pad_token_id,
+    layout = functools.partial(Layout, choose_layout(True, True, True), causal=True, pad_token_id=tok.pad_token_id,
                                attention_ratio=6.0 * 64, segments=model.segments_ok)
     return model, compute, batch, layout
 

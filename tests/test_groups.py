@@ -68,8 +68,8 @@ def test_a_group_equals_its_pairs_run_one_by_one(kind, tiny_qwen, minilm_path):
     better, worse, want = _pair_reference(model, batch, tok.pad_token_id)
     assert len(better) == 6 + 2 + 9  # every pair of different ratings: each tie leaves one out
 
-    layout = Layout(choose_layout(not padded, True, causal), causal, tok.pad_token_id, attention_ratio=6.0 * 64,
-                    segments=model.segments_ok and not padded)
+    layout = Layout(choose_layout(not padded, True, causal), causal=causal, pad_token_id=tok.pad_token_id,
+                    attention_ratio=6.0 * 64, segments=model.segments_ok and not padded)
     assert layout.kind == ("padded" if padded else "shared" if causal else "packed")
     chunks = to_chunks(batch, layout)
     compute = Compute(model, model, DDPStrategy(), torch.device("cpu"), False, group_loss("bradley_terry"))
@@ -93,7 +93,7 @@ def test_a_micro_batch_of_groups_cut_into_chunks_weights_each_loss_by_what_it_av
     tok = load_tokenizer(tiny_qwen)
     torch.manual_seed(0)
     model = RewardModel(load_hf_model(tiny_qwen, pad_token_id=tok.pad_token_id)).train()
-    layout = functools.partial(Layout, "shared", True, tok.pad_token_id, segments=model.segments_ok)
+    layout = functools.partial(Layout, "shared", causal=True, pad_token_id=tok.pad_token_id, segments=model.segments_ok)
     batch = _batch(tok)
     for name, per_pair in (("plackett_luce", False), ("bradley_terry", True)):
         compute = Compute(model, model, DDPStrategy(), torch.device("cpu"), False, group_loss(name), per_pair)
@@ -120,7 +120,7 @@ def test_rating_margins_apply_to_rated_rows_and_pairs_keep_their_own(tiny_qwen):
              "margin": [0.0, 0.3]}
     compute = Compute(model, model, DDPStrategy(), torch.device("cpu"), False, group_loss("bradley_terry"),
                       rating_margin=0.5)
-    chunk = to_chunks(batch, Layout("shared", True, tok.pad_token_id, segments=model.segments_ok))[0]
+    chunk = to_chunks(batch, Layout("shared", causal=True, pad_token_id=tok.pad_token_id, segments=model.segments_ok))[0]
     with torch.no_grad():
         better, worse, loss = compute.score_chunk(chunk)
     # ratings [1, 0, 1]: pairs (0, 1) and (2, 1), each rated 1 apart; then the pair row

@@ -283,7 +283,7 @@ def test_the_training_model_is_in_training_mode_so_checkpointing_runs(tiny_qwen,
                           use_peft=lora, lora_r=4)
         model, raw = build_model(cfg, tok, InPlace(), False, torch.device("cpu"))
         assert raw.training and raw.hf_model.training
-        layout = Layout(choose_layout(True, True, True), True, tok.pad_token_id, attention_ratio=6.0 * 64,
+        layout = Layout(choose_layout(True, True, True), causal=True, pad_token_id=tok.pad_token_id, attention_ratio=6.0 * 64,
                         segments=raw.segments_ok)
         with saved_bytes() as saved:
             for chunk in to_chunks(batch, layout):

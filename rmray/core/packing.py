@@ -165,13 +165,14 @@ def pack_groups(groups: Sequence[Group], *, row_tokens: int, pad_token_id: int, 
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PackRule:
-    """How groups are laid out for one forward (``train.batches.Layout`` carries the same fields)."""
+    """How groups are laid out for one forward: scoring's rule, and the base of training's
+    ``train.batches.Layout``."""
 
     pad_token_id: int
     causal: bool
-    segments: bool
+    segments: bool = False
     """Segment attention (rmray.core.attention): one unpadded row, no 4D mask."""
     attention_ratio: float = 2304.0
     """Cost of a token of attention against one of padding, for ``choose_row_tokens`` (6 x hidden size)."""
@@ -183,7 +184,7 @@ def pack_for_model(groups: Sequence[Group], rule: PackRule) -> PackedBatch:
     """The one rule for laying groups out for a forward: with segment attention (rmray.core.attention)
     the cost does not grow with the row, so all groups go in one unpadded row and no 4D mask is built;
     with a dense mask the row length trades padding against wasted attention (choose_row_tokens).
-    ``rule``: a :class:`PackRule`, or any object with its fields (the training loop's ``Layout``)."""
+    ``rule``: a :class:`PackRule` (the training loop's ``Layout`` is one)."""
     sizes = [len(p) + sum(len(r) for r in rs) for p, rs in groups]
     row_tokens = rule.row_tokens
     if row_tokens is None:

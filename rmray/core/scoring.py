@@ -146,7 +146,7 @@ class Scorer:
         for chunk in _chunks_by_tokens(packed_groups, max_batch_tokens):
             sub = [packed_groups[g] for g in chunk]
             segments = self.model.segments_ok
-            rule = PackRule(self.tokenizer.pad_token_id, causal=True, segments=segments,
+            rule = PackRule(pad_token_id=self.tokenizer.pad_token_id, causal=True, segments=segments,
                             attention_ratio=6 * self.model.hf_model.config.hidden_size)
             batch = pack_for_model(sub, rule)
             out = self._forward(per_attribute, **on_device(model_inputs(batch, segments), self.device))

@@ -29,16 +29,14 @@ from rmray.core.loss import count_pairs
 from rmray.core.packing import PackRule, model_inputs, pack_for_model, sequence_groups
 
 
-@dataclass
-class Layout:
+@dataclass(frozen=True)
+class Layout(PackRule):
+    """A training micro-batch's layout: the packing rule (pad id, causal, segments, row length, attention
+    cost; keywords), plus how groups become rows and how many tokens one forward takes."""
+
     kind: str  # "padded" | "packed" | "shared"
-    causal: bool
-    pad_token_id: int
     pad_to_multiple_of: int | None = None
-    row_tokens: int | None = None  # None: per micro-batch, by choose_row_tokens
-    attention_ratio: float = PackRule.attention_ratio  # see choose_row_tokens; 6 * hidden_size
     max_tokens_per_batch: int | None = None
-    segments: bool = False  # segment attention (rmray.core.attention): one unpadded row per chunk, no 4D mask
 
 
 @dataclass
