@@ -20,7 +20,7 @@ demo: setup
 
 test: setup
 	./scripts/ensure-chromium
-	./scripts/in-loopback-ns $(BIN)/python -m pytest -q --durations=15 tests
+	./scripts/in-loopback-ns $(BIN)/python -m pytest -q --durations=25 tests
 
 test-fast: setup   # the inner loop: every test that needs no Ray cluster
 	./scripts/ensure-chromium

@@ -16,6 +16,10 @@ HH_PATH = os.path.join(ROOT, "..", "shared", "data", "hh-rlhf-harmless-dev.jsonl
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Ray Train's controller polls its workers every 2 s and acts on a finished or dead rank only at a poll:
+# about three polls (6 s) after the last step of every run. The test clusters (this process's, and the
+# CLI subprocesses and `ray start` nodes that inherit this environment) poll every 0.5 s.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 quiet_env()
 
 
