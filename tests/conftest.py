@@ -174,7 +174,34 @@ def reference_run(ray_cluster, tiny_qwen, tmp_path_factory):
     return {"cfg": cfg, "result": train(cfg), "store": root / "store"}
 
 
-RAY_FIXTURES = {"ray_cluster", "served", "apps", "reference_run"}  # a test using one of these runs against a Ray cluster
+def write_parts(folder, rows: list[dict], sizes: list[int]) -> None:
+    """``rows`` as JSON-lines files ``part-0.jsonl``, ``part-1.jsonl``, ... of the given sizes."""
+    folder.mkdir()
+    start = 0
+    for k, size in enumerate(sizes):
+        with open(folder / f"part-{k}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows[start:start + size])
+        start += size
+
+
+@pytest.fixture(scope="session")
+def uneven_lora_run(ray_cluster, tiny_qwen, tmp_path_factory):
+    """One LoRA run over 101 demo rows in four files of uneven sizes (3, 61, 1, 36), read by two tests:
+    which rows each rank trains does not depend on LoRA, and what LoRA saves does not depend on the
+    files (test_stream_training.py checks the rows, test_train_ray.py the adapter and the merge)."""
+    from rmray.core.demo_data import DEMO_SETS
+    from rmray.train.run import train
+
+    root = tmp_path_factory.mktemp("uneven-lora")
+    rows = [dict(r, id=f"p{i}") for i, r in enumerate(DEMO_SETS["demo"]()[:101])]
+    write_parts(root / "parts", rows, [3, 61, 1, 36])  # 101 rows: one row is left over for 2 ranks
+    cfg = reference_config(tiny_qwen, str(root / "run"), train_data=str(root / "parts"), max_steps=-1,
+                           num_train_epochs=1, eval_split_ratio=0, per_device_train_batch_size=4,
+                           length_group_window=3, save_steps=None, log_consumed_pairs=True, use_peft=True, lora_r=4)
+    return {"cfg": cfg, "rows": rows, "result": train(cfg)}
+
+
+RAY_FIXTURES = {"ray_cluster", "served", "apps", "reference_run", "uneven_lora_run"}  # a test using one of these runs against a Ray cluster
 
 
 def pytest_collection_modifyitems(config, items):

@@ -49,9 +49,10 @@ def _ray_start(ray_bin: str, args: list[str], log, env: dict) -> subprocess.Pope
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _stop(procs: list[subprocess.Popen], grace_s: float = 10) -> None:
+def _stop(procs: list[subprocess.Popen], grace_s: float = 2) -> None:
     """SIGTERM to every node's process group at once, SIGKILL to what is left after ``grace_s``: a node
-    that lost its head waits a minute for it to come back, and this cluster is thrown away."""
+    that lost its head waits a minute for it to come back, and this cluster (its own temp folders, no
+    state kept) is thrown away."""
     running = [p for p in procs if p.poll() is None]
     for proc in running:
         os.killpg(proc.pid, signal.SIGTERM)

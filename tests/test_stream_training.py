@@ -8,7 +8,7 @@ import os
 import pytest
 
 from rmray.errors import UsageError
-from tests.conftest import reference_config
+from tests.conftest import reference_config, write_parts
 
 
 def consumed(output_dir: str, rank: int) -> list[dict]:
@@ -23,17 +23,29 @@ def train_losses(output_dir: str) -> list[tuple]:
 
 
 def test_a_streamed_run_trains_the_pairs_and_metrics_of_the_run_that_reads_everything_first(reference_run, tiny_qwen, tmp_path):
-    """Also keeps the checkpoints best by a metric (evaluating and saving do not change what trains)."""
+    """The run that reads everything first is one without a spare CPU: two 1-CPU workers on the 2-CPU
+    cluster. Started early, their placement group would starve the tokenize tasks and the run would
+    hang; here the data is prepared first, and the run must train. It also keeps the checkpoints best
+    by a metric (evaluating and saving do not change what trains)."""
     import glob
+
+    import ray._private.state
 
     from rmray.train.metrics_log import read_metrics
     from rmray.train.run import train
 
     streamed = reference_run["cfg"]
     assert streamed.stream_data  # the default
-    whole = train(reference_config(tiny_qwen, str(tmp_path / "whole"), stream_data=False, log_consumed_pairs=True,
+    whole = train(reference_config(tiny_qwen, str(tmp_path / "whole"), cpus_per_worker=1.0, log_consumed_pairs=True,
                                    eval_steps=2, metric_for_best_model="eval_loss", greater_is_better=True,
                                    save_total_limit=2))
+    summary = whole.summary
+    assert summary["workers_started_early"] is False
+    assert summary["startup_s"]["data_ready"] < summary["startup_s"]["worker_entered"]
+    assert summary["dist_backend"] == "gloo"  # Ray Train's group, kept as Ray Train made it
+    # rmray's Ray defaults reach Ray Train's controller: no run on this test cluster started a preemption watcher
+    actor_classes = {a["ActorClassName"] for a in ray._private.state.actors().values()}
+    assert "TrainController" in actor_classes and "PreemptionWatcher" not in actor_classes
     for rank in range(2):
         assert ([r["row_ids"] for r in consumed(streamed.output_dir, rank)]
                 == [r["row_ids"] for r in consumed(whole.output_dir, rank)])
@@ -51,25 +63,8 @@ def test_a_streamed_run_trains_the_pairs_and_metrics_of_the_run_that_reads_every
     assert kept == sorted({*best_two, 8}) and 6 not in kept, losses
 
 
-def write_parts(folder, rows: list[dict], sizes: list[int]) -> None:
-    folder.mkdir()
-    start = 0
-    for k, size in enumerate(sizes):
-        with open(folder / f"part-{k}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows[start:start + size])
-        start += size
-
-
-def test_files_of_uneven_sizes_keep_the_ranks_in_step_and_every_row_trains_once(ray_cluster, tiny_qwen, tmp_path):
-    from rmray.core.demo_data import DEMO_SETS
-    from rmray.train.run import train
-
-    rows = [dict(r, id=f"p{i}") for i, r in enumerate(DEMO_SETS["demo"]()[:101])]
-    write_parts(tmp_path / "parts", rows, [3, 61, 1, 36])  # 101 rows: one row is left over for 2 ranks
-    cfg = reference_config(tiny_qwen, str(tmp_path / "run"), train_data=str(tmp_path / "parts"), max_steps=-1,
-                           num_train_epochs=1, eval_split_ratio=0, per_device_train_batch_size=4,
-                           length_group_window=3, save_steps=None, log_consumed_pairs=True)
-    result = train(cfg)
+def test_files_of_uneven_sizes_keep_the_ranks_in_step_and_every_row_trains_once(uneven_lora_run):
+    cfg, rows, result = uneven_lora_run["cfg"], uneven_lora_run["rows"], uneven_lora_run["result"]
     logs = [consumed(cfg.output_dir, rank) for rank in range(2)]
     assert len(logs[0]) == len(logs[1]) == 13  # 50 rows per rank: windows of 12, 12, 12, 12, 2 rows
     trained = [i for log in logs for batch in log for i in batch["row_ids"]]

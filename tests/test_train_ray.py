@@ -148,18 +148,14 @@ def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
     assert 0 <= metrics["calibrated_ece"] < 0.5 and len(metrics["calibrated_bins"]) >= 1
 
 
-def test_lora_run_saves_adapter_and_head_and_merges(ray_cluster, tiny_qwen, tmp_path):
+def test_lora_run_saves_adapter_and_head_and_merges(uneven_lora_run, tiny_qwen):
     from peft import PeftModel
 
     from rmray.core.collate import pad_sequences
     from rmray.core.model import RewardModel, load_hf_model
     from rmray.core.scoring import Scorer
-    from rmray.train.run import train as run_train
 
-    cfg = load_config(os.path.join(ROOT, "jobs/configs/demo.yaml"), [
-        f"model_name_or_path={tiny_qwen}", f"output_dir={tmp_path / 'lora'}", "use_peft=true", "lora_r=4",
-        "max_train_samples=96", "num_train_epochs=1", "learning_rate=1e-3", "per_device_train_batch_size=8"])
-    result = run_train(cfg)
+    result = uneven_lora_run["result"]
     adapter = os.path.join(result.output_dir, "adapter")
     from safetensors.torch import load_file
 

@@ -1,5 +1,6 @@
 """How a run starts: the workers come up while the data is tokenized when a CPU is left for the
-tokenizer, one after the other when not (a deadlock otherwise), and bad data fails clearly either way."""
+tokenizer, one after the other when not (a deadlock otherwise; a run without a spare CPU trains in
+test_stream_training.py), and bad data fails clearly either way."""
 
 import json
 import threading
@@ -59,23 +60,6 @@ def test_workers_start_early_only_when_a_node_keeps_a_cpu_for_data_tasks(ray_clu
     # GPU workers never land on the CPU-only head, so its CPUs stay free for Ray Data.
     assert _room_for_data_tasks(gpu, [node(4), node(16, gpus=4)], available_cpus=20)
     assert not _room_for_data_tasks(gpu, [node(16, gpus=4)], available_cpus=16)
-
-
-def test_run_without_a_spare_cpu_prepares_data_first_and_trains(ray_cluster, tiny_qwen, tmp_path):
-    """One 2-CPU worker on the 2-CPU cluster: started early, its placement group would starve the
-    tokenize tasks and the run would hang; here it must train."""
-    from rmray.train.run import train
-
-    result = train(config(tiny_qwen, tmp_path, num_workers=1, cpus_per_worker=2.0))
-    summary = result.summary
-    assert summary["steps"] == 2 and summary["workers_started_early"] is False
-    assert summary["startup_s"]["data_ready"] < summary["startup_s"]["worker_entered"]
-    assert summary["dist_backend"] == "gloo"  # Ray Train's group, kept as Ray Train made it
-    # rmray's Ray defaults reach Ray Train's controller: no run on this test cluster started a preemption watcher
-    import ray._private.state
-
-    actor_classes = {a["ActorClassName"] for a in ray._private.state.actors().values()}
-    assert "TrainController" in actor_classes and "PreemptionWatcher" not in actor_classes
 
 
 def test_bad_data_while_workers_start_fails_clearly_and_frees_the_cluster(ray_cluster, tiny_qwen, tmp_path):
