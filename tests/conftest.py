@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -106,6 +107,13 @@ def ray_cluster():
     init_ray("local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server or a Ray node a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def free_cpus_soon(ray, want: float = 2, within_s: float = 30) -> float:

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,8 @@ import urllib.request
 
 import pytest
 import yaml
+
+from .conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,12 +35,6 @@ def test_cluster_yaml_passes_ray_validation():
     bad = dict(config, head_node_type="cpu_head")  # names a node type that does not exist
     with pytest.raises(ValueError):
         validate_config(prepare_config(bad))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray_start(ray_bin: str, args: list[str], log, env: dict) -> subprocess.Popen:
@@ -104,7 +99,7 @@ def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(refer
     from .conftest import reference_config
 
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    port, dash, agent = _free_port(), _free_port(), _free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
     env.pop("RAY_ADDRESS", None)
     # Ray's socket paths must stay under 107 bytes; each raylet its own folder, as on two machines (a

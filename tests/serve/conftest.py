@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import socket
 import urllib.error
 import urllib.request
 
@@ -10,16 +9,12 @@ import pytest
 
 from rmray.core.spec import ScoringSpec
 
+from ..conftest import free_port
+
 TOKEN = "test-token-123"
 PROMPT = "\n\nHuman: How do I make my tomato plants produce more fruit?\n\nAssistant:"
 RESPONSES = [" Water deeply, feed with potassium, and pinch off suckers.", " No idea.",
              " Plant them in full sun and shake the flowers gently to help pollination.", " " + "grow " * 300]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port, path, body, token=TOKEN, raw=None, headers=None):

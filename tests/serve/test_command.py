@@ -9,8 +9,8 @@ import pytest
 
 from rmray.testing import plain_transformers_scores
 
-from ..conftest import ROOT
-from .conftest import PROMPT, RESPONSES, free_port, post
+from ..conftest import ROOT, free_port
+from .conftest import PROMPT, RESPONSES, post
 
 
 def test_serve_config_file_is_valid_and_builds():
