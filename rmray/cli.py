@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 SERVE_OPTIONS = ["host", "port", "replicas", "max_replicas", "target_ongoing_requests", "num_cpus", "num_gpus",
                  "max_inflight", "max_body_bytes", "ensemble", "precision"]
 SCORE_OPTIONS = ["prompt_field", "response_field", "concurrency", "num_cpus", "num_gpus", "torch_threads", "batch_size",
-                 "max_batch_tokens", "overwrite", "precision", "ray_address"]
+                 "max_batch_tokens", "overwrite", "precision", "ensemble", "ray_address"]
 EVAL_OPTIONS = ["output", "train_dir", "data_format", "concurrency", "num_cpus", "num_gpus", "torch_threads",
-                "batch_size", "max_batch_tokens", "ray_address"]
+                "batch_size", "max_batch_tokens", "ensemble", "ray_address"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +92,7 @@ def _add_eval(sub) -> None:
     p_ev = sub.add_parser("eval", help="preference accuracy, margin and calibration, with a report")
     p_ev.add_argument("model_dir", help=field_docs(EvalConfig)["model_dir"])
     p_ev.add_argument("data", help=field_docs(EvalConfig)["data"])
+    p_ev.add_argument("--model", action="append", default=[], help=field_docs(EvalConfig)["models"] + " (repeatable)")
     add_options(p_ev, EvalConfig, EVAL_OPTIONS)
 
 
@@ -163,7 +164,7 @@ def _eval(args) -> int:
     from rmray.score.evaluate import evaluate
     from rmray.score.settings import EvalConfig
 
-    evaluate(EvalConfig(model_dir=args.model_dir, data=args.data, **options_of(args, EVAL_OPTIONS)))
+    evaluate(EvalConfig(model_dir=args.model_dir, models=args.model, data=args.data, **options_of(args, EVAL_OPTIONS)))
     return 0
 
 

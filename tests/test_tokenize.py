@@ -107,8 +107,11 @@ def test_whole_text_rules(rm_qwen_chat, tiny_qwen):
     assert not is_rendered_chat(chat_tok, plain)
     assert encode_text(chat_tok, spec, plain).ids == chat_tok(plain + "<|endoftext|>")["input_ids"]
     plain_template = load_tokenizer(tiny_qwen)
-    plain_template.chat_template = PLAIN_CHAT_TEMPLATE  # its turn end is only "\n": not told from plain text
-    assert not is_rendered_chat(plain_template, "user: hi\nassistant: hello\n")
+    plain_template.chat_template = PLAIN_CHAT_TEMPLATE  # an assistant turn ends "<|endoftext|>\n": told apart
+    assert is_rendered_chat(plain_template, "user: hi\nassistant: hello<|endoftext|>\n")
+    assert encode_text(plain_template, spec, "user: hi\nassistant: hello<|endoftext|>\n").ids == \
+        encode(plain_template, spec, messages[:1], messages[1:]).ids
+    assert not is_rendered_chat(plain_template, "user: hi\nassistant: hello\n")  # plain text: EOS appended
     long_text = "word " * 200 + "the response"
     ids = chat_tok(long_text + "<|endoftext|>")["input_ids"]
     cut = encode_text(chat_tok, spec_for(chat_tok, max_length=30), long_text)

@@ -87,14 +87,17 @@ def detect_format(row: dict[str, Any]) -> Format:
     return "standard" if "prompt" in row and row["prompt"] is not None else "implicit"
 
 
-def normalize_row(row: dict[str, Any], fmt: Format) -> PreferencePair:
-    """Validate one raw row and return it as a pair; raise :class:`BadRow` naming the field."""
+def normalize_row(row: dict[str, Any], fmt: Format, empty_responses: bool = False) -> PreferencePair:
+    """Validate one raw row and return it as a pair; raise :class:`BadRow` naming the field.
+
+    ``empty_responses``: an empty chosen or rejected answer is part of the pair (evaluation scores what it
+    is given -- a benchmark's empty answer is an answer) instead of a bad row (training: it teaches nothing)."""
     margin = _read_margin(row)
     if fmt == "conversational":
-        pair = _normalize_conversational(row, margin)
+        pair = _normalize_conversational(row, margin, empty_responses)
     else:
-        chosen = _read_text(row, "chosen")
-        rejected = _read_text(row, "rejected")
+        chosen = _read_text(row, "chosen", allow_empty=empty_responses and fmt == "standard")
+        rejected = _read_text(row, "rejected", allow_empty=empty_responses and fmt == "standard")
         if fmt == "standard":
             prompt = _read_text(row, "prompt", allow_empty=True)
             pair = PreferencePair(prompt, chosen, rejected, margin)
@@ -187,7 +190,7 @@ def _read_messages(row: dict[str, Any], field: str, required: bool = True) -> Me
     return messages
 
 
-def _normalize_conversational(row: dict[str, Any], margin: float) -> PreferencePair:
+def _normalize_conversational(row: dict[str, Any], margin: float, empty_responses: bool = False) -> PreferencePair:
     chosen = _read_messages(row, "chosen")
     rejected = _read_messages(row, "rejected")
     prompt = _read_messages(row, "prompt", required=False)
@@ -197,7 +200,7 @@ def _normalize_conversational(row: dict[str, Any], margin: float) -> PreferenceP
             n += 1
         prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
     for field, msgs in (("chosen", chosen), ("rejected", rejected)):
-        if not msgs or not any(m["content"].strip() for m in msgs):
+        if not msgs or not (empty_responses or any(m["content"].strip() for m in msgs)):
             raise BadRow("empty_field", field, f"field {field!r} has no non-empty response message")
     return PreferencePair(prompt, chosen, rejected, margin)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
+
+from .files import write_json_atomic
 
 MAX_SAMPLES_PER_REASON = 5
 
@@ -46,5 +47,4 @@ class DataReport:
         return asdict(self)
 
     def save(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        write_json_atomic(path, self.to_dict())

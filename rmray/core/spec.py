@@ -14,15 +14,20 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from .evaluation import sigmoid
+from .files import write_json_atomic
 
 SPEC_FILE = "rmray_scoring.json"
 Truncation = Literal["truncate", "drop", "error"]
 TRUNCATION_POLICIES = ("truncate", "drop", "error")
 
 # Used only when asked for (chat_template: plain) and the tokenizer has none: one "role: content"
-# line per message, so conversational data works with encoders such as MiniLM.
+# line per message, so conversational data works with encoders such as MiniLM. An assistant turn ends
+# with the EOS token (where the tokenizer has one): a rendered conversation then gets the same tokens
+# as its messages wherever it arrives as one text (/classify, /get_reward), because its end is told
+# apart from plain text, which gets the EOS appended.
 PLAIN_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}"
+    "{% if message['role'] == 'assistant' and eos_token %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
 )
 
 
@@ -83,8 +88,7 @@ class ScoringSpec:
         return sigmoid(delta / (self.temperature or 1.0))
 
     def save(self, directory: str) -> None:
-        with open(os.path.join(directory, SPEC_FILE), "w") as f:
-            json.dump(asdict(self), f, indent=2)
+        write_json_atomic(os.path.join(directory, SPEC_FILE), asdict(self))
 
     @classmethod
     def load(cls, directory: str) -> "ScoringSpec":

@@ -36,8 +36,12 @@ def render(tokenizer, prompt: Text, response: Text) -> tuple[str, str, bool]:
     """Return (prompt_text, full_text, add_special_tokens) for one prompt + response.
 
     Conversational turns are rendered with the tokenizer's chat template (which already holds BOS and
-    turn tokens, hence no extra special tokens); plain text is concatenated.
+    turn tokens, hence no extra special tokens); plain text is concatenated. A message-list prompt with
+    a plain-text response is a conversation whose last turn is the assistant's: the same item scores the
+    same whether its response arrives as text or as one assistant message.
     """
+    if isinstance(prompt, list) and isinstance(response, str):
+        response = [{"role": "assistant", "content": response}]  # a chat prompt's reply is the assistant's turn
     if isinstance(response, list):
         if tokenizer.chat_template is None:
             raise ValueError(
@@ -50,8 +54,6 @@ def render(tokenizer, prompt: Text, response: Text) -> tuple[str, str, bool]:
         if not full.startswith(prompt_text):  # templates that rewrite earlier turns: share what matches
             prompt_text = _common_prefix(prompt_text, full)
         return prompt_text, full, False
-    if isinstance(prompt, list):
-        raise BadRow("malformed_messages", "prompt", "prompt is a message list but the responses are plain text")
     return prompt, prompt + response, True
 
 
@@ -65,21 +67,26 @@ def encode(tokenizer, spec: ScoringSpec, prompt: Text, response: Text) -> Encode
 
 
 def encode_text(tokenizer, spec: ScoringSpec, text: str, *, add_special_tokens: bool = True,
-                max_length: int | None = None) -> Encoded:
-    """Tokenize one whole text whose prompt/response boundary is unknown (vLLM's ``/classify`` input,
-    OpenRLHF's ``query`` without a matching prompt).
+                max_length: int | None = None, prompt_chars: int | None = None) -> Encoded:
+    """Tokenize one whole text as it is given (vLLM's ``/classify`` input, OpenRLHF's ``query``).
 
     A text the model's chat template rendered (it ends with the template's end of an assistant turn) is
-    tokenized as that conversation is by :func:`encode`: no EOS appended, and no second BOS where the
-    text already starts with one. Any other text follows the plain-text rule, EOS appended. Too long,
-    the beginning is cut and the end kept: the response, where the reward is read, is at the end.
+    tokenized as that conversation is by :func:`encode`: no EOS appended, special tokens only for
+    encoders. Any other text follows the plain-text rule: EOS appended, and no second BOS where the text
+    already starts with one. ``prompt_chars``: the first characters that are the prompt (OpenRLHF's
+    ``prompts``), which lose their beginning first when the text is too long, then the rest its end --
+    the rule of :func:`encode`. Without it the whole text counts as prompt: its beginning goes, the end
+    (the response, where the reward is read) stays.
     """
     limit = min(max_length or spec.max_length, spec.max_length)
+    rendered = is_rendered_chat(tokenizer, text)
+    if rendered:
+        add_special_tokens = spec.readout == "pooler"  # as encode() tokenizes a rendered conversation
     bos = getattr(tokenizer, "bos_token", None)
     if bos and text.startswith(bos):
         add_special_tokens = False  # the text carries its BOS; adding one would score another sequence
-    # The whole text counts as prompt for truncation: its beginning goes first, the end stays.
-    return _fit(tokenizer, spec, _Text(text, len(text), add_special_tokens, not is_rendered_chat(tokenizer, text)), limit)
+    chars = len(text) if prompt_chars is None else prompt_chars
+    return _fit(tokenizer, spec, _Text(text, chars, add_special_tokens, not rendered), limit)
 
 
 class _Text(NamedTuple):
@@ -118,9 +125,11 @@ def keep_end(ids: list[int], spec: ScoringSpec, max_length: int | None = None) -
 
 def is_rendered_chat(tokenizer, text: str) -> bool:
     """Whether ``text`` ends as the tokenizer's chat template ends an assistant turn (``<|im_end|>\\n``
-    for ChatML). Templates whose turn end is only whitespace cannot be told from plain text: False."""
+    for ChatML), trailing whitespace aside: a generated reply stops at ``<|im_end|>`` without the newline
+    the template writes after it. Templates whose turn end is only whitespace cannot be told from plain
+    text: False (rmray's own ``plain`` template ends an assistant turn with the EOS token for this reason)."""
     end = _assistant_turn_end(tokenizer)
-    return bool(end) and text.endswith(end)
+    return bool(end) and text.rstrip().endswith(end.rstrip())
 
 
 def _assistant_turn_end(tokenizer) -> str | None:

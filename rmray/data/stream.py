@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from rmray.core.files import write_json_atomic
 from rmray.core.report import DataReport
 
 from .preferences import PAIR_COLUMNS, REPORT_COLUMNS, count_report
@@ -371,12 +372,8 @@ def stop_stream(stream, message: str) -> None:
 
 def write_data_report(stream, output_dir: str) -> None:
     """``data_report.json`` as counted so far (at a checkpoint; the driver writes the whole one at the end)."""
-    import json
     import os
 
     status = ray.get(stream.data_report.remote())
     if status["reports"]:
-        path = os.path.join(output_dir, "data_report.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(status["reports"], f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json_atomic(os.path.join(output_dir, "data_report.json"), status["reports"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from rmray.core.files import write_text_atomic
+
 from . import plots
 
 
@@ -76,9 +78,4 @@ def write_model_card(output_dir: str, config: dict, summary: dict, data_reports:
               f"rmray eval {final} pairs.jsonl --output eval/ --train-dir {output_dir}",
               "```", "",
               "## Training config", "", "```json", json.dumps(config, indent=2, default=str), "```", ""]
-    path = os.path.join(output_dir, "README.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(os.path.join(output_dir, "README.md"), "\n".join(lines))

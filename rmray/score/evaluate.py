@@ -7,8 +7,11 @@ import json
 import os
 import sys
 
+from rmray.core.contract import ensemble_rule
 from rmray.core.evaluation import attribute_metrics, preference_metrics, ranking_metrics
-from rmray.core.spec import ScoringSpec
+from rmray.core.files import write_text_atomic
+from rmray.core.spec import ScoringSpec, check_model_dir
+from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 from rmray.report import html, plots
 
@@ -16,28 +19,46 @@ from .settings import EvalConfig
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Score every pair of ``cfg.data`` with Ray Data actors; metrics (and a report when ``cfg.output``)."""
+    """Score every pair of ``cfg.data`` with Ray Data actors; metrics (and a report and every row's rewards
+    in ``rewards.jsonl`` when ``cfg.output``). Several models are evaluated as one ensemble."""
     import ray
 
-    from rmray.data.read import read_source
+    from rmray.data.read import check_source, read_source
+    from rmray.data.readable import check_readable
 
     from .batch import PairScorer
 
+    for path in cfg.model_dirs:  # before Ray: a mistake costs a second, not a start-up
+        check_model_dir(path)
+    check_source("data", cfg.data)
+    check_readable(cfg.data)
+    specs = [ScoringSpec.load(d) for d in cfg.model_dirs]
     init_ray(cfg.ray_address)
-    model_dir, data, output = cfg.model_dir, cfg.data, cfg.output
-    scored = read_source(data).map_batches(
+    scored = read_source(cfg.data).map_batches(
         PairScorer, batch_format="pyarrow", batch_size=cfg.batch_size,
         fn_constructor_kwargs={"cfg": cfg},
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
-    chosen, rejected, subsets, groups, errors, attributed = _collect(scored)
+    rows = [batch for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None)]
+    chosen, rejected, subsets, groups, errors, attributed = _collect(rows)
     if not chosen:
-        raise ValueError(f"{data}: no row could be scored; first problems: {errors[:3]}")
+        raise UsageError(f"{cfg.data}: no row could be scored; first problems: {errors[:3]}")
     has_subsets = any(s is not None for s in subsets)
-    spec = ScoringSpec.load(model_dir)
-    temperature = spec.temperature
+    temperature = specs[0].temperature if len(specs) == 1 else None  # an ensemble has no one temperature
     metrics = preference_metrics(chosen, rejected, subsets if has_subsets else None, temperature=temperature)
-    metrics.update({"model": os.path.abspath(model_dir), "data": data, "bad_rows": len(errors),
+    metrics.update({"model": os.path.abspath(cfg.model_dir), "data": cfg.data, "bad_rows": len(errors),
                     "bad_row_samples": errors[:20]})
+    if len(specs) > 1:
+        metrics.update({"models": [os.path.abspath(d) for d in cfg.model_dirs],
+                        "ensemble": ensemble_rule(specs, cfg.ensemble)})
+    _print_summary(metrics, groups, attributed, specs[0], errors)
+    if cfg.output:
+        write_report(metrics, chosen, rejected, cfg.output, train_dir=cfg.train_dir)
+        write_rewards(rows, os.path.join(cfg.output, "rewards.jsonl"))
+        print(f"rmray eval: report in {os.path.join(cfg.output, 'report.html')}", file=sys.stderr)
+    return metrics
+
+
+def _print_summary(metrics: dict, groups: list, attributed: list, spec: ScoringSpec, errors: list) -> None:
     if groups:
         metrics["ranking"] = ranking = ranking_metrics(groups)
         print(f"rmray eval: {ranking['groups']} rated groups: pair accuracy {ranking['pair_accuracy']:.4f}, "
@@ -47,24 +68,42 @@ def evaluate(cfg: EvalConfig) -> dict:
         metrics["attributes"] = per_attribute = attribute_metrics(attributed, spec.attributes)
         print("rmray eval: per attribute (Pearson, Spearman, MSE): " + ", ".join(
             f"{name} {m['pearson']:.3f} / {m['spearman']:.3f} / {m['mse']:.3f}" for name, m in per_attribute.items()))
+    temperature = metrics.get("temperature")
     print(f"rmray eval: accuracy {metrics['accuracy']:.4f} on {metrics['pairs']} pairs, "
           f"mean margin {metrics['mean_margin']:.3f}, ECE {metrics['ece']:.3f}"
-          + (f" (calibrated: {metrics['calibrated_ece']:.3f} at temperature {temperature:.3f})" if temperature else "")
+          + (f" (calibrated: {metrics['calibrated_ece']:.3f} at temperature {temperature:.3f})"
+             if metrics.get("calibrated_ece") is not None and temperature else "")
           + (f"; {len(errors)} rows skipped (e.g. {errors[0]})" if errors else ""))
-    if output:
-        write_report(metrics, chosen, rejected, output, train_dir=cfg.train_dir)
-        print(f"rmray eval: report in {os.path.join(output, 'report.html')}", file=sys.stderr)
-    return metrics
 
 
-def _collect(scored) -> tuple[list, list, list, list, list, list]:
+def write_rewards(batches: list, path: str) -> None:
+    """Every scored row's rewards, one JSON line each, written atomically: ``{"id", "subset", "chosen":
+    [reward], "rejected": [reward]}`` for a pair, ``{"id", "subset", "rewards", "ratings"}`` for a rated
+    group (``id`` is the row's own ``id`` column, null without one), ``{"id", "error"}`` for a row that
+    could not be scored."""
+    lines = []
+    for batch in batches:
+        for row in batch.select(["id", "subset", "chosen_reward", "rejected_reward", "group_rewards",
+                                 "group_ratings", "score_error"]).to_pylist():
+            out = {"id": row["id"], "subset": row["subset"]}
+            if row["score_error"] is not None:
+                out["error"] = row["score_error"]
+            elif row["group_rewards"] is not None:
+                out.update(rewards=row["group_rewards"], ratings=row["group_ratings"])
+            else:
+                out.update(chosen=[row["chosen_reward"]], rejected=[row["rejected_reward"]])
+            lines.append(json.dumps(out))
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def _collect(scored: list) -> tuple[list, list, list, list, list, list]:
     """Chosen and rejected rewards (a rated group's pairs of different ratings included, the better one
     as chosen), subsets, the rated groups as (rewards, ratings), the bad rows' errors, and the rows
     rated per attribute as (attribute scores, attribute ratings)."""
     chosen, rejected, subsets, groups, errors, attributed = [], [], [], [], [], []
     columns = ("chosen_reward", "rejected_reward", "group_rewards", "group_ratings", "subset", "score_error",
                "attribute_scores", "attribute_ratings")
-    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in scored:
         for c, r, g, ratings, s, e, scores, targets in zip(*(batch.column(k).to_pylist() for k in columns)):
             if e is not None:
                 errors.append(e)
@@ -90,10 +129,7 @@ def write_report(metrics: dict, chosen, rejected, output: str, *, train_dir: str
     metrics_file = os.path.join(train_dir, "metrics.jsonl") if train_dir else None
     if metrics_file and os.path.exists(metrics_file):
         figures.append(plots.training_curves(metrics_file, os.path.join(output, "training_curves.png")))
-    tmp = os.path.join(output, ".metrics.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(tmp, os.path.join(output, "metrics.json"))
+    write_text_atomic(os.path.join(output, "metrics.json"), json.dumps(metrics, indent=2))
     html.eval_report(metrics, figures, os.path.join(output, "report.html"),
                      title=f"Reward model evaluation: {os.path.basename(os.path.normpath(metrics['model']))}",
                      subtitle=f"data: {metrics['data']}")

@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
+from rmray.core.contract import ensemble_rule
+from rmray.core.files import write_json_atomic
 from rmray.core.scoring import model_name
-from rmray.core.spec import check_model_dir
+from rmray.core.spec import ScoringSpec, check_model_dir
 from rmray.data.lines import parse_line
 from rmray.data.read import check_source
 from rmray.data.readable import check_columns, check_readable
@@ -152,6 +154,8 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
     inputs = list_inputs(cfg.input)
     os.makedirs(cfg.output, exist_ok=True)
     scored_by = provenance(cfg.model_dirs, names, cfg.prompt_field, cfg.response_field)
+    if len(cfg.model_dirs) > 1:  # the rule the ensemble's reward column was combined by
+        scored_by["ensemble"] = ensemble_rule([ScoringSpec.load(d) for d in cfg.model_dirs], cfg.ensemble)
     pending = [(k, p) for k, p in enumerate(inputs) if not _already_scored(cfg, output_name(k, p), scored_by)]
     skipped = [output_name(k, p) for k, p in enumerate(inputs) if (k, p) not in pending]
     for stale in glob.glob(os.path.join(cfg.output, ".*.tmp*")):  # partial files of an interrupted run
@@ -237,8 +241,7 @@ def _write(scored, cfg: ScoreConfig, pending, skipped, scored_by: dict) -> Score
     seconds = time.perf_counter() - start
     result = ScoreResult(cfg.output, written, skipped, rows, bad, rows / max(seconds, 1e-9))
     report = {**asdict(result), "bad_row_samples": bad_samples, "models": cfg.model_dirs}
-    with open(os.path.join(cfg.output, "_score_report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    write_json_atomic(os.path.join(cfg.output, "_score_report.json"), report)
     print(f"rmray score: {rows} rows -> {cfg.output} ({len(written)} files, {result.rows_per_s:.1f} rows/s)")
     if bad:
         print(f"rmray score: {bad} rows could not be scored (reward is null, score_error says why):\n  "

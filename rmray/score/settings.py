@@ -4,7 +4,7 @@ line parses in milliseconds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from rmray.core.formats import Format
@@ -27,6 +27,10 @@ class ActorSettings:
     """Padded tokens per forward: length-sorted rows are cut at this budget."""
     ray_address: Optional[str] = None
     """Ray cluster to join (``auto`` inside ``ray job submit``); default starts a local Ray."""
+    ensemble: Literal["normalized", "raw"] = "normalized"
+    """How several models' rewards combine, as the server combines them: ``normalized`` averages rewards
+    standardized by each model's saved eval-set mean/std (when every model has them), ``raw`` averages the
+    rewards as they are. The rule used is recorded in the output."""
 
 
 @dataclass
@@ -58,6 +62,8 @@ class EvalConfig(ActorSettings):
     """The rmray model folder to evaluate (training's ``final/``)."""
     data: str
     """Preference data in any training format (file, folder, glob or URI)."""
+    models: list[str] = field(default_factory=list)
+    """More model folders, evaluated with ``model_dir`` as one ensemble."""
     output: Optional[str] = None
     """Folder for metrics.json, PNG plots and report.html; default: print the metrics only."""
     train_dir: Optional[str] = None
@@ -66,3 +72,7 @@ class EvalConfig(ActorSettings):
     """The data's format; default: detected per row."""
     batch_size: int = 128
     """Pairs per Ray Data batch handed to an actor."""
+
+    @property
+    def model_dirs(self) -> list[str]:
+        return [self.model_dir, *self.models]

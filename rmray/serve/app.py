@@ -19,10 +19,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from rmray.core.contract import combine, encode_item, encode_query, ensemble_rule, preference_matrix, split_attributes
 from rmray.core.evaluation import ensemble
 from rmray.core.formats import BadRow
 from rmray.core.spec import ScoringSpec
-from rmray.core.tokenize import encode, encode_text, keep_end
+from rmray.core.tokenize import encode_text, keep_end
 from rmray.core.tokenizer import load_tokenizer
 
 from .guard import Guard
@@ -86,14 +87,14 @@ class _Model:
         self.vocab_size = len(self.tokenizer)
 
     def encode(self, items: list[Item], where: str) -> tuple[list[list[int]], list[bool]]:
-        """``(prompt, response)`` items under the training rule (:func:`rmray.core.tokenize.encode`)."""
-        def one(item):
-            prompt, response = _plain(item.prompt), _plain(item.response)
-            if isinstance(prompt, list) and isinstance(response, str):
-                response = [{"role": "assistant", "content": response}]
-            return encode(self.tokenizer, self.spec, prompt, response)
+        """``(prompt, response)`` items under the scoring contract (:func:`rmray.core.contract.encode_item`)."""
+        return _encode_all(items, where, lambda item: encode_item(self.tokenizer, self.spec, _plain(item.prompt),
+                                                                  _plain(item.response)))
 
-        return _encode_all(items, where, one)
+    def encode_queries(self, queries: list[str], prompts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """OpenRLHF's whole texts (:func:`rmray.core.contract.encode_query`)."""
+        return _encode_all(list(zip(queries, prompts)), "query",
+                           lambda qp: encode_query(self.tokenizer, self.spec, *qp))
 
     def encode_texts(self, texts: list, where: str, add_special_tokens: bool = True,
                      max_length: int | None = None) -> tuple[list[list[int]], list[bool]]:
@@ -156,7 +157,8 @@ class _RewardAPI:
                                               max_inflight=s.max_inflight)
         self.models = [_Model(n, d, h, s.trust_remote_code) for n, d, h in zip(s.model_names, s.model_dirs, scorers)]
         self.max_batch_tokens = s.max_batch_tokens
-        self.normalized = s.ensemble == "normalized" and all(m.spec.reward_std for m in self.models)
+        self.specs, self.names = [m.spec for m in self.models], [m.name for m in self.models]
+        self.ensemble = ensemble_rule(self.specs, s.ensemble)
         # Tokenizing a multi-megabyte body takes seconds; on the event loop it would stall every other
         # request and /healthz. Threads: the fast tokenizers release the GIL while they work.
         self.tokenize_pool = ThreadPoolExecutor(TOKENIZE_THREADS, thread_name_prefix="rmray-tokenize")
@@ -198,7 +200,7 @@ class _RewardAPI:
         for i, query in enumerate(request.query):
             if not query:
                 raise HTTPException(422, f"query[{i}] is empty")
-        out = await self._score(lambda m: _split_queries(m, request.query, prompts), "items", False)
+        out = await self._score(lambda m: m.encode_queries(request.query, prompts), "items", False)
         return {"rewards": out["rewards"], "scores": out["rewards"], "extra_logs": {}}
 
     async def classify(self, request: ClassifyRequest) -> dict:
@@ -227,10 +229,11 @@ class _RewardAPI:
         """``encode_for(model) -> (ids, truncated)`` runs on the tokenizer threads; the forwards on the scorers."""
         loop = asyncio.get_running_loop()
         encoded = [await loop.run_in_executor(self.tokenize_pool, encode_for, m) for m in self.models]
-        per_model, attributes = split_attributes(self.models, await self._forward(kind, [ids for ids, _ in encoded]))
+        per_model, attributes = split_attributes(self.names, self.specs,
+                                                 await self._forward(kind, [ids for ids, _ in encoded]))
         truncated = [any(flags) for flags in zip(*[t for _, t in encoded])]
         body = {"truncated": truncated, "_tokens": [len(x) for x in encoded[0][0]]}
-        body.update(combine(self.models, per_model, self.normalized))
+        body.update(combine(self.names, self.specs, per_model, self.ensemble))
         if attributes:
             body["attributes"] = attributes
         if normalize:
@@ -238,7 +241,7 @@ class _RewardAPI:
             if all(n is not None for n in normed):
                 body["normalized_rewards"] = ensemble(normed)[0]
         if preferences:
-            body["preferences"] = preference_matrix(self.models, per_model)
+            body["preferences"] = preference_matrix(self.specs, per_model)
         return body
 
     async def _forward(self, kind: str, ids_per_model: list) -> list[list[float]]:
@@ -275,58 +278,6 @@ def _pieces(ids: list[list[int]], budget: int) -> list[list[list[int]]]:
         current.append(seq)
         tokens += len(seq)
     return pieces + [current] if current else pieces
-
-
-def _split_queries(model: _Model, queries: list[str], prompts: list[str]) -> tuple[list[list[int]], list[bool]]:
-    """OpenRLHF's full texts: split at the prompt where it is a prefix (truncation then cuts the prompt's
-    beginning, as in training), else scored whole with the end kept."""
-    ids, truncated = [None] * len(queries), [False] * len(queries)
-    split = [i for i, (q, p) in enumerate(zip(queries, prompts)) if p and q.startswith(p) and len(q) > len(p)]
-    whole = sorted(set(range(len(queries))) - set(split))
-    for rows, (row_ids, flags) in (
-        (split, model.encode([Item(prompt=prompts[i], response=queries[i][len(prompts[i]):]) for i in split], "query")),
-        (whole, model.encode_texts([queries[i] for i in whole], "query")),
-    ):
-        for i, x, t in zip(rows, row_ids, flags):
-            ids[i], truncated[i] = x, t
-    return ids, truncated
-
-
-def split_attributes(models: list, per_model: list[list]) -> tuple[list[list[float]], dict[str, list[float]]]:
-    """Each model's rewards, and the per-attribute scores of the models that have attribute heads
-    (named by attribute, or ``model/attribute`` in an ensemble)."""
-    rewards, attributes = [], {}
-    for m, values in zip(models, per_model):
-        names = m.spec.attributes or []
-        if not names:
-            rewards.append(values)
-            continue
-        rewards.append([v[0] for v in values])
-        for a, name in enumerate(names):
-            attributes[name if len(models) == 1 else f"{m.name}/{name}"] = [v[1 + a] for v in values]
-    return rewards, attributes
-
-
-def preference_matrix(models: list, per_model: list[list[float]]) -> list[list[float]]:
-    """P(i preferred to j) for every pair of a group, each model's own calibration averaged."""
-    n = len(per_model[0])
-    return [[sum(m.spec.preference_probability(r[i] - r[j]) for m, r in zip(models, per_model)) / len(models)
-             for j in range(n)] for i in range(n)]
-
-
-def combine(models: list, per_model: list[list[float]], normalized: bool) -> dict:
-    """One reward per item from one or several models.
-
-    Models on different scales (one around 0, one around 8) make the raw mean a weighted vote and the
-    raw std their scale gap. When every model carries its eval-set mean/std, the ensemble combines
-    standardized rewards, so ``reward_std`` measures disagreement; ``combined`` says which was used.
-    """
-    if len(models) == 1:
-        return {"rewards": per_model[0]}
-    values = [m.spec.normalize(r) for m, r in zip(models, per_model)] if normalized else per_model
-    mean, std = ensemble(values)
-    return {"rewards": mean, "reward_std": std, "combined": "normalized" if normalized else "raw",
-            "per_model": {m.name: r for m, r in zip(models, per_model)}}
 
 
 async def _validation_error(request, exc: RequestValidationError) -> JSONResponse:

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 from rmray.config import DATA_OBJECT_STORE_MB, TrainConfig
+from rmray.core.files import write_json_atomic
 from rmray.core.spec import ScoringSpec
 from rmray.errors import UsageError
 
@@ -167,9 +168,4 @@ def _total_steps(cfg: TrainConfig, n_train: int) -> int:
 
 
 def save_json(path: str, obj) -> None:
-    import json
-
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)

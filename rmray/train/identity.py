@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 
+from rmray.core.files import write_json_atomic
 from rmray.errors import UsageError
 
 IDENTITY_FILE = "run_identity.json"
@@ -59,8 +60,7 @@ def check_or_record(cfg, run_dir: str | None) -> None:
                              "output_dir, overwrite_output_dir=true to start over, or resume_other_run=true to "
                              "continue that run with these settings)")
     os.makedirs(cfg.output_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(mine, f, indent=2)
+    write_json_atomic(path, mine)
 
 
 def _data_fingerprint(source: str) -> str | None:

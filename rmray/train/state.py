@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load_file, save_file
 
+from rmray.core.files import write_json_atomic
+
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 
@@ -60,8 +62,7 @@ def save_training_state(directory: str, *, optimizer_state: dict, scheduler, pos
         "scheduler": scheduler.state_dict(),  # LambdaLR keeps its functions out: lr_lambdas is [None]
         "torch_rng": torch.get_rng_state().tolist(),
     }
-    with open(os.path.join(directory, TRAINER_STATE), "w") as f:
-        json.dump(state, f)
+    write_json_atomic(os.path.join(directory, TRAINER_STATE), state, indent=None)
 
 
 def load_training_state(directory: str, *, scheduler) -> tuple[dict, dict]:
@@ -119,10 +120,7 @@ def write_manifest(directory: str) -> None:
         for name in sorted(names):
             path = os.path.join(root, name)
             files[os.path.relpath(path, directory)] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
-    tmp = os.path.join(directory, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"files": files}, f, indent=1)
-    os.replace(tmp, os.path.join(directory, MANIFEST))
+    write_json_atomic(os.path.join(directory, MANIFEST), {"files": files}, indent=1)
 
 
 def checkpoint_problem(directory: str, checksums: bool = True) -> str | None:
