@@ -83,11 +83,13 @@ def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started; the mistake should have been caught before")
 
+    import rmray.score.evaluate
     import rmray.score.offline
     import rmray.train.run
 
     monkeypatch.setattr(rmray.train.run, "init_ray", refuse)
     monkeypatch.setattr(rmray.score.offline, "init_ray", refuse)
+    monkeypatch.setattr(rmray.score.evaluate, "init_ray", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,39 @@ from rmray.errors import UsageError
 GOOD = {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5", "response": " 4"}
 
 
+def _parquet_bytes(rows: list[dict]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    schema = pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
+    return sink.getvalue()
+
+
+def test_a_folder_of_several_kinds_is_refused_by_every_command_before_ray(tmp_path, capsys, no_ray):
+    """Ray Data reads a folder with one reader: a.jsonl beside b.parquet once trained on the JSON lines
+    alone, the Parquet rows missing from the run and its data report."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps(GOOD) + "\n")
+    (folder / "b.parquet").write_bytes(_parquet_bytes([GOOD]))
+    (folder / "c.csv").write_text("prompt,chosen,rejected\nQ,a,b\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "rmray_scoring.json").write_text("{}")
+    for argv in (["train", f"train_data={folder}", f"output_dir={tmp_path}/out"],
+                 ["score", str(model), str(folder), str(tmp_path / "scored")],
+                 ["eval", str(model), str(folder)]):
+        code = cli.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, (argv[0], err)
+        assert str(folder) in err[0] and "b.parquet" in err[0] and "c.csv" in err[0] and "fix:" in err[0], err
+
+
 def _write_corpus(folder) -> dict[str, tuple[bytes, str]]:
     """name -> (bytes, what the error must name besides the file)."""
     line = json.dumps(GOOD).encode() + b"\n"
@@ -29,6 +62,8 @@ def _write_corpus(folder) -> dict[str, tuple[bytes, str]]:
         "text.parquet": (line, "Parquet"),
         "not-utf8.csv": (b"prompt,chosen,rejected\n" + "caf\u00e9,a,b\n".encode("latin-1"), "UTF-8"),
         "lines-in.json": (line * 2 + b"x", "not a JSON document"),
+        "no-rows.parquet": (_parquet_bytes([]), "no rows"),
+        "open-quote.csv": (b'prompt,chosen,rejected\n"Q,a,b\nQ2,c,d\n', "not readable as CSV"),
         "binary.json": (b"\x00\x01\x02", "not a JSON document"),
     }
 

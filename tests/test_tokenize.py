@@ -109,7 +109,7 @@ def test_whole_text_rules(rm_qwen_chat, tiny_qwen):
     plain_template = load_tokenizer(tiny_qwen)
     plain_template.chat_template = PLAIN_CHAT_TEMPLATE  # an assistant turn ends "<|endoftext|>\n": told apart
     assert is_rendered_chat(plain_template, "user: hi\nassistant: hello<|endoftext|>\n")
-    assert encode_text(plain_template, spec, "user: hi\nassistant: hello<|endoftext|>\n").ids == \
+    assert encode_text(plain_template, spec, "user: hi there\nassistant: hello<|endoftext|>\n").ids == \
         encode(plain_template, spec, messages[:1], messages[1:]).ids
     assert not is_rendered_chat(plain_template, "user: hi\nassistant: hello\n")  # plain text: EOS appended
     long_text = "word " * 200 + "the response"

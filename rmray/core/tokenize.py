@@ -59,11 +59,10 @@ def render(tokenizer, prompt: Text, response: Text) -> tuple[str, str, bool]:
 
 def encode(tokenizer, spec: ScoringSpec, prompt: Text, response: Text) -> Encoded:
     """Tokenize one prompt + response and apply the spec's EOS and truncation rules."""
-    prompt_text, full, add_special = render(tokenizer, prompt, response)
+    prompt_text, full, plain = render(tokenizer, prompt, response)  # plain text: special tokens and EOS
     # Encoders pool at [CLS], so they need their special tokens even around a chat-rendered text.
-    add_special = add_special or spec.readout == "pooler"
-    return _fit(tokenizer, spec, _Text(full, len(prompt_text), add_special, not isinstance(response, list)),
-                spec.max_length)
+    add_special = plain or spec.readout == "pooler"
+    return _fit(tokenizer, spec, _Text(full, len(prompt_text), add_special, plain), spec.max_length)
 
 
 def encode_text(tokenizer, spec: ScoringSpec, text: str, *, add_special_tokens: bool = True,

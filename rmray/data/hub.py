@@ -17,6 +17,8 @@ import ray
 
 from rmray.errors import UsageError
 
+from .kinds import file_kind
+
 CONVERTED = "@refs%2Fconvert%2Fparquet"  # the hub's Parquet conversion branch, as a path revision
 
 
@@ -31,7 +33,6 @@ def read_hub(source: str) -> ray.data.Dataset:
     """The split's rows as a Ray Dataset, read on the cluster."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    from .read import file_kind
 
     fs = hub_filesystem()
     files = hub_files(source, fs)
@@ -51,7 +52,6 @@ def read_hub(source: str) -> ray.data.Dataset:
 def hub_files(source: str, fs=None) -> list[str]:
     """The data files of ``org/name[:split]`` (default ``train``), in name order; a one-line error when
     the hub cannot be reached or the split has no files."""
-    from .read import file_kind
 
     repo, _, split = source.partition(":")
     split, fs = split or "train", fs or hub_filesystem()

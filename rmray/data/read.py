@@ -10,12 +10,9 @@ import ray
 from rmray.core.demo_data import DEMO_SETS
 from rmray.errors import UsageError
 
+from .kinds import file_kind, is_lines, looks_local
+from .readable import folder_files, local_files
 from .saved import is_saved_dataset, read_saved_dataset
-
-_READERS = {
-    ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json", ".jsonl.zst": "json",
-    ".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv",
-}
 
 
 def read_source(source: str) -> ray.data.Dataset:
@@ -34,12 +31,12 @@ def read_source(source: str) -> ray.data.Dataset:
     if os.path.isdir(source):
         if is_saved_dataset(source):
             return read_saved_dataset(source)
-        files = sorted(f for f in os.listdir(source) if file_kind(f))
+        files = folder_files(source)  # refuses a folder of several kinds, naming the files left out
         if not files:
-            raise ValueError(f"{source}: folder has no .jsonl/.json/.parquet/.csv files and is not a saved `datasets` dataset")
-        kind = file_kind(files[0])  # the first file's kind; the folder's other kinds are not mixed in
-        return _read_files(kind, [os.path.join(source, f) for f in files if file_kind(f) == kind], source)
-    if "://" not in source and not _looks_local(source):  # "org/name" or "org/name:split"
+            raise UsageError(f"{source}: folder has no .jsonl/.json/.parquet/.csv files and is not a saved "
+                             "`datasets` dataset (fix: give a folder of data files)")
+        return _read_files(file_kind(files[0]), files, source)
+    if "://" not in source and not looks_local(source):  # "org/name" or "org/name:split"
         from .hub import read_hub
 
         return read_hub(source)
@@ -53,9 +50,8 @@ def read_lines(source: str, include_paths: bool = False) -> ray.data.Dataset | N
     """Local JSON-lines files as text rows ``_line`` named ``_where`` = ``file:line`` (parsed later,
     value for value; see :mod:`rmray.data.lines`), or None for any other source. Blank lines are not rows."""
     from .lines import JsonLinesText
-    from .readable import local_files
 
-    files = [f for f in local_files(source) if file_kind(f) == "json" and _is_lines(f)]
+    files = [f for f in local_files(source) if file_kind(f) == "json" and is_lines(f)]
     if not files or "://" in source:
         return None
     return ray.data.read_datasource(JsonLinesText(files, include_paths=include_paths))
@@ -65,15 +61,10 @@ def _read_files(kind: str, paths, source: str) -> ray.data.Dataset:
     if isinstance(paths, list) and not paths:
         raise UsageError(f"{source}: no file matches (fix: check the path and pattern)")
     if kind == "json":
-        return ray.data.read_json(paths, lines=_is_lines(source))
+        return ray.data.read_json(paths, lines=is_lines(source))
     if kind == "parquet":
         return ray.data.read_parquet(paths)
     return ray.data.read_csv(paths)
-
-
-def _looks_local(source: str) -> bool:
-    return (os.path.exists(source) or source.startswith((".", "/", "~")) or any(c in source for c in "*?[")
-            or bool(file_kind(source)) or source.count("/") > 1)
 
 
 def check_source(key: str, source: str) -> None:
@@ -81,7 +72,7 @@ def check_source(key: str, source: str) -> None:
     split (a network call of a second, before Ray starts); ``demo`` and URIs pass."""
     if source in DEMO_SETS or "://" in source:
         return
-    if not _looks_local(source):
+    if not looks_local(source):
         from .hub import hub_files
 
         hub_files(source)
@@ -93,19 +84,3 @@ def check_source(key: str, source: str) -> None:
     elif not os.path.exists(path):
         raise UsageError(f"{key}={source}: file not found (fix: give an existing .jsonl/.json/.parquet/.csv file, "
                          "folder or glob, a hub dataset id, or demo)")
-
-
-def _suffix(path: str) -> str:
-    lower = path.lower()
-    for ext in sorted(_READERS, key=len, reverse=True):
-        if lower.endswith(ext):
-            return ext
-    return ""
-
-
-def file_kind(path: str) -> str | None:
-    return _READERS.get(_suffix(path))
-
-
-def _is_lines(path: str) -> bool:
-    return ".jsonl" in path.lower()

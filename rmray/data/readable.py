@@ -17,13 +17,14 @@ import os
 from rmray.core.demo_data import DEMO_SETS
 from rmray.errors import UsageError
 
+from .kinds import file_kind, is_lines
+
 SCAN_BYTES = 512 * 2**20
 FIRST_LINES = 20
 
 
 def local_files(source: str) -> list[str]:
     """The local files behind ``source`` (a file, folder or glob); [] for hub ids, URIs and ``demo``."""
-    from .read import file_kind
 
     path = os.path.expanduser(source)
     if "://" in source or source in DEMO_SETS:
@@ -31,8 +32,24 @@ def local_files(source: str) -> list[str]:
     if any(c in path for c in "*?["):
         return sorted(f for f in glob.glob(path) if os.path.isfile(f))
     if os.path.isdir(path):
-        return sorted(os.path.join(path, f) for f in os.listdir(path) if file_kind(f))
+        return folder_files(path)
     return [path] if os.path.isfile(path) else []
+
+
+def folder_files(folder: str) -> list[str]:
+    """The data files of a folder, sorted; one line naming the files left out when they are of several
+    kinds. Ray Data reads a dataset with one reader, so a folder of ``a.jsonl`` and ``b.parquet`` would
+    train on one kind and drop the other's rows without a word; every command refuses it the same way."""
+
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if file_kind(f))
+    kinds = sorted({file_kind(f) for f in files})
+    if len(kinds) > 1:
+        first = file_kind(files[0])
+        left_out = [os.path.basename(f) for f in files if file_kind(f) != first]
+        raise UsageError(f"{folder}: holds {' and '.join(kinds)} files, read as one kind only: "
+                         f"{', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''} would be left out "
+                         "(fix: one kind per folder, e.g. move the other files to a folder of their own)")
+    return files
 
 
 def check_readable(source: str, *, parse_lines: bool = True) -> None:
@@ -40,7 +57,6 @@ def check_readable(source: str, *, parse_lines: bool = True) -> None:
 
     ``parse_lines=False`` checks JSON-lines files as text only (UTF-8, whole gzip streams): for
     ``rmray score``, which keeps a line that is not JSON as a row with its reason."""
-    from .read import _is_lines, file_kind
 
     files = local_files(source)
     budget = SCAN_BYTES
@@ -48,12 +64,16 @@ def check_readable(source: str, *, parse_lines: bool = True) -> None:
         kind = file_kind(path)
         if kind == "parquet":
             _check_parquet(path)
-        elif kind == "json" and _is_lines(path):
+        elif kind == "json" and is_lines(path):
             size = os.path.getsize(path)
             _check_json_lines(path, whole=size <= budget, parse=parse_lines)
             budget -= size
         elif kind == "json" and os.path.getsize(path) <= budget:
             _check_json_document(path)
+            budget -= os.path.getsize(path)
+        elif kind == "csv" and os.path.getsize(path) <= budget:
+            _check_first_lines(path, kind)  # names a bad byte's encoding, which the CSV reader may not
+            _check_csv(path)
             budget -= os.path.getsize(path)
         elif kind in ("json", "csv"):
             _check_first_lines(path, kind)
@@ -124,9 +144,26 @@ def _check_parquet(path: str) -> None:
     import pyarrow.parquet as pq
 
     try:
-        pq.read_metadata(path)
+        rows = pq.read_metadata(path).num_rows
     except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a bad footer
         raise UsageError(f"{path}: not a readable Parquet file ({_short(err)}) (fix: re-export it)") from None
+    if rows == 0:
+        raise UsageError(f"{path}: no rows (fix: give a Parquet file with rows, or leave it out)")
+
+
+def _check_csv(path: str) -> None:
+    """The whole file through pyarrow's CSV reader, the one Ray Data uses (an unterminated quote, a row
+    of the wrong width)."""
+    import pyarrow as pa
+    from pyarrow import csv
+
+    try:
+        rows = csv.read_csv(path).num_rows
+    except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as err:
+        raise UsageError(f"{path}: not readable as CSV ({_short(err)}) (fix: repair the quoting or re-export "
+                         "it as UTF-8 CSV with a header row)") from None
+    if rows == 0:
+        raise UsageError(f"{path}: no rows (fix: give a CSV file with a header and rows, or leave it out)")
 
 
 def _short(err: BaseException) -> str:
@@ -164,7 +201,6 @@ def _check_rated(path: str, row: dict, attributes: list[str] | None) -> None:
 def _first_row(path: str) -> dict | None:
     """The first row: its values where a JSON reader gives them, else its column names mapped to None
     (Parquet, CSV); None where it cannot be read cheaply (a huge .json document)."""
-    from .read import _is_lines, file_kind
 
     kind = file_kind(path)
     if kind == "parquet":
@@ -176,7 +212,7 @@ def _first_row(path: str) -> dict | None:
             import csv
 
             return dict.fromkeys(next(csv.reader([f.readline().decode("utf-8")]), []))
-        if _is_lines(path):  # the first line that is a JSON object (rmray score keeps the others as rows)
+        if is_lines(path):  # the first line that is a JSON object (rmray score keeps the others as rows)
             for _, raw in zip(range(FIRST_LINES), f):
                 try:
                     row = json.loads(raw) if raw.strip() else None

@@ -15,10 +15,11 @@ import os
 
 from rmray.core.demo_data import DEMO_SETS
 
+from .kinds import file_kind, is_lines, looks_local
+
 
 def count_rows(source: str) -> int | None:
     """Rows of ``source`` before validation (blank JSON lines are not rows), or None if unknown."""
-    from .read import _is_lines, _looks_local, file_kind
     from .readable import local_files
     from .saved import is_saved_dataset
 
@@ -26,7 +27,7 @@ def count_rows(source: str) -> int | None:
         return len(DEMO_SETS[source]())
     if "://" in source:
         return None
-    if not _looks_local(source):
+    if not looks_local(source):
         return _hub_rows(source)
     path = os.path.expanduser(source)
     if os.path.isdir(path) and is_saved_dataset(path):
@@ -38,7 +39,7 @@ def count_rows(source: str) -> int | None:
             import pyarrow.parquet as pq
 
             total += pq.ParquetFile(file).metadata.num_rows
-        elif kind == "json" and _is_lines(file):
+        elif kind == "json" and is_lines(file):
             total += _lines(file, skip_blank=True)
         elif kind == "csv":
             total += max(0, _lines(file, skip_blank=True) - 1)  # the header

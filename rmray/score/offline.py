@@ -22,9 +22,10 @@ from rmray.core.contract import ensemble_rule
 from rmray.core.files import write_json_atomic
 from rmray.core.scoring import model_name
 from rmray.core.spec import ScoringSpec, check_model_dir
+from rmray.data.kinds import file_kind, is_lines
 from rmray.data.lines import parse_line
 from rmray.data.read import check_source
-from rmray.data.readable import check_columns, check_readable
+from rmray.data.readable import check_columns, check_readable, folder_files
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 
@@ -48,13 +49,11 @@ class ScoreResult:
 
 def list_inputs(source: str) -> list[str | None]:
     """Input files in a stable order; ``[None]`` for sources that are not files (saved datasets, hub ids)."""
-    from rmray.data.read import file_kind
 
     if os.path.isfile(source):
         return [source]
     if os.path.isdir(source):
-        files = sorted(os.path.join(source, f) for f in os.listdir(source) if file_kind(f))
-        return files or [None]
+        return folder_files(source) or [None]
     if any(ch in source for ch in "*?["):
         files = sorted(glob.glob(source))
         if not files:
@@ -118,12 +117,12 @@ def _read(pending: list[tuple[int, str | None]], cfg: "ScoreConfig"):
     import ray
 
     from rmray.data.lines import JsonLinesText
-    from rmray.data.read import _is_lines, file_kind, read_source
+    from rmray.data.read import read_source
 
     if pending[0][1] is None:
         return read_source(cfg.input).map_batches(_tag_all, batch_format="pyarrow", num_cpus=0.25)
     paths = [p for _, p in pending]
-    kinds = {("lines" if _is_lines(p) else file_kind(p)) for p in paths}
+    kinds = {("lines" if is_lines(p) else file_kind(p)) for p in paths}
     if len(kinds) != 1:
         raise ValueError(f"{cfg.input}: mixed file types {sorted(map(str, kinds))}; score each type separately")
     kind = kinds.pop()
