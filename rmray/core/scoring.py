@@ -18,11 +18,12 @@ from typing import Sequence
 import torch
 
 from .collate import pad_sequences
+from .contract import encode_item
 from .formats import Text
 from .model import RewardModel, load_hf_model
 from .packing import PackRule, model_inputs, on_device, pack_for_model, split_shared_prefix
 from .spec import DEFAULT_MAX_BATCH_TOKENS, ScoringSpec
-from .tokenize import Encoded, encode
+from .tokenize import Encoded
 from .tokenizer import load_tokenizer
 
 PAD_SLACK = 1.25  # padded tokens allowed per real token in one forward
@@ -84,11 +85,12 @@ class Scorer:
         return next(self.model.parameters()).device
 
     def encode(self, prompt: Text, response: Text) -> list[int]:
-        return encode(self.tokenizer, self.spec, prompt, response).ids
+        """An item's ids under the scoring contract (:func:`rmray.core.contract.encode_item`)."""
+        return encode_item(self.tokenizer, self.spec, prompt, response).ids
 
     def encode_full(self, prompt: Text, response: Text) -> Encoded:
         """Ids plus whether truncation cut the text (serving flags it back to the caller)."""
-        return encode(self.tokenizer, self.spec, prompt, response)
+        return encode_item(self.tokenizer, self.spec, prompt, response)
 
     def normalize(self, rewards: Sequence[float]) -> list[float] | None:
         return self.spec.normalize(rewards)
