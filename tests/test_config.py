@@ -161,3 +161,56 @@ def test_every_key_is_in_one_group_and_help_lists_them_by_group():
     assert "chaos_kill_at_step" in groups["debug"][1] and "lora_r" in groups["lora"][1]
     text = config_help()
     assert text.index("\nlora: ") < text.index("  lora_r = ") < text.index("\ncheckpoints: ")
+
+
+def _imports_of(path: str, module: str, modules: set[str]) -> set[str]:
+    """The rmray modules ``module`` imports anywhere in its file (function-level imports count)."""
+    import ast
+
+    package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            names = [f"{target}.{a.name}" for a in node.names] + [target]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module and not module.startswith(name + "."):
+                found.add(name)
+    return found
+
+
+def test_no_import_circle_among_rmray_modules():
+    """Imports point one way: a circle (even through an import inside a function) means two modules
+    that should be one, or a rule that belongs in a third both can import."""
+    paths = {}
+    for path in glob.glob(os.path.join(ROOT, "rmray", "**", "*.py"), recursive=True):
+        module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+        paths[module] = path
+    graph = {m: _imports_of(p, m, set(paths)) for m, p in paths.items()}
+    assert "rmray.data.kinds" in graph["rmray.data.read"]  # the parser sees relative imports
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        return any(n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen)) for n in graph[start])
+
+    circles = sorted(m for m in graph if reaches(m, m, set()))
+    assert not circles, f"modules on an import circle: {circles}"
+
+
+def test_one_atomic_write_helper():
+    """Every JSON and text file rmray writes for a reader goes through rmray.core.files (a reader never
+    sees half a file); only whole folders (a model, a Parquet output) are swapped in by their own rename."""
+    allowed = {"core/files.py", "core/export.py", "score/columns.py", "score/select.py"}
+    offenders = []
+    for path in glob.glob(os.path.join(ROOT, "rmray", "**", "*.py"), recursive=True):
+        rel = os.path.relpath(path, os.path.join(ROOT, "rmray"))
+        text = open(path).read()
+        if rel not in allowed and ("os.replace(" in text or "json.dump(" in text):
+            offenders.append(rel)
+    assert not offenders, offenders
