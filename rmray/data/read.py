@@ -40,7 +40,7 @@ def read_source(source: str) -> ray.data.Dataset:
         from .hub import read_hub
 
         return read_hub(source)
-    raise ValueError(
+    raise UsageError(
         f"cannot read {source!r}: expected a .jsonl/.json/.parquet/.csv path or glob, a saved `datasets` folder, "
         "a hub dataset id (online), or 'demo'"
     )

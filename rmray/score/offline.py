@@ -71,7 +71,7 @@ def list_inputs(source: str) -> list[str | None]:
             files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if file_kind(f.path))
             if files:
                 return [f"{scheme}://{f}" for f in files]
-        raise FileNotFoundError(f"{source}: no .jsonl/.json/.parquet/.csv files found there")
+        raise UsageError(f"{source}: no .jsonl/.json/.parquet/.csv files found there (fix: check the URI)")
     return [None]
 
 
@@ -124,7 +124,7 @@ def _read(pending: list[tuple[int, str | None]], cfg: "ScoreConfig"):
     paths = [p for _, p in pending]
     kinds = {("lines" if is_lines(p) else file_kind(p)) for p in paths}
     if len(kinds) != 1:
-        raise ValueError(f"{cfg.input}: mixed file types {sorted(map(str, kinds))}; score each type separately")
+        raise UsageError(f"{cfg.input}: mixed file types {sorted(map(str, kinds))} (fix: score each type separately)")
     kind = kinds.pop()
     # Ray reports paths without a URI scheme; map both spellings.
     index_of = {}

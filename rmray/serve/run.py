@@ -20,9 +20,12 @@ def check_port_free(host: str, port: int) -> None:
     Ray Serve's proxy opens its socket with port reuse, so a second ``rmray serve`` on a taken port would
     start, and the kernel would then split requests between the two servers -- an RL loop would get
     rewards from two models at random. This probe binds without port reuse, which fails on any socket
-    bound there, a Serve proxy's included."""
+    bound there, a Serve proxy's included. It does set ``SO_REUSEADDR``, as every server does: connections
+    a stopped server left in TIME_WAIT (for about a minute, nothing listening) do not count, so a
+    supervisor (systemd ``Restart=``, Kubernetes) restarting ``rmray serve`` on its port is not refused."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as err:

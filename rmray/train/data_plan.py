@@ -159,10 +159,10 @@ def _total_steps(cfg: TrainConfig, n_train: int) -> int:
     batches = math.ceil(per_rank / cfg.per_device_train_batch_size)
     steps_per_epoch = batches // cfg.gradient_accumulation_steps
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise UsageError(
             f"{n_train} train pairs over {cfg.num_workers} workers give {batches} micro-batches per worker per epoch, "
             f"fewer than gradient_accumulation_steps={cfg.gradient_accumulation_steps}: no optimizer step would run. "
-            "Use more data, fewer workers, or a smaller batch size / accumulation."
+            "(fix: more data, fewer workers, or a smaller batch size / accumulation)"
         )
     return cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.num_train_epochs
 

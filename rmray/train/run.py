@@ -224,9 +224,9 @@ def _prepare_output_dir(cfg: TrainConfig) -> None:
     final = os.path.join(cfg.output_dir, "final")
     if os.path.exists(final):
         if not cfg.overwrite_output_dir:
-            raise FileExistsError(
-                f"{final} already holds a trained model. Choose another output_dir, or set overwrite_output_dir=true "
-                "to replace it (its checkpoints and metrics.jsonl are removed)."
+            raise UsageError(
+                f"{final} already holds a trained model (fix: another output_dir, or overwrite_output_dir=true "
+                "to replace it; its checkpoints and metrics.jsonl are removed)"
             )
         for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json", "README.md", "plots", "runs", "consumed", ".chaos_killed", "run_identity.json"):
             path = os.path.join(cfg.output_dir, name)
@@ -246,8 +246,8 @@ def _check_resume_path(cfg: TrainConfig) -> None:
 
     problem = "not found" if not os.path.isdir(path) else checkpoint_problem(path, checksums=False)
     if problem:
-        raise ValueError(f"resume_from_checkpoint={path!r} is not a whole rmray checkpoint: {path}: {problem}. "
-                         "Point it at a checkpoint-NNNNNN folder whose rmray_checkpoint.json is present.")
+        raise UsageError(f"resume_from_checkpoint={path!r} is not a whole rmray checkpoint: {path}: {problem} "
+                         "(fix: point it at a checkpoint-NNNNNN folder whose rmray_checkpoint.json is present)")
 
 
 def _local_run_dir(cfg: TrainConfig) -> str | None:

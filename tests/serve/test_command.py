@@ -107,6 +107,30 @@ def test_rmray_serve_refuses_a_taken_port_before_ray_starts(rm_qwen, tmp_path):
     assert "starting Ray" not in result.stdout
 
 
+def test_a_port_a_stopped_server_left_in_time_wait_is_free_and_a_listened_one_is_not():
+    """A server that answered requests and stopped leaves its connections in TIME_WAIT for about a minute;
+    nothing listens, so a restarted ``rmray serve`` (systemd, Kubernetes) must get the port."""
+    from rmray.errors import UsageError
+    from rmray.serve.run import check_port_free
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    with pytest.raises(UsageError, match=f"port {port}"):
+        check_port_free("127.0.0.1", port)  # listening: taken
+    accepted.close()  # the server side closes first: its end of the connection waits in TIME_WAIT
+    server.close()
+    client.close()
+    with socket.socket() as strict:  # the old probe, without SO_REUSEADDR, still counted it as a server
+        with pytest.raises(OSError):
+            strict.bind(("127.0.0.1", port))
+    check_port_free("127.0.0.1", port)
+
+
 def test_rmray_serve_refuses_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     for path in (str(tmp_path), str(tmp_path / "missing")):
