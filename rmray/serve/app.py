@@ -282,10 +282,26 @@ def _pieces(ids: list[list[int]], budget: int) -> list[list[list[int]]]:
 
 async def _validation_error(request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI's default echoes the offending input, which fails on NaN/Infinity bodies (a 500) and
-    # can be large; the field path and the message are what a client needs.
-    errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-              for e in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": errors})
+    # can be large; the field path and the rule are what a client needs.
+    return JSONResponse(status_code=422, content={"detail": [validation_detail(e) for e in exc.errors()]})
+
+
+def validation_detail(error: dict) -> dict:
+    """One pydantic error as ``{"loc", "msg", "type"}`` naming the field and the rule. A union member's tag
+    in ``loc`` is pydantic's repr of its validators (``function-after[functools.partial(<function
+    max_length_validator at 0x7f...>...``): it becomes ``text`` or ``messages``, and a too-long text says
+    characters, not items."""
+    loc = []
+    for part in error.get("loc", ()):
+        if isinstance(part, str) and ("function-" in part or part == "str"):
+            part = "text"
+        elif isinstance(part, str) and part.startswith("list["):
+            part = "messages" if "Message" in part else "list"
+        loc.append(part)
+    msg, ctx = str(error.get("msg", "")), error.get("ctx") or {}
+    if error.get("type") == "too_long" and loc and loc[-1] == "text":
+        msg = f"text longer than {ctx.get('max_length')} characters ({ctx.get('actual_length')})"
+    return {"loc": loc, "msg": msg, "type": str(error.get("type", ""))}
 
 
 ModelScorer = serve.deployment(name="scorer")(_ModelScorer)

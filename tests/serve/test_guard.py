@@ -199,3 +199,25 @@ def test_sustained_load_scales_the_scorers_up_and_every_request_is_answered(serv
             c.result()
     assert counts[-1] == 2 and max(counts) == 2, f"replicas {counts} after {len(statuses)} requests"
     assert len(statuses) > scaled_after and set(statuses) == {200}, sorted(set(statuses))
+
+
+def test_error_bodies_name_the_field_and_the_rule_never_a_validator_repr():
+    """A body at the text limit once got ``function-after[functools.partial(<function max_length_validator
+    at 0x7eff...>`` as the field's name."""
+    from pydantic import ValidationError
+
+    from rmray.serve.app import validation_detail
+    from rmray.serve.schemas import MAX_TEXT_CHARS, ScoreRequest
+
+    for body in ({"prompt": "x" * (MAX_TEXT_CHARS + 1), "response": "y"}, {"items": [{"prompt": "a", "response": 5}]}):
+        with pytest.raises(ValidationError) as caught:
+            ScoreRequest.model_validate(body)
+        details = [validation_detail(e) for e in caught.value.errors()]
+        text = json.dumps(details)
+        assert "function" not in text and "0x" not in text and "partial" not in text, text
+        assert {tuple(d["loc"]) for d in details} >= ({("prompt", "text")} if "prompt" in body
+                                                       else {("items", 0, "response", "text")})
+    assert details[0]["msg"] == "Input should be a valid string"
+    long = [validation_detail(e) for e in pytest.raises(ValidationError, ScoreRequest.model_validate,
+                                                       {"prompt": "x" * (MAX_TEXT_CHARS + 1), "response": "y"}).value.errors()]
+    assert long[0]["msg"] == f"text longer than {MAX_TEXT_CHARS} characters ({MAX_TEXT_CHARS + 1})"
