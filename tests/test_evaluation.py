@@ -62,3 +62,52 @@ def test_ranking_metrics_on_hand_worked_groups():
     assert both["groups"] == 3 and both["pair_accuracy"] == pytest.approx(3 / 7)  # the flat group: no pair right
     assert both["kendall_tau"] == pytest.approx(0.0)  # (1 + -1) / 2: the flat group has no defined tau
     assert both["top1_accuracy"] == pytest.approx(1 / 3)  # a tie for the highest reward is not a top-1 hit
+
+
+def test_length_bias_on_hand_worked_pairs():
+    """The docstring's example, and Spearman worked by hand: rewards 2, 1, 0, 1, 1, 0 at lengths
+    10, 5, 3, 8, 4, 4. Reward ranks 6, 4, 1.5, 4, 4, 1.5; length ranks 6, 4, 1, 5, 2.5, 2.5. Deviations
+    from the mean rank 3.5: rewards (2.5, .5, -2, .5, .5, -2), lengths (2.5, .5, -2.5, 1.5, -1, -1); their
+    products sum to 6.25 + .25 + 5 + .75 - .5 + 2 = 13.75; the squares sum to 15 and 17, so
+    rho = 13.75 / sqrt(15 * 17) = 0.8611."""
+    from rmray.core.evaluation import length_bias
+
+    pairs = [(2, 1, 10, 5), (0, 1, 3, 8), (1, 0, 4, 4)]
+    responses = [(2, 10), (1, 5), (0, 3), (1, 8), (1, 4), (0, 4)]
+    bias = length_bias(pairs, responses)
+    assert bias["longer_wins_accuracy"] == 0.5
+    assert bias["accuracy_when_chosen_longer"] == 1.0 and bias["accuracy_when_chosen_shorter"] == 0.0
+    assert (bias["pairs_chosen_longer"], bias["pairs_chosen_shorter"]) == (1, 1)
+    assert bias["spearman_reward_length"] == pytest.approx(13.75 / math.sqrt(15 * 17), abs=1e-12)
+    assert bias["mean_length_chosen"] == pytest.approx(17 / 3) and bias["mean_length_rejected"] == pytest.approx(17 / 3)
+    flat = length_bias([(1, 0, 3, 3)], [(1, 3), (0, 3)])  # one length: no correlation, no longer side
+    assert flat["spearman_reward_length"] is None and flat["longer_wins_accuracy"] == 0.5
+    assert flat["accuracy_when_chosen_longer"] is None
+
+
+def test_eval_rows_carry_their_responses_lengths_in_tokens(rm_qwen):
+    """``rmray eval``'s batch worker (no Ray): each response's length is its text tokenized alone; a rated
+    row's pairs are its pairs of different ratings, the better one as chosen."""
+    import pyarrow as pa
+    from transformers import AutoTokenizer
+
+    from rmray.score.batch import PairScorer
+    from rmray.score.evaluate import _lengths
+    from rmray.score.settings import EvalConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(rm_qwen)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    rows = [{"prompt": "Q: why?", "chosen": " Because the sky scatters blue light more.", "rejected": " No.",
+             "responses": None, "ratings": None},
+            {"prompt": "Q: name a fruit", "chosen": None, "rejected": None,
+             "responses": [" apple", " a red apple from the tree", " ok"], "ratings": [2.0, 1.0, 0.0]}]
+    out = PairScorer(EvalConfig(model_dir=rm_qwen, data="rows"))(pa.Table.from_pylist(rows))
+    assert out.column("score_error").to_pylist() == [None, None]
+    lengths = out.column("lengths").to_pylist()
+    assert lengths == [[count(rows[0]["chosen"]), count(rows[0]["rejected"])],
+                       [count(" apple"), count(" a red apple from the tree"), count(" ok")]]
+    pairs, responses = _lengths([out])
+    assert len(pairs) == 1 + 3 and len(responses) == 2 + 3
+    g = out.column("group_rewards").to_pylist()[1]
+    assert pairs[1:] == [(g[0], g[1], lengths[1][0], lengths[1][1]), (g[0], g[2], lengths[1][0], lengths[1][2]),
+                         (g[1], g[2], lengths[1][1], lengths[1][2])]

@@ -65,6 +65,13 @@ def encode_query(tokenizer, spec: ScoringSpec, query: str, prompt: str | None = 
     return encode_text(tokenizer, spec, query, prompt_chars=len(prompt) if prefix else None)
 
 
+def response_length(tokenizer, response) -> int:
+    """A response's length in the model's tokens: its text (a message list: its contents) tokenized alone,
+    without special tokens. The length every length-bias figure (``rmray eval``) counts in."""
+    text = response if isinstance(response, str) else "".join(m.get("content") or "" for m in response)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+
 def ensemble_rule(specs: Sequence[ScoringSpec], requested: str = "normalized") -> str:
     """The rule an ensemble combines by: ``normalized`` when asked and every model carries its eval-set
     mean/std, else ``raw``. Every consumer states the rule it used."""

@@ -183,6 +183,40 @@ def attribute_metrics(rows: Sequence[tuple[Sequence[Sequence[float]], Sequence[S
     return out
 
 
+def length_bias(pairs: Sequence[tuple[float, float, int, int]], responses: Sequence[tuple[float, int]]) -> dict:
+    """Does the model reward length? ``pairs`` are (chosen reward, rejected reward, chosen length, rejected
+    length); ``responses`` every scored response once as (reward, length in tokens).
+
+    - ``spearman_reward_length``: rank correlation of reward with length over ``responses``;
+    - ``longer_wins_accuracy``: the accuracy of "pick the longer response" on the same pairs (equal lengths
+      count 1/2) -- the heuristic a reward model must beat to have learned more than length;
+    - ``accuracy_when_chosen_longer`` / ``_shorter``: the model's accuracy on the pairs whose chosen response
+      is longer / shorter (None without such pairs). A large gap means length, not content, decides.
+
+    Worked example: pairs (2, 1, 10, 5), (0, 1, 3, 8), (1, 0, 4, 4): the longer response is chosen in the
+    first, rejected in the second, a tie in the third, so longer-wins = (1 + 0 + 0.5) / 3 = 0.5; the model
+    is right on the first (chosen longer: 1/1) and wrong on the second (chosen shorter: 0/1).
+    """
+    longer = [1.0 if lc > lr else 0.0 if lc < lr else 0.5 for _, _, lc, lr in pairs]
+    when_longer = [rc > rr for rc, rr, lc, lr in pairs if lc > lr]
+    when_shorter = [rc > rr for rc, rr, lc, lr in pairs if lc < lr]
+    rewards, lengths = [r for r, _ in responses], [n for _, n in responses]
+    return {
+        "spearman_reward_length": _finite(_spearman(rewards, lengths)) if len(responses) > 1 else None,
+        "longer_wins_accuracy": sum(longer) / len(longer) if longer else None,
+        "accuracy_when_chosen_longer": sum(when_longer) / len(when_longer) if when_longer else None,
+        "accuracy_when_chosen_shorter": sum(when_shorter) / len(when_shorter) if when_shorter else None,
+        "pairs_chosen_longer": len(when_longer), "pairs_chosen_shorter": len(when_shorter),
+        "mean_length_chosen": sum(lc for *_, lc, _ in pairs) / len(pairs) if pairs else None,
+        "mean_length_rejected": sum(lr for *_, lr in pairs) / len(pairs) if pairs else None,
+    }
+
+
+def _finite(x: float) -> float | None:
+    """None for NaN (a constant column has no rank correlation; JSON has no NaN)."""
+    return None if math.isnan(x) else x
+
+
 def ensemble(per_model: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
     """Per item: mean over models and their disagreement (population std)."""
     means, stds = [], []

@@ -31,6 +31,18 @@ def reward_histograms(chosen: Sequence[float], rejected: Sequence[float], path: 
     return _save(fig, path)
 
 
+def reward_vs_length(responses: Sequence[tuple[float, int]], bias: dict, path: str) -> str:
+    """Each scored response's reward against its length in tokens: a rising cloud is a model that pays
+    for length, the first thing a policy learns to exploit."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    ax.scatter([n for _, n in responses], [r for r, _ in responses], s=8, alpha=0.5, color=CHOSEN)
+    rho, longer = bias.get("spearman_reward_length"), bias.get("longer_wins_accuracy")
+    ax.set_title("Reward vs response length" + (f" (Spearman {rho:.2f})" if rho is not None else ""))
+    ax.set_xlabel("response length (tokens)" + (f"; 'pick the longer' accuracy {longer:.2f}" if longer is not None else ""))
+    ax.set_ylabel("reward")
+    return _save(fig, path)
+
+
 def calibration_curve(bins: Sequence[dict], ece: float, path: str) -> str:
     fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=110)
     ax.plot([0.5, 1.0], [0.5, 1.0], color="#999", linestyle="--", label="perfectly calibrated")

@@ -10,7 +10,7 @@ import json
 
 import pyarrow as pa
 
-from rmray.core.contract import check_item, combine, encode_item, ensemble_rule, split_attributes
+from rmray.core.contract import check_item, combine, encode_item, ensemble_rule, response_length, split_attributes
 from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
 from rmray.core.scoring import Scorer, model_name
 from rmray.core.tokenize import encode, encode_pair
@@ -141,9 +141,10 @@ class PairScorer:
         ratings: list[list[float] | None] = [None] * n
         targets: list[list[list[float]] | None] = [None] * n
         encoded: list[list | None] = [None] * n  # per row: each model's sequences
+        lengths: list[list[int] | None] = [None] * n  # per row: its responses' lengths in tokens
         for i, row in enumerate(rows):
             try:
-                encoded[i], ratings[i], targets[i] = self._encode(row)
+                encoded[i], ratings[i], targets[i], lengths[i] = self._encode(row)
             except BadRow as err:
                 errors[i] = f"{err.field or 'row'}: {err}"
             except ValueError as err:
@@ -171,20 +172,23 @@ class PairScorer:
                          "group_ratings": pa.array(ratings, pa.list_(pa.float64())),
                          "attribute_scores": pa.array(predicted, pa.list_(pa.list_(pa.float64()))),
                          "attribute_ratings": pa.array(targets, pa.list_(pa.list_(pa.float64()))),
+                         "lengths": pa.array(lengths, pa.list_(pa.int64())),
                          "id": pa.array(text("id"), pa.string()),
                          "subset": pa.array(text("subset"), pa.string()), "score_error": pa.array(errors, pa.string())})
 
-    def _encode(self, row: dict) -> tuple[list[list[list[int]]], list[float] | None, list[list[float]] | None]:
+    def _encode(self, row: dict) -> tuple[list, list[float] | None, list[list[float]] | None, list[int]]:
         """Per model, a pair's two sequences or a rated row's K sequences; the ratings and, for a
-        per-attribute model, the ratings per attribute ([K][A]) when the row gives them."""
+        per-attribute model, the ratings per attribute ([K][A]) when the row gives them; the responses'
+        lengths in the first model's tokens (:func:`rmray.core.contract.response_length`)."""
         fmt = self.data_format or detect_format(row)
+        tokenizer = self.scorers[0].tokenizer
         if fmt == "rated":
             group = read_group(row, self.specs[0].weights_by_attribute())
             ids = [[encode(s.tokenizer, s.spec, group.prompt, r).ids for r in group.responses] for s in self.scorers]
-            return ids, group.ratings, group.attributes
+            return ids, group.ratings, group.attributes, [response_length(tokenizer, r) for r in group.responses]
         pair = normalize_row(row, fmt, empty_responses=True)
         ids = []
         for s in self.scorers:
             enc = encode_pair(s.tokenizer, s.spec, pair)
             ids.append([enc.chosen_ids, enc.rejected_ids])
-        return ids, None, None
+        return ids, None, None, [response_length(tokenizer, pair.chosen), response_length(tokenizer, pair.rejected)]

@@ -8,7 +8,7 @@ import os
 import sys
 
 from rmray.core.contract import ensemble_rule
-from rmray.core.evaluation import attribute_metrics, preference_metrics, ranking_metrics
+from rmray.core.evaluation import attribute_metrics, length_bias, preference_metrics, ranking_metrics
 from rmray.core.files import write_text_atomic
 from rmray.core.spec import ScoringSpec, check_model_dir
 from rmray.errors import UsageError
@@ -50,9 +50,14 @@ def evaluate(cfg: EvalConfig) -> dict:
     if len(specs) > 1:
         metrics.update({"models": [os.path.abspath(d) for d in cfg.model_dirs],
                         "ensemble": ensemble_rule(specs, cfg.ensemble)})
+    pairs, responses = _lengths(rows)
+    metrics["length_bias"] = bias = length_bias(pairs, responses)
     _print_summary(metrics, groups, attributed, specs[0], errors)
+    print(f"rmray eval: length bias: Spearman(reward, length) {_fmt(bias['spearman_reward_length'])}, "
+          f"'pick the longer' accuracy {_fmt(bias['longer_wins_accuracy'])}; accuracy when chosen is longer "
+          f"{_fmt(bias['accuracy_when_chosen_longer'])}, shorter {_fmt(bias['accuracy_when_chosen_shorter'])}")
     if cfg.output:
-        write_report(metrics, chosen, rejected, cfg.output, train_dir=cfg.train_dir)
+        write_report(metrics, chosen, rejected, cfg.output, train_dir=cfg.train_dir, responses=responses)
         write_rewards(rows, os.path.join(cfg.output, "rewards.jsonl"))
         print(f"rmray eval: report in {os.path.join(cfg.output, 'report.html')}", file=sys.stderr)
     return metrics
@@ -74,6 +79,27 @@ def _print_summary(metrics: dict, groups: list, attributed: list, spec: ScoringS
           + (f" (calibrated: {metrics['calibrated_ece']:.3f} at temperature {temperature:.3f})"
              if metrics.get("calibrated_ece") is not None and temperature else "")
           + (f"; {len(errors)} rows skipped (e.g. {errors[0]})" if errors else ""))
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _lengths(batches: list) -> tuple[list[tuple[float, float, int, int]], list[tuple[float, int]]]:
+    """(chosen reward, rejected reward, chosen length, rejected length) per pair -- a rated group's pairs
+    of different ratings, the better one as chosen -- and (reward, length) per scored response."""
+    pairs, responses = [], []
+    columns = ("chosen_reward", "rejected_reward", "group_rewards", "group_ratings", "lengths", "score_error")
+    for batch in batches:
+        for c, r, g, ratings, lengths, error in zip(*(batch.column(k).to_pylist() for k in columns)):
+            if error is not None:
+                continue
+            rewards = [c, r] if g is None else g
+            responses += list(zip(rewards, lengths))
+            order = [(0, 1)] if g is None else [(i, j) for i in range(len(g)) for j in range(len(g))
+                                                if ratings[i] > ratings[j]]
+            pairs += [(rewards[i], rewards[j], lengths[i], lengths[j]) for i, j in order]
+    return pairs, responses
 
 
 def write_rewards(batches: list, path: str) -> None:
@@ -121,11 +147,15 @@ def _collect(scored: list) -> tuple[list, list, list, list, list, list]:
     return chosen, rejected, subsets, groups, errors, attributed
 
 
-def write_report(metrics: dict, chosen, rejected, output: str, *, train_dir: str | None = None) -> None:
+def write_report(metrics: dict, chosen, rejected, output: str, *, train_dir: str | None = None,
+                 responses: list | None = None) -> None:
     os.makedirs(output, exist_ok=True)
     figures = [plots.reward_histograms(chosen, rejected, os.path.join(output, "reward_histograms.png")),
                plots.calibration_curve(metrics["calibration_bins"], metrics["ece"],
                                        os.path.join(output, "calibration.png"))]
+    if responses:
+        figures.append(plots.reward_vs_length(responses, metrics["length_bias"],
+                                              os.path.join(output, "reward_vs_length.png")))
     metrics_file = os.path.join(train_dir, "metrics.jsonl") if train_dir else None
     if metrics_file and os.path.exists(metrics_file):
         figures.append(plots.training_curves(metrics_file, os.path.join(output, "training_curves.png")))
