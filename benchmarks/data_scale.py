@@ -34,7 +34,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from rmray.config import TrainConfig  # noqa: E402
+from rmray.config import DataConfig, TrainConfig  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HH = os.path.join(HERE, "..", "..", "shared", "data", "hh-rlhf-harmless-dev.jsonl.gz")
@@ -91,7 +91,6 @@ class StorePeak:
 
 def run_one(size: int, model: str, data_dir: str, out_dir: str, path: str, store_mb: int) -> dict:
     """One training run in this process (the driver being measured)."""
-    from rmray.config import TrainConfig
     from rmray.ray_env import init_ray
     from rmray.train.metrics_log import read_metrics
     from rmray.train.run import train
@@ -119,7 +118,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--path", choices=["stream", "whole"], default="stream",
                         help="stream: train while rows are read and tokenized; whole: read and tokenize every row first")
-    parser.add_argument("--object-store-mb", type=int, default=TrainConfig.data_object_store_mb,
+    parser.add_argument("--object-store-mb", type=int, default=DataConfig.data_object_store_mb,
                         help="data_object_store_mb: the stream's read-ahead budget (0: Ray Data's default)")
     parser.add_argument("--child", nargs=6, metavar=("SIZE", "MODEL", "DATA", "OUT", "PATH", "MB"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -160,7 +160,7 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     device = torch.device(args.device)
     cfg = load_config(None, ["learning_rate=1e-5", f"bf16={args.bf16}", *args.set])
     model = RewardModel(load_hf_model(model_dir, pad_token_id=tok.pad_token_id),
-                        last_layer_readout_only=cfg.last_layer_readout_only).to(device)
+                        last_layer_readout_only=cfg.speed.last_layer_readout_only).to(device)
     causal = model.readout == "last_token"
     layout = Layout(choose_layout(True, True, causal), causal=causal, pad_token_id=tok.pad_token_id,
                     attention_ratio=6.0 * model.hf_model.config.hidden_size, segments=model.segments_ok)

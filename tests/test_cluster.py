@@ -78,13 +78,11 @@ def _alive_nodes(dash: int) -> int:
 
 def _as_overrides(cfg) -> list[str]:
     """The keys where ``cfg`` differs from the defaults, as a job's ``key=value`` arguments (JSON is YAML)."""
-    import dataclasses
 
     from rmray.config import TrainConfig
 
-    defaults = TrainConfig()
-    return [f"{f.name}={json.dumps(getattr(cfg, f.name))}" for f in dataclasses.fields(cfg)
-            if getattr(cfg, f.name) != getattr(defaults, f.name)]
+    defaults = TrainConfig().flat()
+    return [f"{key}={json.dumps(value)}" for key, value in cfg.flat().items() if value != defaults[key]]
 
 
 @pytest.mark.timeout(600)
@@ -130,11 +128,11 @@ def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(refer
         for folder in temp_dirs:
             shutil.rmtree(folder, ignore_errors=True)
     one_node = reference_run["result"].summary
-    two_nodes = next(r for r in read_metrics(two.output_dir) if r.get("event") == "summary")
+    two_nodes = next(r for r in read_metrics(two.checkpoints.output_dir) if r.get("event") == "summary")
     assert two_nodes["steps"] == one_node["steps"] == 8
     assert two_nodes["train_pairs"] == one_node["train_pairs"]
     assert two_nodes["eval_accuracy"] == one_node["eval_accuracy"]
     assert two_nodes["eval_loss"] == pytest.approx(one_node["eval_loss"], abs=1e-4)
     assert two_nodes["eval_loss"] < 0.6 and one_node["eval_loss"] < 0.6  # both trained (0.69 untrained)
-    scorer = Scorer.load(os.path.join(two.output_dir, "final"))
+    scorer = Scorer.load(os.path.join(two.checkpoints.output_dir, "final"))
     assert len(scorer.score(["How do I keep basil fresh?"], [" Keep it in water."])) == 1

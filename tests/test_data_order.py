@@ -25,7 +25,7 @@ def eval_ids(cfg: TrainConfig) -> tuple[set, list]:
     from rmray.train.data_plan import prepare_data
     from rmray.train.run import _model_facts
 
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    os.makedirs(cfg.checkpoints.output_dir, exist_ok=True)
     data = prepare_data(cfg, *_model_facts(cfg), stream=True)
     evals = [i for batch in eval_batches(data.stream, 0, 16) for i in batch["row_id"]]
     train = [i for window in rank_windows(data.stream, "a/0", 0) for i in window["row_id"]]

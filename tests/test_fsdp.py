@@ -28,8 +28,8 @@ def test_fsdp_run_with_a_kill_matches_ddp(reference_run, tiny_qwen, tmp_path):
                                 max_failures=1, max_tokens_per_batch=150)
     fsdp = train(fsdp_cfg)
 
-    assert os.path.exists(os.path.join(fsdp_cfg.output_dir, ".chaos_killed"))  # the kill really happened
-    resumes = [r for r in read_metrics(fsdp_cfg.output_dir) if r.get("event") == "resume"]
+    assert os.path.exists(os.path.join(fsdp_cfg.checkpoints.output_dir, ".chaos_killed"))  # the kill really happened
+    resumes = [r for r in read_metrics(fsdp_cfg.checkpoints.output_dir) if r.get("event") == "resume"]
     assert [r["step"] for r in resumes] == [2]  # re-sharded from the full checkpoint of step 2
     assert fsdp.summary["steps"] == ddp.summary["steps"] == 8
 

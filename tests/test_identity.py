@@ -12,7 +12,7 @@ from rmray.train.identity import IDENTITY_FILE, check_or_record
 
 def _interrupted_run(tmp_path, cfg: TrainConfig) -> str:
     """What a run killed after its checkpoint 10 leaves: its identity and a checkpoint folder."""
-    run_dir = os.path.join(cfg.output_dir, "ray")
+    run_dir = os.path.join(cfg.checkpoints.output_dir, "ray")
     check_or_record(cfg, run_dir)
     os.makedirs(os.path.join(run_dir, "checkpoint-000010"))
     return run_dir
@@ -24,7 +24,7 @@ def test_another_run_into_an_unfinished_folder_is_refused_naming_what_differs(tm
     (tmp_path / "other.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
     demo = TrainConfig(train_data="demo", output_dir=str(tmp_path / "out"), max_steps=40, save_steps=5)
     run_dir = _interrupted_run(tmp_path, demo)
-    other = TrainConfig(train_data=str(tmp_path / "other.jsonl"), output_dir=demo.output_dir, max_steps=12,
+    other = TrainConfig(train_data=str(tmp_path / "other.jsonl"), output_dir=demo.checkpoints.output_dir, max_steps=12,
                         learning_rate=1e-3)
     with pytest.raises(UsageError) as err:
         train(other)
@@ -32,12 +32,12 @@ def test_another_run_into_an_unfinished_folder_is_refused_naming_what_differs(tm
     for key in ("train_data", "max_steps", "learning_rate", "fix: another output_dir"):
         assert key in message, message
     assert "save_steps" not in message  # cadence may change across a resume
-    assert json.load(open(os.path.join(demo.output_dir, IDENTITY_FILE)))["max_steps"] == 40  # untouched
+    assert json.load(open(os.path.join(demo.checkpoints.output_dir, IDENTITY_FILE)))["max_steps"] == 40  # untouched
 
-    check_or_record(TrainConfig(train_data="demo", output_dir=demo.output_dir, max_steps=40, save_steps=10,
+    check_or_record(TrainConfig(train_data="demo", output_dir=demo.checkpoints.output_dir, max_steps=40, save_steps=10,
                                 logging_steps=3), run_dir)  # the same run with other cadences: resumes
     check_or_record(TrainConfig(**{**other.__dict__, "resume_other_run": True}), run_dir)  # asked for
-    assert json.load(open(os.path.join(demo.output_dir, IDENTITY_FILE)))["max_steps"] == 12
+    assert json.load(open(os.path.join(demo.checkpoints.output_dir, IDENTITY_FILE)))["max_steps"] == 12
 
 
 def test_changed_data_contents_count_as_another_run(tmp_path):
@@ -55,7 +55,7 @@ def test_a_key_added_since_the_run_started_counts_as_its_default(tmp_path):
     another one: the missing key is read as its default, not as a difference."""
     cfg = TrainConfig(train_data="demo", output_dir=str(tmp_path / "out"), max_steps=4)
     run_dir = _interrupted_run(tmp_path, cfg)
-    path = os.path.join(cfg.output_dir, IDENTITY_FILE)
+    path = os.path.join(cfg.checkpoints.output_dir, IDENTITY_FILE)
     saved = json.load(open(path))
     del saved["loss"]
     json.dump(saved, open(path, "w"))

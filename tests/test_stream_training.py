@@ -35,7 +35,7 @@ def test_a_streamed_run_trains_the_pairs_and_metrics_of_the_run_that_reads_every
     from rmray.train.run import train
 
     streamed = reference_run["cfg"]
-    assert streamed.stream_data  # the default
+    assert streamed.data.stream_data  # the default
     whole = train(reference_config(tiny_qwen, str(tmp_path / "whole"), cpus_per_worker=1.0, log_consumed_pairs=True,
                                    eval_steps=2, metric_for_best_model="eval_loss", greater_is_better=True,
                                    save_total_limit=2))
@@ -47,9 +47,9 @@ def test_a_streamed_run_trains_the_pairs_and_metrics_of_the_run_that_reads_every
     actor_classes = {a["ActorClassName"] for a in ray._private.state.actors().values()}
     assert "TrainController" in actor_classes and "PreemptionWatcher" not in actor_classes
     for rank in range(2):
-        assert ([r["row_ids"] for r in consumed(streamed.output_dir, rank)]
+        assert ([r["row_ids"] for r in consumed(streamed.checkpoints.output_dir, rank)]
                 == [r["row_ids"] for r in consumed(whole.output_dir, rank)])
-    a, b = train_losses(streamed.output_dir), train_losses(whole.output_dir)
+    a, b = train_losses(streamed.checkpoints.output_dir), train_losses(whole.output_dir)
     assert [s for s, *_ in a] == list(range(1, 9)) and [s for s, *_ in b] == list(range(1, 9))
     assert [x for row in a for x in row] == pytest.approx([x for row in b for x in row], rel=1e-6)
     assert whole.summary["eval_accuracy"] == pytest.approx(reference_run["result"].summary["eval_accuracy"])
@@ -65,13 +65,13 @@ def test_a_streamed_run_trains_the_pairs_and_metrics_of_the_run_that_reads_every
 
 def test_files_of_uneven_sizes_keep_the_ranks_in_step_and_every_row_trains_once(uneven_lora_run):
     cfg, rows, result = uneven_lora_run["cfg"], uneven_lora_run["rows"], uneven_lora_run["result"]
-    logs = [consumed(cfg.output_dir, rank) for rank in range(2)]
+    logs = [consumed(cfg.checkpoints.output_dir, rank) for rank in range(2)]
     assert len(logs[0]) == len(logs[1]) == 13  # 50 rows per rank: windows of 12, 12, 12, 12, 2 rows
     trained = [i for log in logs for batch in log for i in batch["row_ids"]]
     assert len(trained) == len(set(trained)) == 100
     assert set(trained) == {r["id"] for r in rows[:100]}  # the order rule's cut: the last row waits
     assert result.summary["steps"] == 13
-    with open(os.path.join(cfg.output_dir, "data_report.json")) as f:
+    with open(os.path.join(cfg.checkpoints.output_dir, "data_report.json")) as f:
         report = json.load(f)[0]
     assert (report["rows_read"], report["rows_kept"]) == (101, 101)  # counted as the rows passed
 
@@ -88,4 +88,4 @@ def test_a_bad_row_met_mid_stream_stops_the_run_naming_it_and_writes_no_model(ra
                            on_bad_row="error", save_steps=None)
     with pytest.raises(UsageError, match=r"part-0.jsonl:71.*chosen.*on_bad_row=skip"):
         train(cfg)
-    assert not os.path.exists(os.path.join(cfg.output_dir, "final"))
+    assert not os.path.exists(os.path.join(cfg.checkpoints.output_dir, "final"))

@@ -45,15 +45,15 @@ def test_resume_from_path_or_by_a_new_driver_and_damaged_checkpoint_is_refused(r
     from rmray.train.run import train
 
     first, store = reference_run["cfg"], reference_run["store"]
-    assert glob.glob(os.path.join(first.output_dir, "runs", "events.out.tfevents.*"))  # TensorBoard sink
-    assert not os.path.exists(os.path.join(first.output_dir, "ray"))  # checkpoints went to the URI
+    assert glob.glob(os.path.join(first.checkpoints.output_dir, "runs", "events.out.tfevents.*"))  # TensorBoard sink
+    assert not os.path.exists(os.path.join(first.checkpoints.output_dir, "ray"))  # checkpoints went to the URI
     kept = sorted(os.path.basename(k) for k in glob.glob(os.path.join(store, "ray", "checkpoint-*")))
     assert kept == ["checkpoint-000006", "checkpoint-000008"]  # save_total_limit=2 of 2, 4, 6, 8
     assert os.path.exists(store / "final" / "model.safetensors") and os.path.exists(store / "metrics.jsonl")
     ckpt = os.path.join(store, "ray", "checkpoint-000006")
     resumed = reference_config(tiny_qwen, str(tmp_path / "resumed"), resume_from_checkpoint=f"file://{ckpt}")
     result = train(resumed)
-    assert [r["step"] for r in events(resumed.output_dir, "resume")] == [6]
+    assert [r["step"] for r in events(resumed.checkpoints.output_dir, "resume")] == [6]
     assert result.summary["steps"] == 8
 
     # A run folder whose newest checkpoint was cut short, resumed by a new driver process: the cut one
@@ -71,7 +71,7 @@ def test_resume_from_path_or_by_a_new_driver_and_damaged_checkpoint_is_refused(r
                for w in events(crashed, "warning"))
     assert os.path.exists(crashed / "final" / "model.safetensors")
     for rank in (0, 1):
-        reference = [x for x in consumed(first.output_dir, rank) if x["kind"] == "trained"]
+        reference = [x for x in consumed(first.checkpoints.output_dir, rank) if x["kind"] == "trained"]
         log = consumed(str(crashed), rank)
         assert {x["started_at_step"] for x in log} == {6}
         assert [x["row_ids"] for x in log if x["kind"] == "skipped"] == [x["row_ids"] for x in reference[:6]]
@@ -105,12 +105,12 @@ def test_early_stopping_and_reward_collapse_warning(ray_cluster, tiny_qwen, tmp_
     cfg = reference_config(str(flat), str(tmp_path / "stop"), learning_rate=1e-9, max_steps=40, eval_steps=2,
                            save_steps=None, early_stopping_patience=2, early_stopping_threshold=1e-3)
     result = train(cfg)
-    warnings = events(cfg.output_dir, "warning")
+    warnings = events(cfg.checkpoints.output_dir, "warning")
     assert any(w["kind"] == "reward_collapse" for w in warnings)
-    stop = events(cfg.output_dir, "early_stop")
+    stop = events(cfg.checkpoints.output_dir, "early_stop")
     assert len(stop) == 1 and stop[0]["step"] == 6  # evals at 2 (best), 4 and 6 without improvement
     assert result.summary["steps"] == 6
-    evals = [r for r in read_metrics(cfg.output_dir) if "eval_accuracy" in r and "event" not in r]
+    evals = [r for r in read_metrics(cfg.checkpoints.output_dir) if "eval_accuracy" in r and "event" not in r]
     assert [r["step"] for r in evals] == [2, 4, 6]
     json.dumps(warnings)  # records are plain JSON
 
@@ -143,17 +143,17 @@ def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undistu
     cfg = reference_config(tiny_qwen, str(tmp_path / "chaos"), chaos_kill_at_step=[3, 6], chaos_damage_checkpoint=4,
                            max_failures=2, save_total_limit=3, log_consumed_pairs=True)
     result = train(cfg)
-    with open(os.path.join(cfg.output_dir, ".chaos_killed")) as f:
+    with open(os.path.join(cfg.checkpoints.output_dir, ".chaos_killed")) as f:
         assert f.read().split() == ["3", "6"]  # both kills happened
-    assert [r["step"] for r in events(cfg.output_dir, "resume")] == [2, 2]
+    assert [r["step"] for r in events(cfg.checkpoints.output_dir, "resume")] == [2, 2]
     assert any(w["kind"] == "bad_checkpoint" and "checkpoint-000004" in w["message"]
-               for w in events(cfg.output_dir, "warning"))
-    assert result.summary["steps"] == 8 and len(events(cfg.output_dir, "summary")) == 1
+               for w in events(cfg.checkpoints.output_dir, "warning"))
+    assert result.summary["steps"] == 8 and len(events(cfg.checkpoints.output_dir, "summary")) == 1
     assert os.path.exists(os.path.join(result.final_model_dir, "model.safetensors"))
     # Every checkpoint Ray's manager still lists is on disk and whole: a re-reached step written into
     # the damaged checkpoint's folder was deleted with it when pruning dropped the old one, leaving a
     # listed checkpoint without files (a new driver refuses such a run folder as corrupted).
-    snapshot, = glob.glob(os.path.join(cfg.output_dir, "**", "checkpoint_manager_snapshot.json"), recursive=True)
+    snapshot, = glob.glob(os.path.join(cfg.checkpoints.output_dir, "**", "checkpoint_manager_snapshot.json"), recursive=True)
     with open(snapshot) as f:
         listed = [r["checkpoint_dir_name"] for r in json.load(f)["checkpoint_results"]]
     assert len(listed) == 3
@@ -161,7 +161,7 @@ def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undistu
         assert os.path.exists(os.path.join(os.path.dirname(snapshot), name, "rmray_checkpoint.json")), name
 
     # the restarted workers logged every step from the one after the checkpoint on, and the model scores
-    train_steps = [r["step"] for r in read_metrics(cfg.output_dir) if "loss" in r and "event" not in r]
+    train_steps = [r["step"] for r in read_metrics(cfg.checkpoints.output_dir) if "loss" in r and "event" not in r]
     assert train_steps[-6:] == [3, 4, 5, 6, 7, 8]
     assert len(Scorer.load(result.final_model_dir).score(["Q:"], [" A."])) == 1
 
@@ -170,7 +170,7 @@ def test_kills_and_a_damaged_checkpoint_in_one_run_still_finish_with_the_undistu
     assert result.summary["train_tokens"] == reference.summary["train_tokens"]
     assert result.summary["train_pairs"] == reference.summary["train_pairs"]
     for rank in (0, 1):
-        got, want = effective_batches(cfg.output_dir, rank), effective_batches(reference.output_dir, rank)
+        got, want = effective_batches(cfg.checkpoints.output_dir, rank), effective_batches(reference.output_dir, rank)
         assert got == want and len(want) == 8
         rows = [row for batch in got for row in batch]
         assert len(rows) == len(set(rows)) == 8 * 8  # 8 steps x 8 pairs, none trained twice in the model

@@ -72,7 +72,7 @@ def test_bad_data_while_workers_start_fails_clearly_and_frees_the_cluster(ray_cl
     assert _start_workers_early(cfg)  # the trainer is already starting when the data turns out bad
     with pytest.raises(ValueError, match="all 4 rows were skipped"):  # the driver's own error, not Ray's wrapper
         train(cfg)
-    assert not read_metrics(cfg.output_dir)  # no step was taken, nothing half-written
+    assert not read_metrics(cfg.checkpoints.output_dir)  # no step was taken, nothing half-written
     # The driver let the trainer wind down before raising: no fit() is left running in this process.
     assert not [t for t in threading.enumerate() if t.name == "rmray-fit"]
     assert free_cpus_soon(ray_cluster) == 2
@@ -88,6 +88,6 @@ def test_a_model_that_does_not_load_fails_clearly_after_the_workers_started(ray_
     assert _start_workers_early(cfg)
     with pytest.raises(ValueError, match="'rmray_no_such_model_package' is not installed"):
         train(cfg)
-    assert not read_metrics(cfg.output_dir)
+    assert not read_metrics(cfg.checkpoints.output_dir)
     assert not [t for t in threading.enumerate() if t.name in ("rmray-fit", "rmray-model-facts")]
     assert free_cpus_soon(ray_cluster) == 2

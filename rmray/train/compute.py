@@ -35,9 +35,9 @@ class Compute:
 
     @classmethod
     def for_run(cls, model, raw, strategy, device, cfg) -> "Compute":
-        loss = functools.partial(group_loss(cfg.loss), center_rewards_coefficient=cfg.center_rewards_coefficient)
-        return cls(model, raw, strategy, device, wants_bf16(cfg, device), loss, LOSS_MEAN_OVER[cfg.loss] == "pairs",
-                   cfg.attribute_loss_weight if cfg.attributes else 0.0, cfg.rating_margin)
+        loss = functools.partial(group_loss(cfg.optimization.loss), center_rewards_coefficient=cfg.optimization.center_rewards_coefficient)
+        return cls(model, raw, strategy, device, wants_bf16(cfg, device), loss, LOSS_MEAN_OVER[cfg.optimization.loss] == "pairs",
+                   cfg.optimization.attribute_loss_weight if cfg.optimization.attributes else 0.0, cfg.optimization.rating_margin)
 
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
@@ -95,7 +95,7 @@ class Compute:
 
 def wants_bf16(cfg, device) -> bool:
     """bf16 autocast: as configured, else on where the device supports it (CUDA with bf16)."""
-    return bool(cfg.bf16) if cfg.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return bool(cfg.optimization.bf16) if cfg.optimization.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
 def all_reduce(sums: torch.Tensor, device) -> torch.Tensor:

@@ -38,35 +38,35 @@ def prepare_data(cfg: TrainConfig, tokenizer, readout: str, stream: bool) -> Pre
     Ray Data's tasks), from the exact count, with the report printed before the first step."""
     from rmray.data.preferences import RowRules, tokenized_rows
 
-    spec = ScoringSpec(max_length=cfg.max_length, truncation=cfg.truncation, add_eos=cfg.add_eos,
+    spec = ScoringSpec(max_length=cfg.data.max_length, truncation=cfg.data.truncation, add_eos=cfg.data.add_eos,
                        eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
                        readout=readout, uses_chat_template=tokenizer.chat_template is not None,
-                       attributes=list(cfg.attributes) or None, attribute_weights=cfg.reward_weights)
+                       attributes=list(cfg.optimization.attributes) or None, attribute_weights=cfg.optimization.reward_weights)
     _explain_layout(cfg, readout)
-    rules = RowRules(tokenizer, spec, fmt=cfg.data_format, strict=cfg.on_bad_row == "error", fields=cfg.fields(),
-                     num_cpus=cfg.tokenize_num_cpus)
+    rules = RowRules(tokenizer, spec, fmt=cfg.data.data_format, strict=cfg.data.on_bad_row == "error", fields=cfg.data.fields(),
+                     num_cpus=cfg.ray.tokenize_num_cpus)
     rows = _expected_train_rows(cfg) if stream else None
-    if stream and rows is None and cfg.max_steps <= 0:
-        print(f"{cfg.train_data}: no row count without reading it (set max_steps to stream it); reading it whole first",
+    if stream and rows is None and cfg.optimization.max_steps <= 0:
+        print(f"{cfg.data.train_data}: no row count without reading it (set max_steps to stream it); reading it whole first",
               flush=True)
         stream = False
-    has_eval = bool(cfg.eval_data) or cfg.eval_split_ratio > 0
+    has_eval = bool(cfg.data.eval_data) or cfg.data.eval_split_ratio > 0
     if stream:
         with _stream_context(cfg):
-            train = tokenized_rows(cfg.train_data, rules, limit=cfg.max_train_samples)
+            train = tokenized_rows(cfg.data.train_data, rules, limit=cfg.data.max_train_samples)
             evals = _stream_eval(cfg, rules)
-        reports, total_steps = [], cfg.max_steps if rows is None else _total_steps(cfg, rows)
-        print(f"streaming {cfg.train_data}: " + (f"about {rows} train rows, " if rows is not None else "")
-              + f"{cfg.num_workers} workers, {total_steps} steps", flush=True)
+        reports, total_steps = [], cfg.optimization.max_steps if rows is None else _total_steps(cfg, rows)
+        print(f"streaming {cfg.data.train_data}: " + (f"about {rows} train rows, " if rows is not None else "")
+              + f"{cfg.ray.num_workers} workers, {total_steps} steps", flush=True)
     else:
         train, evals, reports, rows = _read_whole(cfg, rules)
         total_steps = _total_steps(cfg, rows)
     from rmray.data.stream import RowStream, StreamShape
 
-    shape = StreamShape(cfg.num_workers, cfg.per_device_train_batch_size * cfg.length_group_window,
-                        eval_split_ratio=0.0 if cfg.eval_data else cfg.eval_split_ratio,
-                        max_eval_rows=cfg.max_eval_samples, count_reports=stream,
-                        replay_bytes=(cfg.data_object_store_mb or DATA_OBJECT_STORE_MB) * 2**20)
+    shape = StreamShape(cfg.ray.num_workers, cfg.optimization.per_device_train_batch_size * cfg.speed.length_group_window,
+                        eval_split_ratio=0.0 if cfg.data.eval_data else cfg.data.eval_split_ratio,
+                        max_eval_rows=cfg.data.max_eval_samples, count_reports=stream,
+                        replay_bytes=(cfg.data.data_object_store_mb or DATA_OBJECT_STORE_MB) * 2**20)
     row_stream = RowStream.remote(train, evals, shape)
     return PreparedData(spec, row_stream, reports, total_steps, has_eval)
 
@@ -76,10 +76,10 @@ def _stream_eval(cfg: TrainConfig, rules):
     tokenizing, so the first evaluation's pass over the source tokenizes only them."""
     from rmray.data.preferences import tokenized_rows
 
-    if cfg.eval_data:
-        return tokenized_rows(cfg.eval_data, rules, limit=cfg.max_eval_samples)
-    if cfg.eval_split_ratio > 0:
-        return tokenized_rows(cfg.train_data, rules, limit=cfg.max_train_samples, split=(0.0, cfg.eval_split_ratio))
+    if cfg.data.eval_data:
+        return tokenized_rows(cfg.data.eval_data, rules, limit=cfg.data.max_eval_samples)
+    if cfg.data.eval_split_ratio > 0:
+        return tokenized_rows(cfg.data.train_data, rules, limit=cfg.data.max_train_samples, split=(0.0, cfg.data.eval_split_ratio))
     return None
 
 
@@ -89,11 +89,11 @@ def _read_whole(cfg: TrainConfig, rules) -> tuple:
 
     from rmray.data.preferences import build_preferences
 
-    print(f"reading and tokenizing {cfg.train_data}...", flush=True)
-    train = build_preferences(cfg.train_data, rules, name="train", limit=cfg.max_train_samples)
-    reports, evals, ratio = [train.report], None, 0.0 if cfg.eval_data else cfg.eval_split_ratio
-    if cfg.eval_data:
-        eval_prefs = build_preferences(cfg.eval_data, rules, name="eval", limit=cfg.max_eval_samples)
+    print(f"reading and tokenizing {cfg.data.train_data}...", flush=True)
+    train = build_preferences(cfg.data.train_data, rules, name="train", limit=cfg.data.max_train_samples)
+    reports, evals, ratio = [train.report], None, 0.0 if cfg.data.eval_data else cfg.data.eval_split_ratio
+    if cfg.data.eval_data:
+        eval_prefs = build_preferences(cfg.data.eval_data, rules, name="eval", limit=cfg.data.max_eval_samples)
         reports.append(eval_prefs.report)
         evals = eval_prefs.tokenized
     n_train = train.dataset.filter(expr=col("split_key") >= ratio).count() if ratio else train.report.rows_kept
@@ -102,8 +102,8 @@ def _read_whole(cfg: TrainConfig, rules) -> tuple:
                          "raise eval_split_ratio, give eval_data, or set eval_split_ratio=0")
     for report in reports:
         print(report.format(), flush=True)
-    save_json(os.path.join(cfg.output_dir, "data_report.json"), [r.to_dict() for r in reports])
-    print(f"training on {n_train} rows with {cfg.num_workers} workers", flush=True)
+    save_json(os.path.join(cfg.checkpoints.output_dir, "data_report.json"), [r.to_dict() for r in reports])
+    print(f"training on {n_train} rows with {cfg.ray.num_workers} workers", flush=True)
     return train.tokenized, evals, reports, n_train
 
 
@@ -113,12 +113,12 @@ def _expected_train_rows(cfg: TrainConfig) -> int | None:
     ends near 0), one too short would end the decay before the data."""
     from rmray.data.rowcount import count_rows
 
-    rows = count_rows(cfg.train_data)
+    rows = count_rows(cfg.data.train_data)
     if rows is None:
         return None
-    if cfg.max_train_samples:
-        rows = min(rows, cfg.max_train_samples)
-    ratio = 0.0 if cfg.eval_data else cfg.eval_split_ratio
+    if cfg.data.max_train_samples:
+        rows = min(rows, cfg.data.max_train_samples)
+    ratio = 0.0 if cfg.data.eval_data else cfg.data.eval_split_ratio
     return min(rows, math.ceil(rows * (1 - ratio) + 3 * math.sqrt(rows * ratio * (1 - ratio))))
 
 
@@ -134,8 +134,8 @@ def _stream_context(cfg: TrainConfig):
     context = ray.data.DataContext.get_current()
     saved = context.target_max_block_size, context.execution_options.resource_limits
     context.target_max_block_size = STREAM_BLOCK_BYTES
-    if cfg.data_object_store_mb:
-        context.execution_options.resource_limits = ExecutionResources(object_store_memory=cfg.data_object_store_mb * 2**20)
+    if cfg.data.data_object_store_mb:
+        context.execution_options.resource_limits = ExecutionResources(object_store_memory=cfg.data.data_object_store_mb * 2**20)
     try:
         yield
     finally:
@@ -145,26 +145,26 @@ def _stream_context(cfg: TrainConfig):
 def _explain_layout(cfg: TrainConfig, readout: str) -> None:
     from .batches import choose_layout
 
-    layout = choose_layout(cfg.padding_free, cfg.share_prompt, readout == "last_token")
+    layout = choose_layout(cfg.speed.padding_free, cfg.speed.share_prompt, readout == "last_token")
     text = {"padded": "padded batches", "packed": "padding-free packing", "shared": "shared-prompt packing"}[layout]
-    if cfg.padding_free and cfg.share_prompt and readout != "last_token":
+    if cfg.speed.padding_free and cfg.speed.share_prompt and readout != "last_token":
         text += " (share_prompt is exact only for causal attention; this encoder attends both ways, so pairs are packed)"
     if layout != "padded":
-        text += ", segment attention" if cfg.packed_attention == "segments" else ", dense block mask"
-    print(f"layout: {text}" + (", length-grouped" if cfg.group_by_length else ""), flush=True)
+        text += ", segment attention" if cfg.speed.packed_attention == "segments" else ", dense block mask"
+    print(f"layout: {text}" + (", length-grouped" if cfg.speed.group_by_length else ""), flush=True)
 
 
 def _total_steps(cfg: TrainConfig, n_train: int) -> int:
-    per_rank = n_train // cfg.num_workers  # the order rule gives every rank as many rows (rmray.data.stream)
-    batches = math.ceil(per_rank / cfg.per_device_train_batch_size)
-    steps_per_epoch = batches // cfg.gradient_accumulation_steps
+    per_rank = n_train // cfg.ray.num_workers  # the order rule gives every rank as many rows (rmray.data.stream)
+    batches = math.ceil(per_rank / cfg.optimization.per_device_train_batch_size)
+    steps_per_epoch = batches // cfg.optimization.gradient_accumulation_steps
     if steps_per_epoch == 0:
         raise UsageError(
-            f"{n_train} train pairs over {cfg.num_workers} workers give {batches} micro-batches per worker per epoch, "
-            f"fewer than gradient_accumulation_steps={cfg.gradient_accumulation_steps}: no optimizer step would run. "
+            f"{n_train} train pairs over {cfg.ray.num_workers} workers give {batches} micro-batches per worker per epoch, "
+            f"fewer than gradient_accumulation_steps={cfg.optimization.gradient_accumulation_steps}: no optimizer step would run. "
             "(fix: more data, fewer workers, or a smaller batch size / accumulation)"
         )
-    return cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.num_train_epochs
+    return cfg.optimization.max_steps if cfg.optimization.max_steps > 0 else steps_per_epoch * cfg.optimization.num_train_epochs
 
 
 def save_json(path: str, obj) -> None:

@@ -39,13 +39,13 @@ class ConsumedLog:
 def chaos_kill(cfg, run_dir: str | None, step: int) -> None:
     """SIGKILL this worker once per listed step (a marker file remembers the steps already killed at);
     with ``chaos_damage_checkpoint``, that step's checkpoint weights are cut in half first."""
-    marker = os.path.join(cfg.output_dir, ".chaos_killed")
+    marker = os.path.join(cfg.checkpoints.output_dir, ".chaos_killed")
     done = open(marker).read().split() if os.path.exists(marker) else []
     if str(step) in done:  # the restarted worker passes this step
         return
     with open(marker, "a") as f:
         f.write(f"{step}\n")
-    damaged = cfg.chaos_damage_checkpoint
+    damaged = cfg.debug.chaos_damage_checkpoint
     if damaged is not None and run_dir:
         for weights in glob.glob(os.path.join(run_dir, f"checkpoint-{damaged:06d}*", "*.safetensors")):
             os.truncate(weights, os.path.getsize(weights) // 2)

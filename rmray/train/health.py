@@ -21,8 +21,8 @@ class Health:
 
     @classmethod
     def from_config(cls, cfg) -> "Health":
-        return cls(cfg.best_metric, cfg.best_is_greater, cfg.early_stopping_patience, cfg.early_stopping_threshold,
-                   cfg.reward_collapse_std, cfg.overfit_warning_gap)
+        return cls(cfg.checkpoints.best_metric, cfg.checkpoints.best_is_greater, cfg.checkpoints.early_stopping_patience, cfg.checkpoints.early_stopping_threshold,
+                   cfg.checkpoints.reward_collapse_std, cfg.checkpoints.overfit_warning_gap)
 
     def observe(self, eval_metrics: dict, train_accuracy: float | None) -> tuple[list[dict], bool]:
         """(warnings as metrics.jsonl records, whether to stop early) after one eval."""

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 
+from rmray.config_fields import fields_of
 from rmray.core.files import write_json_atomic
 from rmray.errors import UsageError
 
@@ -32,7 +33,7 @@ RUN_KEYS = (
 
 def run_identity(cfg) -> dict:
     """The run-defining settings, and for local data files a fingerprint of their contents."""
-    values = dataclasses.asdict(cfg)
+    values = cfg.flat()
     identity = {key: values[key] for key in RUN_KEYS if key in values}
     for key in ("train_data", "eval_data"):
         if values.get(key):
@@ -44,22 +45,22 @@ def check_or_record(cfg, run_dir: str | None) -> None:
     """Refuse to resume another run's checkpoints; record this run's identity when it starts fresh.
 
     ``resume_other_run=true`` continues anyway (and records the new identity)."""
-    path = os.path.join(cfg.output_dir, IDENTITY_FILE)
+    path = os.path.join(cfg.checkpoints.output_dir, IDENTITY_FILE)
     mine = json.loads(json.dumps(run_identity(cfg)))  # as it reads back from JSON (tuples -> lists)
     resuming = run_dir is not None and glob.glob(os.path.join(run_dir, "checkpoint-*"))
-    if resuming and os.path.exists(path) and not cfg.resume_other_run:
+    if resuming and os.path.exists(path) and not cfg.fault_tolerance.resume_other_run:
         with open(path) as f:
             saved = json.load(f)
         # a key added to RUN_KEYS after that run started counts as its default there
-        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+        defaults = {name: f.default for name, f in fields_of(type(cfg)).items() if f.default is not dataclasses.MISSING}
         saved = {**{k: defaults[k] for k in RUN_KEYS if k not in saved and k in defaults}, **saved}
         differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if differ:
             shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine.get(k)!r} now" for k in differ[:6])
-            raise UsageError(f"{cfg.output_dir} holds checkpoints of another run ({shown}) (fix: another "
+            raise UsageError(f"{cfg.checkpoints.output_dir} holds checkpoints of another run ({shown}) (fix: another "
                              "output_dir, overwrite_output_dir=true to start over, or resume_other_run=true to "
                              "continue that run with these settings)")
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    os.makedirs(cfg.checkpoints.output_dir, exist_ok=True)
     write_json_atomic(path, mine)
 
 

@@ -99,35 +99,35 @@ class WorkerRun:
         cfg = self.cfg
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.optimization.seed)
         self._setup_model()
         self._setup_data()
         # fused: one kernel per step instead of a loop over tensors (what transformers' Trainer uses too)
         self.optimizer = torch.optim.AdamW([p for p in self.compute.model.parameters() if p.requires_grad],
-                                           lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
+                                           lr=cfg.optimization.learning_rate, weight_decay=cfg.optimization.weight_decay, fused=True)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.log = self._open_log()
         self._resume()
         self.health = Health.from_config(cfg)
-        self.consumed = ConsumedLog(cfg.output_dir if cfg.log_consumed_pairs else None, self.rank, self.state.step)
+        self.consumed = ConsumedLog(cfg.checkpoints.output_dir if cfg.debug.log_consumed_pairs else None, self.rank, self.state.step)
         self.window = Window(torch.zeros(8, dtype=torch.float64, device=self.compute.device))
 
     def _setup_model(self) -> None:
         cfg = self.cfg
         # Rebuilt here by the driver's own call rather than shipped: a pickled tokenizer would make every
         # process that relays the config import transformers (see run._train_worker).
-        self.tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
-                                        trust_remote_code=cfg.trust_remote_code)
+        self.tokenizer = load_tokenizer(cfg.model.model_name_or_path, chat_template=cfg.model.chat_template,
+                                        trust_remote_code=cfg.model.trust_remote_code)
         device = ray.train.torch.get_device()
-        strategy = make_strategy(cfg.fsdp)
+        strategy = make_strategy(cfg.speed.fsdp)
         model, raw = build_model(cfg, self.tokenizer, strategy, wants_bf16(cfg, device), device)
         self.compute = Compute.for_run(model, raw, strategy, device, cfg)
-        self.layout = Layout(kind=choose_layout(cfg.padding_free, cfg.share_prompt, raw.readout == "last_token"),
+        self.layout = Layout(kind=choose_layout(cfg.speed.padding_free, cfg.speed.share_prompt, raw.readout == "last_token"),
                              causal=raw.readout == "last_token", pad_token_id=self.tokenizer.pad_token_id,
-                             pad_to_multiple_of=cfg.pad_to_multiple_of, row_tokens=cfg.pack_row_tokens,
+                             pad_to_multiple_of=cfg.speed.pad_to_multiple_of, row_tokens=cfg.speed.pack_row_tokens,
                              attention_ratio=6.0 * raw.hf_model.config.get_text_config().hidden_size,
-                             max_tokens_per_batch=cfg.max_tokens_per_batch,
-                             segments=cfg.packed_attention == "segments" and raw.segments_ok)
+                             max_tokens_per_batch=cfg.speed.max_tokens_per_batch,
+                             segments=cfg.speed.packed_attention == "segments" and raw.segments_ok)
         self.startup["model_ready"] = time.time() - self.started_at
 
     def _setup_data(self) -> None:
@@ -141,9 +141,9 @@ class WorkerRun:
 
     def _open_log(self) -> MetricsLog:
         cfg, rank0 = self.cfg, self.rank == 0
-        name = os.path.basename(os.path.normpath(cfg.output_dir))
-        sinks = Sinks(cfg.output_dir, [r for r in cfg.report_to if r != "none"], name, self.loop_config["cfg"]) if rank0 else None
-        return MetricsLog(cfg.output_dir, enabled=rank0, sinks=sinks)
+        name = os.path.basename(os.path.normpath(cfg.checkpoints.output_dir))
+        sinks = Sinks(cfg.checkpoints.output_dir, [r for r in cfg.checkpoints.report_to if r != "none"], name, self.loop_config["cfg"]) if rank0 else None
+        return MetricsLog(cfg.checkpoints.output_dir, enabled=rank0, sinks=sinks)
 
     def _resume(self) -> None:
         saved = load_resume_state(self.cfg, self.run_dir, self.compute, (self.optimizer, self.scheduler), self.log)
@@ -154,7 +154,7 @@ class WorkerRun:
             s.tokens_seen = saved.get("tokens_seen", 0)  # else tokens/s after a resume counts only the new steps
             self.log.write({"event": "resume", "step": s.step, "epoch": s.epoch, "batches_in_epoch": s.batches_in_epoch,
                             "from": saved["_from"]})
-        slow_bf16 = slow_bf16_warning(self.compute.device.type, self.compute.use_bf16, self.cfg.dtype)
+        slow_bf16 = slow_bf16_warning(self.compute.device.type, self.compute.use_bf16, self.cfg.model.dtype)
         if slow_bf16:
             self.log.write({"event": "warning", "step": s.step, "kind": "slow_bf16", "message": slow_bf16})
 
@@ -168,24 +168,24 @@ class WorkerRun:
     def _done(self) -> bool:
         """``max_steps``, else the epochs: a streamed schedule's step count is an estimate, the epochs are not."""
         s, cfg = self.state, self.cfg
-        return self.stopped or (s.step >= cfg.max_steps if cfg.max_steps > 0 else s.epoch >= cfg.num_train_epochs)
+        return self.stopped or (s.step >= cfg.optimization.max_steps if cfg.optimization.max_steps > 0 else s.epoch >= cfg.optimization.num_train_epochs)
 
     def _train_epoch(self) -> None:
         cfg, s = self.cfg, self.state
-        skip = s.batches_in_epoch // cfg.length_group_window  # a window holds length_group_window micro-batches
+        skip = s.batches_in_epoch // cfg.speed.length_group_window  # a window holds length_group_window micro-batches
         windows = rank_windows(self.stream, f"{self.attempt}/{s.epoch}", self.rank, skip)
-        batches = iter_pair_batches(windows, batch_size=cfg.per_device_train_batch_size, first_window=skip,
-                                    group_by_length=cfg.group_by_length,
-                                    seed=random.Random(f"{cfg.seed}-{s.epoch}-{self.rank}").randrange(2**31))
+        batches = iter_pair_batches(windows, batch_size=cfg.optimization.per_device_train_batch_size, first_window=skip,
+                                    group_by_length=cfg.speed.group_by_length,
+                                    seed=random.Random(f"{cfg.optimization.seed}-{s.epoch}-{self.rank}").randrange(2**31))
         # a resumed epoch made progress before; a fresh one that makes none would repeat forever
         micro, self._t0, self._epoch_steps = 0, time.perf_counter(), s.batches_in_epoch
-        for batch_index, batch in enumerate(self._timed(batches), start=skip * cfg.length_group_window):
+        for batch_index, batch in enumerate(self._timed(batches), start=skip * cfg.speed.length_group_window):
             if batch_index < s.batches_in_epoch:  # resuming inside an epoch: skip what was trained
                 self.consumed.write(s, batch_index, batch, "skipped")
                 continue
             self.consumed.write(s, batch_index, batch, "trained")
             micro += 1
-            sync = micro % cfg.gradient_accumulation_steps == 0
+            sync = micro % cfg.optimization.gradient_accumulation_steps == 0
             self._micro_batch(batch, sync)
             s.batches_in_epoch = batch_index + 1
             if sync:
@@ -198,7 +198,7 @@ class WorkerRun:
     def _micro_batch(self, batch: dict, sync: bool) -> None:
         rows = batch_groups(batch)
         chunks = chunks_of(rows, self.layout)
-        sums, n_tokens = self.compute.forward_backward(chunks, self.cfg.gradient_accumulation_steps, final_sync=sync)
+        sums, n_tokens = self.compute.forward_backward(chunks, self.cfg.optimization.gradient_accumulation_steps, final_sync=sync)
         self.state.computed_tokens += sum(c.computed_tokens for c in chunks)
         self.state.padded_tokens += padded_equivalent_tokens(rows)
         self.window.sums += sums
@@ -207,23 +207,23 @@ class WorkerRun:
 
     def _optimizer_step(self) -> None:
         cfg, s = self.cfg, self.state
-        self._grad_norm = torch.nn.utils.clip_grad_norm_(self.compute.model.parameters(), cfg.max_grad_norm)
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(self.compute.model.parameters(), cfg.optimization.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         s.step += 1
-        if s.step in cfg.chaos_kill_at_step and self.rank == self.world - 1:
+        if s.step in cfg.debug.chaos_kill_at_step and self.rank == self.world - 1:
             chaos_kill(cfg, self.run_dir, s.step)
         if s.first_step_at is None:
             s.first_step_at = self.startup["first_step"] = time.time() - self.started_at
 
     def _after_step(self) -> None:
         cfg, step = self.cfg, self.state.step
-        if step % cfg.logging_steps == 0 or step >= self.total_steps:
+        if step % cfg.checkpoints.logging_steps == 0 or step >= self.total_steps:
             self._log_train()
-        if self.has_eval and cfg.eval_steps and step % cfg.eval_steps == 0:
+        if self.has_eval and cfg.checkpoints.eval_steps and step % cfg.checkpoints.eval_steps == 0:
             self.evaluate()
-        if cfg.save_steps and step % cfg.save_steps == 0:
+        if cfg.checkpoints.save_steps and step % cfg.checkpoints.save_steps == 0:
             self.save_checkpoint()
 
     def _end_epoch(self) -> None:
@@ -290,7 +290,7 @@ class WorkerRun:
             model.eval()
             sums, self.eval_margins = torch.zeros(8, dtype=torch.float64), []
             all_batches = compute.strategy.every_rank_evaluates_all()
-            for batch in eval_batches(self.stream, self.rank, cfg.per_device_eval_batch_size, all_batches):
+            for batch in eval_batches(self.stream, self.rank, cfg.optimization.per_device_eval_batch_size, all_batches):
                 for chunk in to_chunks(batch, self.layout):
                     chosen, rejected, loss = (t.cpu() for t in compute.score_chunk(chunk, model))
                     sums += preference_sums(chosen, rejected, loss * chunk.num_pairs)
@@ -317,8 +317,8 @@ class WorkerRun:
     def save_checkpoint(self) -> None:
         cfg, s, compute = self.cfg, self.state, self.compute
         metrics = {"step": s.step, "epoch": s.epoch, **self.last_eval}
-        if cfg.metric_for_best_model and cfg.metric_for_best_model not in metrics:  # no eval yet: ranks last
-            metrics[cfg.metric_for_best_model] = -math.inf if cfg.best_is_greater else math.inf
+        if cfg.checkpoints.metric_for_best_model and cfg.checkpoints.metric_for_best_model not in metrics:  # no eval yet: ranks last
+            metrics[cfg.checkpoints.metric_for_best_model] = -math.inf if cfg.checkpoints.best_is_greater else math.inf
         with self._paused():
             # Every rank calls these: under FSDP they are gathers (DDP: the live model saves itself).
             model_state = compute.strategy.model_state(compute.model, compute.raw)
@@ -327,7 +327,7 @@ class WorkerRun:
             if self.rank != 0:
                 ray.train.report(metrics, checkpoint=None)
                 return
-            write_data_report(self.stream, cfg.output_dir)
+            write_data_report(self.stream, cfg.checkpoints.output_dir)
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = os.path.join(tmp, "checkpoint")
                 save_unmerged(compute.raw, self.tokenizer, self.spec, ckpt, state_dict=model_state)
@@ -350,9 +350,9 @@ class WorkerRun:
             spec = self.spec
             if "eval_reward_mean" in self.last_eval:  # saved for optional reward normalization at serving time
                 spec.reward_mean, spec.reward_std = self.last_eval["eval_reward_mean"], self.last_eval["eval_reward_std"]
-            if cfg.use_peft:
-                save_unmerged(compute.raw, self.tokenizer, spec, os.path.join(cfg.output_dir, "adapter"))
-            save_reward_model(compute.raw, self.tokenizer, spec, os.path.join(cfg.output_dir, "final"), model_state)
+            if cfg.lora.use_peft:
+                save_unmerged(compute.raw, self.tokenizer, spec, os.path.join(cfg.checkpoints.output_dir, "adapter"))
+            save_reward_model(compute.raw, self.tokenizer, spec, os.path.join(cfg.checkpoints.output_dir, "final"), model_state)
             self.log.write(summary)
         ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                           and not (isinstance(v, float) and math.isnan(v))}, checkpoint=None)
@@ -391,6 +391,6 @@ class WorkerRun:
             "dist_backend": dist.get_backend() if dist.is_initialized() else None,
             "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mem_mb_rank0": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-            "loss": self.cfg.loss,
+            "loss": self.cfg.optimization.loss,
             **self.last_eval,
         }

@@ -20,14 +20,14 @@ _SINK_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wan
 
 def check_before_ray(cfg) -> None:
     """Data sources, the model, and the metric sinks of a :class:`rmray.config.TrainConfig`."""
-    for key in ("train_data", "eval_data"):
-        if getattr(cfg, key):
-            check_source(key, getattr(cfg, key))
-            check_readable(getattr(cfg, key))
-            check_columns(getattr(cfg, key), {"chosen_field": cfg.chosen_field, "rejected_field": cfg.rejected_field},
-                          rated=True, attributes=cfg.attributes)
-    check_model("model_name_or_path", cfg.model_name_or_path)
-    check_sinks(cfg.report_to)
+    for key, source in (("train_data", cfg.data.train_data), ("eval_data", cfg.data.eval_data)):
+        if source:
+            check_source(key, source)
+            check_readable(source)
+            check_columns(source, {"chosen_field": cfg.data.chosen_field, "rejected_field": cfg.data.rejected_field},
+                          rated=True, attributes=cfg.optimization.attributes)
+    check_model("model_name_or_path", cfg.model.model_name_or_path)
+    check_sinks(cfg.checkpoints.report_to)
 
 
 def check_model(key: str, name: str) -> None:

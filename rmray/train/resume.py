@@ -22,10 +22,10 @@ def _options(cfg, run_dir: str | None) -> tuple[list, bool]:
     checkpoint = ray.train.get_checkpoint()
     on_disk = sorted(glob.glob(os.path.join(run_dir, "checkpoint-*")), reverse=True) if run_dir else []
     options: list = on_disk + ([checkpoint] if checkpoint is not None else [])
-    if options or not cfg.resume_from_checkpoint:
+    if options or not cfg.fault_tolerance.resume_from_checkpoint:
         return options, False
-    uri = "://" in cfg.resume_from_checkpoint  # downloaded by Ray's Checkpoint, then checked like a folder
-    return [ray.train.Checkpoint(cfg.resume_from_checkpoint) if uri else cfg.resume_from_checkpoint], True
+    uri = "://" in cfg.fault_tolerance.resume_from_checkpoint  # downloaded by Ray's Checkpoint, then checked like a folder
+    return [ray.train.Checkpoint(cfg.fault_tolerance.resume_from_checkpoint) if uri else cfg.fault_tolerance.resume_from_checkpoint], True
 
 
 def load_resume_state(cfg, run_dir: str | None, compute, optimizer_and_scheduler: tuple, log) -> dict | None:
@@ -50,6 +50,6 @@ def load_resume_state(cfg, run_dir: str | None, compute, optimizer_and_scheduler
             saved["_from"] = str(directory)
             return saved
     if from_user:
-        raise ValueError(f"resume_from_checkpoint={cfg.resume_from_checkpoint!r} is not a whole rmray checkpoint: "
+        raise ValueError(f"resume_from_checkpoint={cfg.fault_tolerance.resume_from_checkpoint!r} is not a whole rmray checkpoint: "
                          f"{problems[0] if problems else 'not found'}")
     return None

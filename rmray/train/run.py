@@ -39,7 +39,7 @@ class TrainResult:
 
 def train(cfg: TrainConfig) -> TrainResult:
     started_at = time.time()
-    cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir))
+    cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.checkpoints.output_dir))
     check_before_ray(cfg)
     _prepare_output_dir(cfg)
     check_or_record(cfg, _local_run_dir(cfg))
@@ -47,8 +47,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     # Tokenizer and read-out need no Ray: they load (about 3 s of torch/transformers imports on 2 cores)
     # while ray.init waits on the processes it starts.
     model_facts = InBackground(lambda: _model_facts(cfg), name="rmray-model-facts")
-    print(f"starting Ray ({cfg.ray_address or os.environ.get('RAY_ADDRESS') or 'local'})...", flush=True)
-    init_ray(cfg.ray_address)
+    print(f"starting Ray ({cfg.ray.ray_address or os.environ.get('RAY_ADDRESS') or 'local'})...", flush=True)
+    init_ray(cfg.ray.ray_address)
     ray_ready = time.time() - started_at
 
     from .handoff import DataHandoff
@@ -60,7 +60,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     try:
         # The early start left a CPU for the data tasks (_room_for_data_tasks): Ray Data's hang warning is false.
         with without_no_cpu_warning() if early else contextlib.nullcontext():
-            data = prepare_data(cfg, *model_facts.result(), stream=cfg.stream_data and early)
+            data = prepare_data(cfg, *model_facts.result(), stream=cfg.data.stream_data and early)
         payload = _worker_data(cfg, data, early, started_at)
     except BaseException as e:
         handoff.put.remote({"error": f"{type(e).__name__}: {e}"})
@@ -69,18 +69,18 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise
     handoff.put.remote({"data": payload})
     running = running or InBackground(trainer.fit)
-    follow_progress(running, os.path.join(cfg.output_dir, "metrics.jsonl"), data.total_steps)
+    follow_progress(running, os.path.join(cfg.checkpoints.output_dir, "metrics.jsonl"), data.total_steps)
     reports = _final_reports(cfg, data)
-    summary = next((m for m in reversed(read_metrics(cfg.output_dir)) if m.get("event") == "summary"), {})
-    final_dir = os.path.join(cfg.output_dir, "final")
+    summary = next((m for m in reversed(read_metrics(cfg.checkpoints.output_dir)) if m.get("event") == "summary"), {})
+    final_dir = os.path.join(cfg.checkpoints.output_dir, "final")
     if summary:
         from rmray.report.model_card import write_model_card
 
-        write_model_card(cfg.output_dir, dataclasses.asdict(cfg), summary, reports)
-    if _is_uri(cfg.storage_path) and summary:
-        _upload_outputs(cfg.output_dir, cfg.storage_path.rstrip("/"))
+        write_model_card(cfg.checkpoints.output_dir, cfg.flat(), summary, reports)
+    if _is_uri(cfg.fault_tolerance.storage_path) and summary:
+        _upload_outputs(cfg.checkpoints.output_dir, cfg.fault_tolerance.storage_path.rstrip("/"))
     _print_summary(summary, final_dir)
-    return TrainResult(cfg.output_dir, final_dir, summary)
+    return TrainResult(cfg.checkpoints.output_dir, final_dir, summary)
 
 
 def _start_workers_early(cfg: TrainConfig, settle_s: float = 3.0) -> bool:
@@ -107,19 +107,19 @@ def _room_for_data_tasks(cfg: TrainConfig, nodes: list[dict], available_cpus: fl
     CPU those tasks wait for -- a deadlock -- so data and trainer run one after the other.
 
     ``nodes`` as ``ray.nodes()`` returns them; the worst case puts as many workers on a node as fit."""
-    need = max(1.0, cfg.tokenize_num_cpus)
-    if available_cpus - cfg.num_workers * cfg.cpus_per_worker < need:
+    need = max(1.0, cfg.ray.tokenize_num_cpus)
+    if available_cpus - cfg.ray.num_workers * cfg.ray.cpus_per_worker < need:
         return False
     for node in nodes:
         if not node.get("Alive", True):
             continue
         cpus, gpus = node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0)
-        fit = cfg.num_workers
-        if cfg.cpus_per_worker > 0:
-            fit = min(fit, int(cpus // cfg.cpus_per_worker))
-        if cfg.use_gpu:
+        fit = cfg.ray.num_workers
+        if cfg.ray.cpus_per_worker > 0:
+            fit = min(fit, int(cpus // cfg.ray.cpus_per_worker))
+        if cfg.ray.use_gpu:
             fit = min(fit, int(gpus))
-        if cpus - fit * cfg.cpus_per_worker >= need:
+        if cpus - fit * cfg.ray.cpus_per_worker >= need:
             return True
     return False
 
@@ -128,7 +128,7 @@ def _build_trainer(cfg: TrainConfig, handoff, started_at: float, ray_ready: floa
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    storage = cfg.storage_path if _is_uri(cfg.storage_path) else os.path.abspath(cfg.storage_path or cfg.output_dir)
+    storage = cfg.fault_tolerance.storage_path if _is_uri(cfg.fault_tolerance.storage_path) else os.path.abspath(cfg.fault_tolerance.storage_path or cfg.checkpoints.output_dir)
     return TorchTrainer(
         _train_worker,
         # Plain data and an actor handle only: every process that relays this (the controller too) unpickles it.
@@ -136,11 +136,11 @@ def _build_trainer(cfg: TrainConfig, handoff, started_at: float, ray_ready: floa
                            "ray_ready_s": ray_ready,
                            "run_dir": _local_run_dir(cfg)},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement_strategy,
-            resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})),
+            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, placement_strategy=cfg.ray.placement_strategy,
+            resources_per_worker={"CPU": cfg.ray.cpus_per_worker} | ({"GPU": 1} if cfg.ray.use_gpu else {})),
         run_config=ray.train.RunConfig(
             name=RUN_NAME, storage_path=storage, checkpoint_config=_checkpoint_config(cfg),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
             logging_config=ray.train.LoggingConfig(
                 log_level=os.environ.get("RMRAY_TRAIN_LOG_LEVEL", "INFO" if verbose() else "WARNING"))),
     )
@@ -165,13 +165,13 @@ def _final_reports(cfg: TrainConfig, data: PreparedData) -> list[dict]:
 
     status = ray.get(data.stream.data_report.remote())
     if status["error"]:
-        raise UsageError(f"{cfg.train_data}: {status['error']}")
+        raise UsageError(f"{cfg.data.train_data}: {status['error']}")
     if data.reports:
         return [r.to_dict() for r in data.reports]
     reports = status["reports"]
     for report in reports:
         print(DataReport(**report).format() + ("" if status["complete"] else " (rows read so far)"), flush=True)
-    save_json(os.path.join(cfg.output_dir, "data_report.json"), reports)
+    save_json(os.path.join(cfg.checkpoints.output_dir, "data_report.json"), reports)
     return reports
 
 
@@ -179,8 +179,8 @@ def _model_facts(cfg: TrainConfig) -> tuple:
     """The tokenizer and the read-out kind (torch and transformers imported on the way)."""
     from rmray.core.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template,
-                               trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model.model_name_or_path, chat_template=cfg.model.chat_template,
+                               trust_remote_code=cfg.model.trust_remote_code)
     return tokenizer, _readout(cfg)
 
 
@@ -198,11 +198,11 @@ def _train_worker(loop_config: dict) -> None:
 def _checkpoint_config(cfg: TrainConfig):
     import ray.train
 
-    if cfg.metric_for_best_model is None:
-        return ray.train.CheckpointConfig(num_to_keep=cfg.save_total_limit)
-    return ray.train.CheckpointConfig(num_to_keep=cfg.save_total_limit,
-                                      checkpoint_score_attribute=cfg.metric_for_best_model,
-                                      checkpoint_score_order="max" if cfg.best_is_greater else "min")
+    if cfg.checkpoints.metric_for_best_model is None:
+        return ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints.save_total_limit)
+    return ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints.save_total_limit,
+                                      checkpoint_score_attribute=cfg.checkpoints.metric_for_best_model,
+                                      checkpoint_score_order="max" if cfg.checkpoints.best_is_greater else "min")
 
 
 def _readout(cfg: TrainConfig) -> str:
@@ -213,25 +213,25 @@ def _readout(cfg: TrainConfig) -> str:
     from rmray.core.model import readout_kind
     from rmray.core.tokenizer import resolve_model_path
 
-    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model_name_or_path), num_labels=1,
-                                        trust_remote_code=cfg.trust_remote_code)
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.model_name_or_path), num_labels=1,
+                                        trust_remote_code=cfg.model.trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
     return readout_kind(model)
 
 
 def _prepare_output_dir(cfg: TrainConfig) -> None:
-    final = os.path.join(cfg.output_dir, "final")
+    final = os.path.join(cfg.checkpoints.output_dir, "final")
     if os.path.exists(final):
-        if not cfg.overwrite_output_dir:
+        if not cfg.checkpoints.overwrite_output_dir:
             raise UsageError(
                 f"{final} already holds a trained model (fix: another output_dir, or overwrite_output_dir=true "
                 "to replace it; its checkpoints and metrics.jsonl are removed)"
             )
         for name in ("final", "adapter", RUN_NAME, "metrics.jsonl", "data_report.json", "README.md", "plots", "runs", "consumed", ".chaos_killed", "run_identity.json"):
-            path = os.path.join(cfg.output_dir, name)
+            path = os.path.join(cfg.checkpoints.output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    os.makedirs(cfg.checkpoints.output_dir, exist_ok=True)
 
 
 def _check_resume_path(cfg: TrainConfig) -> None:
@@ -239,7 +239,7 @@ def _check_resume_path(cfg: TrainConfig) -> None:
     Ray Train has started its workers (most of a minute on 2 cores) only for them to refuse it. Sizes
     only; the workers still verify checksums before loading. The run folder's own checkpoints take
     precedence over the path (``loop._load_resume_state``), so with any there this check stands aside."""
-    path, run_dir = cfg.resume_from_checkpoint, _local_run_dir(cfg)
+    path, run_dir = cfg.fault_tolerance.resume_from_checkpoint, _local_run_dir(cfg)
     if not path or _is_uri(path) or run_dir is None or glob.glob(os.path.join(run_dir, "checkpoint-*")):
         return
     from .state import checkpoint_problem
@@ -252,9 +252,9 @@ def _check_resume_path(cfg: TrainConfig) -> None:
 
 def _local_run_dir(cfg: TrainConfig) -> str | None:
     """Ray Train's run folder (checkpoints) when storage is local; None on remote storage."""
-    if _is_uri(cfg.storage_path):
+    if _is_uri(cfg.fault_tolerance.storage_path):
         return None
-    return os.path.join(os.path.abspath(cfg.storage_path or cfg.output_dir), RUN_NAME)
+    return os.path.join(os.path.abspath(cfg.fault_tolerance.storage_path or cfg.checkpoints.output_dir), RUN_NAME)
 
 
 def _is_uri(path: str | None) -> bool:

@@ -10,7 +10,7 @@ from rmray.config import TrainConfig
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
-    return cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * total_steps)
+    return cfg.optimization.warmup_steps if cfg.optimization.warmup_steps > 0 else math.ceil(cfg.optimization.warmup_ratio * total_steps)
 
 
 def lr_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
@@ -27,4 +27,4 @@ def lr_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
 
 def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int) -> LambdaLR:
     warmup = warmup_steps(cfg, total_steps)
-    return LambdaLR(optimizer, lambda step: lr_factor(step, warmup=warmup, total=total_steps, kind=cfg.lr_scheduler_type))
+    return LambdaLR(optimizer, lambda step: lr_factor(step, warmup=warmup, total=total_steps, kind=cfg.optimization.lr_scheduler_type))

@@ -162,7 +162,7 @@ def checkpoint_name(cfg, step: int) -> str:
     into the folder Ray's checkpoint manager still lists as the old one, and pruning one of the two
     deletes the other's files (the run then died at its end on "Path not found"). Newest-first order
     by name still holds: ``-1`` sorts after the bare name, and any later step after both."""
-    root = (cfg.storage_path or cfg.output_dir).rstrip("/") + "/ray"
+    root = (cfg.fault_tolerance.storage_path or cfg.checkpoints.output_dir).rstrip("/") + "/ray"
     base = f"checkpoint-{step:06d}"
     if "://" in root:
         import pyarrow.fs
