@@ -136,10 +136,11 @@ class OptimizationConfig:
     """Seed of the model head init, the batch order and the length-grouped windows."""
     bf16: Optional[bool] = None
     """bf16 autocast. Default: on where supported (CUDA with bf16), off on CPU."""
-    loss: Literal["bradley_terry", "plackett_luce"] = "bradley_terry"
-    """The loss over each prompt's responses, read as a [G, K] reward tensor (a pair is K = 2):
-    ``bradley_terry`` on every ordered pair (margins subtracted), or ``plackett_luce`` (listwise; on pairs
-    it equals Bradley-Terry without margins). See ``rmray/core/loss.py``."""
+    loss: str = "bradley_terry"
+    """The loss over each prompt's responses, read as a [G, K] reward tensor (a pair is K = 2), by its name
+    in ``rmray/core/loss.py``'s ``GROUP_LOSSES`` (checked before Ray starts): ``bradley_terry`` on every
+    ordered pair (margins subtracted), or ``plackett_luce`` (listwise; on pairs it equals Bradley-Terry
+    without margins)."""
     attributes: list[str] = field(default_factory=list)
     """Per-attribute reward heads (HelpSteer2 style), e.g. ``[helpfulness, correctness, verbosity]``. Empty:
     one reward. Named, the model has one output per attribute, regressed on rated rows whose ``ratings``

@@ -202,3 +202,11 @@ def test_readable_bad_rows_are_kept_or_counted_and_scored_with_every_column(ray_
                 got = json.loads(row[key]) if key in as_json and row[key] is not None else row[key]
                 assert got == value, (name, key)
             assert (row["reward"] is None) == (row["score_error"] is not None), (name, row["score_error"])
+
+
+def test_an_unknown_loss_is_refused_before_ray_naming_the_registry(tmp_path, capsys, no_ray):
+    """The ``loss`` key is checked against rmray/core/loss.py's GROUP_LOSSES, the one list of losses."""
+    code = cli.main(["train", "loss=hinge", f"output_dir={tmp_path}/out"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "'loss'" in err[0] and "'hinge'" in err[0] and "bradley_terry" in err[0] and "plackett_luce" in err[0]

@@ -93,6 +93,8 @@ GROUP_LOSSES = {"bradley_terry": bradley_terry_group, "plackett_luce": plackett_
 # What each loss is a mean over: a micro-batch cut into chunks weights each chunk's loss by its share
 # of these, so the summed gradient is the whole micro-batch's (groups of different K count rightly).
 LOSS_MEAN_OVER = {"bradley_terry": "pairs", "plackett_luce": "groups"}
+# How the model card and reports name each loss.
+LOSS_TITLES = {"bradley_terry": "Bradley-Terry", "plackett_luce": "Plackett-Luce"}
 
 
 def attribute_mse(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import json
 import os
 
 from rmray.core.files import write_text_atomic
+from rmray.core.loss import LOSS_TITLES
 
 from . import plots
 
@@ -22,7 +23,7 @@ def _table(rows: list[tuple[str, object]]) -> str:
 
 def _what(config: dict) -> str:
     """One paragraph: the loss, the base model, the data, and a per-attribute model's reward."""
-    loss = {"bradley_terry": "Bradley-Terry", "plackett_luce": "Plackett-Luce"}.get(config.get("loss"), "Bradley-Terry")
+    loss = LOSS_TITLES.get(config.get("loss"), config.get("loss"))
     text = (f"A {loss} reward model trained with rmray from `{config.get('model_name_or_path')}` on "
             f"`{config.get('train_data')}`" + (f" (evaluated on `{config['eval_data']}`)" if config.get("eval_data") else "")
             + ".")

@@ -28,6 +28,16 @@ def check_before_ray(cfg) -> None:
                           rated=True, attributes=cfg.optimization.attributes)
     check_model("model_name_or_path", cfg.model.model_name_or_path)
     check_sinks(cfg.checkpoints.report_to)
+    check_loss(cfg.optimization.loss)
+
+
+def check_loss(name: str) -> None:
+    """The ``loss`` key names a loss of the registry (``rmray/core/loss.py``), the one list of them."""
+    from rmray.core.loss import GROUP_LOSSES
+
+    if name not in GROUP_LOSSES:
+        raise UsageError(f"config key 'loss': {name!r} is not one of {sorted(GROUP_LOSSES)} (fix: choose one, or "
+                         "add yours to GROUP_LOSSES in rmray/core/loss.py)")
 
 
 def check_model(key: str, name: str) -> None:
