@@ -47,10 +47,10 @@ def hub(tmp_path, monkeypatch):
 def rows_of(source: str) -> list[dict]:
     import ray
 
-    from rmray.data.read import read_source
+    from rmray.data.source import open_source
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_source(source).take_all()]
+    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in open_source(source).read().take_all()]
 
 
 def test_a_hub_id_reads_its_splits_files_on_the_cluster(ray_cluster, hub):

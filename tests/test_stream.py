@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rmray.data.preferences import _SCHEMA
-from rmray.data.rowcount import count_rows
+from rmray.data.source import open_source
 
 
 def tokenized(ids: list[str], bad: set[str] = frozenset(), split: dict | None = None) -> pa.Table:
@@ -131,19 +131,19 @@ def test_row_counts_come_from_metadata_and_line_counts(tmp_path):
     (tmp_path / "j" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + "\n  \n")
     with gzip.open(tmp_path / "j" / "b.jsonl.gz", "wt") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
-    assert count_rows(str(tmp_path / "j")) == 10  # blank lines are not rows
-    assert count_rows(str(tmp_path / "j" / "*.jsonl")) == 3
+    assert open_source(str(tmp_path / "j")).count_rows() == 10  # blank lines are not rows
+    assert open_source(str(tmp_path / "j" / "*.jsonl")).count_rows() == 3
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet", row_group_size=2)
-    assert count_rows(str(tmp_path / "p.parquet")) == 7
+    assert open_source(str(tmp_path / "p.parquet")).count_rows() == 7
     (tmp_path / "c.csv").write_text("chosen,rejected\n" + "".join(f"a{i},b{i}\n" for i in range(5)))
-    assert count_rows(str(tmp_path / "c.csv")) == 5
+    assert open_source(str(tmp_path / "c.csv")).count_rows() == 5
     (tmp_path / "doc.json").write_text(json.dumps(rows))
-    assert count_rows(str(tmp_path / "doc.json")) is None  # no count without parsing it
-    assert count_rows("demo") == 400
+    assert open_source(str(tmp_path / "doc.json")).count_rows() is None  # no count without parsing it
+    assert open_source("demo").count_rows() == 400
 
 
 def test_a_saved_dataset_is_counted_from_its_record_batches(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = [{"chosen": f"a{i}", "rejected": f"b{i}"} for i in range(9)]
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"), num_shards=2)
-    assert count_rows(str(tmp_path / "hf")) == 9
+    assert open_source(str(tmp_path / "hf")).count_rows() == 9

@@ -25,7 +25,8 @@ from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import EncodedGroup, EncodedPair, encode_group, encode_pair
 
 from .lines import parse_line
-from .read import read_lines, read_source
+from .read import read_lines
+from .source import open_source
 
 # A pair row fills chosen_ids/rejected_ids/margin; a rated row group_ids/ratings (its K sequences), and
 # attribute_ratings ([K][A]) when its ratings are per attribute.
@@ -194,7 +195,7 @@ def tokenized_rows(source: str, rules: RowRules, *, limit: int | None = None,
     split, found without tokenizing the train rows)."""
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     lines = read_lines(source)
-    ds = lines if lines is not None else read_source(source)
+    ds = lines if lines is not None else open_source(source).read()
     if limit:
         ds = ds.limit(limit)
     # A row's own "id" column names it in reports when present; otherwise file:line for JSON lines, or a

@@ -6,34 +6,19 @@ has it -- Parquet footers, a saved dataset's Arrow record-batch headers, the hub
 Parquet footers -- and from a line count of JSON-lines and CSV files (a scan of bytes, about a
 second per few hundred MB). ``None`` where no such count exists (one JSON document, a URI): the
 caller then reads the data whole first. Skipped rows are known only as they pass; the run reports
-the exact count at the end.
+the exact count at the end. Which count a source has is its :class:`rmray.data.source.Source`'s answer.
 """
 
 from __future__ import annotations
 
-import os
-
-from rmray.core.demo_data import DEMO_SETS
-
-from .kinds import file_kind, is_lines, looks_local
+from .kinds import file_kind, is_lines
 
 
-def count_rows(source: str) -> int | None:
-    """Rows of ``source`` before validation (blank JSON lines are not rows), or None if unknown."""
-    from .readable import local_files
-    from .saved import is_saved_dataset
-
-    if source in DEMO_SETS:
-        return len(DEMO_SETS[source]())
-    if "://" in source:
-        return None
-    if not looks_local(source):
-        return _hub_rows(source)
-    path = os.path.expanduser(source)
-    if os.path.isdir(path) and is_saved_dataset(path):
-        return _saved_rows(path)
+def file_rows(files: list[str]) -> int | None:
+    """Rows of local data files before validation (blank JSON lines are not rows), or None when one of
+    them is a JSON document (no count without parsing it)."""
     total = 0
-    for file in local_files(source):
+    for file in files:
         kind = file_kind(file)
         if kind == "parquet":
             import pyarrow.parquet as pq
@@ -55,7 +40,7 @@ def _lines(path: str, *, skip_blank: bool) -> int:
         return sum(1 for line in f if not skip_blank or line.strip())
 
 
-def _saved_rows(folder: str) -> int | None:
+def saved_rows(folder: str) -> int | None:
     import pyarrow as pa
 
     from .saved import saved_files
@@ -70,7 +55,7 @@ def _saved_rows(folder: str) -> int | None:
     return total
 
 
-def _hub_rows(source: str) -> int | None:
+def hub_rows(source: str) -> int | None:
     """The hub's Parquet files of the split, by their footers (a ranged read each); None for other files."""
     import pyarrow.parquet as pq
 

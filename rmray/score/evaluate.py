@@ -23,18 +23,17 @@ def evaluate(cfg: EvalConfig) -> dict:
     in ``rewards.jsonl`` when ``cfg.output``). Several models are evaluated as one ensemble."""
     import ray
 
-    from rmray.data.read import check_source, read_source
-    from rmray.data.readable import check_readable
+    from rmray.data.source import open_source
 
     from .batch import PairScorer
 
     for path in cfg.model_dirs:  # before Ray: a mistake costs a second, not a start-up
         check_model_dir(path)
-    check_source("data", cfg.data)
-    check_readable(cfg.data)
+    source = open_source(cfg.data)
+    source.check("data")
     specs = [ScoringSpec.load(d) for d in cfg.model_dirs]
     init_ray(cfg.ray_address)
-    scored = read_source(cfg.data).map_batches(
+    scored = source.read().map_batches(
         PairScorer, batch_format="pyarrow", batch_size=cfg.batch_size,
         fn_constructor_kwargs={"cfg": cfg},
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)

@@ -24,8 +24,8 @@ from rmray.core.scoring import model_name
 from rmray.core.spec import ScoringSpec, check_model_dir
 from rmray.data.kinds import file_kind, is_lines
 from rmray.data.lines import parse_line
-from rmray.data.read import check_source
-from rmray.data.readable import check_columns, check_readable, folder_files
+from rmray.data.readable import check_columns, folder_files
+from rmray.data.source import open_source
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 
@@ -117,10 +117,9 @@ def _read(pending: list[tuple[int, str | None]], cfg: "ScoreConfig"):
     import ray
 
     from rmray.data.lines import JsonLinesText
-    from rmray.data.read import read_source
 
     if pending[0][1] is None:
-        return read_source(cfg.input).map_batches(_tag_all, batch_format="pyarrow", num_cpus=0.25)
+        return open_source(cfg.input).read().map_batches(_tag_all, batch_format="pyarrow", num_cpus=0.25)
     paths = [p for _, p in pending]
     kinds = {("lines" if is_lines(p) else file_kind(p)) for p in paths}
     if len(kinds) != 1:
@@ -146,8 +145,7 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
 
     for path in cfg.model_dirs:  # before Ray: a mistake costs a second, not a start-up
         check_model_dir(path)
-    check_source("input", cfg.input)
-    check_readable(cfg.input, parse_lines=False)  # a line that is not JSON is a row with its score_error
+    open_source(cfg.input).check("input", parse_lines=False)  # a line that is not JSON is a row with its score_error
     check_columns(cfg.input, {"--response-field": cfg.response_field})
     names = cfg.model_names or [model_name(d) for d in cfg.model_dirs]
     inputs = list_inputs(cfg.input)

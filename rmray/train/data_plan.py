@@ -111,9 +111,9 @@ def _expected_train_rows(cfg: TrainConfig) -> int | None:
     """Train rows from the source's own count, before validation. Of a split by row hash, the expected
     train share plus three standard deviations: a schedule a little long is harmless (the learning rate
     ends near 0), one too short would end the decay before the data."""
-    from rmray.data.rowcount import count_rows
+    from rmray.data.source import open_source
 
-    rows = count_rows(cfg.data.train_data)
+    rows = open_source(cfg.data.train_data).count_rows()
     if rows is None:
         return None
     if cfg.data.max_train_samples:

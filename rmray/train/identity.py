@@ -66,9 +66,9 @@ def check_or_record(cfg, run_dir: str | None) -> None:
 
 def _data_fingerprint(source: str) -> str | None:
     """Sizes and sampled bytes of the local files behind ``source``; None for hub ids and URIs."""
-    from rmray.data.readable import local_files
+    from rmray.data.source import open_source
 
-    files = local_files(source)
+    files = open_source(source).files()
     if not files:
         return None
     digest = hashlib.sha256()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from rmray.data.read import check_source
-from rmray.data.readable import check_columns, check_readable
+from rmray.data.readable import check_columns
+from rmray.data.source import open_source
 from rmray.errors import UsageError
 
 # report_to name -> the module its sink imports
@@ -22,8 +22,7 @@ def check_before_ray(cfg) -> None:
     """Data sources, the model, and the metric sinks of a :class:`rmray.config.TrainConfig`."""
     for key, source in (("train_data", cfg.data.train_data), ("eval_data", cfg.data.eval_data)):
         if source:
-            check_source(key, source)
-            check_readable(source)
+            open_source(source).check(key)
             check_columns(source, {"chosen_field": cfg.data.chosen_field, "rejected_field": cfg.data.rejected_field},
                           rated=True, attributes=cfg.optimization.attributes)
     check_model("model_name_or_path", cfg.model.model_name_or_path)
