@@ -143,7 +143,7 @@ def step_times(path: str, hh_rows: list[dict], steps: int = 20) -> dict:
     model = RewardModel(load_hf_model(path, pad_token_id=tok.pad_token_id)).to(DEV)
     hidden = model.hf_model.config.hidden_size
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    compute = Compute.for_run(model, model, DDPStrategy(), DEV, TrainConfig(bf16=True))
+    compute = Compute.for_run(model, model, DDPStrategy(), DEV, TrainConfig(bf16=True).optimization)
     # (packed, segment attention, varlen flash allowed); without varlen, segments run one SDPA call per piece
     variants = {"padded_sdpa": (False, False, True), "packed_dense_mask": (True, False, True),
                 "segments_per_piece_sdpa": (True, True, False), "segments_flash_varlen": (True, True, True)}

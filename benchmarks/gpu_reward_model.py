@@ -160,7 +160,7 @@ def lora_7b_memory(rows: list[dict], tokenizer_dir: str, tiny: bool) -> dict:
     pairs = [encode_pair(tok, spec, normalize_row(r, "implicit")) for r in rows if usable(r)][:400]
     cfg = load_config(None, ["learning_rate=1e-5", "bf16=true"])
     layout = Layout(choose_layout(True, True, True), causal=True, pad_token_id=0, attention_ratio=6.0 * hidden, segments=model.segments_ok)
-    compute = Compute.for_run(model, model, DDPStrategy(), torch.device(DEV), cfg)
+    compute = Compute.for_run(model, model, DDPStrategy(), torch.device(DEV), cfg.optimization)
     result = {"params_b": sum(p.numel() for p in model.parameters()) / 1e9, "trainable_m": trainable / 1e6,
               "weights_mb": weights_mb}
     for budget in (1024, 4096):

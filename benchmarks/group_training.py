@@ -96,7 +96,7 @@ def train_once(model_dir: str, batches: list[dict], layout_kind: str, args) -> d
                     attention_ratio=6.0 * model.hf_model.config.hidden_size, max_tokens_per_batch=args.max_tokens,
                     segments=model.segments_ok and layout_kind != "padded")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    compute = Compute.for_run(model, model, DDPStrategy(), device, cfg)
+    compute = Compute.for_run(model, model, DDPStrategy(), device, cfg.optimization)
     pairs = computed = 0
     start = None
     for k, batch in enumerate(batches):

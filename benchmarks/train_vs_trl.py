@@ -165,7 +165,7 @@ def run_plain_loop(model_dir: str, rows: list[dict], args) -> float:
     layout = Layout(choose_layout(True, True, causal), causal=causal, pad_token_id=tok.pad_token_id,
                     attention_ratio=6.0 * model.hf_model.config.hidden_size, segments=model.segments_ok)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    compute = Compute.for_run(model, model, DDPStrategy(), device, cfg)
+    compute = Compute.for_run(model, model, DDPStrategy(), device, cfg.optimization)
     lengths = [len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
     batches = length_grouped_batches(lengths, args.batch_size, seed=0)
     start = time.perf_counter()

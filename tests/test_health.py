@@ -10,18 +10,18 @@ from rmray.train.state import checkpoint_problem, write_manifest
 
 
 def test_early_stopping_counts_evals_without_improvement():
-    h = Health.from_config(TrainConfig(early_stopping_patience=2, early_stopping_threshold=0.01))
+    h = Health.from_config(TrainConfig(early_stopping_patience=2, early_stopping_threshold=0.01).checkpoints)
     assert h.metric == "eval_loss" and not h.greater_is_better
     losses = [0.70, 0.60, 0.595, 0.61]  # 0.595 improves by less than the threshold
     stops = [h.observe({"eval_loss": x}, None)[1] for x in losses]
     assert stops == [False, False, False, True]
-    acc = Health.from_config(TrainConfig(metric_for_best_model="accuracy", early_stopping_patience=1))
+    acc = Health.from_config(TrainConfig(metric_for_best_model="accuracy", early_stopping_patience=1).checkpoints)
     assert acc.metric == "eval_accuracy" and acc.greater_is_better
     assert [acc.observe({"eval_accuracy": x}, None)[1] for x in (0.6, 0.7, 0.65)] == [False, False, True]
 
 
 def test_collapse_and_overfitting_warnings():
-    h = Health.from_config(TrainConfig())
+    h = Health.from_config(TrainConfig().checkpoints)
     warnings, stop = h.observe({"eval_loss": 0.69, "eval_reward_std": 1e-5, "eval_accuracy": 0.5}, 0.95)
     assert {w["kind"] for w in warnings} == {"reward_collapse", "overfitting"} and not stop
     assert "same score" in warnings[0]["message"] or "alike" in warnings[0]["message"]

@@ -13,7 +13,7 @@ def test_training_state_round_trip_without_pickle(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    sched = build_scheduler(opt, TrainConfig(warmup_steps=2), total_steps=10)
+    sched = build_scheduler(opt, TrainConfig(warmup_steps=2).optimization, total_steps=10)
     for _ in range(3):
         model(torch.randn(2, 4)).sum().backward()
         opt.step()
@@ -24,7 +24,7 @@ def test_training_state_round_trip_without_pickle(tmp_path):
     json.load(open(tmp_path / TRAINER_STATE))  # plain JSON, no pickle anywhere
 
     opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    sched2 = build_scheduler(opt2, TrainConfig(warmup_steps=2), total_steps=10)
+    sched2 = build_scheduler(opt2, TrainConfig(warmup_steps=2).optimization, total_steps=10)
     state, optimizer_state = load_training_state(str(tmp_path), scheduler=sched2)
     opt2.load_state_dict(optimizer_state)
     assert (state["step"], state["batches_in_epoch"]) == (3, 3)

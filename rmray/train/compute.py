@@ -34,10 +34,11 @@ class Compute:
     rating_margin: float = 0.0  # rated rows: pairs' margins are this times their rating difference
 
     @classmethod
-    def for_run(cls, model, raw, strategy, device, cfg) -> "Compute":
-        loss = functools.partial(group_loss(cfg.optimization.loss), center_rewards_coefficient=cfg.optimization.center_rewards_coefficient)
-        return cls(model, raw, strategy, device, wants_bf16(cfg, device), loss, LOSS_MEAN_OVER[cfg.optimization.loss] == "pairs",
-                   cfg.optimization.attribute_loss_weight if cfg.optimization.attributes else 0.0, cfg.optimization.rating_margin)
+    def for_run(cls, model, raw, strategy, device, opt) -> "Compute":
+        """From the ``optimization`` section (:class:`rmray.config.OptimizationConfig`), the one it reads."""
+        loss = functools.partial(group_loss(opt.loss), center_rewards_coefficient=opt.center_rewards_coefficient)
+        return cls(model, raw, strategy, device, wants_bf16(opt, device), loss, LOSS_MEAN_OVER[opt.loss] == "pairs",
+                   opt.attribute_loss_weight if opt.attributes else 0.0, opt.rating_margin)
 
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
@@ -93,9 +94,9 @@ class Compute:
         return chunk.num_pairs if self.per_pair else chunk.num_groups
 
 
-def wants_bf16(cfg, device) -> bool:
-    """bf16 autocast: as configured, else on where the device supports it (CUDA with bf16)."""
-    return bool(cfg.optimization.bf16) if cfg.optimization.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
+def wants_bf16(opt, device) -> bool:
+    """bf16 autocast: as the ``optimization`` section says, else on where the device supports it (CUDA with bf16)."""
+    return bool(opt.bf16) if opt.bf16 is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
 def all_reduce(sums: torch.Tensor, device) -> torch.Tensor:

@@ -20,9 +20,10 @@ class Health:
     warned: set = field(default_factory=set)
 
     @classmethod
-    def from_config(cls, cfg) -> "Health":
-        return cls(cfg.checkpoints.best_metric, cfg.checkpoints.best_is_greater, cfg.checkpoints.early_stopping_patience, cfg.checkpoints.early_stopping_threshold,
-                   cfg.checkpoints.reward_collapse_std, cfg.checkpoints.overfit_warning_gap)
+    def from_config(cls, checkpoints) -> "Health":
+        """From the ``checkpoints`` section (:class:`rmray.config.CheckpointConfig`), the one it reads."""
+        return cls(checkpoints.best_metric, checkpoints.best_is_greater, checkpoints.early_stopping_patience,
+                   checkpoints.early_stopping_threshold, checkpoints.reward_collapse_std, checkpoints.overfit_warning_gap)
 
     def observe(self, eval_metrics: dict, train_accuracy: float | None) -> tuple[list[dict], bool]:
         """(warnings as metrics.jsonl records, whether to stop early) after one eval."""

@@ -105,10 +105,10 @@ class WorkerRun:
         # fused: one kernel per step instead of a loop over tensors (what transformers' Trainer uses too)
         self.optimizer = torch.optim.AdamW([p for p in self.compute.model.parameters() if p.requires_grad],
                                            lr=cfg.optimization.learning_rate, weight_decay=cfg.optimization.weight_decay, fused=True)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optimization, self.total_steps)
         self.log = self._open_log()
         self._resume()
-        self.health = Health.from_config(cfg)
+        self.health = Health.from_config(cfg.checkpoints)
         self.consumed = ConsumedLog(cfg.checkpoints.output_dir if cfg.debug.log_consumed_pairs else None, self.rank, self.state.step)
         self.window = Window(torch.zeros(8, dtype=torch.float64, device=self.compute.device))
 
@@ -120,8 +120,8 @@ class WorkerRun:
                                         trust_remote_code=cfg.model.trust_remote_code)
         device = ray.train.torch.get_device()
         strategy = make_strategy(cfg.speed.fsdp)
-        model, raw = build_model(cfg, self.tokenizer, strategy, wants_bf16(cfg, device), device)
-        self.compute = Compute.for_run(model, raw, strategy, device, cfg)
+        model, raw = build_model(cfg, self.tokenizer, strategy, wants_bf16(cfg.optimization, device), device)
+        self.compute = Compute.for_run(model, raw, strategy, device, cfg.optimization)
         self.layout = Layout(kind=choose_layout(cfg.speed.padding_free, cfg.speed.share_prompt, raw.readout == "last_token"),
                              causal=raw.readout == "last_token", pad_token_id=self.tokenizer.pad_token_id,
                              pad_to_multiple_of=cfg.speed.pad_to_multiple_of, row_tokens=cfg.speed.pack_row_tokens,

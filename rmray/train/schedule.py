@@ -6,11 +6,11 @@ import math
 
 from torch.optim.lr_scheduler import LambdaLR
 
-from rmray.config import TrainConfig
+from rmray.config import OptimizationConfig
 
 
-def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
-    return cfg.optimization.warmup_steps if cfg.optimization.warmup_steps > 0 else math.ceil(cfg.optimization.warmup_ratio * total_steps)
+def warmup_steps(opt: OptimizationConfig, total_steps: int) -> int:
+    return opt.warmup_steps if opt.warmup_steps > 0 else math.ceil(opt.warmup_ratio * total_steps)
 
 
 def lr_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
@@ -25,6 +25,7 @@ def lr_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int) -> LambdaLR:
-    warmup = warmup_steps(cfg, total_steps)
-    return LambdaLR(optimizer, lambda step: lr_factor(step, warmup=warmup, total=total_steps, kind=cfg.optimization.lr_scheduler_type))
+def build_scheduler(optimizer, opt: OptimizationConfig, total_steps: int) -> LambdaLR:
+    """The schedule the ``optimization`` section names, over ``total_steps`` optimizer steps."""
+    warmup = warmup_steps(opt, total_steps)
+    return LambdaLR(optimizer, lambda step: lr_factor(step, warmup=warmup, total=total_steps, kind=opt.lr_scheduler_type))
