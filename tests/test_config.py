@@ -212,3 +212,19 @@ def test_one_atomic_write_helper():
         if rel not in allowed and ("os.replace(" in text or "json.dump(" in text):
             offenders.append(rel)
     assert not offenders, offenders
+
+
+def test_no_config_object_is_a_giant():
+    """One small dataclass per component: none in rmray/ has more than 30 fields (the training config is
+    its sections)."""
+    import ast
+
+    big = []
+    for path in glob.glob(os.path.join(ROOT, "rmray", "**", "*.py"), recursive=True):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ClassDef) and any("dataclass" in ast.dump(d) for d in node.decorator_list):
+                fields = sum(isinstance(item, ast.AnnAssign) for item in node.body)
+                if fields > 30:
+                    big.append(f"{node.name} ({fields})")
+    assert not big, big
+    assert len(TrainConfig().flat()) > 60  # the sections still hold every key
