@@ -85,11 +85,11 @@ def no_ray(monkeypatch):
 
     import rmray.score.evaluate
     import rmray.score.offline
+    import rmray.serve.run
     import rmray.train.run
 
-    monkeypatch.setattr(rmray.train.run, "init_ray", refuse)
-    monkeypatch.setattr(rmray.score.offline, "init_ray", refuse)
-    monkeypatch.setattr(rmray.score.evaluate, "init_ray", refuse)
+    for module in (rmray.train.run, rmray.score.offline, rmray.score.evaluate, rmray.serve.run):
+        monkeypatch.setattr(module, "init_ray", refuse)
 
 
 @pytest.fixture(scope="session")

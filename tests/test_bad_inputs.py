@@ -210,3 +210,16 @@ def test_an_unknown_loss_is_refused_before_ray_naming_the_registry(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "'loss'" in err[0] and "'hinge'" in err[0] and "bradley_terry" in err[0] and "plackett_luce" in err[0]
+
+
+def test_rmray_serve_mistakes_are_refused_before_ray(tmp_path, capsys, no_ray, rm_qwen):
+    """A folder that is not a model, and settings that contradict each other, answer in one line with
+    Ray never started (``no_ray`` fails the test if it is)."""
+    from .conftest import free_port
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    for argv in (["serve", str(tmp_path), "--port", str(free_port())],
+                 ["serve", rm_qwen, "--port", str(free_port()), "--replicas", "3", "--max-replicas", "2"]):
+        code = cli.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("rmray: error:"), (argv, err)

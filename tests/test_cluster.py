@@ -15,6 +15,8 @@ import urllib.request
 import pytest
 import yaml
 
+from rmray.testing import plain_transformers_scores
+
 from .conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,5 +136,7 @@ def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(refer
     assert two_nodes["eval_accuracy"] == one_node["eval_accuracy"]
     assert two_nodes["eval_loss"] == pytest.approx(one_node["eval_loss"], abs=1e-4)
     assert two_nodes["eval_loss"] < 0.6 and one_node["eval_loss"] < 0.6  # both trained (0.69 untrained)
-    scorer = Scorer.load(os.path.join(two.checkpoints.output_dir, "final"))
-    assert len(scorer.score(["How do I keep basil fresh?"], [" Keep it in water."])) == 1
+    final = os.path.join(two.checkpoints.output_dir, "final")  # a whole model, scoring as plain transformers does
+    reward = Scorer.load(final).score(["How do I keep basil fresh?"], [" Keep it in water."])
+    assert reward == pytest.approx(plain_transformers_scores(final, ["How do I keep basil fresh? Keep it in water."]),
+                                   abs=1e-4)

@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -36,7 +35,10 @@ def test_metrics_from_sums_split_invariant():
     assert whole["chosen_reward_std"] == pytest.approx(c.std(unbiased=False).item())
     assert whole["rejected_reward_std"] == pytest.approx(r.std(unbiased=False).item())
     assert whole["reward_std"] == pytest.approx(torch.cat([c, r]).std(unbiased=False).item())
-    assert math.isfinite(whole["loss"])
+    assert whole["loss"] == 0.0  # no loss summed in
+    # the loss is a sum over the part's pairs, reported as their mean: 2.6 over 4 pairs, and split alike
+    summed = metrics_from_sums(preference_sums(c[:1], r[:1], 0.6) + preference_sums(c[1:], r[1:], 2.0))
+    assert summed["loss"] == pytest.approx(2.6 / 4)
 
 
 def test_collate_layout_and_pad_to_multiple():
