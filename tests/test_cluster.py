@@ -114,10 +114,12 @@ def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(refer
         while _dashboard(dash, "/api/jobs/") is None and time.time() < deadline:  # the job server is up
             assert nodes[0].poll() is None, (tmp_path / "cluster.log").read_text()[-3000:]
             time.sleep(0.5)
+        assert _dashboard(dash, "/api/jobs/") is not None, "the head's job server did not answer within 120 s"
         nodes.append(_ray_start(ray_bin, [f"--address=127.0.0.1:{port}", f"--temp-dir={temp_dirs[1]}"], log, env))
         while _alive_nodes(dash) < 2 and time.time() < deadline + 60:  # both raylets in before the job asks
             assert nodes[1].poll() is None, (tmp_path / "cluster.log").read_text()[-3000:]
             time.sleep(0.5)
+        assert _alive_nodes(dash) >= 2, "the second raylet did not join within 180 s"
         job = subprocess.run(
             [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ROOT, "--",
              sys.executable, "jobs/train.py", *_as_overrides(two)],

@@ -68,6 +68,7 @@ def test_rmray_serve_command_end_to_end(rm_qwen, tmp_path):
         while "rmray: serving" not in (tmp_path / "serve.log").read_text() and time.time() < deadline:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             time.sleep(0.5)
+        assert "rmray: serving" in (tmp_path / "serve.log").read_text(), "rmray serve did not start within 180 s"
         status, body, _ = post(port, "/score", {"prompt": PROMPT, "response": RESPONSES[0]}, token=None)
         assert status == 200, body
         assert body["rewards"][0] == pytest.approx(plain_transformers_scores(rm_qwen, [PROMPT + RESPONSES[0]])[0],
