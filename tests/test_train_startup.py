@@ -42,12 +42,20 @@ def test_workers_start_early_only_when_a_node_keeps_a_cpu_for_data_tasks(ray_clu
     # briefly: the early start is not lost to Ray's asynchronous release.
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    held = placement_group([{"CPU": 1.5}])
-    ray_cluster.get(held.ready(), timeout=30)
-    cfg = config(tiny_qwen, tmp_path, num_workers=2, cpus_per_worker=0.5)
-    assert not _start_workers_early(cfg, settle_s=0)
-    threading.Timer(1.0, remove_placement_group, args=(held,)).start()
-    assert _start_workers_early(cfg)
+    held, removed = placement_group([{"CPU": 1.5}]), []
+    release = threading.Timer(1.0, lambda: removed.append(remove_placement_group(held)))
+    try:
+        ray_cluster.get(held.ready(), timeout=30)
+        cfg = config(tiny_qwen, tmp_path, num_workers=2, cpus_per_worker=0.5)
+        assert not _start_workers_early(cfg, settle_s=0)
+        release.start()
+        assert _start_workers_early(cfg)
+    finally:  # a failed assert must not leave 1.5 of the cluster's 2 CPUs held for every later test
+        release.cancel()
+        if release.is_alive():
+            release.join()
+        if not removed:
+            remove_placement_group(held)
 
     def node(cpus, gpus=0):
         return {"Alive": True, "Resources": {"CPU": cpus, "GPU": gpus}}
