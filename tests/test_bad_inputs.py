@@ -25,7 +25,7 @@ def _parquet_bytes(rows: list[dict]) -> bytes:
 
 
 def test_a_folder_of_several_kinds_is_refused_by_every_command_before_ray(tmp_path, capsys, no_ray):
-    """Ray Data reads a folder with one reader: a.jsonl beside b.parquet once trained on the JSON lines
+    """Ray Data reads a folder with one reader: a.jsonl beside b.parquet would train on the JSON lines
     alone, the Parquet rows missing from the run and its data report."""
     folder = tmp_path / "mixed"
     folder.mkdir()

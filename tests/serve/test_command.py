@@ -126,7 +126,7 @@ def test_a_port_a_stopped_server_left_in_time_wait_is_free_and_a_listened_one_is
     accepted.close()  # the server side closes first: its end of the connection waits in TIME_WAIT
     server.close()
     client.close()
-    with socket.socket() as strict:  # the old probe, without SO_REUSEADDR, still counted it as a server
+    with socket.socket() as strict:  # a probe without SO_REUSEADDR counts the TIME_WAIT port as taken
         with pytest.raises(OSError):
             strict.bind(("127.0.0.1", port))
     check_port_free("127.0.0.1", port)

@@ -112,9 +112,9 @@ def _assert_one_reward(answers: dict[str, list[float]], expected: list[float]) -
 
 
 def test_every_consumer_gives_one_reward_per_item_for_one_model(served, tmp_path):
-    """ChatML (Qwen2's template and turn tokens): the OpenRLHF shape with ``prompts`` once appended an EOS
-    to the rendered conversation; ``rmray score`` refused a message prompt with a text response and an
-    empty response."""
+    """ChatML (Qwen2's template and turn tokens): the OpenRLHF shape with ``prompts`` must not append an EOS
+    to the rendered conversation, and ``rmray score`` must score a message prompt with a text response and
+    an empty response as the server does."""
     model = served["chat"]
     expected = _reference(model)
     _assert_one_reward({**_http(served["port"], "/chat", model), **_offline([model], tmp_path / "one")}, expected)
@@ -122,8 +122,8 @@ def test_every_consumer_gives_one_reward_per_item_for_one_model(served, tmp_path
 
 def test_every_consumer_gives_one_reward_per_item_for_an_ensemble(served, tmp_path):
     """Two models on saved scales (mean 0.5, std 2.0) and (mean 8.0, std 0.5), the same weights: the
-    reward is the mean of the standardized rewards everywhere (the server once standardized, ``rmray
-    score`` averaged the raw rewards). Their tokenizer has rmray's plain template."""
+    reward is the mean of the standardized rewards in every consumer, offline as online (the raw mean
+    would rank differently). Their tokenizer has rmray's plain template."""
     normed = served["qwen"]
     raw = _reference(normed)
     expected = [((r - 0.5) / 2.0 + (r - 8.0) / 0.5) / 2 for r in raw]
@@ -135,7 +135,7 @@ def test_every_consumer_gives_one_reward_per_item_for_an_ensemble(served, tmp_pa
 
 def test_classify_on_a_plain_template_conversation_equals_score_on_its_messages(served):
     """rmray's ``plain`` template ends an assistant turn with the EOS, so its rendered text is told from
-    plain text: no second EOS is appended to it (once 0.14 apart)."""
+    plain text: no second EOS is appended to it (that EOS moves the reward by about 0.14 here)."""
     tokenizer = AutoTokenizer.from_pretrained(served["qwen"])
     messages = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "Full sun, deep water."}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)

@@ -202,8 +202,8 @@ def test_sustained_load_scales_the_scorers_up_and_every_request_is_answered(serv
 
 
 def test_error_bodies_name_the_field_and_the_rule_never_a_validator_repr():
-    """A body at the text limit once got ``function-after[functools.partial(<function max_length_validator
-    at 0x7eff...>`` as the field's name."""
+    """pydantic names a union member by its validators' repr (``function-after[functools.partial(<function
+    max_length_validator at 0x7eff...>``): a client must see the field and the rule instead."""
     from pydantic import ValidationError
 
     from rmray.serve.app import validation_detail
