@@ -112,6 +112,7 @@ def test_shared_prefix_computes_fewer_tokens(tiny_qwen):
 @pytest.mark.parametrize("attention", ["dense", "segments"])
 def test_encoder_packed_equals_padded(minilm_path, attention):
     tok = load_tokenizer(minilm_path)
+    torch.manual_seed(0)  # the fresh head's weights: a fixed draw, whatever ran before in this process
     model = RewardModel(load_hf_model(minilm_path, pad_token_id=tok.pad_token_id))
     chosen, rejected = edge_case_pairs(tok)
     n = len(chosen)
