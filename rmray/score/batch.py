@@ -163,6 +163,7 @@ class PairScorer:
                 grouped[i] = rewards
             if targets[i] is not None and len(self.scorers) == 1:
                 predicted[i] = [v[1:] for v in values[0]]
+
         def text(key):
             return [str(row[key]) if row.get(key) is not None else None for row in rows]
 

@@ -1,7 +1,10 @@
 """The serving tests' one Serve instance (:func:`served`) and their HTTP helpers."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -32,6 +35,12 @@ def post(port, path, body, token=TOKEN, raw=None, headers=None):
         except ValueError:
             body = body.decode(errors="replace")
         return err.code, body, dict(err.headers)
+
+
+def rmray_command(*args, timeout=60) -> subprocess.CompletedProcess:
+    """The ``rmray`` command as a user runs it, in a process of its own (no Ray address inherited)."""
+    return subprocess.run([sys.executable, "-m", "rmray.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "RAY_ADDRESS": ""})
 
 
 @pytest.fixture(scope="package")

@@ -10,7 +10,7 @@ import pytest
 from rmray.testing import plain_transformers_scores
 
 from ..conftest import ROOT, free_port
-from .conftest import PROMPT, RESPONSES, post
+from .conftest import PROMPT, RESPONSES, post, rmray_command
 
 
 def test_serve_config_file_is_valid_and_builds():
@@ -86,14 +86,6 @@ def test_rmray_serve_command_end_to_end(rm_qwen, tmp_path):
         log.close()
 
 
-def _rmray(*args, timeout=60):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "rmray.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "RAY_ADDRESS": ""})
-
-
 def test_rmray_serve_refuses_a_taken_port_before_ray_starts(rm_qwen, tmp_path):
     """A Serve proxy opens its port with SO_REUSEPORT, so a second server would start and share it."""
     with socket.socket() as other:
@@ -101,7 +93,7 @@ def test_rmray_serve_refuses_a_taken_port_before_ray_starts(rm_qwen, tmp_path):
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
-        result = _rmray("serve", rm_qwen, "--port", str(port), "--ray-address", "local")
+        result = rmray_command("serve", rm_qwen, "--port", str(port), "--ray-address", "local")
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"port {port}" in lines[0] and lines[0].startswith("rmray: error:"), result.stderr
@@ -135,7 +127,7 @@ def test_a_port_a_stopped_server_left_in_time_wait_is_free_and_a_listened_one_is
 def test_rmray_serve_refuses_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     for path in (str(tmp_path), str(tmp_path / "missing")):
-        result = _rmray("serve", path, "--port", str(free_port()))
+        result = rmray_command("serve", path, "--port", str(free_port()))
         assert result.returncode == 2, result
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and path in lines[0] and "fix:" in lines[0], result.stderr

@@ -12,9 +12,6 @@ message), with no EOS appended.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +19,7 @@ from transformers import AutoTokenizer
 
 from rmray.testing import plain_transformers_scores
 
-from .conftest import PROMPT, post
+from .conftest import PROMPT, post, rmray_command
 
 QUESTION = "How do I make my tomato plants produce more fruit?"
 ITEMS = [  # (prompt, response): plain text, empty response, message prompt + text, messages both
@@ -79,9 +76,8 @@ def _http(port: int, prefix: str, model_dir: str) -> dict[str, list[float]]:
 
 
 def _rmray(*args) -> None:
-    """The command as a user runs it, on a Ray of its own: the served apps hold this cluster's CPUs."""
-    result = subprocess.run([sys.executable, "-m", "rmray.cli", *args, "--ray-address", "local"],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    """The command on a Ray of its own: the served apps hold this cluster's CPUs."""
+    result = rmray_command(*args, "--ray-address", "local", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
