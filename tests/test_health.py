@@ -5,8 +5,8 @@ import os
 import pytest
 
 from rmray.config import TrainConfig
+from rmray.train.checkpoint import checkpoint_problem, write_manifest
 from rmray.train.health import Health
-from rmray.train.state import checkpoint_problem, write_manifest
 
 
 def test_early_stopping_counts_evals_without_improvement():

@@ -145,7 +145,8 @@ def test_eval_matches_plain_transformers_and_writes_a_report(ray_cluster, rm_qwe
     assert metrics["subsets"]["even"]["accuracy"] == sum(correct[0::2]) / len(correct[0::2])
     assert metrics["mean_margin"] == pytest.approx(sum(c - r for c, r in zip(chosen, rejected)) / len(rows), abs=1e-4)
     assert json.load(open(out / "metrics.json"))["accuracy"] == metrics["accuracy"]
-    for name in ("reward_histograms.png", "calibration.png", "training_curves.png"):
+    plots = ("reward_histograms.png", "calibration.png", "reward_vs_length.png", "training_curves.png")
+    for name in plots:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
         import matplotlib.image
@@ -159,7 +160,7 @@ def test_eval_matches_plain_transformers_and_writes_a_report(ray_cluster, rm_qwe
               "--allow-file-access-from-files"]
     dom = subprocess.run(common + ["--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True,
                          timeout=120)
-    assert "Reward model evaluation" in dom.stdout and dom.stdout.count("data:image/png;base64") == 3
+    assert "Reward model evaluation" in dom.stdout and dom.stdout.count("data:image/png;base64") == len(plots)
     subprocess.run(common + [f"--screenshot={shot}", "--window-size=1000,1400", (out / "report.html").as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000

@@ -46,6 +46,7 @@ from .batches import (
     to_chunks,
 )
 from .build import build_model
+from .checkpoint import checkpoint_name, save_checkpoint
 from .compute import Compute, all_reduce, wants_bf16
 from .diagnostics import ConsumedLog, chaos_kill
 from .health import Health
@@ -54,7 +55,7 @@ from .parallel import make_strategy
 from .resume import load_resume_state
 from .schedule import build_scheduler
 from .sinks import Sinks
-from .state import LoopState, checkpoint_name, save_training_state, write_manifest
+from .state import LoopState
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -330,11 +331,10 @@ class WorkerRun:
             write_data_report(self.stream, cfg.checkpoints.output_dir)
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = os.path.join(tmp, "checkpoint")
-                save_unmerged(compute.raw, self.tokenizer, self.spec, ckpt, state_dict=model_state)
                 position = {"step": s.step, "epoch": s.epoch, "batches_in_epoch": s.batches_in_epoch,
                             "train_time_s": s.train_time_s, "pairs_seen": s.pairs_seen, "tokens_seen": s.tokens_seen}
-                save_training_state(ckpt, optimizer_state=optimizer_state, scheduler=self.scheduler, position=position)
-                write_manifest(ckpt)
+                save_checkpoint(ckpt, compute=compute, tokenizer=self.tokenizer, spec=self.spec, model_state=model_state,
+                                optimizer_state=optimizer_state, scheduler=self.scheduler, position=position)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt),
                                  checkpoint_dir_name=checkpoint_name(cfg, s.step))
 

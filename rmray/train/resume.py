@@ -14,7 +14,7 @@ import os
 
 import ray.train
 
-from .state import checkpoint_problem, load_model_weights, load_training_state
+from .checkpoint import checkpoint_problem, load_checkpoint
 
 
 def _options(cfg, run_dir: str | None) -> tuple[list, bool]:
@@ -43,10 +43,7 @@ def load_resume_state(cfg, run_dir: str | None, compute, optimizer_and_scheduler
                 log.write({"event": "warning", "kind": "bad_checkpoint",
                            "message": f"skipping checkpoint {directory}: {problem}"})
                 continue
-            strategy, model, raw = compute.strategy, compute.model, compute.raw
-            load_model_weights(raw.model, directory, lambda sd: strategy.load_model_state(model, raw, sd))
-            saved, optimizer_state = load_training_state(directory, scheduler=scheduler)
-            strategy.load_optimizer_state(model, optimizer, optimizer_state)
+            saved = load_checkpoint(directory, compute=compute, optimizer=optimizer, scheduler=scheduler)
             saved["_from"] = str(directory)
             return saved
     if from_user:

@@ -238,11 +238,11 @@ def _check_resume_path(cfg: TrainConfig) -> None:
     """A local ``resume_from_checkpoint`` that is missing or cut short fails here, in a second, not after
     Ray Train has started its workers (most of a minute on 2 cores) only for them to refuse it. Sizes
     only; the workers still verify checksums before loading. The run folder's own checkpoints take
-    precedence over the path (``loop._load_resume_state``), so with any there this check stands aside."""
+    precedence over the path (``resume.load_resume_state``), so with any there this check stands aside."""
     path, run_dir = cfg.fault_tolerance.resume_from_checkpoint, _local_run_dir(cfg)
     if not path or _is_uri(path) or run_dir is None or glob.glob(os.path.join(run_dir, "checkpoint-*")):
         return
-    from .state import checkpoint_problem
+    from .checkpoint import checkpoint_problem
 
     problem = "not found" if not os.path.isdir(path) else checkpoint_problem(path, checksums=False)
     if problem:
