@@ -4,6 +4,7 @@ naming the file (and the line, where there is one), before Ray starts."""
 import gzip
 import json
 
+import pyarrow as pa
 import pytest
 
 from rmray import cli
@@ -223,3 +224,32 @@ def test_rmray_serve_mistakes_are_refused_before_ray(tmp_path, capsys, no_ray, r
         code = cli.main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith("rmray: error:"), (argv, err)
+
+
+def test_rows_that_end_the_run_are_marked_in_their_status_and_named_by_first_stop(tiny_qwen):
+    """A tokenization task never raises for a row: under ``on_bad_row=error`` a bad row, and under
+    ``truncation=error`` a too-long one, comes out with ``stop`` set, and ``first_stop`` names the first
+    such row -- the rows before it were tokenized and counted."""
+    from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenizer import load_tokenizer
+    from rmray.data.preferences import RowRules, first_stop, tokenize_batch
+
+    tokenizer = load_tokenizer(tiny_qwen)
+    rows = [{"_row_id": "f.jsonl:1", "prompt": "Q", "chosen": " a", "rejected": " b"},
+            {"_row_id": "f.jsonl:2", "prompt": "Q " * 40, "chosen": " a", "rejected": " b"},
+            {"_row_id": "f.jsonl:3", "prompt": "Q", "chosen": None, "rejected": " b"}]
+    table = pa.Table.from_pylist(rows)
+    base = {"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token, "max_length": 16}
+
+    lenient = tokenize_batch(table, RowRules(tokenizer, ScoringSpec(**base)))
+    assert lenient.column("status").to_pylist()[0::2] == ["ok", "missing_field"]
+    assert not any(lenient.column("stop").to_pylist()) and first_stop(lenient) is None
+
+    strict = tokenize_batch(table, RowRules(tokenizer, ScoringSpec(**base), strict=True))
+    assert strict.column("stop").to_pylist() == [False, False, True]
+    assert first_stop(strict).startswith("row f.jsonl:3: ") and "reason missing_field" in first_stop(strict)
+    assert "on_bad_row=skip" in first_stop(strict)
+
+    too_long = tokenize_batch(table, RowRules(tokenizer, ScoringSpec(**base, truncation="error")))
+    assert too_long.column("stop").to_pylist() == [False, True, False]
+    assert first_stop(too_long).startswith("row f.jsonl:2: a text has ") and "max_length=16" in first_stop(too_long)

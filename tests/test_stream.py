@@ -13,8 +13,10 @@ from rmray.data.preferences import _SCHEMA
 from rmray.data.source import open_source
 
 
-def tokenized(ids: list[str], bad: set[str] = frozenset(), split: dict | None = None) -> pa.Table:
-    """Rows as the tokenizer emits them: chosen_ids encode the row's number, so a share is checkable."""
+def tokenized(ids: list[str], bad: set[str] = frozenset(), split: dict | None = None,
+              stop: set[str] = frozenset()) -> pa.Table:
+    """Rows as the tokenizer emits them: chosen_ids encode the row's number, so a share is checkable;
+    ``bad`` rows miss a field, and ``stop`` ones among them end the run (``on_bad_row=error``)."""
     n = len(ids)
     return pa.table({
         "row_id": ids, "status": ["missing_field" if i in bad else "ok" for i in ids],
@@ -23,7 +25,7 @@ def tokenized(ids: list[str], bad: set[str] = frozenset(), split: dict | None = 
         "margin": [0.0] * n, "group_ids": [[] for _ in ids], "ratings": [[] for _ in ids],
         "attribute_ratings": [[] for _ in ids], "truncated": [False] * n, "pairs": [0 if i in bad else 1 for i in ids],
         "num_tokens": [4] * n, "shared_tokens": [0] * n,
-        "split_key": [(split or {}).get(i, 0.5) for i in ids],
+        "split_key": [(split or {}).get(i, 0.5) for i in ids], "stop": [i in stop for i in ids],
     }, schema=_SCHEMA)
 
 
@@ -98,20 +100,36 @@ def test_eval_rows_are_split_by_their_key_and_shared_by_rank(ray_cluster):
     assert sorted(i for b in eval_batches(stream, 1, 3, everything=True) for i in b["row_id"]) == ["r1", "r4", "r5", "r7"]
 
 
-def test_a_data_error_ends_every_ranks_stream_with_its_message(ray_cluster):
+def test_a_stop_row_ends_every_ranks_stream_naming_it(ray_cluster):
+    """The stream stops at the first row whose status says ``stop`` (a bad row under on_bad_row=error),
+    read from the rows, not from an exception's text: the message names the row, its field and reason."""
     import ray
 
     from rmray.data.stream import RowStream, StreamError, StreamShape, rank_windows
 
-    def strict(batch):
-        raise ValueError("row data.jsonl:3: field 'chosen' is empty; fix the row or set on_bad_row=skip")
+    rows = tokenized([f"r{i}" for i in range(8)], bad={"r5", "r6"}, stop={"r5", "r6"})
+    stream = RowStream.remote(ray.data.from_arrow(rows), None, StreamShape(world=2, rows_per_window=1))
+    for rank in range(2):
+        with pytest.raises(StreamError, match=r"^row r5: no chosen, reason missing_field; fix the row or set on_bad_row=skip"):
+            list(rank_windows(stream, "a/0", rank))
+    assert ray.get(stream.data_report.remote())["error"].startswith("row r5: no chosen")
 
-    ds = ray.data.from_arrow(tokenized(["r0", "r1"])).map_batches(strict, batch_format="pyarrow")
+
+def test_an_error_raised_inside_a_data_task_ends_every_ranks_stream_with_its_own_line(ray_cluster):
+    """A file that cannot be read fails inside a Ray Data task: each rank gets the task's one-line
+    message, not Ray's wrapped traceback."""
+    import ray
+
+    from rmray.data.stream import RowStream, StreamError, StreamShape, rank_windows
+
+    def unreadable(batch):
+        raise OSError("data/part-3.parquet: Parquet magic bytes not found")
+
+    ds = ray.data.from_arrow(tokenized(["r0", "r1"])).map_batches(unreadable, batch_format="pyarrow")
     stream = RowStream.remote(ds, None, StreamShape(world=2, rows_per_window=4))
     for rank in range(2):
-        with pytest.raises(StreamError, match=r"^row data.jsonl:3: field 'chosen' is empty; fix"):
+        with pytest.raises(StreamError, match=r"^data/part-3.parquet: Parquet magic bytes not found$"):
             list(rank_windows(stream, "a/0", rank))
-    assert ray.get(stream.data_report.remote())["error"].startswith("row data.jsonl:3")
 
 
 def test_an_all_skipped_stream_is_an_error_not_an_empty_epoch(ray_cluster):

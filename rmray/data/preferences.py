@@ -76,9 +76,7 @@ def tokenize_batch(batch: pa.Table, rules: RowRules, split: tuple[float, float] 
         if "_bad_line" in row:  # a JSON line that is not an object: counted, never silently dropped
             out.start_row(0.0)
             message = row["_bad_line"]
-            if rules.strict:
-                raise ValueError(f"row {row['_row_id']}: {message}; fix the line or set on_bad_row=skip")
-            out.add(str(row["_row_id"]), "bad_json", message)
+            out.add(str(row["_row_id"]), "bad_json", message, stop=rules.strict)
             continue
         if renames:
             row = {renames.get(k, k): v for k, v in row.items() if k not in renames.values() or k in renames}
@@ -91,12 +89,9 @@ def tokenize_batch(batch: pa.Table, rules: RowRules, split: tuple[float, float] 
         try:
             encoded = _encode_row(row, rules)
         except BadRow as e:
-            if rules.strict:
-                raise ValueError(f"row {row_id}: {e} (field {e.field!r}, reason {e.reason}); "
-                                 "fix the row or set on_bad_row=skip to skip and count such rows") from None
-            out.add(row_id, e.reason, str(e))
-        except ValueError as e:  # truncation="error" and other configuration-level problems
-            raise ValueError(f"row {row_id}: {e}") from None
+            out.add(row_id, e.reason, str(e), stop=rules.strict)
+        except ValueError as e:  # truncation="error": the run stops at this row whatever on_bad_row says
+            out.add(row_id, "too_long", str(e), stop=True)
         else:
             out.add(row_id, "ok", "", encoded)
     return out.table()
@@ -116,7 +111,7 @@ _SCHEMA = pa.schema([
     ("group_ids", pa.list_(pa.list_(pa.int64()))), ("ratings", pa.list_(pa.float64())),
     ("attribute_ratings", pa.list_(pa.list_(pa.float64()))),
     ("truncated", pa.bool_()), ("pairs", pa.int64()), ("num_tokens", pa.int64()), ("shared_tokens", pa.int64()),
-    ("split_key", pa.float64()),
+    ("split_key", pa.float64()), ("stop", pa.bool_()),
 ])
 
 
@@ -132,11 +127,13 @@ class _Out:
         """The next output comes from a new input row, on this side of the eval split."""
         self.split = split
 
-    def add(self, row_id: str, status: str, message: str = "", encoded=None) -> None:
+    def add(self, row_id: str, status: str, message: str = "", encoded=None, stop: bool = False) -> None:
+        """``stop``: this row ends the run (a bad row under ``on_bad_row=error``, a too-long one under
+        ``truncation=error``); whoever reads the rows stops at the first such row, naming it."""
         group = encoded if isinstance(encoded, EncodedGroup) else None
         pair = encoded if isinstance(encoded, EncodedPair) else None
         sequences = group.ids if group else ([pair.chosen_ids, pair.rejected_ids] if pair else [])
-        values = {"row_id": row_id, "status": status, "message": message, "split_key": self.split,
+        values = {"row_id": row_id, "status": status, "message": message, "split_key": self.split, "stop": stop,
                   "chosen_ids": pair.chosen_ids if pair else [], "rejected_ids": pair.rejected_ids if pair else [],
                   "margin": pair.margin if pair else 0.0, "group_ids": group.ids if group else [],
                   "ratings": group.ratings if group else [],
@@ -212,6 +209,9 @@ def build_preferences(source: str, rules: RowRules, *, name: str, limit: int | N
     tokenized = tokenized_rows(source, rules, limit=limit).materialize()
     report = DataReport(name=name)
     for batch in tokenized.select_columns(REPORT_COLUMNS).iter_batches(batch_format="pyarrow", batch_size=4096):
+        stop = first_stop(batch)
+        if stop:
+            raise ValueError(stop)
         count_report(report, batch)
     if report.rows_read == 0:
         raise ValueError(f"{name} data {source!r} has no rows")
@@ -222,7 +222,22 @@ def build_preferences(source: str, rules: RowRules, *, name: str, limit: int | N
     return TokenizedPreferences(kept, report, tokenized)
 
 
-REPORT_COLUMNS = ["row_id", "status", "message", "truncated", "pairs", "num_tokens", "shared_tokens"]
+REPORT_COLUMNS = ["row_id", "status", "message", "truncated", "pairs", "num_tokens", "shared_tokens", "stop"]
+
+
+def first_stop(batch: pa.Table) -> str | None:
+    """The one-line error of the batch's first row that ends the run (``stop``), or None.
+
+    The decision is read from the rows' status, not from an exception: a tokenization task never raises
+    for a bad row, so every row before it is counted in the data report and the message is the row's own."""
+    at = pc.index(batch.column("stop"), True).as_py()
+    if at < 0:
+        return None
+    status, message = batch.column("status")[at].as_py(), batch.column("message")[at].as_py()
+    where = f"row {_format_row_id(batch.column('row_id')[at].as_py())}"
+    if status == "too_long":
+        return f"{where}: {message}"
+    return f"{where}: {message}, reason {status}; fix the row or set on_bad_row=skip to skip and count such rows"
 
 
 def count_report(report: DataReport, batch: pa.Table) -> None:

@@ -39,7 +39,7 @@ import ray
 from rmray.core.files import write_json_atomic
 from rmray.core.report import DataReport
 
-from .preferences import PAIR_COLUMNS, REPORT_COLUMNS, count_report
+from .preferences import PAIR_COLUMNS, REPORT_COLUMNS, count_report, first_stop
 
 
 def rank_share(table: pa.Table, rank: int, world: int) -> pa.Table:
@@ -145,6 +145,7 @@ class _Windows:
             except StopIteration:
                 self.ended = True
                 break
+            _stop_at_stop_row(block)
             if self.report is not None:
                 count_report(self.report, block.select(REPORT_COLUMNS))
             kept = kept_rows(block, self.split)
@@ -280,6 +281,7 @@ class RowStream:
         report = DataReport(name="eval") if self.shape.count_reports and split is None else None
         shares, seen, limit = [[] for _ in range(self.world)], 0, self.shape.max_eval_rows
         for block in source.iter_batches(batch_size=None, batch_format="pyarrow"):
+            _stop_at_stop_row(block)
             if report is not None:
                 count_report(report, block.select(REPORT_COLUMNS))
             kept = kept_rows(block, split)
@@ -318,9 +320,22 @@ def _empty_problem(report: DataReport) -> str | None:
     return None
 
 
+class DataStop(Exception):
+    """A row that ends the run (its ``stop`` status): the message is the row's own, one line."""
+
+
+def _stop_at_stop_row(block: pa.Table) -> None:
+    message = first_stop(block)
+    if message:
+        raise DataStop(message)
+
+
 def _message(error: Exception) -> str:
-    """The user's error from inside a Ray Data task, without Ray's wrapping: the first ``XError: message``
-    line of the remote traceback Ray re-raises as text (the task's exception is not chained)."""
+    """A :class:`DataStop`'s message; for anything else raised inside a Ray Data task (a file that cannot be
+    read), the user's error without Ray's wrapping: the first ``XError: message`` line of the remote
+    traceback Ray re-raises as text (the task's exception is not chained)."""
+    if isinstance(error, DataStop):
+        return str(error)
     text = str(error)
     for line in text.splitlines():
         found = re.match(r"^[A-Za-z_][\w.]*(?:Error|Exception): (.+)$", line.strip())
