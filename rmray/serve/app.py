@@ -9,14 +9,12 @@ Scale the two independently: many cheap ingress replicas, scorer replicas per GP
 
 import asyncio
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from ray import serve
 
 from rmray.core.contract import combine, encode_item, encode_query, ensemble_rule, preference_matrix, split_attributes
@@ -26,17 +24,10 @@ from rmray.core.spec import ScoringSpec
 from rmray.core.tokenize import encode_text, keep_end
 from rmray.core.tokenizer import load_tokenizer
 
+from .endpoints import ScoreRequest, router
 from .guard import Guard
 from .listen import bind_replica_grpc_privately
-from .schemas import (
-    ClassifyRequest,
-    GetRewardRequest,
-    GetRewardResponse,
-    GroupRequest,
-    Item,
-    ScoreRequest,
-    ScoreResponse,
-)
+from .schemas import Item, validation_error
 from .settings import ServeSettings
 
 logger = logging.getLogger("rmray.serve")
@@ -148,7 +139,8 @@ def _cause(err: BaseException) -> str:
 
 class _RewardAPI:
     """Plain class; Serve calls ``__serve_build_asgi_app__`` on the replica after ``__init__``, so the
-    FastAPI app is built there (nothing of it is pickled) with routes bound to this instance."""
+    FastAPI app is built there (nothing of it is pickled): the routes of :mod:`rmray.serve.endpoints`,
+    which reach this instance as their service (``rewards``, ``models``)."""
 
     def __init__(self, scorers: list, settings: dict):
         s = ServeSettings.from_dict(settings)
@@ -169,63 +161,23 @@ class _RewardAPI:
                       description="Batched reward scoring: rmray's own protocol, OpenRLHF's remote RM "
                                   "(/get_reward) and vLLM's pooling API (/classify).")
         api.add_middleware(Guard, settings=self.guard_settings)
-        api.exception_handler(RequestValidationError)(_validation_error)
+        api.exception_handler(RequestValidationError)(validation_error)
+        api.state.service = self  # what every route in rmray.serve.endpoints reaches through ``serving``
         api.get("/healthz")(self.healthz)
-        api.post("/score", response_model=ScoreResponse, response_model_exclude_none=True)(self.score)
-        api.post("/score_group", response_model=ScoreResponse, response_model_exclude_none=True)(self.score_group)
-        api.post("/get_reward", response_model=GetRewardResponse)(self.get_reward)
-        api.post("/classify")(self.classify)
+        api.include_router(router)
         return api
 
     async def healthz(self) -> dict:
         return {"status": "ok", "models": [m.name for m in self.models], "uptime_s": round(time.time() - self.started, 1)}
 
-    async def score(self, request: ScoreRequest) -> dict:
-        where = "items" if request.items is not None else "item"
-        out = await self._score(lambda m: m.encode(request.as_items(), where), "items", request.normalize)
-        out.pop("_tokens")
-        return out
-
-    async def score_group(self, request: GroupRequest) -> dict:
-        items = [Item(prompt=request.prompt, response=r) for r in request.responses]
-        out = await self._score(lambda m: m.encode(items, "responses"), "group", request.normalize,
-                                request.preferences)
-        out.pop("_tokens")
-        return out
-
-    async def get_reward(self, request: GetRewardRequest) -> dict:
-        if not request.query:  # OpenRLHF shards by server and may send an empty shard
-            return {"rewards": [], "scores": [], "extra_logs": {}}
-        prompts = request.prompts or [""] * len(request.query)
-        for i, query in enumerate(request.query):
-            if not query:
-                raise HTTPException(422, f"query[{i}] is empty")
-        out = await self._score(lambda m: m.encode_queries(request.query, prompts), "items", False)
-        return {"rewards": out["rewards"], "scores": out["rewards"], "extra_logs": {}}
-
-    async def classify(self, request: ClassifyRequest) -> dict:
-        limit = request.truncate_prompt_tokens
-        limit = None if limit in (None, -1) else max(limit, 1)
-        out = await self._score(lambda m: m.encode_texts(request.texts(), "input", request.add_special_tokens, limit),
-                                "items", False)
-        sigmoid = bool(request.activation or request.use_activation)
-        probs = [1 / (1 + math.exp(-r)) if sigmoid else r for r in out["rewards"]]
-        tokens = sum(out.pop("_tokens"))
-        return {
-            "id": f"classify-{time.time_ns():x}", "object": "list", "created": int(time.time()),
-            "model": request.model or self.models[0].name,
-            "data": [{"index": i, "label": "reward", "probs": [p], "num_classes": 1} for i, p in enumerate(probs)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
-        }
-
     async def score_items(self, items: list[dict], normalize: bool = False) -> dict:
         """Handle API for RL loops inside the cluster: ``[{prompt, response}, ...]`` -> the /score body."""
         request = ScoreRequest(items=items, normalize=normalize)
-        out = await self._score(lambda m: m.encode(request.as_items(), "items"), "items", normalize)
+        out = await self.rewards(lambda m: m.encode(request.as_items(), "items"), "items", normalize)
         out.pop("_tokens", None)
         return out
 
-    async def _score(self, encode_for, kind: str, normalize: bool, preferences: bool = False) -> dict:
+    async def rewards(self, encode_for, kind: str, normalize: bool, preferences: bool = False) -> dict:
         """``encode_for(model) -> (ids, truncated)`` runs on the tokenizer threads; the forwards on the scorers."""
         loop = asyncio.get_running_loop()
         encoded = [await loop.run_in_executor(self.tokenize_pool, encode_for, m) for m in self.models]
@@ -278,30 +230,6 @@ def _pieces(ids: list[list[int]], budget: int) -> list[list[list[int]]]:
         current.append(seq)
         tokens += len(seq)
     return pieces + [current] if current else pieces
-
-
-async def _validation_error(request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's default echoes the offending input, which fails on NaN/Infinity bodies (a 500) and
-    # can be large; the field path and the rule are what a client needs.
-    return JSONResponse(status_code=422, content={"detail": [validation_detail(e) for e in exc.errors()]})
-
-
-def validation_detail(error: dict) -> dict:
-    """One pydantic error as ``{"loc", "msg", "type"}`` naming the field and the rule. A union member's tag
-    in ``loc`` is pydantic's repr of its validators (``function-after[functools.partial(<function
-    max_length_validator at 0x7f...>...``): it becomes ``text`` or ``messages``, and a too-long text says
-    characters, not items."""
-    loc = []
-    for part in error.get("loc", ()):
-        if isinstance(part, str) and ("function-" in part or part == "str"):
-            part = "text"
-        elif isinstance(part, str) and part.startswith("list["):
-            part = "messages" if "Message" in part else "list"
-        loc.append(part)
-    msg, ctx = str(error.get("msg", "")), error.get("ctx") or {}
-    if error.get("type") == "too_long" and loc and loc[-1] == "text":
-        msg = f"text longer than {ctx.get('max_length')} characters ({ctx.get('actual_length')})"
-    return {"loc": loc, "msg": msg, "type": str(error.get("type", ""))}
 
 
 ModelScorer = serve.deployment(name="scorer")(_ModelScorer)

@@ -206,8 +206,8 @@ def test_error_bodies_name_the_field_and_the_rule_never_a_validator_repr():
     max_length_validator at 0x7eff...>``): a client must see the field and the rule instead."""
     from pydantic import ValidationError
 
-    from rmray.serve.app import validation_detail
-    from rmray.serve.schemas import MAX_TEXT_CHARS, ScoreRequest
+    from rmray.serve.endpoints import ScoreRequest
+    from rmray.serve.schemas import MAX_TEXT_CHARS, validation_detail
 
     for body in ({"prompt": "x" * (MAX_TEXT_CHARS + 1), "response": "y"}, {"items": [{"prompt": "a", "response": 5}]}):
         with pytest.raises(ValidationError) as caught:
