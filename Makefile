@@ -18,13 +18,14 @@ setup: $(BIN)/rmray
 demo: setup
 	./scripts/in-loopback-ns $(BIN)/rmray demo jobs/configs/demo.yaml
 
+# The tests use local model folders only: HF_HUB_OFFLINE makes a stray hub lookup fail at once.
 test: setup
 	./scripts/ensure-chromium
-	./scripts/in-loopback-ns $(BIN)/python -m pytest -q --durations=25 tests
+	HF_HUB_OFFLINE=1 ./scripts/in-loopback-ns $(BIN)/python -m pytest -q --durations=25 tests
 
 test-fast: setup   # the inner loop: every test that needs no Ray cluster
 	./scripts/ensure-chromium
-	$(BIN)/python -m pytest -q -m "not ray and not slow" tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not ray and not slow" tests
 
 lint: setup
 	$(BIN)/ruff check rmray jobs tests benchmarks

@@ -10,18 +10,41 @@ import time
 
 import pytest
 
-from rmray.ray_env import quiet_env
+from rmray.ray_env import QUIET_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HH_PATH = os.path.join(ROOT, "..", "shared", "data", "hh-rlhf-harmless-dev.jsonl.gz")
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Ray Train's controller polls its workers every 2 s and acts on a finished or dead rank only at a poll:
-# about three polls (6 s) after the last step of every run. The test clusters (this process's, and the
-# CLI subprocesses and `ray start` nodes that inherit this environment) poll every 0.5 s.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-quiet_env()
+# The test session's own settings, set by the autouse `session_env` fixture and undone after the run
+# (never at import). The commands tests run in a fresh process, as a user would, get `user_env()`.
+SESSION_ENV = {
+    "RAY_AUTH_MODE": "disabled",  # the session's cluster, and the commands that join it, without token files
+    # Ray Train's controller polls its workers every 2 s and acts on a finished or dead rank only at a
+    # poll: about three polls (6 s) after the last step of every run. The session's cluster polls every 0.5 s.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # Serve's autoscaler samples load every 6 s and hears of it every 10 s by default; the session's
+    # cluster samples and reports each second, so the autoscaling test waits on Serve's decision.
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    "RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR": "0.03",
+}
+USER_KEEPS = ("RAY_AUTH_MODE",)  # what a command run as a user still needs from the session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_env():
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in (SESSION_ENV | QUIET_ENV).items():  # QUIET_ENV: what rmray's commands set themselves
+            if key not in os.environ:
+                patch.setenv(key, value)
+        yield
+
+
+def user_env(**extra: str) -> dict:
+    """The environment of a command run in a fresh process as a user runs it: the caller's, without the
+    session's speed-ups and without the quiet settings rmray must set for itself, plus ``extra``."""
+    dropped = (set(SESSION_ENV) - set(USER_KEEPS)) | set(QUIET_ENV)
+    return {k: v for k, v in os.environ.items() if k not in dropped} | extra
 
 
 def hh_available() -> bool:
@@ -100,12 +123,6 @@ def ray_cluster():
 
     from rmray.ray_env import init_ray
 
-    # Serve's autoscaler samples load every 6 s and hears of it every 10 s by default; the test cluster
-    # samples and reports each second, so the autoscaling test waits on Serve's decision, not on sampling.
-    for name, value in (("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1"),
-                        ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1"),
-                        ("RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR", "0.03")):
-        os.environ.setdefault(name, value)
     init_ray("local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
@@ -182,6 +199,12 @@ def reference_run(ray_cluster, tiny_qwen, tmp_path_factory):
     cfg = reference_config(tiny_qwen, str(root / "run"), report_to=["tensorboard"], save_total_limit=2,
                            storage_path=f"file://{root / 'store'}", log_consumed_pairs=True)
     return {"cfg": cfg, "result": train(cfg), "store": root / "store"}
+
+
+def consumed(output_dir: str, rank: int) -> list[dict]:
+    """Rank ``rank``'s log of the pairs it trained at each step (``log_consumed_pairs=true``)."""
+    with open(os.path.join(output_dir, "consumed", f"rank-{rank}.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def write_parts(folder, rows: list[dict], sizes: list[int]) -> None:

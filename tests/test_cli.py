@@ -91,13 +91,13 @@ def test_score_mistakes_are_one_line_before_ray(tmp_path, capsys, no_ray):
 
 def test_score_text_prints_rewards_without_progress_bars(rm_qwen):
     """A fresh process, as a user runs it: one line per reward, no 'Loading weights' bar from transformers."""
-    import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
+    from .conftest import user_env
+
     run = subprocess.run([sys.executable, "-m", "rmray.cli", "score-text", rm_qwen, "--prompt", "Q: 2+2?\nA:",
-                          "--response", " 4"], capture_output=True, text=True, timeout=120, env=env)
+                          "--response", " 4"], capture_output=True, text=True, timeout=120, env=user_env())
     assert run.returncode == 0, run.stderr
     assert "rewards from" in run.stdout and "'Q: 2+2?\\nA:' -> ' 4'" in run.stdout
     assert "Loading weights" not in run.stderr + run.stdout, run.stderr

@@ -5,7 +5,7 @@ classes, its ``_no_split_modules`` -- so any ``AutoModelForSequenceClassificatio
 The layer shapes listed here also get the read-out last layer (:mod:`rmray.core.last_layer`); a model
 whose last layer is of another shape computes it in full. To support a new architecture's fast path,
 add its layer class to the shape its forward has (and its body to ``last_layer`` if the shape is new),
-then run ``tests/test_last_layer.py``.
+then run ``tests/core/test_last_layer.py``.
 
 Example: a Qwen2 reward model -> ``readout="last_token"``, ``heads=["score"]``, ``position_offset=0``,
 ``last_layer_shape="pre_norm"``, ``blocks={"Qwen2DecoderLayer"}``; a RoBERTa one -> ``"pooler"``,

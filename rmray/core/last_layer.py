@@ -28,7 +28,7 @@ from .architecture import describe
 from .attention import KWARG, READOUT_ONLY
 
 # transformers releases whose layer forwards the read-out bodies were checked against, [low, high): the
-# exactness tests (tests/test_last_layer.py) ran on 5.17 (H200) and 5.25 (CPU). pyproject.toml caps
+# exactness tests (tests/core/test_last_layer.py) ran on 5.17 (H200) and 5.25 (CPU). pyproject.toml caps
 # transformers below ``high``; an install outside the range runs the last layer in full (same rewards).
 VERIFIED_TRANSFORMERS = ("5.17", "5.26")
 

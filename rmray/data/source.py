@@ -11,7 +11,7 @@ string is told apart; every command then asks the same object the same questions
 - ``read()``: a Ray Dataset of its raw rows, in a fixed order.
 
 Adding a kind of source is a subclass here, listed in :data:`SOURCE_TYPES` before the types whose
-``matches`` would also take it, plus a case in ``tests/test_train_ray.py::test_reads_every_source_format``.
+``matches`` would also take it, plus a case in ``tests/train/test_train_ray.py::test_reads_every_source_format``.
 """
 
 from __future__ import annotations

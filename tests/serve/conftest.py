@@ -1,7 +1,6 @@
 """The serving tests' one Serve instance (:func:`served`) and their HTTP helpers."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 
 from rmray.core.spec import ScoringSpec
 
-from ..conftest import free_port
+from ..conftest import free_port, user_env
 
 TOKEN = "test-token-123"
 PROMPT = "\n\nHuman: How do I make my tomato plants produce more fruit?\n\nAssistant:"
@@ -40,7 +39,7 @@ def post(port, path, body, token=TOKEN, raw=None, headers=None):
 def rmray_command(*args, timeout=60) -> subprocess.CompletedProcess:
     """The ``rmray`` command as a user runs it, in a process of its own (no Ray address inherited)."""
     return subprocess.run([sys.executable, "-m", "rmray.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "RAY_ADDRESS": ""})
+                          timeout=timeout, env=user_env(RAY_ADDRESS=""))
 
 
 @pytest.fixture(scope="package")

@@ -9,7 +9,7 @@ import pytest
 
 from rmray.testing import plain_transformers_scores
 
-from ..conftest import ROOT, free_port
+from ..conftest import ROOT, free_port, user_env
 from .conftest import PROMPT, RESPONSES, post, rmray_command
 
 
@@ -62,7 +62,7 @@ def test_rmray_serve_command_end_to_end(rm_qwen, tmp_path):
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "rmray.cli", "serve", rm_qwen, "--port", str(port),
                              "--ray-address", "local", "--num-cpus", "0.25"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env=user_env())
     try:
         deadline = time.time() + 180
         while "rmray: serving" not in (tmp_path / "serve.log").read_text() and time.time() < deadline:

@@ -10,7 +10,7 @@ import pytest
 from rmray.config import TrainConfig
 from rmray.train.metrics_log import read_metrics
 
-from .conftest import free_cpus_soon
+from ..conftest import free_cpus_soon
 
 pytestmark = pytest.mark.ray
 

@@ -216,7 +216,7 @@ def test_an_unknown_loss_is_refused_before_ray_naming_the_registry(tmp_path, cap
 def test_rmray_serve_mistakes_are_refused_before_ray(tmp_path, capsys, no_ray, rm_qwen):
     """A folder that is not a model, and settings that contradict each other, answer in one line with
     Ray never started (``no_ray`` fails the test if it is)."""
-    from .conftest import free_port
+    from ..conftest import free_port
 
     (tmp_path / "notes.txt").write_text("not a model")
     for argv in (["serve", str(tmp_path), "--port", str(free_port())],

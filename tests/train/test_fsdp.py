@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from rmray.config import TrainConfig
 from rmray.train.metrics_log import read_metrics
 
-from .conftest import reference_config
+from ..conftest import reference_config
 
 
 def test_fsdp_run_with_a_kill_matches_ddp(reference_run, tiny_qwen, tmp_path):

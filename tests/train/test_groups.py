@@ -15,7 +15,7 @@ from rmray.core.tokenizer import load_tokenizer
 from rmray.train.batches import Layout, batch_groups, choose_layout, padded_equivalent_tokens, to_chunks
 from rmray.train.compute import Compute
 from rmray.train.parallel import DDPStrategy
-from tests.test_packing import assert_close_relative as _close_relative
+from tests.core.test_packing import assert_close_relative as _close_relative
 
 
 def assert_close_relative(a: torch.Tensor, b: torch.Tensor) -> None:

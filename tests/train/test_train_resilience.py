@@ -16,23 +16,18 @@ from rmray.config import TrainConfig
 from rmray.testing import plain_transformers_scores
 from rmray.train.metrics_log import read_metrics
 
-from .conftest import reference_config
+from ..conftest import consumed, reference_config, user_env
 
 
 def events(output_dir, kind):
     return [r for r in read_metrics(output_dir) if r.get("event") == kind]
 
 
-def consumed(output_dir: str, rank: int) -> list[dict]:
-    with open(os.path.join(output_dir, "consumed", f"rank-{rank}.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def train_in_a_new_driver(cfg: TrainConfig, ray_cluster) -> None:
     """``train(cfg)`` in another Python process that joins the running cluster, as a resubmitted job does."""
     script = ("import json, sys; from rmray.config import TrainConfig; from rmray.train.run import train; "
               "train(TrainConfig(**json.loads(sys.argv[1])))")
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
+    env = user_env(RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
     run = subprocess.run([sys.executable, "-c", script, json.dumps(dataclasses.asdict(cfg))],
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -11,7 +11,7 @@ from rmray.core.tokenizer import load_tokenizer
 from rmray.train.batches import Layout, choose_layout, to_chunks
 from rmray.train.compute import Compute
 from rmray.train.parallel import DDPStrategy
-from tests.test_packing import assert_close_relative, edge_case_pairs
+from tests.core.test_packing import assert_close_relative, edge_case_pairs
 
 
 def _setup(tiny_qwen):

@@ -17,9 +17,7 @@ import yaml
 
 from rmray.testing import plain_transformers_scores
 
-from .conftest import free_port
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ..conftest import ROOT, free_port, user_env
 
 
 def test_cluster_yaml_passes_ray_validation():
@@ -96,11 +94,11 @@ def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(refer
     from rmray.core.scoring import Scorer
     from rmray.train.metrics_log import read_metrics
 
-    from .conftest import reference_config
+    from ..conftest import consumed, reference_config
 
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     port, dash, agent = free_port(), free_port(), free_port()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
+    env = user_env(RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     # Ray's socket paths must stay under 107 bytes; each raylet its own folder, as on two machines (a
     # shared one lets one node's runtime-env agent delete the job's working directory under the other).
@@ -108,7 +106,7 @@ def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(refer
     log = open(tmp_path / "cluster.log", "w")
     nodes = [_ray_start(ray_bin, ["--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
                                   f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp_dirs[0]}"], log, env)]
-    two = reference_config(tiny_qwen, str(tmp_path / "two"), placement_strategy="STRICT_SPREAD")
+    two = reference_config(tiny_qwen, str(tmp_path / "two"), placement_strategy="STRICT_SPREAD", log_consumed_pairs=True)
     try:
         deadline = time.time() + 120
         while _dashboard(dash, "/api/jobs/") is None and time.time() < deadline:  # the job server is up
@@ -131,6 +129,11 @@ def test_a_job_on_a_two_node_ray_start_cluster_trains_what_one_node_trains(refer
         log.close()
         for folder in temp_dirs:
             shutil.rmtree(folder, ignore_errors=True)
+    for rank in (0, 1):  # the pairs each rank trained at each step, row by row
+        trained = [(x["step"], x["row_ids"]) for x in consumed(two.checkpoints.output_dir, rank) if x["kind"] == "trained"]
+        reference = [(x["step"], x["row_ids"]) for x in consumed(reference_run["cfg"].checkpoints.output_dir, rank)
+                     if x["kind"] == "trained"]
+        assert len(trained) == 8 and trained == reference, rank
     one_node = reference_run["result"].summary
     two_nodes = next(r for r in read_metrics(two.checkpoints.output_dir) if r.get("event") == "summary")
     assert two_nodes["steps"] == one_node["steps"] == 8

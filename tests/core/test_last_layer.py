@@ -12,7 +12,7 @@ from rmray.core.collate import pad_sequences
 from rmray.core.model import RewardModel, load_hf_model
 from rmray.core.packing import pack_groups, pair_groups, pair_readout_order
 from rmray.core.tokenizer import load_tokenizer
-from tests.test_packing import assert_close_relative, edge_case_pairs, rewards_and_grads, run_packed
+from tests.core.test_packing import assert_close_relative, edge_case_pairs, rewards_and_grads, run_packed
 
 
 def _random_model(kind: str, vocab: int, pad_id: int):

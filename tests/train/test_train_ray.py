@@ -11,7 +11,7 @@ from rmray.config import load_config
 from rmray.core.loss import metrics_from_sums, preference_sums
 from rmray.train.metrics_log import read_metrics
 
-from .conftest import ROOT, free_cpus_soon
+from ..conftest import ROOT, free_cpus_soon
 
 pytestmark = pytest.mark.ray
 
@@ -89,7 +89,20 @@ def plain_transformers_eval(model_dir, pairs):
         for ids, out in ((row["chosen_ids"], chosen), (row["rejected_ids"], rejected)):
             out.append(model(input_ids=torch.tensor([list(ids)])).logits[0, 0].item())
     assert tok.pad_token is not None
-    return metrics_from_sums(preference_sums(torch.tensor(chosen), torch.tensor(rejected)))
+    metrics = metrics_from_sums(preference_sums(torch.tensor(chosen), torch.tensor(rejected)))
+    return metrics | {"margins": [c - r for c, r in zip(chosen, rejected)]}
+
+
+def reference_temperature(margins: list[float]) -> float:
+    """The documented calibration rule, solved by scipy: the T in [0.01, 100] minimizing the pairs' NLL
+    -log sigmoid(margin / T), plus one right and one wrong pseudo-pair at the mean absolute margin."""
+    from scipy.optimize import minimize_scalar
+
+    scale = sum(abs(m) for m in margins) / len(margins)
+    every = torch.tensor([*margins, scale, -scale], dtype=torch.float64)
+    nll = lambda beta: float(torch.nn.functional.softplus(-every * beta).sum())  # noqa: E731
+    beta = minimize_scalar(nll, bounds=(0.01, 100), method="bounded", options={"xatol": 1e-10}).x
+    return 1 / beta
 
 
 def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
@@ -141,7 +154,8 @@ def test_two_worker_training_on_real_pairs(ray_cluster, hh_rows, tmp_path):
     from rmray.score.evaluate import evaluate
     from rmray.score.settings import EvalConfig
 
-    assert spec.temperature == summary["eval_temperature"] and 0.01 < spec.temperature < 100
+    assert spec.temperature == summary["eval_temperature"]
+    assert spec.temperature == pytest.approx(reference_temperature(plain["margins"]), rel=1e-3)
     held_out = write_jsonl(tmp_path / "held_out.jsonl", hh_rows[1200:1328])
     metrics = evaluate(EvalConfig(model_dir=result.final_model_dir, data=held_out))
     assert metrics["pairs"] == 128 and metrics["temperature"] == spec.temperature
