@@ -34,6 +34,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from results_file import write_results  # noqa: E402 - benchmarks/ is the script folder
+
 from rmray.config import DataConfig, TrainConfig  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -152,8 +154,7 @@ def main() -> None:
         report["driver_rss_delta_mb"] = big["driver_peak_rss_mb"] - small["driver_peak_rss_mb"]
     print(json.dumps(report, indent=2))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        write_results(args.out, report)
 
 
 if __name__ == "__main__":

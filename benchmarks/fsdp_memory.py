@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 
+from results_file import write_results  # noqa: E402 - benchmarks/ is the script folder
+
 
 def build_model(workdir: str, layers: int, hidden: int) -> str:
     from rmray.core.demo_data import demo_pairs
@@ -70,9 +72,7 @@ def main() -> None:
     state_mb = params * 16 / 2**20
     results["full_training_state_mb"] = state_mb
     print(f"{params / 1e6:.0f}M params: weights+grads+Adam = {state_mb:.0f} MB per DDP rank, {state_mb / 2:.0f} MB per FSDP rank")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+    write_results(args.out, results, indent=1)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from results_file import write_results  # noqa: E402 - benchmarks/ is the script folder
+
 from benchmarks.train_vs_trl import HH, build_models  # noqa: E402
 from rmray.core import attention  # noqa: E402
 from rmray.core.collate import pad_sequences  # noqa: E402
@@ -33,7 +35,7 @@ from rmray.core.model import RewardModel, load_hf_model  # noqa: E402
 from rmray.core.packing import pack_groups, pair_groups, pair_readout_order  # noqa: E402
 from rmray.core.tokenizer import load_tokenizer  # noqa: E402
 from rmray.testing import build_tiny_causal_rm  # noqa: E402
-from tests.test_packing import edge_case_pairs, rewards_and_grads  # noqa: E402
+from tests.core.test_packing import edge_case_pairs, rewards_and_grads  # noqa: E402
 
 DEV = torch.device("cuda")
 FLASH_CALLS = [0]
@@ -242,9 +244,7 @@ def main() -> None:
             except Exception:
                 report[name] = {"error": traceback.format_exc()[-3000:]}
             print(f"== {name} ({time.perf_counter() - t0:.0f}s)\n{json.dumps(report[name], indent=1)}", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    write_results(args.out, report)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from results_file import write_results  # noqa: E402 - benchmarks/ is the script folder
+
 from benchmarks import train_vs_trl  # noqa: E402
 
 T0 = time.perf_counter()
@@ -254,8 +256,7 @@ def section(results: dict, name: str, out: str, budget_s: float, need_s: float, 
         traceback.print_exc()
         results[name] = {"error": f"{type(e).__name__}: {e}"}
     results["elapsed_s"] = time.perf_counter() - T0
-    with open(os.path.join(out, "gpu_reward_model.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_results(os.path.join(out, "gpu_reward_model.json"), results)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from results_file import write_results  # noqa: E402 - benchmarks/ is the script folder
 from train_vs_trl import HH, build_models  # noqa: E402
 
 RATINGS = [3.0, 2.0, 1.0, 0.0]
@@ -166,8 +167,7 @@ def main() -> None:
               "computed_tokens": {name: rs[0]["computed_tokens"] for name, rs in runs.items()}, "runs": runs}
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

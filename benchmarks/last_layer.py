@@ -24,6 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from results_file import write_results  # noqa: E402 - benchmarks/ is the script folder
 from train_vs_trl import HH, build_models, kept_by_trl  # noqa: E402
 
 
@@ -114,9 +115,7 @@ def main() -> None:
                   f"{r['train_on_ahead']}/{args.rounds}); scoring {statistics.median(r['score_seqs_per_s']['off']):.1f} -> "
                   f"{statistics.median(r['score_seqs_per_s']['on']):.1f} seqs/s ({r['score_speedup']:.2f}x, on ahead "
                   f"{r['score_on_ahead']}/{args.rounds})", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

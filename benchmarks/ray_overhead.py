@@ -41,6 +41,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_vs_trl  # noqa: E402  (same models, pairs and measurement processes)
+from results_file import write_results  # noqa: E402
 
 NEIGHBOUR = """
 import os, sys, time
@@ -165,7 +166,7 @@ def run_in_ray(kind: str, model_dir: str, data: str, threads: int, bf16: bool) -
 
             if kind != "trainer" and torch.distributed.is_initialized():  # one worker never uses its group
                 torch.distributed.destroy_process_group()
-            with open(result_file, "w") as f:
+            with open(result_file, "w") as f:  # read back by the driver, not a results file
                 json.dump(plain_loop(), f)
 
         TorchTrainer(train_fn, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
@@ -212,9 +213,7 @@ def ladder(args) -> None:
     results["vs_previous_rung"] = {b: statistics.median(r[b] / r[a] - 1 for r in results["rounds"])
                                    for a, b in zip(rungs, rungs[1:])}
     print(json.dumps({k: results[k] for k in ("medians", "vs_plain", "vs_plain_per_round", "vs_previous_rung")}, indent=2))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    write_results(args.out, results)
 
 
 def main() -> None:
@@ -272,9 +271,7 @@ def main() -> None:
                     results["runs"].append(run)
                     print(json.dumps(run), flush=True)
                     time.sleep(2)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from results_file import write_results  # noqa: E402 - benchmarks/ is the script folder
 from serve_bench import load_items  # noqa: E402
 
 
@@ -76,9 +77,7 @@ def main() -> None:
     best_ray = max(results["ray_data_1_actor_texts_per_s"], results["ray_data_2_actor_texts_per_s"])
     results["ray_vs_plain_sorted"] = best_ray / results["plain_sorted_loop_texts_per_s"]
     results["ray_vs_plain_transformers"] = best_ray / results["plain_transformers_loop_texts_per_s"]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    write_results(args.out, results)
     print(json.dumps(results, indent=2))
 
 

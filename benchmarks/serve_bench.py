@@ -18,6 +18,7 @@ import threading
 import time
 
 import torch
+from results_file import write_results  # noqa: E402 - benchmarks/ is the script folder
 
 HH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hh-rlhf-harmless-dev.jsonl.gz")
 
@@ -235,9 +236,7 @@ def main() -> None:
         "groups": len(groups), "torch_threads": torch.get_num_threads(),
         "beside_big_requests": beside_big,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_results(args.out, result)
     print(json.dumps(result, indent=2))
 
 

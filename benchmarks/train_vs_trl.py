@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import torch
+from results_file import write_results  # noqa: E402 - benchmarks/ is the script folder
 
 HH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hh-rlhf-harmless-dev.jsonl.gz")
 
@@ -272,9 +273,7 @@ def main() -> None:
                 "worker_torch_threads": rm_runs[-1]["torch_threads"],
             }
             print(json.dumps({name: {k: v for k, v in results["models"][name].items() if not isinstance(v, list)}}), flush=True)
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as f:  # after every model: a run cut short keeps what it measured
-                json.dump(results, f, indent=2)
+            write_results(args.out, results)  # after every model: a run cut short keeps what it measured
 
 
 if __name__ == "__main__":
