@@ -107,7 +107,7 @@ def ranking_metrics(groups: Sequence[tuple[Sequence[float], Sequence[float]]]) -
                     right += rewards[i] > rewards[j]
         tops = [k for k in range(len(rewards)) if rewards[k] == max(rewards)]
         top1 += len(tops) == 1 and ratings[tops[0]] == max(ratings)
-        tau, rho = _kendall_tau_b(rewards, ratings), _spearman(rewards, ratings)
+        tau, rho = _kendall_tau_b(rewards, ratings), spearman(rewards, ratings)
         if tau is not None:
             taus.append(tau)
             rhos.append(rho)
@@ -151,7 +151,8 @@ def _ranks(values: Sequence[float]) -> list[float]:
     return ranks
 
 
-def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Rank correlation (ties share their average rank); NaN when either side is constant."""
     rx, ry = _ranks(x), _ranks(y)
     mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
@@ -178,7 +179,7 @@ def attribute_metrics(rows: Sequence[tuple[Sequence[Sequence[float]], Sequence[S
         ratings = [r[a] for _, row_ratings in rows for r in row_ratings]
         if not scores:
             continue
-        out[name] = {"responses": len(scores), "pearson": _pearson(scores, ratings), "spearman": _spearman(scores, ratings),
+        out[name] = {"responses": len(scores), "pearson": _pearson(scores, ratings), "spearman": spearman(scores, ratings),
                      "mse": sum((s - r) ** 2 for s, r in zip(scores, ratings)) / len(scores)}
     return out
 
@@ -202,7 +203,7 @@ def length_bias(pairs: Sequence[tuple[float, float, int, int]], responses: Seque
     when_shorter = [rc > rr for rc, rr, lc, lr in pairs if lc < lr]
     rewards, lengths = [r for r, _ in responses], [n for _, n in responses]
     return {
-        "spearman_reward_length": _finite(_spearman(rewards, lengths)) if len(responses) > 1 else None,
+        "spearman_reward_length": _finite(spearman(rewards, lengths)) if len(responses) > 1 else None,
         "longer_wins_accuracy": sum(longer) / len(longer) if longer else None,
         "accuracy_when_chosen_longer": sum(when_longer) / len(when_longer) if when_longer else None,
         "accuracy_when_chosen_shorter": sum(when_shorter) / len(when_shorter) if when_shorter else None,

@@ -8,36 +8,14 @@ unless ``overwrite`` asks for the files to be scored again.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
-import os
 
 import pyarrow.parquet as pq
 
+from rmray.core.fingerprint import model_fingerprint
 from rmray.errors import UsageError
 
 METADATA_KEY = b"rmray.scored_by"
-_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16
-
-
-def model_fingerprint(model_dir: str) -> str:
-    """SHA-256 over the scoring spec, ``config.json`` and, per weights file, its size and 16 evenly spaced
-    64 KiB samples: two trainings of one architecture differ in every sample, and a 15 GB model is
-    fingerprinted in milliseconds instead of the seconds a whole-file hash takes."""
-    digest = hashlib.sha256()
-    for name in ("rmray_scoring.json", "config.json"):
-        path = os.path.join(model_dir, name)
-        if os.path.exists(path):
-            digest.update(name.encode() + open(path, "rb").read())
-    for path in sorted(glob.glob(os.path.join(model_dir, "*.safetensors"))):
-        size = os.path.getsize(path)
-        digest.update(f"{os.path.basename(path)}:{size}".encode())
-        with open(path, "rb") as f:
-            for k in range(_SAMPLES):
-                f.seek(size * k // _SAMPLES)
-                digest.update(f.read(_SAMPLE_BYTES))
-    return digest.hexdigest()
 
 
 def provenance(model_dirs: list[str], names: list[str], prompt_field: str, response_field: str) -> dict:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from .guard import authorized
 from .schemas import MAX_ITEMS, Item, NonEmptyText, Prompt, Response, Str, Text, TokenIds, is_empty
 
 router = APIRouter()
@@ -35,6 +36,9 @@ def serving(request: Request):
 class ScoreResponse(BaseModel):
     rewards: list[float]
     """Per item; for an ensemble the mean over models."""
+    model_version: str
+    """The models that scored this answer: each one's fingerprint (12 hex digits, the start of the one
+    ``rmray score`` records), ``+``-joined for an ensemble with the combining rule. Changes with a swap."""
     normalized_rewards: list[float] | None = None
     truncated: list[bool]
     """True where the text was longer than the model's max_length and was cut as in training."""
@@ -80,7 +84,7 @@ class ScoreRequest(BaseModel):
 @router.post("/score", response_model=ScoreResponse, response_model_exclude_none=True)
 async def score(body: ScoreRequest, service=Depends(serving)) -> dict:
     where = "items" if body.items is not None else "item"
-    out = await service.rewards(lambda m: m.encode(body.as_items(), where), "items", body.normalize)
+    out = await service.rewards(lambda m: m.encode(body.as_items(), where), "items", body.normalize, endpoint="/score")
     out.pop("_tokens")
     return out
 
@@ -105,7 +109,8 @@ class GroupRequest(BaseModel):
 @router.post("/score_group", response_model=ScoreResponse, response_model_exclude_none=True)
 async def score_group(body: GroupRequest, service=Depends(serving)) -> dict:
     items = [Item(prompt=body.prompt, response=r) for r in body.responses]
-    out = await service.rewards(lambda m: m.encode(items, "responses"), "group", body.normalize, body.preferences)
+    out = await service.rewards(lambda m: m.encode(items, "responses"), "group", body.normalize, body.preferences,
+                                endpoint="/score_group")
     out.pop("_tokens")
     return out
 
@@ -133,18 +138,20 @@ class GetRewardResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
     extra_logs: dict[str, list[float]] = {}
+    model_version: str = ""
+    """As in ``/score``; OpenRLHF reads ``rewards``/``scores`` and passes over it."""
 
 
 @router.post("/get_reward", response_model=GetRewardResponse)
 async def get_reward(body: GetRewardRequest, service=Depends(serving)) -> dict:
     if not body.query:  # OpenRLHF shards by server and may send an empty shard
-        return {"rewards": [], "scores": [], "extra_logs": {}}
+        return {"rewards": [], "scores": [], "extra_logs": {}, "model_version": service.version.id}
     prompts = body.prompts or [""] * len(body.query)
     for i, query in enumerate(body.query):
         if not query:
             raise HTTPException(422, f"query[{i}] is empty")
-    out = await service.rewards(lambda m: m.encode_queries(body.query, prompts), "items", False)
-    return {"rewards": out["rewards"], "scores": out["rewards"], "extra_logs": {}}
+    out = await service.rewards(lambda m: m.encode_queries(body.query, prompts), "items", False, endpoint="/get_reward")
+    return {"rewards": out["rewards"], "scores": out["rewards"], "extra_logs": {}, "model_version": out["model_version"]}
 
 
 # --- vLLM's pooling API, as verl's reward loop calls it: /classify -------------------------------
@@ -182,13 +189,57 @@ async def classify(body: ClassifyRequest, service=Depends(serving)) -> dict:
     limit = body.truncate_prompt_tokens
     limit = None if limit in (None, -1) else max(limit, 1)
     out = await service.rewards(lambda m: m.encode_texts(body.texts(), "input", body.add_special_tokens, limit),
-                              "items", False)
+                                "items", False, endpoint="/classify")
     sigmoid = bool(body.activation or body.use_activation)
     probs = [1 / (1 + math.exp(-r)) if sigmoid else r for r in out["rewards"]]
     tokens = sum(out.pop("_tokens"))
     return {
         "id": f"classify-{time.time_ns():x}", "object": "list", "created": int(time.time()),
-        "model": body.model or service.models[0].name,
+        "model": body.model or out["_names"][0], "model_version": out["model_version"],
         "data": [{"index": i, "label": "reward", "probs": [p], "num_classes": 1} for i, p in enumerate(probs)],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
     }
+
+
+# --- swapping the served models: /admin/models ------------------------------------------------------
+
+
+def admin(request: Request, service=Depends(serving)):
+    """``RMRAY_ADMIN_TOKEN`` as a bearer token, checked before the body is read: no token set at start,
+    no admin endpoints (404); none sent, 401; another, 403. The API token does not open them."""
+    token = service.settings.admin_token
+    if not token:
+        raise HTTPException(404, "Not Found")
+    header = request.headers.get("authorization")
+    if not header:
+        raise HTTPException(401, "admin endpoint: send 'Authorization: Bearer <RMRAY_ADMIN_TOKEN>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not authorized(header.encode("latin-1"), token):
+        raise HTTPException(403, "admin endpoint: wrong token (RMRAY_ADMIN_TOKEN, not RMRAY_API_TOKEN)")
+    return service
+
+
+ModelPath = Annotated[Str, Field(min_length=1, max_length=4096)]
+
+
+class SwapRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: Annotated[list[ModelPath], Field(min_length=1, max_length=16)]
+    """Model folders as ``rmray serve`` takes them, on the scorer nodes' filesystem: one, or several for an
+    ensemble (combined by the rule the server was started with)."""
+    names: Annotated[list[Annotated[Str, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=16)] | None = None
+    """Names in answers; default: the folder names."""
+
+
+@router.post("/admin/models")
+async def swap_models(body: SwapRequest, service=Depends(admin)) -> dict:
+    """Replace the served models under load; returns once the new version serves every new request and
+    the old replicas are gone, with the new ``model_version``. A folder that cannot be served is a 422
+    naming why, and the old version keeps serving."""
+    return await service.swap(body.models, body.names)
+
+
+@router.get("/admin/models")
+async def served_models(service=Depends(admin)) -> dict:
+    """The version serving now: its ``model_version``, models (name, path, fingerprint) and ensemble rule."""
+    return service.version.describe()

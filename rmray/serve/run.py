@@ -12,6 +12,7 @@ from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 
 from .settings import ServeSettings
+from .versions import forget_registry
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -48,9 +49,17 @@ def start(settings: ServeSettings, *, ray_address: str | None = None):
     from .app import build_app
 
     if not ray.is_initialized():
-        init_ray(ray_address)
+        port = settings.metrics_export_port
+        init_ray(ray_address, **({"_metrics_export_port": port} if port and not _joins(ray_address) else {}))
     serve.start(http_options={"host": settings.host, "port": settings.port})
     return serve.run(build_app(settings), name=settings.name, route_prefix=settings.route_prefix)
+
+
+def _joins(ray_address: str | None) -> bool:
+    """Joining a running cluster: its nodes export metrics on the ports ``ray start`` gave them."""
+    import os
+
+    return ray_address not in (None, "local") or (ray_address is None and bool(os.environ.get("RAY_ADDRESS")))
 
 
 def serve_forever(settings: ServeSettings, *, ray_address: str | None = None) -> None:
@@ -74,8 +83,10 @@ def serve_forever(settings: ServeSettings, *, ray_address: str | None = None) ->
     prefix = settings.route_prefix.rstrip("/")
     print(f"rmray: serving {', '.join(settings.model_names)} at http://{settings.host}:{settings.port}{prefix}  "
           f"(POST /score /score_group /get_reward /classify, GET /healthz, docs at /docs)"
-          + ("; bearer token required" if settings.api_token else ""), flush=True)
+          + ("; bearer token required" if settings.api_token else "")
+          + ("; POST /admin/models swaps the models (RMRAY_ADMIN_TOKEN)" if settings.admin_token else ""), flush=True)
     while not stop.wait(1.0):  # a timed wait: signal handlers run between the waits
         pass
     print("rmray: shutting down", flush=True)
     serve.shutdown()
+    forget_registry(settings.name)

@@ -63,6 +63,12 @@ class ServeSettings:
     """Logical CPUs of the HTTP ingress replica."""
     api_token: str | None = None
     """Bearer token; default: the ``RMRAY_API_TOKEN`` environment variable. Unset: no auth (loopback)."""
+    admin_token: str | None = None
+    """Bearer token of ``/admin/models`` (swap the served models); default: the ``RMRAY_ADMIN_TOKEN``
+    environment variable. Unset: the admin endpoints do not exist (404)."""
+    metrics_export_port: int | None = None
+    """Port of this node's Prometheus metrics (the ``rmray_`` reward telemetry among Ray's own), when
+    ``rmray serve`` starts Ray itself; default: Ray picks one (``ray start --metrics-export-port`` on a cluster)."""
     trust_remote_code: bool = False
     """Let transformers run a model folder's own Python code; off by default (built-in architectures only)."""
     ensemble: Literal["normalized", "raw"] = "normalized"
@@ -84,6 +90,8 @@ class ServeSettings:
             self.model_names = [f"{n}-{i}" for i, n in enumerate(self.model_names)]
         if self.api_token is None:
             self.api_token = os.environ.get("RMRAY_API_TOKEN") or None
+        if self.admin_token is None:
+            self.admin_token = os.environ.get("RMRAY_ADMIN_TOKEN") or None
         if self.ensemble not in ("normalized", "raw"):
             raise ValueError(f"ensemble must be 'normalized' or 'raw', got {self.ensemble!r}")
         for key in ("replicas", "max_batch_size", "max_batch_tokens", "max_inflight", "max_body_bytes"):
@@ -110,4 +118,5 @@ class ServeSettings:
         """Settings safe to log or show (the token masked)."""
         out = asdict(self)
         out["api_token"] = "***" if self.api_token else None
+        out["admin_token"] = "***" if self.admin_token else None
         return out
