@@ -23,7 +23,10 @@ def _items(prompts: Sequence[Any], completions: Sequence[Any]) -> list[dict]:
 
 
 class RewardClient:
-    """HTTP client with retries on 5xx/connection errors (a replica restarting) -- never on 4xx."""
+    """HTTP client with retries on 5xx/connection errors (a replica restarting) -- never on 4xx.
+
+    ``last_model_version`` is the ``model_version`` of the last answer: log it beside the rewards, and a
+    swap of the served models (``/admin/models``) shows in the RL loop's own records."""
 
     __name__ = "rmray_reward"  # TRL names reward columns after the function
 
@@ -32,6 +35,7 @@ class RewardClient:
         self.url = url.rstrip("/")
         self.token = token if token is not None else os.environ.get("RMRAY_API_TOKEN")
         self.timeout, self.retries, self.backoff_s, self.normalize = timeout, retries, backoff_s, normalize
+        self.last_model_version: str | None = None
 
     def post(self, path: str, body: dict) -> dict:
         data = json.dumps(body).encode()
@@ -55,6 +59,7 @@ class RewardClient:
         raise AssertionError("unreachable")
 
     def _rewards(self, out: dict) -> list[float]:
+        self.last_model_version = out.get("model_version")
         return out["normalized_rewards"] if self.normalize and "normalized_rewards" in out else out["rewards"]
 
     def score(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[float]:
@@ -75,13 +80,16 @@ class HandleRewardClient:
 
     def __init__(self, handle, normalize: bool = False):
         self.handle, self.normalize = handle, normalize
+        self.last_model_version: str | None = None
 
     def score(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[float]:
-        out = self.handle.score_items.remote(_items(prompts, responses), self.normalize).result()
-        return out["normalized_rewards"] if self.normalize and "normalized_rewards" in out else out["rewards"]
+        return self._rewards(self.handle.score_items.remote(_items(prompts, responses), self.normalize).result())
 
     async def score_async(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[float]:
-        out = await self.handle.score_items.remote(_items(prompts, responses), self.normalize)
+        return self._rewards(await self.handle.score_items.remote(_items(prompts, responses), self.normalize))
+
+    def _rewards(self, out: dict) -> list[float]:
+        self.last_model_version = out.get("model_version")
         return out["normalized_rewards"] if self.normalize and "normalized_rewards" in out else out["rewards"]
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:

@@ -91,9 +91,24 @@ def deploy(s: ServeSettings, model_dirs: list[str], names: list[str], ingress_ap
         serve.run_many([RunTarget(scorer_app(d, s), name=app, route_prefix=None) for d, app in zip(model_dirs, apps)],
                        wait_for_applications_running=True)
         return load_version(s, model_dirs, names, apps, generation)
-    except BaseException:
+    except BaseException as err:
+        reason = _failure(apps)
         delete(apps)
+        if reason:
+            raise RuntimeError(reason) from err
         raise
+
+
+def _failure(apps: list[str]) -> str | None:
+    """The replicas' own error (``SafetensorError: ...``), from Serve's status of the failed applications."""
+    status = serve.status().applications
+    for app in apps:
+        for deployment in getattr(status.get(app), "deployments", {}).values():
+            lines = [line.strip() for line in (deployment.message or "").splitlines() if line.strip()]
+            errors = [line for line in lines if "Error" in line.split(":")[0]]
+            if errors or lines:
+                return (errors or lines)[-1][:500]
+    return None
 
 
 def check_swap(s: ServeSettings, model_dirs: list[str], names: list[str] | None, current: Version) -> ServeSettings:

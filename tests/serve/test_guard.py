@@ -164,8 +164,11 @@ def test_killed_replica_loses_no_request_and_overload_gets_503(served):
 def _running_scorers(app: str) -> int:
     from ray import serve
 
-    deployments = serve.status().applications[app].deployments
-    return sum(d.replica_states.get("RUNNING", 0) for name, d in deployments.items() if name.startswith("scorer"))
+    from rmray.serve.versions import scorer_apps
+
+    status = serve.status().applications
+    return sum(d.replica_states.get("RUNNING", 0) for scorers in scorer_apps(app)
+               for d in status[scorers].deployments.values())
 
 
 def test_sustained_load_scales_the_scorers_up_and_every_request_is_answered(served):
