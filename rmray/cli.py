@@ -35,7 +35,7 @@ SERVE_OPTIONS = ["host", "port", "replicas", "max_replicas", "target_ongoing_req
                  "max_inflight", "max_body_bytes", "ensemble", "precision", "metrics_export_port"]
 SCORE_OPTIONS = ["prompt_field", "response_field", "concurrency", "num_cpus", "num_gpus", "torch_threads", "batch_size",
                  "max_batch_tokens", "overwrite", "precision", "ensemble", "ray_address"]
-EVAL_OPTIONS = ["output", "train_dir", "data_format", "concurrency", "num_cpus", "num_gpus", "torch_threads",
+EVAL_OPTIONS = ["benchmark", "output", "train_dir", "data_format", "concurrency", "num_cpus", "num_gpus", "torch_threads",
                 "batch_size", "max_batch_tokens", "ensemble", "ray_address"]
 
 
@@ -91,7 +91,7 @@ def _add_eval(sub) -> None:
 
     p_ev = sub.add_parser("eval", help="preference accuracy, margin and calibration, with a report")
     p_ev.add_argument("model_dir", help=field_docs(EvalConfig)["model_dir"])
-    p_ev.add_argument("data", help=field_docs(EvalConfig)["data"])
+    p_ev.add_argument("data", nargs="?", default=None, help=field_docs(EvalConfig)["data"])
     p_ev.add_argument("--model", action="append", default=[], help=field_docs(EvalConfig)["models"] + " (repeatable)")
     add_options(p_ev, EvalConfig, EVAL_OPTIONS)
 
@@ -164,7 +164,11 @@ def _eval(args) -> int:
     from rmray.score.evaluate import evaluate
     from rmray.score.settings import EvalConfig
 
-    evaluate(EvalConfig(model_dir=args.model_dir, models=args.model, data=args.data, **options_of(args, EVAL_OPTIONS)))
+    try:
+        cfg = EvalConfig(model_dir=args.model_dir, models=args.model, data=args.data, **options_of(args, EVAL_OPTIONS))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    evaluate(cfg)
     return 0
 
 

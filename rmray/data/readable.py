@@ -188,6 +188,16 @@ def check_columns(source: str, required: dict[str, str], *, rated: bool = False,
                                  f"{setting}=<the column that holds it>)")
 
 
+def check_benchmark_rows(source: str, benchmark: str, columns: tuple[str, ...]) -> None:
+    """Each local file's first row has the benchmark's published columns; a hub id is read as published."""
+    for path in local_files(source):
+        row = _first_row(path)
+        missing = [c for c in columns if row is not None and c not in row]
+        if missing:
+            raise UsageError(f"{path}: not in {benchmark}'s row format: no column {missing[0]!r} (columns: "
+                             f"{', '.join(sorted(row))}; a {benchmark} row has {', '.join(columns)})")
+
+
 def _check_rated(path: str, row: dict, attributes: list[str] | None) -> None:
     if "ratings" not in row and "ranking" not in row:
         raise UsageError(f"{path}: rated rows (with 'responses') need 'ratings' or 'ranking' (columns: "

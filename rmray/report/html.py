@@ -11,6 +11,8 @@ import html
 import os
 from typing import Sequence
 
+from rmray.core.files import write_text_atomic
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:980px;color:#1d2d35}
 h1{font-size:1.5rem;margin-bottom:.2rem} .sub{color:#5c6f7a;margin-top:0}
@@ -36,6 +38,13 @@ def eval_report(metrics: dict, plots: Sequence[str], path: str, *, title: str, s
              f"<p class=sub>{html.escape(subtitle)}</p>", "<div class=cards>"]
     parts += [f'<div class=card><div class=v>{v}</div><div class=k>{html.escape(k)}</div></div>' for k, v in cards]
     parts.append("</div>")
+    bench = metrics.get("benchmark")
+    if bench:  # the sections side by side, as the benchmark's leaderboard shows them
+        shown = [("score", bench["score"])] + list(bench["sections"].items())
+        parts.append(f"<h2>{html.escape(bench['name'])}</h2><div class=cards>")
+        parts += [f'<div class=card><div class=v>{"n/a" if v is None else f"{v:.3f}"}</div>'
+                  f'<div class=k>{html.escape(k)}</div></div>' for k, v in shown]
+        parts.append("</div>")
     if metrics.get("subsets"):
         parts.append("<h2>By subset</h2><table><tr><th>subset</th><th>pairs</th><th>accuracy</th><th>mean margin</th></tr>")
         for name, m in metrics["subsets"].items():
@@ -47,6 +56,5 @@ def eval_report(metrics: dict, plots: Sequence[str], path: str, *, title: str, s
     if metrics.get("bad_rows"):
         parts.append(f"<p>{metrics['bad_rows']} rows could not be scored; see metrics.json for reasons.</p>")
     parts.append("</body></html>")
-    with open(path, "w") as f:
-        f.write("\n".join(parts))
+    write_text_atomic(path, "\n".join(parts))
     return path

@@ -10,6 +10,7 @@ import json
 
 import pyarrow as pa
 
+from rmray.core.benchmarks import as_conversation
 from rmray.core.contract import check_item, combine, encode_item, ensemble_rule, response_length, split_attributes
 from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
 from rmray.core.scoring import Scorer, model_name
@@ -133,6 +134,9 @@ class PairScorer:
         self.names, self.specs = [model_name(d) for d in cfg.model_dirs], [s.spec for s in self.scorers]
         self.ensemble = ensemble_rule(self.specs, cfg.ensemble)
         self.data_format, self.max_batch_tokens = cfg.data_format, cfg.max_batch_tokens
+        # A benchmark's harness renders (user prompt, assistant answer) with the chat template when the model
+        # has one; rmray does the same where every model of the ensemble has one, else scores plain text.
+        self.as_chat = cfg.benchmark is not None and all(s.tokenizer.chat_template for s in self.scorers)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -181,6 +185,8 @@ class PairScorer:
         """Per model, a pair's two sequences or a rated row's K sequences; the ratings and, for a
         per-attribute model, the ratings per attribute ([K][A]) when the row gives them; the responses'
         lengths in the first model's tokens (:func:`rmray.core.contract.response_length`)."""
+        if self.as_chat:
+            row = as_conversation(row)
         fmt = self.data_format or detect_format(row)
         tokenizer = self.scorers[0].tokenizer
         if fmt == "rated":

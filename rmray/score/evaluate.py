@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from rmray.core.benchmarks import BENCHMARK_COLUMNS, BENCHMARKS
 from rmray.core.contract import ensemble_rule
 from rmray.core.evaluation import attribute_metrics, length_bias, preference_metrics, ranking_metrics
 from rmray.core.files import write_text_atomic
@@ -23,6 +24,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     in ``rewards.jsonl`` when ``cfg.output``). Several models are evaluated as one ensemble."""
     import ray
 
+    from rmray.data.readable import check_benchmark_rows
     from rmray.data.source import open_source
 
     from .batch import PairScorer
@@ -31,6 +33,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         check_model_dir(path)
     source = open_source(cfg.data)
     source.check("data")
+    if cfg.benchmark:
+        check_benchmark_rows(cfg.data, cfg.benchmark, BENCHMARK_COLUMNS[cfg.benchmark])
     specs = [ScoringSpec.load(d) for d in cfg.model_dirs]
     init_ray(cfg.ray_address)
     scored = source.read().map_batches(
@@ -49,6 +53,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if len(specs) > 1:
         metrics.update({"models": [os.path.abspath(d) for d in cfg.model_dirs],
                         "ensemble": ensemble_rule(specs, cfg.ensemble)})
+    if cfg.benchmark:
+        metrics["benchmark"] = _benchmark(cfg.benchmark, rows)
     pairs, responses = _lengths(rows)
     metrics["length_bias"] = bias = length_bias(pairs, responses)
     _print_summary(metrics, groups, attributed, specs[0], errors)
@@ -60,6 +66,23 @@ def evaluate(cfg: EvalConfig) -> dict:
         write_rewards(rows, os.path.join(cfg.output, "rewards.jsonl"))
         print(f"rmray eval: report in {os.path.join(cfg.output, 'report.html')}", file=sys.stderr)
     return metrics
+
+
+def _benchmark(name: str, batches: list) -> dict:
+    """The benchmark's score and sections over the scored pairs (a row that could not be scored counts as
+    wrong, as a harness that crashed on it would not report a score at all)."""
+    subsets, chosen, rejected = [], [], []
+    for batch in batches:
+        for row in batch.select(["subset", "chosen_reward", "rejected_reward"]).to_pylist():
+            subsets.append(row["subset"])
+            ok = row["chosen_reward"] is not None
+            chosen.append(row["chosen_reward"] if ok else 0.0)
+            rejected.append(row["rejected_reward"] if ok else 0.0)
+    result = BENCHMARKS[name](subsets, chosen, rejected)
+    sections = ", ".join(f"{k} {v:.4f}" for k, v in result["sections"].items())
+    score = "n/a (not every section's subsets)" if result["score"] is None else f"{result['score']:.4f}"
+    print(f"rmray eval: {name} score {score}; {sections}", flush=True)
+    return result
 
 
 def _print_summary(metrics: dict, groups: list, attributed: list, spec: ScoringSpec, errors: list) -> None:

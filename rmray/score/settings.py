@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from rmray.core.benchmarks import BENCHMARK_DATA, BENCHMARKS
 from rmray.core.formats import Format
 from rmray.core.spec import DEFAULT_MAX_BATCH_TOKENS
 
@@ -60,8 +61,12 @@ class ScoreConfig(ActorSettings):
 class EvalConfig(ActorSettings):
     model_dir: str
     """The rmray model folder to evaluate (training's ``final/``)."""
-    data: str
-    """Preference data in any training format (file, folder, glob or URI)."""
+    data: Optional[str] = None
+    """Preference data in any training format (file, folder, glob or URI); with ``benchmark``, default:
+    the benchmark's published data (``rewardbench``: the hub's ``allenai/reward-bench``, split ``filtered``)."""
+    benchmark: Optional[str] = None
+    """Score the data as this benchmark's own harness scores it (``rewardbench``): its sections and score
+    in ``metrics.json``; the data must be in the benchmark's published row format."""
     models: list[str] = field(default_factory=list)
     """More model folders, evaluated with ``model_dir`` as one ensemble."""
     output: Optional[str] = None
@@ -72,6 +77,14 @@ class EvalConfig(ActorSettings):
     """The data's format; default: detected per row."""
     batch_size: int = 128
     """Pairs per Ray Data batch handed to an actor."""
+
+    def __post_init__(self):
+        if self.benchmark is not None and self.benchmark not in BENCHMARKS:
+            raise ValueError(f"benchmark {self.benchmark!r} is not one rmray scores; known: {', '.join(BENCHMARKS)}")
+        if self.data is None:
+            if self.benchmark is None:
+                raise ValueError("give the preference data to evaluate on (DATA), or --benchmark NAME")
+            self.data = BENCHMARK_DATA[self.benchmark]
 
     @property
     def model_dirs(self) -> list[str]:
