@@ -136,7 +136,7 @@ def test_killed_replica_loses_no_request_and_overload_gets_503(served):
             errors.append(repr(err))
 
     replicas = [name for name in ray.util.list_named_actors(all_namespaces=True)
-                if "SERVE_REPLICA" in name["name"] and "::main#scorer" in name["name"]]
+                if "SERVE_REPLICA" in name["name"] and "::main-scorers-g0-m0#scorer" in name["name"]]
     assert len(replicas) == 2, replicas
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, i) for i in range(300)]
