@@ -220,8 +220,10 @@ def test_the_telemetry_series_carry_what_the_traffic_implies(swap_app):
     assert not [s for s in samples if s.name == "ray_rmray_reward_drift_sd" and s.labels.get("model") == "b"
                 and s.labels.get("model_version") == version]  # B saved no eval stats: no drift to report
     assert _value(samples, "ray_rmray_ensemble_disagreement_count", model_version=version) == len(sent)
-    assert _value(samples, "ray_rmray_ensemble_disagreement_sum", model_version=version) == pytest.approx(
-        sum(out["reward_std"][0] for _, out in sent), abs=1e-6)
+    stds = [out["reward_std"][0] for _, out in sent]
+    for bucket in (s for s in samples if s.name == "ray_rmray_ensemble_disagreement_bucket"
+                   and s.labels.get("model_version") == version):  # Prometheus buckets: how many <= le
+        assert bucket.value == sum(std <= float(bucket.labels["le"]) for std in stds), bucket.labels["le"]
 
 
 def test_the_grafana_dashboard_reads_every_telemetry_series_and_only_those():
