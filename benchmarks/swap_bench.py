@@ -85,7 +85,7 @@ def main() -> None:
                                                   hidden=384, heads=6, vocab_size=8000, seed=k), os.path.join(work, f"rm{k}"),
                              max_length=512) for k in range(2)]
     init_ray("local", num_cpus=2, include_dashboard=False)
-    serve_start(ServeSettings(model_dirs=[models[0]], port=8012, replicas=2, num_cpus=0.5, ingress_num_cpus=0.25,
+    serve_start(ServeSettings(model_dirs=[models[0]], port=8012, replicas=2, num_cpus=0.25, ingress_num_cpus=0.25,
                               admin_token=ADMIN))
     url, stop = "http://127.0.0.1:8012", threading.Event()
     answers: list[dict] = []

@@ -162,8 +162,9 @@ class _RewardAPI:
                                                  self.app_name, old.generation + 1)
             except Exception as err:  # noqa: BLE001 - the old version keeps serving; the caller is told why
                 logger.error("swap failed: %s", _cause(err))
-                raise HTTPException(422, f"the new models did not start: {_cause(err)}; "
-                                         f"still serving {old.id}") from None
+                status = 503 if isinstance(err, TimeoutError) else 422
+                raise HTTPException(status, f"the new models did not start: {_cause(err)}; "
+                                            f"still serving {old.id}") from None
             self.version = new  # requests from here on; the ones in flight finish on the old version
             while old.inflight:
                 await asyncio.sleep(0.05)

@@ -66,6 +66,9 @@ class ServeSettings:
     admin_token: str | None = None
     """Bearer token of ``/admin/models`` (swap the served models); default: the ``RMRAY_ADMIN_TOKEN``
     environment variable. Unset: the admin endpoints do not exist (404)."""
+    start_timeout_s: float = 900.0
+    """How long the scorer replicas of a model set may take to be running (at start and in a swap) before
+    it is given up: replicas the cluster has no room for wait forever otherwise."""
     metrics_export_port: int | None = None
     """Port of this node's Prometheus metrics (the ``rmray_`` reward telemetry among Ray's own), when
     ``rmray serve`` starts Ray itself; default: Ray picks one (``ray start --metrics-export-port`` on a cluster)."""

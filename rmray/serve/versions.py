@@ -25,6 +25,7 @@ import glob
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
 import ray
@@ -89,7 +90,8 @@ def deploy(s: ServeSettings, model_dirs: list[str], names: list[str], ingress_ap
     apps = app_names(ingress_app, generation, len(model_dirs))
     try:
         serve.run_many([RunTarget(scorer_app(d, s), name=app, route_prefix=None) for d, app in zip(model_dirs, apps)],
-                       wait_for_applications_running=True)
+                       wait_for_applications_running=False)
+        _wait_running(apps, s.start_timeout_s)
         return load_version(s, model_dirs, names, apps, generation)
     except BaseException as err:
         reason = _failure(apps)
@@ -97,6 +99,23 @@ def deploy(s: ServeSettings, model_dirs: list[str], names: list[str], ingress_ap
         if reason:
             raise RuntimeError(reason) from err
         raise
+
+
+def _wait_running(apps: list[str], timeout_s: float) -> None:
+    """Until Serve reports every application RUNNING; a failed one, or one still deploying after
+    ``timeout_s`` (replicas the cluster has no room for wait forever), raises."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications
+        states = {app: str(getattr(status.get(app), "status", "NOT_STARTED")) for app in apps}
+        if all(state.endswith("RUNNING") for state in states.values()):
+            return
+        if any(state.endswith("DEPLOY_FAILED") for state in states.values()):
+            raise RuntimeError(f"scorer applications failed to deploy: {states}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the new scorer replicas were not running after {timeout_s:.0f} s: is there room on "
+                               f"the cluster for both versions' replicas (--num-cpus/--num-gpus each)? (start_timeout_s)")
+        time.sleep(0.5)
 
 
 def _failure(apps: list[str]) -> str | None:
