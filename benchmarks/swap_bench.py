@@ -107,7 +107,7 @@ def main() -> None:
     per_second = [sum(swap_from + s <= a["done"] < swap_from + s + 1 for a in answers)
                   for s in range(int(swap_to - swap_from) + 1)]
     result = {
-        "model": "qwen2-6L-384 (random init, 8k BPE), 2 scorer replicas x 0.5 CPU", "clients": args.clients,
+        "model": "qwen2-6L-384 (random init, 8k BPE), 2 scorer replicas x 0.25 CPU", "clients": args.clients,
         "swap_status": status, "swap_s": swap_to - swap_from, "model_versions": [swapped.get("previous_model_version"),
                                                                                  swapped.get("model_version")],
         "steady": steady, "during_swap": during, "longest_wait_over_steady_p99": during["max_s"] / steady["p99_s"],
