@@ -246,3 +246,22 @@ def test_the_grafana_dashboard_reads_every_telemetry_series_and_only_those():
                for name in re.findall(r"ray_rmray_\w+", target["expr"])}
     assert len(defined) == 8 and queried <= exported, queried - exported
     assert {re.sub(r"_(total|bucket|sum|count)$", "", q).removeprefix("ray_") for q in queried} == set(defined)
+
+
+def test_scorers_that_never_run_are_given_up_with_the_likely_cause(monkeypatch):
+    """Replicas the cluster has no room for stay DEPLOYING for ever: the wait gives up after
+    ``start_timeout_s`` naming the likely cause; a failed deployment is raised at once."""
+    from types import SimpleNamespace
+
+    import rmray.serve.versions as versions
+
+    states = {"x-scorers-g1-m0": "DEPLOYING"}
+    monkeypatch.setattr(versions.serve, "status", lambda: SimpleNamespace(applications={
+        app: SimpleNamespace(status=state, deployments={}) for app, state in states.items()}))
+    with pytest.raises(TimeoutError, match="room on the cluster for both versions"):
+        versions._wait_running(["x-scorers-g1-m0"], timeout_s=1.0)
+    states["x-scorers-g1-m0"] = "DEPLOY_FAILED"
+    with pytest.raises(RuntimeError, match="failed to deploy"):
+        versions._wait_running(["x-scorers-g1-m0"], timeout_s=60)
+    states["x-scorers-g1-m0"] = "RUNNING"
+    versions._wait_running(["x-scorers-g1-m0"], timeout_s=60)
