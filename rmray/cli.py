@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 SERVE_OPTIONS = ["host", "port", "replicas", "max_replicas", "target_ongoing_requests", "num_cpus", "num_gpus",
-                 "max_inflight", "max_body_bytes", "ensemble", "precision", "metrics_export_port"]
+                 "max_inflight", "max_body_bytes", "ensemble", "precision", "metrics_export_port", "start_timeout_s"]
 SCORE_OPTIONS = ["prompt_field", "response_field", "concurrency", "num_cpus", "num_gpus", "torch_threads", "batch_size",
                  "max_batch_tokens", "overwrite", "precision", "ensemble", "ray_address"]
 EVAL_OPTIONS = ["benchmark", "output", "train_dir", "data_format", "concurrency", "num_cpus", "num_gpus", "torch_threads",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import signal
 import socket
+import sys
 import threading
 
 from rmray.core.spec import check_model_dir
@@ -50,6 +51,9 @@ def start(settings: ServeSettings, *, ray_address: str | None = None):
 
     if not ray.is_initialized():
         port = settings.metrics_export_port
+        if port and _joins(ray_address):
+            print(f"rmray: warning: --metrics-export-port {port} is ignored when joining a cluster: its nodes "
+                  "export on the ports `ray start --metrics-export-port` gave them", file=sys.stderr, flush=True)
         init_ray(ray_address, **({"_metrics_export_port": port} if port and not _joins(ray_address) else {}))
     serve.start(http_options={"host": settings.host, "port": settings.port})
     return serve.run(build_app(settings), name=settings.name, route_prefix=settings.route_prefix)
