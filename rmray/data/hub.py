@@ -13,6 +13,8 @@ whose subsets are folders (Anthropic/hh-rlhf).
 
 from __future__ import annotations
 
+import time
+
 import ray
 
 from rmray.errors import UsageError
@@ -49,12 +51,30 @@ def read_hub(source: str) -> ray.data.Dataset:
     return ray.data.read_csv(files, filesystem=arrow_fs)
 
 
+LISTING_TTL_S = 60.0
+_listings: dict[tuple[str, int], tuple[float, list[str]]] = {}
+
+
 def hub_files(source: str, fs=None) -> list[str]:
     """The data files of ``org/name[:split]`` (default ``train``), in name order; a one-line error when
-    the hub cannot be reached or the split has no files."""
+    the hub cannot be reached or the split has no files.
 
+    A run's check, row count and read share one listing (each is a network round trip, and a split can
+    change between them): a listing is kept for ``LISTING_TTL_S`` per source and file system (fsspec
+    keeps one file-system object per configuration), so a later run in the same process lists again."""
+    fs = fs or hub_filesystem()
+    key = (source, id(fs))
+    kept = _listings.get(key)
+    if kept and time.monotonic() - kept[0] < LISTING_TTL_S:
+        return list(kept[1])
+    files = _list_files(source, fs)
+    _listings[key] = (time.monotonic(), files)
+    return list(files)
+
+
+def _list_files(source: str, fs) -> list[str]:
     repo, _, split = source.partition(":")
-    split, fs = split or "train", fs or hub_filesystem()
+    split = split or "train"
     try:
         converted = _converted(fs, repo, split)
         files = converted or sorted(fs.find(f"datasets/{repo}"))

@@ -88,3 +88,18 @@ def test_an_unreachable_hub_is_one_line_that_says_what_to_do(monkeypatch):
     monkeypatch.setattr(rmray.data.hub, "hub_filesystem", Offline)
     with pytest.raises(UsageError, match="could not list hub dataset 'org/x'.*huggingface-cli login.*local file"):
         rows_of("org/x")
+
+
+def test_a_runs_check_count_and_read_share_one_listing_of_the_hub(ray_cluster, hub, monkeypatch):
+    """Check, row count and read each asked the hub for the split's files (three round trips, and the
+    split could change between them): they share one listing."""
+    import rmray.data.hub
+    from rmray.data.source import open_source
+
+    write_jsonl_gz(hub / "datasets" / "org" / "once" / "train.jsonl.gz", [pair("once", i) for i in range(3)])
+    listed, real = [], rmray.data.hub._list_files
+    monkeypatch.setattr(rmray.data.hub, "_list_files", lambda source, fs: listed.append(source) or real(source, fs))
+    open_source("org/once").check("train_data")
+    open_source("org/once").count_rows()  # None for JSON lines (no metadata to count from): it still lists
+    assert rows_of("org/once") == [pair("once", i) for i in range(3)]
+    assert listed == ["org/once"]
