@@ -190,10 +190,17 @@ def test_the_telemetry_series_carry_what_the_traffic_implies(swap_app):
         counts[endpoint, str(status)] = counts.get((endpoint, str(status)), 0) + 1
     texts = sum(n for endpoint, status, n in CALLS if endpoint == "/score" and status == 200)
     port = ray.nodes()[0]["MetricsExportPort"]
-    deadline, samples = time.time() + 120, []
+
+    def exported(samples) -> bool:  # counters and gauges reach the exporter on their own schedules
+        gauges = {(s.name, s.labels.get("model")) for s in samples if s.labels.get("model_version") == version}
+        return (_value(samples, "ray_rmray_requests_total", endpoint="/score", status="200") == counts["/score", "200"]
+                and {("ray_rmray_reward_length_spearman", "a"), ("ray_rmray_reward_length_spearman", "b"),
+                     ("ray_rmray_reward_drift_sd", "a")} <= gauges)
+
+    deadline, samples = time.time() + 180, []
     while time.time() < deadline:  # Ray's metrics agent exports every few seconds
         samples = _scrape(port)
-        if _value(samples, "ray_rmray_requests_total", endpoint="/score", status="200") == counts["/score", "200"]:
+        if exported(samples):
             break
         time.sleep(2)
     for (endpoint, status), n in counts.items():
