@@ -149,6 +149,7 @@ def test_admin_tokens_bad_folders_and_an_ensemble_swapped_for_one_model_and_back
         assert out["per_model"]["a"][0] == pytest.approx(expected["a"][i], abs=1e-4)
         sent.append((i, out))
     swap_app["ensemble"] = (ens["model_version"], sent)
+    _check_gauges(ens["model_version"], sent, a)
 
     status, back, _ = _admin(port, {"models": [a]})
     assert status == 200 and back["previous_model_version"] == ens["model_version"]
@@ -159,6 +160,36 @@ def test_admin_tokens_bad_folders_and_an_ensemble_swapped_for_one_model_and_back
     assert client([ITEMS[1][0]], [ITEMS[1][1]]) == pytest.approx([expected["a"][1]], abs=1e-4)
     assert client.last_model_version == back["model_version"]
     CALLS.append(("/score", 200, 1))
+
+
+def _check_gauges(version: str, sent: list, model_a: str) -> None:
+    """While ``version`` serves: the drift of A's mean from its saved eval mean in stds, and each model's
+    Spearman(reward, tokens), against scipy on the rewards received. Ray keeps a gauge about two export
+    intervals after its last update, so they are read now, not after the next swap."""
+    import ray
+    from scipy.stats import spearmanr
+    from transformers import AutoTokenizer
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    wanted = {("ray_rmray_reward_length_spearman", "a"), ("ray_rmray_reward_length_spearman", "b"),
+              ("ray_rmray_reward_drift_sd", "a")}
+    deadline, samples = time.time() + 60, []
+    while time.time() < deadline:
+        samples = _scrape(port)
+        if wanted <= {(s.name, s.labels.get("model")) for s in samples if s.labels.get("model_version") == version}:
+            break
+        time.sleep(1)
+    tok = AutoTokenizer.from_pretrained(model_a)
+    lengths = [len(tok(ITEMS[i][0] + ITEMS[i][1] + tok.eos_token)["input_ids"]) for i, _ in sent]
+    for name in ("a", "b"):
+        rewards = [out["per_model"][name][0] for _, out in sent]
+        rho = _value(samples, "ray_rmray_reward_length_spearman", model=name, model_version=version)
+        assert rho == pytest.approx(spearmanr(rewards, lengths).statistic, abs=1e-6), name
+    mean_a = sum(out["per_model"]["a"][0] for _, out in sent) / len(sent)
+    drift = _value(samples, "ray_rmray_reward_drift_sd", model="a", model_version=version)
+    assert drift == pytest.approx((mean_a - 0.1) / 0.4, abs=1e-6)
+    assert not [s for s in samples if s.name == "ray_rmray_reward_drift_sd" and s.labels.get("model") == "b"
+                and s.labels.get("model_version") == version]  # B saved no eval stats: no drift to report
 
 
 def _scrape(port: int) -> list:
@@ -175,12 +206,10 @@ def _value(samples, name: str, **labels) -> float:
 
 def test_the_telemetry_series_carry_what_the_traffic_implies(swap_app):
     """On the node's metrics export port: request counts by endpoint and status and texts scored exactly
-    as this module sent them; for the ensemble version, each model's reward bins, the drift of A's mean
-    from its saved eval mean in stds, Spearman(reward, tokens) and the disagreement histogram, against
-    numbers computed here from the rewards received."""
+    as this module sent them; for the ensemble version, each model's reward bins and the disagreement
+    histogram, against numbers computed here from the rewards received (its gauges are checked while it
+    serves, in the test before)."""
     import ray
-    from scipy.stats import spearmanr
-    from transformers import AutoTokenizer
 
     from rmray.serve.telemetry import REWARD_BINS, REWARD_EDGES
 
@@ -191,24 +220,16 @@ def test_the_telemetry_series_carry_what_the_traffic_implies(swap_app):
     texts = sum(n for endpoint, status, n in CALLS if endpoint == "/score" and status == 200)
     port = ray.nodes()[0]["MetricsExportPort"]
 
-    def exported(samples) -> bool:  # counters and gauges reach the exporter on their own schedules
-        gauges = {(s.name, s.labels.get("model")) for s in samples if s.labels.get("model_version") == version}
-        return (_value(samples, "ray_rmray_requests_total", endpoint="/score", status="200") == counts["/score", "200"]
-                and {("ray_rmray_reward_length_spearman", "a"), ("ray_rmray_reward_length_spearman", "b"),
-                     ("ray_rmray_reward_drift_sd", "a")} <= gauges)
-
     deadline, samples = time.time() + 180, []
     while time.time() < deadline:  # Ray's metrics agent exports every few seconds
         samples = _scrape(port)
-        if exported(samples):
+        if _value(samples, "ray_rmray_requests_total", endpoint="/score", status="200") == counts["/score", "200"]:
             break
         time.sleep(2)
     for (endpoint, status), n in counts.items():
         assert _value(samples, "ray_rmray_requests_total", endpoint=endpoint, status=status) == n, (endpoint, status)
     assert _value(samples, "ray_rmray_texts_total", endpoint="/score") == texts
 
-    tok = AutoTokenizer.from_pretrained(swap_app["a"])
-    lengths = [len(tok(ITEMS[i][0] + ITEMS[i][1] + tok.eos_token)["input_ids"]) for i, _ in sent]
     for name in ("a", "b"):
         rewards = [out["per_model"][name][0] for _, out in sent]
         bins: dict[str, int] = {}
@@ -219,13 +240,6 @@ def test_the_telemetry_series_carry_what_the_traffic_implies(swap_app):
                if s.name == "ray_rmray_rewards_total" and s.labels.get("model_version") == version
                and s.labels.get("model") == name}
         assert got == bins, (name, got, bins)
-        rho = _value(samples, "ray_rmray_reward_length_spearman", model=name, model_version=version)
-        assert rho == pytest.approx(spearmanr(rewards, lengths).statistic, abs=1e-6), name
-    mean_a = sum(out["per_model"]["a"][0] for _, out in sent) / len(sent)
-    drift = _value(samples, "ray_rmray_reward_drift_sd", model="a", model_version=version)
-    assert drift == pytest.approx((mean_a - 0.1) / 0.4, abs=1e-6)
-    assert not [s for s in samples if s.name == "ray_rmray_reward_drift_sd" and s.labels.get("model") == "b"
-                and s.labels.get("model_version") == version]  # B saved no eval stats: no drift to report
     assert _value(samples, "ray_rmray_ensemble_disagreement_count", model_version=version) == len(sent)
     stds = [out["reward_std"][0] for _, out in sent]
     for bucket in (s for s in samples if s.name == "ray_rmray_ensemble_disagreement_bucket"
