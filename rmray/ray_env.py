@@ -34,7 +34,8 @@ def verbose() -> bool:
     return os.environ.get("RMRAY_VERBOSE", "0") not in ("", "0", "false")
 
 
-def _joins_cluster(address: str | None) -> bool:
+def joins_cluster(address: str | None) -> bool:
+    """Joining a running cluster (``auto``, ``ray://``, an address, or ``RAY_ADDRESS``), not starting one."""
     if address == "local":
         return False
     return bool(address or os.environ.get("RAY_ADDRESS"))
@@ -49,7 +50,7 @@ def init_ray(address: str | None = None, **kwargs) -> None:
 
     if ray.is_initialized():
         return
-    joins = _joins_cluster(address)
+    joins = joins_cluster(address)
     kwargs.setdefault("log_to_driver", verbose())
     if joins:  # remote workers get the quiet settings through the job's runtime env
         kwargs.setdefault("runtime_env", {"env_vars": {k: os.environ[k] for k in QUIET_ENV}})

@@ -1,4 +1,4 @@
-"""Shared fixtures: offline models, the real hh-rlhf pairs, and one local Ray cluster per session."""
+"""Shared fixtures: offline models, the real hh-rlhf pairs, and one local Ray cluster per test run."""
 
 from __future__ import annotations
 
@@ -15,26 +15,26 @@ from rmray.ray_env import QUIET_ENV
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HH_PATH = os.path.join(ROOT, "..", "shared", "data", "hh-rlhf-harmless-dev.jsonl.gz")
 
-# The test session's own settings, set by the autouse `session_env` fixture and undone after the run
+# The test run's own settings, set by the autouse `session_env` fixture and undone after the run
 # (never at import). The commands tests run in a fresh process, as a user would, get `user_env()`.
-SESSION_ENV = {
-    "RAY_AUTH_MODE": "disabled",  # the session's cluster, and the commands that join it, without token files
+TEST_ENV = {
+    "RAY_AUTH_MODE": "disabled",  # the test run's cluster, and the commands that join it, without token files
     # Ray Train's controller polls its workers every 2 s and acts on a finished or dead rank only at a
-    # poll: about three polls (6 s) after the last step of every run. The session's cluster polls every 0.5 s.
+    # poll: about three polls (6 s) after the last step of every run. The test cluster polls every 0.5 s.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    # Serve's autoscaler samples load every 6 s and hears of it every 10 s by default; the session's
+    # Serve's autoscaler samples load every 6 s and hears of it every 10 s by default; the test
     # cluster samples and reports each second, so the autoscaling test waits on Serve's decision.
     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
     "RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR": "0.03",
 }
-USER_KEEPS = ("RAY_AUTH_MODE",)  # what a command run as a user still needs from the session
+USER_KEEPS = ("RAY_AUTH_MODE",)  # what a command run as a user still needs from the test run
 
 
 @pytest.fixture(scope="session", autouse=True)
 def session_env():
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in (SESSION_ENV | QUIET_ENV).items():  # QUIET_ENV: what rmray's commands set themselves
+        for key, value in (TEST_ENV | QUIET_ENV).items():  # QUIET_ENV: what rmray's commands set themselves
             if key not in os.environ:
                 patch.setenv(key, value)
         yield
@@ -42,8 +42,8 @@ def session_env():
 
 def user_env(**extra: str) -> dict:
     """The environment of a command run in a fresh process as a user runs it: the caller's, without the
-    session's speed-ups and without the quiet settings rmray must set for itself, plus ``extra``."""
-    dropped = (set(SESSION_ENV) - set(USER_KEEPS)) | set(QUIET_ENV)
+    test run's speed-ups and without the quiet settings rmray must set for itself, plus ``extra``."""
+    dropped = (set(TEST_ENV) - set(USER_KEEPS)) | set(QUIET_ENV)
     return {k: v for k, v in os.environ.items() if k not in dropped} | extra
 
 

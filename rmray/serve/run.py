@@ -10,7 +10,7 @@ import threading
 
 from rmray.core.spec import check_model_dir
 from rmray.errors import UsageError
-from rmray.ray_env import init_ray
+from rmray.ray_env import init_ray, joins_cluster
 
 from .settings import ServeSettings
 from .versions import forget_registry
@@ -51,19 +51,12 @@ def start(settings: ServeSettings, *, ray_address: str | None = None):
 
     if not ray.is_initialized():
         port = settings.metrics_export_port
-        if port and _joins(ray_address):
+        if port and joins_cluster(ray_address):
             print(f"rmray: warning: --metrics-export-port {port} is ignored when joining a cluster: its nodes "
                   "export on the ports `ray start --metrics-export-port` gave them", file=sys.stderr, flush=True)
-        init_ray(ray_address, **({"_metrics_export_port": port} if port and not _joins(ray_address) else {}))
+        init_ray(ray_address, **({"_metrics_export_port": port} if port and not joins_cluster(ray_address) else {}))
     serve.start(http_options={"host": settings.host, "port": settings.port})
     return serve.run(build_app(settings), name=settings.name, route_prefix=settings.route_prefix)
-
-
-def _joins(ray_address: str | None) -> bool:
-    """Joining a running cluster: its nodes export metrics on the ports ``ray start`` gave them."""
-    import os
-
-    return ray_address not in (None, "local") or (ray_address is None and bool(os.environ.get("RAY_ADDRESS")))
 
 
 def serve_forever(settings: ServeSettings, *, ray_address: str | None = None) -> None:
