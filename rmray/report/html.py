@@ -41,6 +41,7 @@ def eval_report(metrics: dict, plots: Sequence[str], path: str, *, title: str, s
     bench = metrics.get("benchmark")
     if bench:  # the sections side by side, as the benchmark's leaderboard shows them
         shown = [("score", bench["score"])] + list(bench["sections"].items())
+        shown += [(k.replace("_acc", ""), bench[k]) for k in ("hard_acc", "normal_acc", "easy_acc") if k in bench]
         parts.append(f"<h2>{html.escape(bench['name'])}</h2><div class=cards>")
         parts += [f'<div class=card><div class=v>{"n/a" if v is None else f"{v:.3f}"}</div>'
                   f'<div class=k>{html.escape(k)}</div></div>' for k, v in shown]

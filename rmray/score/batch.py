@@ -10,7 +10,7 @@ import json
 
 import pyarrow as pa
 
-from rmray.core.benchmarks import as_conversation
+from rmray.core.benchmarks import BENCHMARKS, as_conversation
 from rmray.core.contract import check_item, combine, encode_item, ensemble_rule, response_length, split_attributes
 from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
 from rmray.core.scoring import Scorer, model_name
@@ -136,7 +136,8 @@ class PairScorer:
         self.data_format, self.max_batch_tokens = cfg.data_format, cfg.max_batch_tokens
         # A benchmark's harness renders (user prompt, assistant answer) with the chat template when the model
         # has one; rmray does the same where every model of the ensemble has one, else scores plain text.
-        self.as_chat = cfg.benchmark is not None and all(s.tokenizer.chat_template for s in self.scorers)
+        self.benchmark = BENCHMARKS[cfg.benchmark] if cfg.benchmark else None
+        self.as_chat = self.benchmark is not None and all(s.tokenizer.chat_template for s in self.scorers)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -168,6 +169,8 @@ class PairScorer:
             if targets[i] is not None and len(self.scorers) == 1:
                 predicted[i] = [v[1:] for v in values[0]]
 
+        id_field, subset_field = (self.benchmark.id_field, self.benchmark.subset_field) if self.benchmark else ("id", "subset")
+
         def text(key):
             return [str(row[key]) if row.get(key) is not None else None for row in rows]
 
@@ -178,17 +181,18 @@ class PairScorer:
                          "attribute_scores": pa.array(predicted, pa.list_(pa.list_(pa.float64()))),
                          "attribute_ratings": pa.array(targets, pa.list_(pa.list_(pa.float64()))),
                          "lengths": pa.array(lengths, pa.list_(pa.int64())),
-                         "id": pa.array(text("id"), pa.string()),
-                         "subset": pa.array(text("subset"), pa.string()), "score_error": pa.array(errors, pa.string())})
+                         "id": pa.array(text(id_field), pa.string()), "subset": pa.array(text(subset_field), pa.string()),
+                         "benchmark": pa.array([self.benchmark is not None] * n, pa.bool_()),
+                         "score_error": pa.array(errors, pa.string())})
 
     def _encode(self, row: dict) -> tuple[list, list[float] | None, list[list[float]] | None, list[int]]:
         """Per model, a pair's two sequences or a rated row's K sequences; the ratings and, for a
         per-attribute model, the ratings per attribute ([K][A]) when the row gives them; the responses'
         lengths in the first model's tokens (:func:`rmray.core.contract.response_length`)."""
-        if self.as_chat:
-            row = as_conversation(row)
-        fmt = self.data_format or detect_format(row)
         tokenizer = self.scorers[0].tokenizer
+        if self.benchmark:
+            return self._encode_item(row)
+        fmt = self.data_format or detect_format(row)
         if fmt == "rated":
             group = read_group(row, self.specs[0].weights_by_attribute())
             ids = [[encode(s.tokenizer, s.spec, group.prompt, r).ids for r in group.responses] for s in self.scorers]
@@ -199,3 +203,13 @@ class PairScorer:
             enc = encode_pair(s.tokenizer, s.spec, pair)
             ids.append([enc.chosen_ids, enc.rejected_ids])
         return ids, None, None, [response_length(tokenizer, pair.chosen), response_length(tokenizer, pair.rejected)]
+
+    def _encode_item(self, row: dict) -> tuple[list, list[float], None, list[int]]:
+        """A benchmark item as a group: its right answers rated 1, then its wrong ones rated 0."""
+        item = self.benchmark.item(row)
+        if self.as_chat:
+            item = as_conversation(item)
+        answers = item.chosen + item.rejected
+        ids = [[encode(s.tokenizer, s.spec, item.prompt, a).ids for a in answers] for s in self.scorers]
+        ratings = [1.0] * len(item.chosen) + [0.0] * len(item.rejected)
+        return ids, ratings, None, [response_length(self.scorers[0].tokenizer, a) for a in answers]

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from rmray.core.benchmarks import BENCHMARK_COLUMNS, BENCHMARKS
+from rmray.core.benchmarks import BENCHMARKS
 from rmray.core.contract import ensemble_rule
 from rmray.core.evaluation import attribute_metrics, length_bias, preference_metrics, ranking_metrics
 from rmray.core.files import write_text_atomic
@@ -34,7 +34,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     source = open_source(cfg.data)
     source.check("data")
     if cfg.benchmark:
-        check_benchmark_rows(cfg.data, cfg.benchmark, BENCHMARK_COLUMNS[cfg.benchmark])
+        check_benchmark_rows(cfg.data, cfg.benchmark, BENCHMARKS[cfg.benchmark].columns)
     specs = [ScoringSpec.load(d) for d in cfg.model_dirs]
     init_ray(cfg.ray_address)
     scored = source.read().map_batches(
@@ -43,6 +43,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     rows = [batch for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None)]
     chosen, rejected, subsets, groups, errors, attributed = _collect(rows)
+    if cfg.benchmark:  # a benchmark's answers are right or wrong: no ranking among them to report
+        groups = []
     if not chosen:
         raise UsageError(f"{cfg.data}: no row could be scored; first problems: {errors[:3]}")
     has_subsets = any(s is not None for s in subsets)
@@ -53,8 +55,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     if len(specs) > 1:
         metrics.update({"models": [os.path.abspath(d) for d in cfg.model_dirs],
                         "ensemble": ensemble_rule(specs, cfg.ensemble)})
+    lines = reward_lines(rows)
     if cfg.benchmark:
-        metrics["benchmark"] = _benchmark(cfg.benchmark, rows)
+        metrics["benchmark"] = _benchmark(cfg.benchmark, lines)
     pairs, responses = _lengths(rows)
     metrics["length_bias"] = bias = length_bias(pairs, responses)
     _print_summary(metrics, groups, attributed, specs[0], errors)
@@ -63,24 +66,18 @@ def evaluate(cfg: EvalConfig) -> dict:
           f"{_fmt(bias['accuracy_when_chosen_longer'])}, shorter {_fmt(bias['accuracy_when_chosen_shorter'])}")
     if cfg.output:
         write_report(metrics, chosen, rejected, cfg.output, train_dir=cfg.train_dir, responses=responses)
-        write_rewards(rows, os.path.join(cfg.output, "rewards.jsonl"))
+        write_text_atomic(os.path.join(cfg.output, "rewards.jsonl"), "".join(json.dumps(x) + "\n" for x in lines))
         print(f"rmray eval: report in {os.path.join(cfg.output, 'report.html')}", file=sys.stderr)
     return metrics
 
 
-def _benchmark(name: str, batches: list) -> dict:
-    """The benchmark's score and sections over the scored pairs (a row that could not be scored counts as
-    wrong, as a harness that crashed on it would not report a score at all)."""
-    subsets, chosen, rejected = [], [], []
-    for batch in batches:
-        for row in batch.select(["subset", "chosen_reward", "rejected_reward"]).to_pylist():
-            subsets.append(row["subset"])
-            ok = row["chosen_reward"] is not None
-            chosen.append(row["chosen_reward"] if ok else 0.0)
-            rejected.append(row["rejected_reward"] if ok else 0.0)
-    result = BENCHMARKS[name](subsets, chosen, rejected)
+def _benchmark(name: str, lines: list[dict]) -> dict:
+    """The benchmark's score and sections over its items' rewards (an item that could not be scored counts
+    as wrong -- every reward 0 -- as a harness that crashed on it would report no score at all)."""
+    items = [line if "error" not in line else {**line, "chosen": [0.0], "rejected": [0.0]} for line in lines]
+    result = BENCHMARKS[name].score(items)
     sections = ", ".join(f"{k} {v:.4f}" for k, v in result["sections"].items())
-    score = "n/a (not every section's subsets)" if result["score"] is None else f"{result['score']:.4f}"
+    score = "n/a (not every section)" if result["score"] is None else f"{result['score']:.4f}"
     print(f"rmray eval: {name} score {score}; {sections}", flush=True)
     return result
 
@@ -124,24 +121,27 @@ def _lengths(batches: list) -> tuple[list[tuple[float, float, int, int]], list[t
     return pairs, responses
 
 
-def write_rewards(batches: list, path: str) -> None:
-    """Every scored row's rewards, one JSON line each, written atomically: ``{"id", "subset", "chosen":
-    [reward], "rejected": [reward]}`` for a pair, ``{"id", "subset", "rewards", "ratings"}`` for a rated
-    group (``id`` is the row's own ``id`` column, null without one), ``{"id", "error"}`` for a row that
-    could not be scored."""
+def reward_lines(batches: list) -> list[dict]:
+    """Every scored row's rewards, as ``rewards.jsonl`` holds them: ``{"id", "subset", "chosen": [reward, ...],
+    "rejected": [reward, ...]}`` for a pair or a benchmark item (its right and wrong answers),
+    ``{"id", "subset", "rewards", "ratings"}`` for a rated group, ``{"id", "subset", "error"}`` for a row that
+    could not be scored (``id`` is the row's own ``id`` column, null without one)."""
     lines = []
     for batch in batches:
         for row in batch.select(["id", "subset", "chosen_reward", "rejected_reward", "group_rewards",
-                                 "group_ratings", "score_error"]).to_pylist():
+                                 "group_ratings", "benchmark", "score_error"]).to_pylist():
             out = {"id": row["id"], "subset": row["subset"]}
             if row["score_error"] is not None:
                 out["error"] = row["score_error"]
+            elif row["benchmark"]:  # right answers are rated 1, wrong ones 0, in the item's order
+                pairs = list(zip(row["group_rewards"], row["group_ratings"]))
+                out.update(chosen=[r for r, k in pairs if k == 1], rejected=[r for r, k in pairs if k == 0])
             elif row["group_rewards"] is not None:
                 out.update(rewards=row["group_rewards"], ratings=row["group_ratings"])
             else:
                 out.update(chosen=[row["chosen_reward"]], rejected=[row["rejected_reward"]])
-            lines.append(json.dumps(out))
-    write_text_atomic(path, "".join(line + "\n" for line in lines))
+            lines.append(out)
+    return lines
 
 
 def _collect(scored: list) -> tuple[list, list, list, list, list, list]:

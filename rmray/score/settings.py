@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from rmray.core.benchmarks import BENCHMARK_DATA, BENCHMARKS
+from rmray.core.benchmarks import BENCHMARKS
 from rmray.core.formats import Format
 from rmray.core.spec import DEFAULT_MAX_BATCH_TOKENS
 
@@ -63,10 +63,13 @@ class EvalConfig(ActorSettings):
     """The rmray model folder to evaluate (training's ``final/``)."""
     data: Optional[str] = None
     """Preference data in any training format (file, folder, glob or URI); with ``benchmark``, default:
-    the benchmark's published data (``rewardbench``: the hub's ``allenai/reward-bench``, split ``filtered``)."""
+    the benchmark's published data on the hub (``rewardbench``: ``allenai/reward-bench`` split ``filtered``;
+    ``rewardbench2``: ``allenai/reward-bench-2`` split ``test``; ``rm-bench``: ``THU-KEG/RM-Bench``;
+    ``judgebench``: ``ScalerLab/JudgeBench`` split ``gpt``)."""
     benchmark: Optional[str] = None
-    """Score the data as this benchmark's own harness scores it (``rewardbench``): its sections and score
-    in ``metrics.json``; the data must be in the benchmark's published row format."""
+    """Score the data as this benchmark's own harness scores it (``rewardbench``, ``rewardbench2``,
+    ``rm-bench``, ``judgebench``): its sections and score in ``metrics.json``; the data must be in the
+    benchmark's published row format."""
     models: list[str] = field(default_factory=list)
     """More model folders, evaluated with ``model_dir`` as one ensemble."""
     output: Optional[str] = None
@@ -84,7 +87,7 @@ class EvalConfig(ActorSettings):
         if self.data is None:
             if self.benchmark is None:
                 raise ValueError("give the preference data to evaluate on (DATA), or --benchmark NAME")
-            self.data = BENCHMARK_DATA[self.benchmark]
+            self.data = BENCHMARKS[self.benchmark].data
 
     @property
     def model_dirs(self) -> list[str]:

@@ -1,72 +1,20 @@
-"""``rmray eval --benchmark``: each benchmark scored as its own harness scores it.
+"""``rmray eval --benchmark`` end to end: rows in each benchmark's published format, every item scored as
+the harnesses score a sequence classifier and written to ``rewards.jsonl``, the score from the benchmark's
+own code (:mod:`tests.score.reference`) on those rewards."""
 
-The reference is the benchmark's own code, installed with ``pip --no-deps`` (tests/frameworks.txt):
-RewardBench's ``rewardbench/constants.py`` loaded as it is, and ``calculate_scores_per_section`` taken
-from ``rewardbench/utils.py`` and run unchanged (the package's ``__init__`` imports fastchat, vLLM-era
-model code and the hub, which a scoring function does not need)."""
-
-import ast
-import importlib.util
 import json
-import os
-import random
 
 import pytest
 
-from rmray.core.benchmarks import rewardbench
+from rmray.core.benchmarks import BENCHMARKS
 
-
-def _rewardbench_code():
-    """RewardBench's constants module and its section-scoring function, from the installed package's files."""
-    spec = importlib.util.find_spec("rewardbench")
-    if spec is None:
-        pytest.skip("rewardbench is not installed (make setup installs tests/frameworks.txt)")
-    folder = spec.submodule_search_locations[0]
-    constants_spec = importlib.util.spec_from_file_location("rewardbench_constants", os.path.join(folder, "constants.py"))
-    constants = importlib.util.module_from_spec(constants_spec)
-    constants_spec.loader.exec_module(constants)
-    utils = ast.parse(open(os.path.join(folder, "utils.py")).read())
-    function = next(node for node in utils.body if isinstance(node, ast.FunctionDef)
-                    and node.name == "calculate_scores_per_section")
-    namespace: dict = {}
-    exec(compile(ast.Module(body=[function], type_ignores=[]), "rewardbench/utils.py", "exec"), namespace)
-    return constants, namespace["calculate_scores_per_section"]
-
-
-def _harness(constants, per_section, subsets, chosen, rejected) -> tuple[dict, dict]:
-    """What rewardbench's run_rm.py does with the rewards: 1 where chosen > rejected, accuracy per subset,
-    then its section scores."""
-    results: dict[str, list[int]] = {}
-    for subset, c, r in zip(subsets, chosen, rejected):
-        results.setdefault(subset, []).append(1 if c > r else 0)
-    accuracy = {s: sum(v) / len(v) for s, v in results.items()}
-    return accuracy, per_section(constants.EXAMPLE_COUNTS, constants.SUBSET_MAPPING, accuracy)
-
-
-def test_rewardbench_sections_and_score_equal_rewardbenchs_own_code():
-    constants, per_section = _rewardbench_code()
-    rng = random.Random(0)
-    subsets = [s for s in constants.EXAMPLE_COUNTS for _ in range(rng.randint(3, 9))]
-    chosen = [rng.gauss(0, 1) for _ in subsets]
-    rejected = [c if rng.random() < 0.1 else rng.gauss(0, 1) for c in chosen]  # exact ties count as wrong
-    ours = rewardbench(subsets, chosen, rejected)
-    accuracy, sections = _harness(constants, per_section, subsets, chosen, rejected)
-    assert ours["subsets"].keys() == accuracy.keys()
-    assert all(ours["subsets"][s] == pytest.approx(accuracy[s], abs=1e-9) for s in accuracy)
-    assert ours["sections"].keys() == sections.keys() == {"Chat", "Chat Hard", "Safety", "Reasoning"}
-    assert all(ours["sections"][s] == pytest.approx(sections[s], abs=1e-9) for s in sections)
-    assert ours["score"] == pytest.approx(sum(sections.values()) / 4, abs=1e-9)  # the leaderboard's mean
-
-    partial = rewardbench(subsets[:20], chosen[:20], rejected[:20])  # Chat's subsets only: no overall score
-    assert partial["score"] is None and set(partial["missing_sections"]) == {"Chat Hard", "Safety", "Reasoning"}
-    assert partial["sections"]["Chat"] == pytest.approx(
-        _harness(constants, per_section, subsets[:20], chosen[:20], rejected[:20])[1]["Chat"], abs=1e-9)
-
-
-def test_rewardbench_worked_example_in_the_docstring():
-    # alpacaeval-easy 1 of 2 right, alpacaeval-hard 2 of 2: Chat = (0.5 * 100 + 1.0 * 95) / 195
-    out = rewardbench(["alpacaeval-easy"] * 2 + ["alpacaeval-hard"] * 2, [1, 0, 1, 1], [0, 1, 0, 0])
-    assert out["sections"] == {"Chat": pytest.approx(145 / 195, abs=1e-12)}
+from .reference import (
+    judgebench_compute_final_metrics,
+    judgebench_decision,
+    rewardbench2_harness,
+    rewardbench_harness,
+    rm_bench_compute_accuracy,
+)
 
 
 def _write_rewardbench_rows(path) -> list[dict]:
@@ -91,7 +39,6 @@ def test_rmray_eval_benchmark_scores_every_item_as_the_chat_template_renders_it(
     from rmray.score.settings import EvalConfig
     from rmray.testing import plain_transformers_scores
 
-    constants, per_section = _rewardbench_code()
     rows = _write_rewardbench_rows(tmp_path / "rb.jsonl")
     metrics = evaluate(EvalConfig(model_dir=rm_qwen_chat, data=str(tmp_path / "rb.jsonl"), benchmark="rewardbench",
                                   output=str(tmp_path / "out")))
@@ -106,11 +53,92 @@ def test_rmray_eval_benchmark_scores_every_item_as_the_chat_template_renders_it(
         got = written[str(row["id"])]
         assert [got["chosen"][0], got["rejected"][0]] == pytest.approx(expected, abs=1e-4), row["id"]
     subsets = [written[str(r["id"])]["subset"] for r in rows]
-    accuracy, sections = _harness(constants, per_section, subsets, [written[str(r["id"])]["chosen"][0] for r in rows],
+    accuracy, sections = rewardbench_harness(subsets, [written[str(r["id"])]["chosen"][0] for r in rows],
                                   [written[str(r["id"])]["rejected"][0] for r in rows])
     assert metrics["benchmark"]["sections"] == pytest.approx(sections, abs=1e-9)
     assert metrics["benchmark"]["score"] == pytest.approx(sum(sections.values()) / 4, abs=1e-9)
     assert json.load(open(tmp_path / "out" / "metrics.json"))["benchmark"]["name"] == "rewardbench"
+
+
+def _published_rows() -> dict[str, list[dict]]:
+    """A few rows of each benchmark in its exact published format (one empty answer in each)."""
+    answers = ["The answer is 4.", "It is 5.", "", "Four, since 2 + 2 = 4.", "**4**", "I think 22."]
+    rb2 = [{"id": str(i), "prompt": f"What is 2 + {i}?", "chosen": [answers[i % 6]], "rejected": answers[1:4],
+            "num_correct": 1, "num_rejected": 3, "total_completions": 4, "models": ["a", "b", "c", "d"],
+            "subset": subset, "additional_metadata": {}}
+           for i, subset in enumerate(["Factuality", "Precise IF", "Math", "Safety", "Focus"])]
+    rb2 += [{"id": f"{kind}:0", "prompt": "Name a prime.", "chosen": ["2", "3", "5"][:k], "rejected": ["4", "9"],
+             "num_correct": k, "num_rejected": 2, "total_completions": k + 2, "models": ["m"] * (k + 2),
+             "subset": "Ties", "additional_metadata": {}} for kind, k in (("ref", 1), ("tied", 3))]
+    rm_bench = [{"id": i, "prompt": f"Explain {topic}.", "domain": domain,
+                 "chosen": [f"{topic}: right.", f"{topic} is right, in detail.", f"**{topic}**: right."],
+                 "rejected": [f"{topic}: wrong.", "", f"**{topic}**: wrong."]}
+                for i, (topic, domain) in enumerate([("tea", "chat"), ("sums", "math"), ("loops", "code"),
+                                                     ("knives", "safety-refuse"), ("fire", "safety-response")])]
+    judgebench = [{"pair_id": f"p{i}", "original_id": i, "source": source, "question": f"Question {i}?",
+                   "response_model": "gpt-4o-2024-05-13", "response_A": f"Answer A{i}", "response_B": "" if i == 2 else f"B{i}",
+                   "label": "A>B" if i % 2 else "B>A"}
+                  for i, source in enumerate(["mmlu-pro-law", "livebench-reasoning", "livebench-math", "livecodebench"])]
+    return {"rewardbench2": rb2, "rm-bench": rm_bench, "judgebench": judgebench}
+
+
+def _answers(name: str, row: dict) -> tuple[str, list[str], list[str]]:
+    """(prompt, right answers, wrong answers) of a published row, read the way its harness reads it."""
+    if name == "judgebench":
+        a, b = row["response_A"], row["response_B"]
+        return row["question"], [a if row["label"] == "A>B" else b], [b if row["label"] == "A>B" else a]
+    return row["prompt"], row["chosen"], row["rejected"]
+
+
+def _reference(name: str, rows: list[dict], written: dict) -> tuple[float, dict]:
+    """The benchmark's own code on the rewards rmray wrote: (score, sections)."""
+    if name == "rewardbench2":
+        sections = rewardbench2_harness([written[r["id"]] for r in rows])
+        return sum(sections.values()) / len(sections), sections
+    if name == "rm-bench":
+        out = rm_bench_compute_accuracy([{"domain": r["domain"], "score_chosen": written[str(r["id"])]["chosen"],
+                                          "score_rejected": written[str(r["id"])]["rejected"]} for r in rows])
+        return out["total_avg_acc"], {d: out[d] for d in ("chat", "math", "code", "safety")}
+    pairs = []
+    for r in rows:
+        right, wrong = written[r["pair_id"]]["chosen"][0], written[r["pair_id"]]["rejected"][0]
+        a, b = (right, wrong) if r["label"] == "A>B" else (wrong, right)
+        pairs.append({**r, "judgments": [{"decision": judgebench_decision(a, b)}, {"decision": judgebench_decision(b, a)}]})
+    sections = {p: judgebench_compute_final_metrics(pairs, True, lambda x, p=p: x["source"].startswith(p)) / 100
+                for p in ("mmlu-pro", "livebench-reasoning", "livebench-math", "livecodebench")}
+    return judgebench_compute_final_metrics(pairs, True) / 100, sections
+
+
+def test_each_benchmark_in_its_published_format_scores_every_item_as_rmray_score_does(ray_cluster, rm_qwen, tmp_path):
+    """A model without a chat template: each answer is scored as prompt + answer text -- the reward
+    ``rmray score`` gives the same prompt and response; every item is in rewards.jsonl; the score and sections
+    equal the benchmark's own code on those rewards. RM-Bench is read from one JSON document, as published."""
+    from rmray.score.evaluate import evaluate
+    from rmray.score.offline import score_dataset
+    from rmray.score.settings import EvalConfig, ScoreConfig
+
+    published, written, wanted = _published_rows(), {}, []
+    for name, rows in published.items():
+        path = tmp_path / ("total_dataset.json" if name == "rm-bench" else f"{name}.jsonl")
+        path.write_text(json.dumps(rows) if name == "rm-bench" else "".join(json.dumps(r) + "\n" for r in rows))
+        metrics = evaluate(EvalConfig(model_dir=rm_qwen, data=str(path), benchmark=name, output=str(tmp_path / name)))
+        written[name] = {r["id"]: r for r in map(json.loads, open(tmp_path / name / "rewards.jsonl"))}
+        id_field = BENCHMARKS[name].id_field
+        assert sorted(written[name]) == sorted(str(r[id_field]) for r in rows), name
+        score, sections = _reference(name, rows, written[name])
+        assert metrics["benchmark"]["sections"] == pytest.approx(sections, abs=1e-9), name
+        assert metrics["benchmark"]["score"] == pytest.approx(score, abs=1e-9), name
+        for row in rows:
+            prompt, right, wrong = _answers(name, row)
+            got = written[name][str(row[id_field])]
+            wanted += [(prompt, answer, reward) for answer, reward in zip(right + wrong, got["chosen"] + got["rejected"])]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps({"prompt": p, "response": a}) + "\n" for p, a, _ in wanted))
+    score_dataset(ScoreConfig(model_dirs=[rm_qwen], input=str(tmp_path / "items.jsonl"), output=str(tmp_path / "scored")))
+    import pyarrow.parquet as pq
+
+    scored = pq.read_table(tmp_path / "scored").column("reward").to_pylist()
+    assert scored == pytest.approx([reward for _, _, reward in wanted], abs=1e-4)
+    assert BENCHMARKS["rm-bench"].score(list(written["rm-bench"].values()))["hard_acc"] is not None
 
 
 def test_a_file_not_in_the_benchmarks_format_and_an_unknown_name_are_one_line_before_ray(rm_qwen, tmp_path, capsys,
@@ -119,7 +147,8 @@ def test_a_file_not_in_the_benchmarks_format_and_an_unknown_name_are_one_line_be
 
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": "Q", "chosen": " a", "rejected": " b"}) + "\n")
     for args, expected in ((["--benchmark", "rewardbench"], "not in rewardbench's row format: no column 'subset'"),
-                           (["--benchmark", "rewardbench3"], "known: rewardbench")):
+                           (["--benchmark", "judgebench"], "not in judgebench's row format: no column 'question'"),
+                           (["--benchmark", "rewardbench3"], "known: rewardbench, rewardbench2, rm-bench, judgebench")):
         code = cli.main(["eval", rm_qwen, str(tmp_path / "pairs.jsonl"), *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0], (args, err)
