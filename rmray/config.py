@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from rmray import config_fields
+from rmray.core.benchmarks import benchmark_sources
 from rmray.core.formats import Format
 
 DATA_OBJECT_STORE_MB = 128  # the stream's default read-ahead bound, and what a pass may keep for replay
@@ -69,6 +70,12 @@ class DataConfig:
     """The column holding the preferred response (``response_a``, ``better``, ...)."""
     rejected_field: str = "rejected"
     """The column holding the other response."""
+    eval_benchmarks: list[str] = field(default_factory=list)
+    """The field's benchmarks scored at each evaluation, each ``NAME`` (its published hub data) or
+    ``NAME=DATA`` (a local file or folder in its published format): ``rewardbench``, ``rewardbench2``,
+    ``rm-bench``, ``judgebench``. Logged as ``bench/<name>/score`` and ``bench/<name>/<section>`` (RM-Bench
+    also ``hard_acc``, ``normal_acc``, ``easy_acc``), scored as ``rmray eval --benchmark`` scores them;
+    ``metric_for_best_model`` may name one."""
     max_train_samples: Optional[int] = None
     """Use only the first N train rows (before validation)."""
     max_eval_samples: Optional[int] = None
@@ -104,6 +111,10 @@ class DataConfig:
         need(self.max_length >= 8, "max_length", f"must be >= 8, got {self.max_length}")
         need(0 <= self.eval_split_ratio < 1, "eval_split_ratio", "must be in [0, 1)")
         positive_or_unset(self, "max_train_samples", "max_eval_samples", "data_object_store_mb")
+        try:
+            benchmark_sources(self.eval_benchmarks)
+        except ValueError as err:
+            need(False, "eval_benchmarks", str(err))
 
 
 @dataclass
@@ -158,6 +169,14 @@ class OptimizationConfig:
     """Adds ``coef * mean((r_chosen + r_rejected)^2)``; 0.01 is the usual value."""
     disable_dropout: bool = True
     """Turn dropout off in the model (as TRL does): a reward difference should not depend on a random mask."""
+    debias_length: bool = False
+    """Keep response length out of the reward: adds ``debias_length_weight * |corr(reward, length)|``, the
+    Pearson correlation over each micro-batch's responses (ODIN's length decorrelation, arXiv 2402.07319),
+    so the model cannot pay for length while it learns the preferences. The saved model is unchanged in
+    kind: one reward, a plain sequence classifier. ``rmray eval`` reports the result in ``length_bias``."""
+    debias_length_weight: float = 1.0
+    """Weight of ``debias_length``'s penalty; at 1 a full correlation costs about what a coin-flip pair does
+    under Bradley-Terry (log 2 = 0.69)."""
 
     def __post_init__(self):
         need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
@@ -166,6 +185,7 @@ class OptimizationConfig:
         need(self.learning_rate > 0, "learning_rate", "must be > 0")
         need(self.num_train_epochs >= 1 or self.max_steps > 0, "num_train_epochs", "must be >= 1 (or set max_steps)")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        need(self.debias_length_weight > 0, "debias_length_weight", "must be > 0")
         need(len(set(self.attributes)) == len(self.attributes), "attributes", f"names repeat: {self.attributes}")
         need(not self.attribute_weights or len(self.attribute_weights) == len(self.attributes), "attribute_weights",
              f"give one weight per attribute ({len(self.attributes)}), got {self.attribute_weights}")
@@ -262,7 +282,13 @@ class CheckpointConfig:
     """Checkpoints kept on disk: the latest ones, or the best ones by ``metric_for_best_model`` when it is
     set -- and then the latest too, which a restart resumes from."""
     metric_for_best_model: Optional[str] = None
-    """``eval_loss``, ``eval_accuracy``, ...: which checkpoints to keep and what early stopping watches."""
+    """``eval_loss``, ``eval_accuracy``, ... or a benchmark's ``bench/<name>/<section>`` (``eval_benchmarks``):
+    which checkpoints to keep, what early stopping watches and, with ``load_best_model_at_end``, which
+    checkpoint ``final/`` is."""
+    load_best_model_at_end: bool = False
+    """Export ``final/`` from the checkpoint best by ``metric_for_best_model`` (evaluated again, so its
+    calibration and normalization are that model's) rather than from the last step. Checkpoints are ranked
+    by the evaluation before them: give ``save_steps`` a multiple of ``eval_steps``."""
     greater_is_better: Optional[bool] = None
     """Default: false for metrics ending in ``loss``, true otherwise."""
     early_stopping_patience: Optional[int] = None
@@ -280,7 +306,7 @@ class CheckpointConfig:
         need(self.logging_steps >= 1, "logging_steps", "must be >= 1")
         sinks = {"tensorboard", "mlflow", "wandb", "none"}
         need(set(self.report_to) <= sinks, "report_to", f"choose from {sorted(sinks)}, got {self.report_to}")
-        if self.metric_for_best_model is not None and not self.metric_for_best_model.startswith("eval_"):
+        if self.metric_for_best_model is not None and not self.metric_for_best_model.startswith(("eval_", "bench/")):
             self.metric_for_best_model = "eval_" + self.metric_for_best_model  # TRL accepts "loss" for "eval_loss"
         positive_or_unset(self, "eval_steps", "save_steps", "save_total_limit", "early_stopping_patience")
 
@@ -395,6 +421,10 @@ class TrainConfig:
         need(not (self.speed.fsdp.split() and self.lora.use_peft), "fsdp",
              "FSDP with LoRA is not supported: LoRA trains a few MB of weights, so use DDP (fsdp='') with "
              "gradient_checkpointing=true -- a 7B base model in bf16 fits one 24 GB GPU that way")
+        metric = self.checkpoints.metric_for_best_model or ""
+        scored = [name for name, _ in benchmark_sources(self.data.eval_benchmarks)]
+        need(not metric.startswith("bench/") or metric.split("/")[1] in scored, "metric_for_best_model",
+             f"{metric!r} names a benchmark that eval_benchmarks does not score ({scored or 'none'}); add it there")
 
     def flat(self) -> dict:
         """Every key and its value, unsectioned: what the run identity and the model card record."""

@@ -107,6 +107,23 @@ def attribute_mse(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return ((predicted[rated] - targets[rated].to(predicted.dtype)) ** 2).mean()
 
 
+def length_correlation(rewards: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of the rewards with the responses' lengths over a batch's present responses
+    (``[G, K]`` each) -- the term ``debias_length`` penalizes, ``|corr(r, length)|`` (ODIN, Chen et al.
+    2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF", arXiv 2402.07319: the length decorrelation
+    of its quality head, applied here to the one reward). Zero where it is undefined (fewer than two
+    responses, or all of one length), so a batch without information adds nothing.
+
+    Worked example: rewards [1, 2, 3] at lengths [10, 20, 60]: corr = 0.9449 (centred rewards [-1, 0, 1],
+    lengths [-20, -10, 30]: 50 / sqrt(2 * 1400))."""
+    r, n = rewards[mask].float(), lengths.to(rewards.device)[mask].float()
+    if r.numel() < 2:
+        return rewards.sum() * 0.0
+    r, n = r - r.mean(), n - n.mean()
+    # Clamped inside the root: sqrt's slope is infinite at 0, and 0 * inf would be a NaN gradient.
+    return (r * n).sum() / torch.sqrt(((r * r).sum() * (n * n).sum()).clamp_min(1e-24))
+
+
 def count_pairs(ratings) -> int:
     """Ordered pairs of one group whose ratings differ (a pair rated [1, 0]: 1)."""
     return sum(a > b for a in ratings for b in ratings)

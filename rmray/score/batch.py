@@ -10,7 +10,7 @@ import json
 
 import pyarrow as pa
 
-from rmray.core.benchmarks import BENCHMARKS, as_conversation
+from rmray.core.benchmarks import BENCHMARKS, item_group
 from rmray.core.contract import check_item, combine, encode_item, ensemble_rule, response_length, split_attributes
 from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
 from rmray.core.scoring import Scorer, model_name
@@ -206,10 +206,6 @@ class PairScorer:
 
     def _encode_item(self, row: dict) -> tuple[list, list[float], None, list[int]]:
         """A benchmark item as a group: its right answers rated 1, then its wrong ones rated 0."""
-        item = self.benchmark.item(row)
-        if self.as_chat:
-            item = as_conversation(item)
-        answers = item.chosen + item.rejected
-        ids = [[encode(s.tokenizer, s.spec, item.prompt, a).ids for a in answers] for s in self.scorers]
-        ratings = [1.0] * len(item.chosen) + [0.0] * len(item.rejected)
+        prompt, answers, ratings = item_group(self.benchmark, row, self.as_chat)
+        ids = [[encode(s.tokenizer, s.spec, prompt, a).ids for a in answers] for s in self.scorers]
         return ids, ratings, None, [response_length(self.scorers[0].tokenizer, a) for a in answers]

@@ -26,7 +26,7 @@ import torch
 from rmray.core.batching import length_grouped_batches
 from rmray.core.collate import pad_sequences
 from rmray.core.loss import count_pairs
-from rmray.core.packing import PackRule, model_inputs, pack_for_model, sequence_groups
+from rmray.core.packing import PackRule, model_inputs, pack_for_model, sequence_groups, shared_prefix_length
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Chunk:
     num_groups: int
     computed_tokens: int  # positions the model runs over, padding included
     real_tokens: int  # tokens of every sequence, each counted whole
+    lengths: torch.Tensor | None = None  # [G, K] each response's tokens after its group's common prefix
 
     def group_rewards(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward's rewards ``[N]`` (or outputs ``[N, A]``) as ``[G, K]`` (``[G, K, A]``), and the mask
@@ -161,7 +162,17 @@ def _chunk(rows: Rows, layout: Layout) -> Chunk:
     rating = torch.tensor([r + [0.0] * (width - len(r)) for r in rows.ratings])
     pairs = sum(count_pairs(r) for r in rows.ratings)
     return Chunk(inputs, index, rating, _margins(rows.margins, width), _targets(rows.targets, width),
-                 torch.tensor(rows.grouped), pairs, len(groups), computed, real)
+                 torch.tensor(rows.grouped), pairs, len(groups), computed, real, _lengths(groups, width))
+
+
+def _lengths(groups: list, width: int) -> torch.Tensor:
+    """``[G, K]`` response lengths: a sequence's tokens after the prompt its group shares (the common
+    prefix of its sequences), 0 past a group's end."""
+    out = torch.zeros(len(groups), width)
+    for g, group in enumerate(groups):
+        prefix = shared_prefix_length(*group)
+        out[g, :len(group)] = torch.tensor([float(len(seq) - prefix) for seq in group])
+    return out
 
 
 def _margins(margins: list[float], width: int) -> torch.Tensor | None:

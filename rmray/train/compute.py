@@ -15,7 +15,14 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from rmray.core.loss import LOSS_MEAN_OVER, attribute_mse, group_loss, ordered_pairs, preference_sums
+from rmray.core.loss import (
+    LOSS_MEAN_OVER,
+    attribute_mse,
+    group_loss,
+    length_correlation,
+    ordered_pairs,
+    preference_sums,
+)
 from rmray.core.packing import on_device
 
 
@@ -32,13 +39,15 @@ class Compute:
     per_pair: bool = True  # the loss is a mean over pairs (else over groups): how chunks are weighted
     attribute_loss_weight: float = 0.0  # > 0 on a per-attribute model: its regression joins the loss
     rating_margin: float = 0.0  # rated rows: pairs' margins are this times their rating difference
+    length_penalty: float = 0.0  # > 0 with debias_length: weight of |corr(reward, response length)|
 
     @classmethod
     def for_run(cls, model, raw, strategy, device, opt) -> "Compute":
         """From the ``optimization`` section (:class:`rmray.config.OptimizationConfig`), the one it reads."""
         loss = functools.partial(group_loss(opt.loss), center_rewards_coefficient=opt.center_rewards_coefficient)
         return cls(model, raw, strategy, device, wants_bf16(opt, device), loss, LOSS_MEAN_OVER[opt.loss] == "pairs",
-                   opt.attribute_loss_weight if opt.attributes else 0.0, opt.rating_margin)
+                   opt.attribute_loss_weight if opt.attributes else 0.0, opt.rating_margin,
+                   opt.debias_length_weight if opt.debias_length else 0.0)
 
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
@@ -46,20 +55,33 @@ class Compute:
     def score_chunk(self, chunk, model=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Better and worse rewards of the chunk's ordered pairs (a pair's chosen and rejected) and the
         chunk's loss (float32, on the device)."""
-        per_attribute = self.raw.attribute_weights is not None
-        with self.autocast():
-            flat = (model or self.model)(**on_device(chunk.inputs, self.device), per_attribute=per_attribute).float()
-        outputs = flat
-        if per_attribute:  # the one reward is the weighted sum, as every consumer computes it
-            flat = self.raw.combine(flat)
-        rewards, mask = chunk.group_rewards(flat)
+        rewards, mask, outputs = self._forward(chunk, model)
+        per_attribute = outputs is not None
         ratings = chunk.ratings.to(self.device)
         margins = self._margins(chunk, ratings)
         loss = self.loss(rewards=rewards, ratings=ratings, mask=mask, margins=margins)
         if per_attribute and self.attribute_loss_weight and chunk.targets is not None:
             loss = loss + self.attribute_loss_weight * attribute_mse(chunk.group_rewards(outputs)[0],
                                                                       chunk.targets.to(self.device))
+        if self.length_penalty and chunk.lengths is not None:
+            loss = loss + self.length_penalty * length_correlation(rewards, chunk.lengths, mask).abs()
         return (*ordered_pairs(rewards, ratings, mask), loss)
+
+    def group_rewards(self, chunk, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's rewards ``[G, K]`` and the mask of responses present (benchmarks read them as they are)."""
+        rewards, mask, _ = self._forward(chunk, model)
+        return rewards, mask
+
+    def _forward(self, chunk, model=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rewards ``[G, K]``, mask, and a per-attribute model's outputs ``[N, A]`` (None for one reward)."""
+        per_attribute = self.raw.attribute_weights is not None
+        with self.autocast():
+            flat = (model or self.model)(**on_device(chunk.inputs, self.device), per_attribute=per_attribute).float()
+        outputs = flat if per_attribute else None
+        if per_attribute:  # the one reward is the weighted sum, as every consumer computes it
+            flat = self.raw.combine(flat)
+        rewards, mask = chunk.group_rewards(flat)
+        return rewards, mask, outputs
 
     def forward_backward(self, chunks: list, accumulation: int = 1, final_sync: bool = True) -> tuple[torch.Tensor, int]:
         """Loss and gradients of one micro-batch, chunk by chunk; each chunk's loss is weighted by its

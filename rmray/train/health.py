@@ -4,6 +4,7 @@ above eval accuracy). Pure logic, fed with the all-reduced eval metrics, so ever
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -28,6 +29,11 @@ class Health:
     def observe(self, eval_metrics: dict, train_accuracy: float | None) -> tuple[list[dict], bool]:
         """(warnings as metrics.jsonl records, whether to stop early) after one eval."""
         warnings = []
+        loss = eval_metrics.get("eval_loss")
+        if loss is not None and not math.isfinite(loss):  # every later step would be NaN too: stop now
+            return [{"kind": "nonfinite_loss", "message": (
+                f"eval loss is {loss}: the weights are no longer finite. Lower the learning rate, keep "
+                "max_grad_norm, or use float32 weights; the run stops here.")}], True
         std = eval_metrics.get("eval_reward_std")
         if std is not None and std < self.collapse_std:
             warnings.append({"kind": "reward_collapse", "message": (

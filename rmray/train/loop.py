@@ -14,7 +14,6 @@ import contextlib
 import math
 import os
 import random
-import resource
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,6 +44,8 @@ from .batches import (
     padded_equivalent_tokens,
     to_chunks,
 )
+from .bench_eval import BenchmarkEval
+from .best import BestCheckpoint
 from .build import build_model
 from .checkpoint import checkpoint_name, save_checkpoint
 from .compute import Compute, all_reduce, wants_bf16
@@ -56,6 +57,7 @@ from .resume import load_resume_state
 from .schedule import build_scheduler
 from .sinks import Sinks
 from .state import LoopState
+from .summary import run_summary
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -110,6 +112,7 @@ class WorkerRun:
         self.log = self._open_log()
         self._resume()
         self.health = Health.from_config(cfg.checkpoints)
+        self.best = BestCheckpoint(cfg.checkpoints.best_metric, cfg.checkpoints.best_is_greater)
         self.consumed = ConsumedLog(cfg.checkpoints.output_dir if cfg.debug.log_consumed_pairs else None, self.rank, self.state.step)
         self.window = Window(torch.zeros(8, dtype=torch.float64, device=self.compute.device))
 
@@ -135,8 +138,11 @@ class WorkerRun:
         # The model is built while the driver may still be preparing the data (see rmray.train.handoff);
         # from here on the run needs it: the stream of this rank's rows, and the schedule.
         data = ray.get(self.loop_config["handoff"].get.remote("data"))
-        self.info, self.stream, self.has_eval = data["info"], data["stream"], data["info"]["has_eval"]
+        self.info, self.stream = data["info"], data["stream"]
         self.spec, self.total_steps = ScoringSpec(**self.info["spec"]), self.info["total_steps"]
+        benchmarks = self.info.get("benchmarks")
+        self.bench = BenchmarkEval(benchmarks, self.tokenizer, self.spec, self.rank, self.world) if benchmarks else None
+        self.has_eval = self.info["has_eval"] or self.bench is not None  # eval rows, benchmarks, or both
         self.startup["data_ready"] = self.info["data_ready_s"]
         self.attempt = attempt_id(self.rank)  # names this attempt's passes over the stream
 
@@ -289,43 +295,50 @@ class WorkerRun:
         with self._paused():
             model = compute.strategy.eval_model(compute.model, compute.raw)
             model.eval()
-            sums, self.eval_margins = torch.zeros(8, dtype=torch.float64), []
-            all_batches = compute.strategy.every_rank_evaluates_all()
-            for batch in eval_batches(self.stream, self.rank, cfg.optimization.per_device_eval_batch_size, all_batches):
-                for chunk in to_chunks(batch, self.layout):
-                    chosen, rejected, loss = (t.cpu() for t in compute.score_chunk(chunk, model))
-                    sums += preference_sums(chosen, rejected, loss * chunk.num_pairs)
-                    self.eval_margins += (chosen - rejected).tolist()
+            self.last_eval = self._evaluate_pairs(model) if self.info["has_eval"] else {}
+            if self.bench is not None:  # bench/<name>/<section>, the same on every rank
+                self.last_eval.update(self.bench.evaluate(compute, model, self.layout, cfg.optimization.per_device_eval_batch_size))
             model.train()
-            sums = sums if all_batches else all_reduce(sums, compute.device)
-            self.last_eval = {f"eval_{k}": v for k, v in metrics_from_sums(sums).items()}
             self.evaluated_at = self.state.step
             self.log.write({"step": self.state.step, "epoch": self.state.epoch, **self.last_eval})
             self._after_eval()
+
+    def _evaluate_pairs(self, model) -> dict:
+        compute, all_batches = self.compute, self.compute.strategy.every_rank_evaluates_all()
+        sums, self.eval_margins = torch.zeros(8, dtype=torch.float64), []
+        for batch in eval_batches(self.stream, self.rank, self.cfg.optimization.per_device_eval_batch_size, all_batches):
+            for chunk in to_chunks(batch, self.layout):
+                chosen, rejected, loss = (t.cpu() for t in compute.score_chunk(chunk, model))
+                sums += preference_sums(chosen, rejected, loss * chunk.num_pairs)
+                self.eval_margins += (chosen - rejected).tolist()
+        sums = sums if all_batches else all_reduce(sums, compute.device)
+        return {f"eval_{k}": v for k, v in metrics_from_sums(sums).items()}
 
     def _after_eval(self) -> None:
         """Warnings into metrics.jsonl (the driver prints them as they come); early stopping."""
         warnings, stop = self.health.observe(self.last_eval, self.state.last_train_accuracy)
         for warning in warnings:
             self.log.write({"event": "warning", "step": self.state.step, **warning})
-        if stop:
+        if stop and not any(w["kind"] == "nonfinite_loss" for w in warnings):  # that warning says why already
             self.log.write({"event": "early_stop", "step": self.state.step, "metric": self.health.metric,
                             "best": self.health.best, "patience": self.health.patience})
-            self.stopped = True
+        self.stopped = self.stopped or stop
 
     # --- checkpoint and finish -----------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
         cfg, s, compute = self.cfg, self.state, self.compute
         metrics = {"step": s.step, "epoch": s.epoch, **self.last_eval}
-        if cfg.checkpoints.metric_for_best_model and cfg.checkpoints.metric_for_best_model not in metrics:  # no eval yet: ranks last
-            metrics[cfg.checkpoints.metric_for_best_model] = -math.inf if cfg.checkpoints.best_is_greater else math.inf
+        ranked = cfg.checkpoints.metric_for_best_model or cfg.checkpoints.load_best_model_at_end
+        if ranked and cfg.checkpoints.best_metric not in metrics:  # no eval yet: ranks last
+            metrics[cfg.checkpoints.best_metric] = -math.inf if cfg.checkpoints.best_is_greater else math.inf
         with self._paused():
             # Every rank calls these: under FSDP they are gathers (DDP: the live model saves itself).
             model_state = compute.strategy.model_state(compute.model, compute.raw)
             optimizer_state = compute.strategy.optimizer_state(compute.model, self.optimizer)
             self.saved_at = s.step
             if self.rank != 0:
+                self.best.saw(metrics, s.step, None)
                 ray.train.report(metrics, checkpoint=None)
                 return
             write_data_report(self.stream, cfg.checkpoints.output_dir)
@@ -335,16 +348,19 @@ class WorkerRun:
                             "train_time_s": s.train_time_s, "pairs_seen": s.pairs_seen, "tokens_seen": s.tokens_seen}
                 save_checkpoint(ckpt, compute=compute, tokenizer=self.tokenizer, spec=self.spec, model_state=model_state,
                                 optimizer_state=optimizer_state, scheduler=self.scheduler, position=position)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt),
-                                 checkpoint_dir_name=checkpoint_name(cfg, s.step))
+                name = checkpoint_name(cfg, s.step)
+                self.best.saw(metrics, s.step, name)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt), checkpoint_dir_name=name)
 
     def finish(self) -> None:
         """The summary line, the final model (merged; LoRA adapters beside it), and the last report."""
         cfg, compute = self.cfg, self.compute
         self.state.pairs_seen += self.window.pairs
         self.state.tokens_seen += self.window.tokens
+        if cfg.checkpoints.load_best_model_at_end and self.has_eval:
+            self._load_best()
         self._calibrate()
-        summary = self._summary()
+        summary = run_summary(self)
         model_state = compute.strategy.model_state(compute.model, compute.raw)  # FSDP: a gather every rank joins
         if self.rank == 0:
             spec = self.spec
@@ -357,6 +373,17 @@ class WorkerRun:
         ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                           and not (isinstance(v, float) and math.isnan(v))}, checkpoint=None)
         self.log.close()
+
+    def _load_best(self) -> None:
+        """``final/`` from the best checkpoint when it beat the last step's model (evaluated now if it was not)."""
+        if self.evaluated_at != self.state.step:
+            self.evaluate()
+        root = (self.cfg.fault_tolerance.storage_path or self.cfg.checkpoints.output_dir).rstrip("/") + "/ray"
+        step = self.best.restore_if_better(self.last_eval, self.compute, self.run_dir, root)
+        if step is not None:
+            self.log.write({"event": "best_model", "step": self.state.step, "from_step": step,
+                            "metric": self.best.metric, "value": self.best.value})
+            self.evaluate()  # the metrics, calibration and normalization final/ records are the best model's
 
     def _calibrate(self) -> None:
         """Fit the preference temperature on the last evaluation's pairs (every rank's share; a gather
@@ -372,25 +399,3 @@ class WorkerRun:
         fitted = preference_metrics(margins, [0.0] * len(margins), temperature=self.spec.temperature)
         self.last_eval.update(eval_temperature=self.spec.temperature, eval_ece=fitted["ece"],
                               eval_calibrated_ece=fitted["calibrated_ece"])
-
-    def _summary(self) -> dict:
-        s, raw = self.state, self.compute.raw
-        return {
-            "event": "summary", "steps": s.step, "epochs": s.epoch, "train_pairs": s.pairs_seen,
-            "train_tokens": s.tokens_seen, "train_runtime_s": s.train_time_s,
-            "train_pairs_per_s": s.pairs_seen / max(s.train_time_s, 1e-9),
-            "train_tokens_per_s": s.tokens_seen / max(s.train_time_s, 1e-9),
-            "time_to_first_step_s": s.first_step_at, "data_wait_s": s.data_wait_s,
-            "workers_started_early": self.info["workers_started_early"],
-            "startup_s": {k: round(v, 2) for k, v in self.startup.items()},
-            "layout": self.layout.kind,
-            "packed_attention": "segments" if self.layout.segments else "dense",
-            "last_layer_readout_only": raw.last_layer_readout_used,  # what ran, not what was asked
-            "computed_tokens_rank0": s.computed_tokens, "padded_equivalent_tokens_rank0": s.padded_tokens,
-            "torch_threads": torch.get_num_threads(), "device": str(self.compute.device),
-            "dist_backend": dist.get_backend() if dist.is_initialized() else None,
-            "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_gpu_mem_mb_rank0": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-            "loss": self.cfg.optimization.loss,
-            **self.last_eval,
-        }

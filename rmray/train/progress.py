@@ -84,16 +84,19 @@ class _Printer:
         elif record.get("event") == "early_stop":
             self._say(f"early stop at step {record['step']}: {record['metric']} has not improved on {record['best']:.4f} "
                       f"for {record['patience']} evals")
-        elif "eval_accuracy" in record and "event" not in record:
-            self._say(f"eval @ step {record['step']}: accuracy {record['eval_accuracy']:.3f}, loss {record['eval_loss']:.4f}")
+        elif "event" not in record and any(k.startswith(("eval_", "bench/")) for k in record):
+            parts = [f"accuracy {_num(record['eval_accuracy'], 3)}, loss {_num(record['eval_loss'], 4)}"] if "eval_accuracy" in record else []
+            parts += [f"{k.split('/')[1]} {_num(v, 3)}" for k, v in record.items() if k.startswith("bench/") and k.endswith("/score")]
+            self._say(f"eval @ step {record['step']}: " + "; ".join(parts))
         elif "loss" in record and "event" not in record:
             if self.bar is not None:
                 self.bar.n = record["step"]
-                self.bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}",
-                                     pairs_s=f"{record['pairs_per_s']:.1f}")
+                self.bar.set_postfix(loss=_num(record["loss"], 4), acc=_num(record["accuracy"], 3),
+                                     pairs_s=_num(record["pairs_per_s"], 1))
             else:
-                print(f"step {record['step']}/{self.total}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.3f}, "
-                      f"lr {record['learning_rate']:.2e}, {record['pairs_per_s']:.1f} pairs/s", flush=True)
+                print(f"step {record['step']}/{self.total}: loss {_num(record['loss'], 4)}, accuracy "
+                      f"{_num(record['accuracy'], 3)}, lr {record['learning_rate']:.2e}, "
+                      f"{_num(record['pairs_per_s'], 1)} pairs/s", flush=True)
 
     def _say(self, text: str) -> None:
         if self.bar is not None:
@@ -104,3 +107,8 @@ class _Printer:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _num(value, digits: int) -> str:
+    """A metric as text; ``nan`` for a value the JSON log holds as null (a NaN loss must not end the run's output)."""
+    return "nan" if value is None else f"{value:.{digits}f}"

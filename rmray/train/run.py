@@ -153,8 +153,13 @@ def _worker_data(cfg: TrainConfig, data: PreparedData, early: bool, started_at: 
     whichever rank asks first, so which rank trains which pair would depend on timing and a resumed
     run could not skip exactly what was trained; and it calls the training function only once the
     data exists, while here the workers load the model while the first rows tokenize."""
+    from rmray.core.benchmarks import benchmark_sources
+
+    from .bench_eval import read_benchmarks
+
     return {"stream": data.stream, "info": {
         "spec": dataclasses.asdict(data.spec), "total_steps": data.total_steps, "has_eval": data.has_eval,
+        "benchmarks": read_benchmarks(benchmark_sources(cfg.data.eval_benchmarks)),
         "data_ready_s": time.time() - started_at, "workers_started_early": early}}
 
 
@@ -198,10 +203,10 @@ def _train_worker(loop_config: dict) -> None:
 def _checkpoint_config(cfg: TrainConfig):
     import ray.train
 
-    if cfg.checkpoints.metric_for_best_model is None:
+    if cfg.checkpoints.metric_for_best_model is None and not cfg.checkpoints.load_best_model_at_end:
         return ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints.save_total_limit)
     return ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints.save_total_limit,
-                                      checkpoint_score_attribute=cfg.checkpoints.metric_for_best_model,
+                                      checkpoint_score_attribute=cfg.checkpoints.best_metric,
                                       checkpoint_score_order="max" if cfg.checkpoints.best_is_greater else "min")
 
 

@@ -49,3 +49,25 @@ def test_collate_layout_and_pad_to_multiple():
     assert out["attention_mask"].sum(1).tolist() == [3, 2, 2, 5]
     assert out["margin"].tolist() == [0.5, 1.0] and int(out["num_pairs"]) == 2
     assert collate_pairs({"chosen_ids": [[1]], "rejected_ids": [[2]]}, 0)["margin"].tolist() == [0.0]
+
+
+def test_length_correlation_is_pearsons_r_over_the_present_responses():
+    from scipy.stats import pearsonr
+
+    from rmray.core.loss import length_correlation
+
+    rewards = torch.tensor([[1.0, 2.0, 0.0], [3.0, -1.0, 9.0]])
+    lengths = torch.tensor([[10.0, 20.0, 0.0], [60.0, 5.0, 99.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])  # the third column is past the groups' end
+    expected = pearsonr([1.0, 2.0, 3.0, -1.0], [10.0, 20.0, 60.0, 5.0]).statistic
+    assert float(length_correlation(rewards, lengths, mask)) == pytest.approx(expected, abs=1e-6)
+    one = torch.tensor([[1.0, 2.0, 3.0]])
+    assert float(length_correlation(one, torch.tensor([[10.0, 20.0, 60.0]]), torch.ones(1, 3, dtype=torch.bool))) == \
+        pytest.approx(50 / (2 * 1400) ** 0.5, abs=1e-6)  # the docstring's worked example
+    same_length = length_correlation(one.requires_grad_(), torch.full((1, 3), 7.0), torch.ones(1, 3, dtype=torch.bool))
+    assert float(same_length.detach()) == 0.0 and same_length.requires_grad  # no information: nothing added, graph kept
+    same_length.backward()
+    assert torch.isfinite(one.grad).all()  # and no NaN gradient from the flat case
+    flat = torch.zeros(1, 3, requires_grad=True)  # every reward equal: the model's start, or a collapse
+    length_correlation(flat, torch.tensor([[10.0, 20.0, 60.0]]), torch.ones(1, 3, dtype=torch.bool)).backward()
+    assert torch.isfinite(flat.grad).all()

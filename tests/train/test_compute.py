@@ -3,6 +3,7 @@
 
 import functools
 
+import pytest
 import torch
 
 from rmray.core.loss import bradley_terry_loss, group_loss
@@ -68,3 +69,31 @@ def test_gradient_accumulation_equals_one_micro_batch_of_both(tiny_qwen):
     got = _grads(model)
     for name in want:
         assert_close_relative(got[name], want[name])
+
+
+def test_debias_length_adds_the_weighted_correlation_of_rewards_with_response_lengths(tiny_qwen):
+    """The chunk's loss is Bradley-Terry plus ``w * |Pearson(r, response length)|`` over its responses, a
+    response's length being its tokens after the prompt its pair shares; computed here from a padded
+    forward, scipy's Pearson and os.path's common prefix."""
+    import os
+
+    from scipy.stats import pearsonr
+
+    from rmray.core.collate import pad_sequences
+
+    model, compute, batch, layout = _setup(tiny_qwen)
+    compute.length_penalty = 0.7
+    chunk = to_chunks(batch, layout())[0]
+    _, _, loss = compute.score_chunk(chunk)
+    with torch.no_grad():
+        rewards = model(*pad_sequences(batch["chosen_ids"] + batch["rejected_ids"], 0)).tolist()
+    n = len(batch["chosen_ids"])
+    lengths = []
+    for side in (0, 1):
+        for c, r in zip(batch["chosen_ids"], batch["rejected_ids"]):
+            prefix = min(len(os.path.commonprefix([list(c), list(r)])), min(len(c), len(r)) - 1)
+            lengths.append(len((c, r)[side]) - prefix)
+    bt = bradley_terry_loss(torch.tensor(rewards[:n]), torch.tensor(rewards[n:]), torch.tensor(batch["margin"]), 0.01)
+    expected = float(bt) + 0.7 * abs(pearsonr(rewards, lengths).statistic)
+    assert float(loss) == pytest.approx(expected, abs=1e-4)
+    assert len(set(lengths)) > 2  # the lengths really differ

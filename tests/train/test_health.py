@@ -29,6 +29,12 @@ def test_collapse_and_overfitting_warnings():
     assert healthy == []
 
 
+def test_a_nan_eval_loss_stops_the_run_with_one_warning():
+    h = Health.from_config(TrainConfig().checkpoints)  # no early stopping asked for
+    warnings, stop = h.observe({"eval_loss": float("nan"), "eval_reward_std": float("nan")}, 0.5)
+    assert stop and [w["kind"] for w in warnings] == ["nonfinite_loss"] and "learning rate" in warnings[0]["message"]
+
+
 def test_truncated_or_altered_checkpoint_is_detected(tmp_path):
     ckpt = tmp_path / "checkpoint-000010"
     ckpt.mkdir()

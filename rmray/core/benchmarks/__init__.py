@@ -55,6 +55,27 @@ BENCHMARKS = {
 """Benchmark name -> how rmray reads and scores it."""
 
 
+def benchmark_sources(entries: list[str]) -> list[tuple[str, str]]:
+    """``eval_benchmarks`` entries -- ``NAME`` (its published data) or ``NAME=DATA`` -- as (name, data)."""
+    out = []
+    for entry in entries:
+        name, _, data = entry.partition("=")
+        if name not in BENCHMARKS:
+            raise ValueError(f"{entry!r}: {name!r} is not a benchmark rmray scores; known: {', '.join(BENCHMARKS)}")
+        out.append((name, data or BENCHMARKS[name].data))
+    return out
+
+
+def item_group(benchmark: Benchmark, row: dict, as_chat: bool) -> tuple:
+    """One published row as the group rmray scores: ``(prompt, answers, ratings)`` with the right answers
+    first, rated 1, then the wrong ones, rated 0 -- the order ``rewards.jsonl`` splits them back in. With
+    ``as_chat`` (the model has a chat template) in the harness's conversation form."""
+    item = benchmark.item(row)
+    if as_chat:
+        item = as_conversation(item)
+    return item.prompt, item.chosen + item.rejected, [1.0] * len(item.chosen) + [0.0] * len(item.rejected)
+
+
 def as_conversation(item: Item) -> Item:
     """An item as the harnesses render it for a model with a chat template: the prompt as the user's turn and
     each answer as the assistant's."""
@@ -64,4 +85,4 @@ def as_conversation(item: Item) -> Item:
                          rejected=[turn(t) for t in item.rejected])
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "Item", "as_conversation"]
+__all__ = ["BENCHMARKS", "Benchmark", "Item", "as_conversation", "benchmark_sources", "item_group"]
