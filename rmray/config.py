@@ -170,13 +170,14 @@ class OptimizationConfig:
     disable_dropout: bool = True
     """Turn dropout off in the model (as TRL does): a reward difference should not depend on a random mask."""
     debias_length: bool = False
-    """Keep response length out of the reward: adds ``debias_length_weight * |corr(reward, length)|``, the
-    Pearson correlation over each micro-batch's responses (ODIN's length decorrelation, arXiv 2402.07319),
-    so the model cannot pay for length while it learns the preferences. The saved model is unchanged in
-    kind: one reward, a plain sequence classifier. ``rmray eval`` reports the result in ``length_bias``."""
+    """Keep response length out of the reward: adds ``debias_length_weight * |corr(reward, length)| *
+    std(reward)`` over each micro-batch's responses (ODIN's reward-length decorrelation, arXiv 2402.07319,
+    in reward units -- ``rmray/core/loss.py`` says why), so the model cannot pay for length while it learns
+    the preferences. The saved model is unchanged in kind: one reward, a plain sequence classifier.
+    ``rmray eval`` reports the result in ``length_bias``."""
     debias_length_weight: float = 1.0
-    """Weight of ``debias_length``'s penalty; at 1 a full correlation costs about what a coin-flip pair does
-    under Bradley-Terry (log 2 = 0.69)."""
+    """Weight of ``debias_length``'s penalty. At 1, rewards spread by 1 and wholly correlated with length add
+    1 to the loss -- about what one pair ranked wrong by 0.5 costs under Bradley-Terry (0.97)."""
 
     def __post_init__(self):
         need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")

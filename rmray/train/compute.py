@@ -39,7 +39,7 @@ class Compute:
     per_pair: bool = True  # the loss is a mean over pairs (else over groups): how chunks are weighted
     attribute_loss_weight: float = 0.0  # > 0 on a per-attribute model: its regression joins the loss
     rating_margin: float = 0.0  # rated rows: pairs' margins are this times their rating difference
-    length_penalty: float = 0.0  # > 0 with debias_length: weight of |corr(reward, response length)|
+    length_penalty: float = 0.0  # > 0 with debias_length: weight of |corr(reward, length)| * std(reward)
 
     @classmethod
     def for_run(cls, model, raw, strategy, device, opt) -> "Compute":
@@ -63,8 +63,8 @@ class Compute:
         if per_attribute and self.attribute_loss_weight and chunk.targets is not None:
             loss = loss + self.attribute_loss_weight * attribute_mse(chunk.group_rewards(outputs)[0],
                                                                       chunk.targets.to(self.device))
-        if self.length_penalty and chunk.lengths is not None:
-            loss = loss + self.length_penalty * length_correlation(rewards, chunk.lengths, mask).abs()
+        if self.length_penalty and chunk.lengths is not None and torch.is_grad_enabled():  # training only: eval
+            loss = loss + self.length_penalty * length_correlation(rewards, chunk.lengths, mask).abs()  # loss stays BT
         return (*ordered_pairs(rewards, ratings, mask), loss)
 
     def group_rewards(self, chunk, model=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,7 +51,8 @@ def test_collate_layout_and_pad_to_multiple():
     assert collate_pairs({"chosen_ids": [[1]], "rejected_ids": [[2]]}, 0)["margin"].tolist() == [0.0]
 
 
-def test_length_correlation_is_pearsons_r_over_the_present_responses():
+def test_length_correlation_is_pearsons_r_times_the_rewards_std_over_the_present_responses():
+    import numpy as np
     from scipy.stats import pearsonr
 
     from rmray.core.loss import length_correlation
@@ -59,15 +60,23 @@ def test_length_correlation_is_pearsons_r_over_the_present_responses():
     rewards = torch.tensor([[1.0, 2.0, 0.0], [3.0, -1.0, 9.0]])
     lengths = torch.tensor([[10.0, 20.0, 0.0], [60.0, 5.0, 99.0]])
     mask = torch.tensor([[True, True, False], [True, True, False]])  # the third column is past the groups' end
-    expected = pearsonr([1.0, 2.0, 3.0, -1.0], [10.0, 20.0, 60.0, 5.0]).statistic
+    present_r, present_n = [1.0, 2.0, 3.0, -1.0], [10.0, 20.0, 60.0, 5.0]
+    expected = pearsonr(present_r, present_n).statistic * np.std(present_r)
     assert float(length_correlation(rewards, lengths, mask)) == pytest.approx(expected, abs=1e-6)
     one = torch.tensor([[1.0, 2.0, 3.0]])
     assert float(length_correlation(one, torch.tensor([[10.0, 20.0, 60.0]]), torch.ones(1, 3, dtype=torch.bool))) == \
-        pytest.approx(50 / (2 * 1400) ** 0.5, abs=1e-6)  # the docstring's worked example
+        pytest.approx(50 / (3 * 1400) ** 0.5, abs=1e-6)  # the docstring's worked example
+    assert float(length_correlation(10 * one, torch.tensor([[10.0, 20.0, 60.0]]), torch.ones(1, 3, dtype=torch.bool))) == \
+        pytest.approx(10 * 50 / (3 * 1400) ** 0.5, abs=1e-5)  # in reward units: it scales with the rewards
+    # ... but its gradient is the correlation's: orthogonal to the centred rewards, so it never shrinks them.
+    r = torch.tensor([[0.3, -1.2, 0.8, 2.0]], requires_grad=True)
+    length_correlation(r, torch.tensor([[12.0, 40.0, 7.0, 25.0]]), torch.ones(1, 4, dtype=torch.bool)).backward()
+    centred = (r - r.mean()).detach()
+    assert abs(float((r.grad * centred).sum())) < 1e-6 and float(r.grad.abs().max()) > 1e-3
     same_length = length_correlation(one.requires_grad_(), torch.full((1, 3), 7.0), torch.ones(1, 3, dtype=torch.bool))
     assert float(same_length.detach()) == 0.0 and same_length.requires_grad  # no information: nothing added, graph kept
     same_length.backward()
-    assert torch.isfinite(one.grad).all()  # and no NaN gradient from the flat case
+    assert torch.isfinite(one.grad).all()
     flat = torch.zeros(1, 3, requires_grad=True)  # every reward equal: the model's start, or a collapse
     length_correlation(flat, torch.tensor([[10.0, 20.0, 60.0]]), torch.ones(1, 3, dtype=torch.bool)).backward()
     assert torch.isfinite(flat.grad).all()

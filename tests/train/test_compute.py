@@ -71,12 +71,14 @@ def test_gradient_accumulation_equals_one_micro_batch_of_both(tiny_qwen):
         assert_close_relative(got[name], want[name])
 
 
-def test_debias_length_adds_the_weighted_correlation_of_rewards_with_response_lengths(tiny_qwen):
-    """The chunk's loss is Bradley-Terry plus ``w * |Pearson(r, response length)|`` over its responses, a
-    response's length being its tokens after the prompt its pair shares; computed here from a padded
-    forward, scipy's Pearson and os.path's common prefix."""
+def test_debias_length_adds_the_weighted_covariance_of_rewards_with_response_lengths(tiny_qwen):
+    """The chunk's training loss is Bradley-Terry plus ``w * |Pearson(r, length) * std(r)|`` over its
+    responses, a response's length being its tokens after the prompt its pair shares; computed here from a
+    padded forward, scipy's Pearson, numpy's std and os.path's common prefix. Evaluation's loss stays
+    Bradley-Terry."""
     import os
 
+    import numpy as np
     from scipy.stats import pearsonr
 
     from rmray.core.collate import pad_sequences
@@ -94,6 +96,8 @@ def test_debias_length_adds_the_weighted_correlation_of_rewards_with_response_le
             prefix = min(len(os.path.commonprefix([list(c), list(r)])), min(len(c), len(r)) - 1)
             lengths.append(len((c, r)[side]) - prefix)
     bt = bradley_terry_loss(torch.tensor(rewards[:n]), torch.tensor(rewards[n:]), torch.tensor(batch["margin"]), 0.01)
-    expected = float(bt) + 0.7 * abs(pearsonr(rewards, lengths).statistic)
-    assert float(loss) == pytest.approx(expected, abs=1e-4)
+    expected = float(bt) + 0.7 * abs(pearsonr(rewards, lengths).statistic * np.std(rewards))
+    assert float(loss.detach()) == pytest.approx(expected, abs=1e-4)
+    with torch.no_grad():
+        assert float(compute.score_chunk(chunk)[2]) == pytest.approx(float(bt), abs=1e-4)
     assert len(set(lengths)) > 2  # the lengths really differ
