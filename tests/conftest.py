@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -234,7 +236,44 @@ def uneven_lora_run(ray_cluster, tiny_qwen, tmp_path_factory):
     return {"cfg": cfg, "rows": rows, "result": train(cfg)}
 
 
-RAY_FIXTURES = {"ray_cluster", "served", "apps", "reference_run", "uneven_lora_run"}  # a test using one of these runs against a Ray cluster
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API on a loopback port: moto's server (the S3 HTTP protocol, as MinIO or AWS speak it) with
+    authentication on -- an IAM user with S3 rights, its keys, and a bucket ``rmray-test``; any other key
+    is refused. Yields the variables a user sets (``AWS_ENDPOINT_URL``, keys, region) and the bucket."""
+    boto3 = pytest.importorskip("boto3", reason="moto[server] is in the test extra (make setup installs it)")
+    pytest.importorskip("moto.server", reason="moto[server] is in the test extra (make setup installs it)")
+    port = free_port()
+    # The first four calls (user, key, policy, bucket) are let through unsigned; every later one is checked.
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert time.time() < deadline and server.poll() is None, "moto's S3 server did not start"
+        time.sleep(0.2)
+    boot = dict(endpoint_url=url, aws_access_key_id="boot", aws_secret_access_key="boot", region_name="us-east-1")
+    iam = boto3.client("iam", **boot)
+    iam.create_user(UserName="rmray")
+    key = iam.create_access_key(UserName="rmray")["AccessKey"]
+    iam.put_user_policy(UserName="rmray", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+           "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=url, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    client.create_bucket(Bucket="rmray-test")
+    yield {"env": env, "bucket": "rmray-test", "client": client, "url": url}
+    server.terminate()
+    server.wait(timeout=10)
+
+
+RAY_FIXTURES = {"ray_cluster", "served", "apps", "reference_run", "uneven_lora_run",
+                "s3_server"}  # a test using one of these runs against a Ray cluster (the S3 tests run commands that start one)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,6 +20,7 @@ import glob
 import os
 
 from rmray.core.demo_data import DEMO_SETS
+from rmray.core.storage import storage_problem
 from rmray.errors import UsageError
 
 from . import rowcount
@@ -75,12 +76,51 @@ class Uri(Source):
     def matches(cls, spec: str) -> bool:
         return "://" in spec
 
-    def read(self):
+    def check(self, key: str = "data", *, parse_lines: bool = True) -> None:
+        """The bucket answers with these credentials and holds the file (or a file the glob matches): one
+        line naming the URI and what to check, before Ray starts reading."""
+        import pyarrow
+        import pyarrow.fs
+
+        self._kind()
+        try:
+            fs, path = pyarrow.fs.FileSystem.from_uri(self.spec)
+            bucket = path.split("/")[0]
+            if not isinstance(fs, pyarrow.fs.LocalFileSystem) and fs.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound:
+                raise UsageError(f"{key} {self.spec}: the bucket {bucket!r} does not exist (fix: correct the URI)")
+            found = bool(self._expand())
+        except (OSError, pyarrow.ArrowException) as err:
+            raise UsageError(f"{key} {self.spec}: {storage_problem(err)}") from None
+        if not found:
+            raise UsageError(f"{key} {self.spec}: no such file (fix: check the path; the bucket answered)")
+
+    def _expand(self) -> list[str]:
+        """The file URIs the spec names: itself, or what its glob matches (Ray Data reads no URI globs)."""
+        import fnmatch
+
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(self.spec)
+        if "*" not in path and "?" not in path:
+            return [self.spec] if fs.get_file_info(path).type == pyarrow.fs.FileType.File else []
+        folder = path[:min(i for i in (path.find("*"), path.find("?")) if i >= 0)].rsplit("/", 1)[0]
+        listed = fs.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True, allow_not_found=True))
+        prefix = self.spec[:self.spec.index(path)] if path in self.spec else self.spec.split("://")[0] + "://"
+        return sorted(prefix + info.path for info in listed
+                      if info.type == pyarrow.fs.FileType.File and fnmatch.fnmatch(info.path, path))
+
+    def _kind(self) -> str:
         kind = file_kind(self.spec)
         if kind is None:
             raise UsageError(f"cannot read {self.spec!r}: a URI names a .jsonl/.json/.parquet/.csv file or glob "
                              "(fix: add the file name or pattern)")
-        return read_files(kind, self.spec, self.spec)
+        return kind
+
+    def files(self) -> list[str]:
+        return self._expand()
+
+    def read(self):
+        return read_files(self._kind(), self._expand() or self.spec, self.spec)
 
 
 class SavedDataset(Source):

@@ -12,6 +12,7 @@ from rmray.core.contract import ensemble_rule
 from rmray.core.evaluation import attribute_metrics, length_bias, preference_metrics, ranking_metrics
 from rmray.core.files import write_text_atomic
 from rmray.core.spec import ScoringSpec, check_model_dir
+from rmray.core.storage import Folder
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 from rmray.report import html, plots
@@ -33,6 +34,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         check_model_dir(path)
     source = open_source(cfg.data)
     source.check("data")
+    out = Folder(cfg.output) if cfg.output else None
+    if out is not None:
+        out.check_writable("--output")
     if cfg.benchmark:
         check_benchmark_rows(cfg.data, cfg.benchmark, BENCHMARKS[cfg.benchmark].columns)
     specs = [ScoringSpec.load(d) for d in cfg.model_dirs]
@@ -64,11 +68,25 @@ def evaluate(cfg: EvalConfig) -> dict:
     print(f"rmray eval: length bias: Spearman(reward, length) {_fmt(bias['spearman_reward_length'])}, "
           f"'pick the longer' accuracy {_fmt(bias['longer_wins_accuracy'])}; accuracy when chosen is longer "
           f"{_fmt(bias['accuracy_when_chosen_longer'])}, shorter {_fmt(bias['accuracy_when_chosen_shorter'])}")
-    if cfg.output:
-        write_report(metrics, chosen, rejected, cfg.output, train_dir=cfg.train_dir, responses=responses)
-        write_text_atomic(os.path.join(cfg.output, "rewards.jsonl"), "".join(json.dumps(x) + "\n" for x in lines))
-        print(f"rmray eval: report in {os.path.join(cfg.output, 'report.html')}", file=sys.stderr)
+    if out is not None:
+        _write_outputs(out, metrics, chosen, rejected, lines, cfg.train_dir, responses)
+        print(f"rmray eval: report in {out.path('report.html')}", file=sys.stderr)
     return metrics
+
+
+def _write_outputs(out, metrics: dict, chosen, rejected, lines: list[dict], train_dir, responses) -> None:
+    """The report, plots, metrics and rewards into ``out``: on a disk each file atomically, in place; to an
+    object store made locally, then each uploaded whole (the report last, when what it shows is there)."""
+    here = out.staging if out.remote else out.location
+    try:
+        write_report(metrics, chosen, rejected, here, train_dir=train_dir, responses=responses)
+        write_text_atomic(os.path.join(here, "rewards.jsonl"), "".join(json.dumps(x) + "\n" for x in lines))
+        if out.remote:
+            names = sorted(os.listdir(here), key=lambda name: name == "report.html")
+            for name in names:
+                out.publish(os.path.join(here, name), name)
+    finally:
+        out.close()
 
 
 def _benchmark(name: str, lines: list[dict]) -> dict:

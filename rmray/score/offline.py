@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 
 from rmray.core.contract import ensemble_rule
-from rmray.core.files import write_json_atomic
 from rmray.core.scoring import model_name
 from rmray.core.spec import ScoringSpec, check_model_dir
+from rmray.core.storage import Folder
 from rmray.data.kinds import file_kind, is_lines
 from rmray.data.lines import parse_line
 from rmray.data.readable import check_columns, folder_files
@@ -149,17 +149,21 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
     check_columns(cfg.input, {"--response-field": cfg.response_field})
     names = cfg.model_names or [model_name(d) for d in cfg.model_dirs]
     inputs = list_inputs(cfg.input)
-    os.makedirs(cfg.output, exist_ok=True)
+    out = Folder(cfg.output)
+    out.make()
+    out.check_writable("output")
     scored_by = provenance(cfg.model_dirs, names, cfg.prompt_field, cfg.response_field)
     if len(cfg.model_dirs) > 1:  # the rule the ensemble's reward column was combined by
         scored_by["ensemble"] = ensemble_rule([ScoringSpec.load(d) for d in cfg.model_dirs], cfg.ensemble)
-    pending = [(k, p) for k, p in enumerate(inputs) if not _already_scored(cfg, output_name(k, p), scored_by)]
+    pending = [(k, p) for k, p in enumerate(inputs) if not _already_scored(cfg, out, output_name(k, p), scored_by)]
     skipped = [output_name(k, p) for k, p in enumerate(inputs) if (k, p) not in pending]
-    for stale in glob.glob(os.path.join(cfg.output, ".*.tmp*")):  # partial files of an interrupted run
-        os.remove(stale)
+    if not out.remote:
+        for stale in glob.glob(os.path.join(cfg.output, ".*.tmp*")):  # partial files of an interrupted run
+            os.remove(stale)
     if skipped:
         print(f"rmray score: {len(skipped)} of {len(inputs)} input files already scored in {cfg.output}; skipping them")
     if not pending:
+        out.close()
         return ScoreResult(cfg.output, [], skipped, 0, 0, 0.0)
 
     init_ray(cfg.ray_address)
@@ -169,23 +173,25 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
         ResponseScorer, batch_format="pyarrow", batch_size=cfg.batch_size,
         fn_constructor_kwargs={"cfg": cfg, "names": names},
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
-    return _write(scored, cfg, pending, skipped, scored_by)
+    try:
+        return _write(scored, cfg, out, pending, skipped, scored_by)
+    finally:
+        out.close()
 
 
-def _already_scored(cfg: ScoreConfig, name: str, scored_by: dict) -> bool:
+def _already_scored(cfg: ScoreConfig, out: Folder, name: str, scored_by: dict) -> bool:
     """Skip an output file only when these models scored it; refuse another model's (see provenance)."""
-    path = os.path.join(cfg.output, name)
-    if not os.path.exists(path):
+    if not out.exists(name):
         return False
     try:
-        return check_scored_by(path, scored_by)
+        return check_scored_by(out.path(name), scored_by, out.read_schema(name))
     except UsageError:
         if cfg.overwrite:
             return False  # scored again; the new file replaces it atomically when done
         raise
 
 
-def _write(scored, cfg: ScoreConfig, pending, skipped, scored_by: dict) -> ScoreResult:
+def _write(scored, cfg: ScoreConfig, out: Folder, pending, skipped, scored_by: dict) -> ScoreResult:
     from tqdm import tqdm
 
     paths = dict(pending)
@@ -199,9 +205,11 @@ def _write(scored, cfg: ScoreConfig, pending, skipped, scored_by: dict) -> Score
 
     def finish():
         if parts is not None:
-            final = os.path.join(cfg.output, output_name(current, paths[current]))
-            parts.finish(final)
-            written.append(os.path.basename(final))
+            name = output_name(current, paths[current])
+            staged = out.stage(name)
+            parts.finish(staged)
+            out.publish(staged, name)  # a rename on disk, one upload to an object store: never half a file
+            written.append(name)
 
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
         tags = batch.column(FILE_TAG).to_pylist()
@@ -220,7 +228,7 @@ def _write(scored, cfg: ScoreConfig, pending, skipped, scored_by: dict) -> Score
                     done.add(current)
                 finish()
                 current, row_in_file = tags[start_row], 0
-                parts = FileParts(_tmp_path(cfg.output, current, paths[current]), metadata)
+                parts = FileParts(out.stage(output_name(current, paths[current])), metadata)
             parts.write(piece)
             for offset, error in enumerate(piece.column("score_error").to_pylist()):
                 if error is not None:
@@ -238,13 +246,9 @@ def _write(scored, cfg: ScoreConfig, pending, skipped, scored_by: dict) -> Score
     seconds = time.perf_counter() - start
     result = ScoreResult(cfg.output, written, skipped, rows, bad, rows / max(seconds, 1e-9))
     report = {**asdict(result), "bad_row_samples": bad_samples, "models": cfg.model_dirs}
-    write_json_atomic(os.path.join(cfg.output, "_score_report.json"), report)
+    out.write_text("_score_report.json", json.dumps(report, indent=2, default=str))
     print(f"rmray score: {rows} rows -> {cfg.output} ({len(written)} files, {result.rows_per_s:.1f} rows/s)")
     if bad:
         print(f"rmray score: {bad} rows could not be scored (reward is null, score_error says why):\n  "
               + "\n  ".join(bad_samples[:5]), file=sys.stderr)
     return result
-
-
-def _tmp_path(output: str, index: int, path: str | None) -> str:
-    return os.path.join(output, "." + output_name(index, path) + ".tmp")

@@ -23,15 +23,16 @@ def provenance(model_dirs: list[str], names: list[str], prompt_field: str, respo
             "prompt_field": prompt_field, "response_field": response_field}
 
 
-def recorded(path: str) -> dict | None:
-    metadata = pq.read_schema(path).metadata or {}
+def recorded(path: str, schema=None) -> dict | None:
+    metadata = (schema if schema is not None else pq.read_schema(path)).metadata or {}
     raw = metadata.get(METADATA_KEY)
     return json.loads(raw) if raw else None
 
 
-def check_scored_by(path: str, expected: dict) -> bool:
-    """True when ``path`` was scored as ``expected`` (skip it); raise when it was not."""
-    found = recorded(path)
+def check_scored_by(path: str, expected: dict, schema=None) -> bool:
+    """True when ``path`` (whose Parquet ``schema`` may be given, read from an object store) was scored as
+    ``expected`` (skip it); raise when it was not."""
+    found = recorded(path, schema)
     if found == expected:
         return True
     if found is None:

@@ -26,7 +26,7 @@ RUN_KEYS = (
     "gradient_accumulation_steps", "num_workers", "learning_rate", "weight_decay", "lr_scheduler_type",
     "warmup_ratio", "warmup_steps", "num_train_epochs", "max_steps", "max_grad_norm", "seed",
     "loss", "attributes", "attribute_weights", "attribute_loss_weight", "rating_margin",
-    "center_rewards_coefficient", "use_peft",
+    "center_rewards_coefficient", "debias_length", "debias_length_weight", "use_peft",
     "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
 )
 
@@ -65,7 +65,9 @@ def check_or_record(cfg, run_dir: str | None) -> None:
 
 
 def _data_fingerprint(source: str) -> str | None:
-    """Sizes and sampled bytes of the local files behind ``source``; None for hub ids and URIs."""
+    """A digest of the files behind ``source``: every byte of a local file (SHA-256 streamed once, so an edit
+    that keeps the size -- a label fix swapping chosen and rejected -- is seen), an object's size and
+    modification time for a URI (an object store rewrites both with every upload); None for hub ids."""
     from rmray.data.source import open_source
 
     files = open_source(source).files()
@@ -73,10 +75,19 @@ def _data_fingerprint(source: str) -> str | None:
         return None
     digest = hashlib.sha256()
     for path in files:
-        size = os.path.getsize(path)
-        digest.update(f"{os.path.basename(path)}:{size}".encode())
+        if "://" in path:
+            digest.update(_object_stamp(path).encode())
+            continue
+        digest.update(f"{os.path.basename(path)}:{os.path.getsize(path)}".encode())
         with open(path, "rb") as f:
-            for k in range(8):
-                f.seek(size * k // 8)
-                digest.update(f.read(1 << 16))
+            for block in iter(lambda: f.read(8 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
+
+
+def _object_stamp(uri: str) -> str:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    info = fs.get_file_info(path)
+    return f"{uri}:{info.size}:{info.mtime_ns}"

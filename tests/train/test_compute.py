@@ -71,7 +71,7 @@ def test_gradient_accumulation_equals_one_micro_batch_of_both(tiny_qwen):
         assert_close_relative(got[name], want[name])
 
 
-def test_debias_length_adds_the_weighted_covariance_of_rewards_with_response_lengths(tiny_qwen):
+def test_debias_length_adds_the_weighted_length_correlation_in_reward_units(tiny_qwen):
     """The chunk's training loss is Bradley-Terry plus ``w * |Pearson(r, length) * std(r)|`` over its
     responses, a response's length being its tokens after the prompt its pair shares; computed here from a
     padded forward, scipy's Pearson, numpy's std and os.path's common prefix. Evaluation's loss stays

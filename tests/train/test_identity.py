@@ -63,3 +63,26 @@ def test_a_key_added_since_the_run_started_counts_as_its_default(tmp_path):
     json.dump(saved, open(path, "w"))
     with pytest.raises(UsageError, match="loss: 'bradley_terry' there, 'plackett_luce' now"):
         check_or_record(TrainConfig(**{**cfg.__dict__, "loss": "plackett_luce"}), run_dir)
+
+
+def test_a_same_size_edit_anywhere_in_a_large_file_counts_as_another_run(tmp_path):
+    """A label fix that swaps one row's chosen and rejected keeps the file's size and every byte around it:
+    the fingerprint reads every byte (a sample of blocks would miss it: the edit here is 150 KB from any
+    eighth of the file)."""
+    rows = [{"prompt": f"q{i:06d}", "chosen": "yes, gladly", "rejected": "no, go away"} for i in range(24_000)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig(train_data=str(data), output_dir=str(tmp_path / "out"), max_steps=4)
+    run_dir = _interrupted_run(tmp_path, cfg)
+    text = data.read_text()
+    size = len(text)
+    at = text.index('"chosen"', size * 3 // 16)  # midway between two eighths
+    row = text.index('{', at - 40)
+    end = text.index("\n", row)
+    swapped = json.loads(text[row:end])
+    swapped["chosen"], swapped["rejected"] = swapped["rejected"], swapped["chosen"]
+    edited = text[:row] + json.dumps(swapped) + text[end:]
+    assert len(edited) == size and edited != text
+    data.write_text(edited)
+    with pytest.raises(UsageError, match="train_data_fingerprint"):
+        check_or_record(cfg, run_dir)
