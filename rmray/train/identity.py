@@ -47,7 +47,7 @@ def check_or_record(cfg, run_dir: str | None) -> None:
     ``resume_other_run=true`` continues anyway (and records the new identity)."""
     path = os.path.join(cfg.checkpoints.output_dir, IDENTITY_FILE)
     mine = json.loads(json.dumps(run_identity(cfg)))  # as it reads back from JSON (tuples -> lists)
-    resuming = run_dir is not None and glob.glob(os.path.join(run_dir, "checkpoint-*"))
+    resuming = _has_checkpoints(cfg, run_dir)
     if resuming and os.path.exists(path) and not cfg.fault_tolerance.resume_other_run:
         with open(path) as f:
             saved = json.load(f)
@@ -62,6 +62,20 @@ def check_or_record(cfg, run_dir: str | None) -> None:
                              "continue that run with these settings)")
     os.makedirs(cfg.checkpoints.output_dir, exist_ok=True)
     write_json_atomic(path, mine)
+
+
+def _has_checkpoints(cfg, run_dir: str | None) -> bool:
+    """Whether the run's storage holds checkpoints: its local run folder, or a URI ``storage_path`` listed."""
+    if run_dir is not None:
+        return bool(glob.glob(os.path.join(run_dir, "checkpoint-*")))
+    storage = cfg.fault_tolerance.storage_path
+    if not storage or "://" not in storage:
+        return False
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage.rstrip("/") + "/ray")
+    listed = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    return any(os.path.basename(info.path).startswith("checkpoint-") for info in listed)
 
 
 def _data_fingerprint(source: str) -> str | None:

@@ -86,3 +86,15 @@ def test_a_same_size_edit_anywhere_in_a_large_file_counts_as_another_run(tmp_pat
     data.write_text(edited)
     with pytest.raises(UsageError, match="train_data_fingerprint"):
         check_or_record(cfg, run_dir)
+
+
+def test_with_checkpoints_in_a_uri_storage_path_another_run_is_refused_too(tmp_path):
+    """``storage_path`` as a URI (``file://`` here: pyarrow's code path for s3:// and gs://): the checkpoints
+    are found by listing it, so the guard runs as it does for a local folder."""
+    storage = f"file://{tmp_path / 'bucket'}"
+    cfg = TrainConfig(train_data="demo", output_dir=str(tmp_path / "out"), max_steps=40, storage_path=storage)
+    check_or_record(cfg, None)
+    os.makedirs(tmp_path / "bucket" / "ray" / "checkpoint-000010")
+    with pytest.raises(UsageError, match="learning_rate"):
+        check_or_record(TrainConfig(**{**cfg.__dict__, "learning_rate": 1e-3}), None)
+    check_or_record(cfg, None)  # the same run resumes
