@@ -187,6 +187,9 @@ def test_readable_bad_rows_are_kept_or_counted_and_scored_with_every_column(ray_
         assert report.rows_kept == prefs.dataset.count(), name
         if name == "missing-fields.jsonl":  # bad rows are named by file and line, as an editor shows them
             assert {s.split(" ")[1].rstrip(":") for s in report.samples["missing_field"]} == {f"{name}:2", f"{name}:3"}, report.samples
+            # ... read through a URI too (file://: pyarrow's code path for s3:// and gs://)
+            by_uri = build_preferences(f"file://{path}", RowRules(tok, spec), name=name).report
+            assert by_uri.samples["missing_field"] == report.samples["missing_field"], by_uri.samples
 
     # one rmray score run over the whole folder: one output file per input file
     out = tmp_path / "scored"
