@@ -132,3 +132,21 @@ def test_judgebench_per_source_and_overall_equal_judgebenchs_own_code():
         got = ours["sections"][prefix] if prefix else ours["score"]
         assert 100 * got == pytest.approx(expected, abs=1e-9), prefix
     assert sum(a == b for a, b in ((line["chosen"][0], line["rejected"][0]) for line in lines)) >= 3  # ties were tested
+
+
+def test_rows_a_benchmark_cannot_read_are_refused_naming_the_field():
+    from rmray.core.formats import BadRow
+
+    cases = [("rewardbench2", {"prompt": "Q", "chosen": ["a"], "rejected": ["b"], "subset": "Ties", "id": "7"}, "id"),
+             ("rewardbench2", {"prompt": "Q", "chosen": ["a"], "rejected": ["b"], "num_correct": 2, "subset": "Math"},
+              "num_correct"),
+             ("rm-bench", {"prompt": "Q", "chosen": ["a", "b"], "rejected": ["c", "d", "e"]}, "chosen"),
+             ("judgebench", {"question": "Q", "response_A": "a", "response_B": "b", "label": "A=B"}, "label"),
+             ("rewardbench", {"prompt": "Q", "chosen": None, "rejected": "b"}, "chosen")]
+    for name, row, field in cases:
+        with pytest.raises(BadRow) as err:
+            BENCHMARKS[name].item(row)
+        assert err.value.field == field, (name, err.value.field)
+    # ... and one that reads, with an empty answer: scored like any other
+    assert BENCHMARKS["judgebench"].item({"question": "Q", "response_A": "", "response_B": "b", "label": "B>A"}) == \
+        ("Q", ["b"], [""])

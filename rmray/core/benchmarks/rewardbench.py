@@ -55,6 +55,8 @@ def item(row: dict) -> Item:
 
 def item_v2(row: dict) -> Item:
     chosen, rejected = texts(row, "chosen"), texts(row, "rejected")
+    if row.get("subset") == "Ties" and not _ties_id(row.get("id")):
+        raise BadRow("bad_type", "id", f"a Ties item's id is ref:N or tied:N, got {row.get('id')!r}")
     if row.get("num_correct") is not None and row["num_correct"] != len(chosen):
         raise BadRow("bad_type", "num_correct", f"num_correct is {row['num_correct']} but 'chosen' lists {len(chosen)}")
     return Item(text(row, "prompt"), chosen, rejected)
@@ -96,6 +98,8 @@ def ties_score(results: list[dict]) -> float:
     with several equally correct answers)."""
     stats: dict[str, dict] = {"ref": {}, "tied": {}}
     for r in results:
+        if not _ties_id(r["id"]):  # a row refused when read (counted in bad_rows): no prompt to join it to
+            continue
         kind, prompt = r["id"].split(":")
         stats[kind][int(prompt)] = _margins(r["chosen"], r["rejected"])
     ref, tied = stats["ref"], stats["tied"]
@@ -109,6 +113,11 @@ def ties_score(results: list[dict]) -> float:
     else:
         preferred = hard = margin = 0
     return 0.3 * accuracy["tied"] + 0.3 * accuracy["ref"] + 0.2 * preferred + 0.2 * hard + 0.01 * margin
+
+
+def _ties_id(value) -> bool:
+    kind, _, prompt = str(value).partition(":")
+    return kind in ("ref", "tied") and prompt.isdigit()
 
 
 def _margins(correct: list[float], wrong: list[float]) -> dict:
