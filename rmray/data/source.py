@@ -20,7 +20,7 @@ import glob
 import os
 
 from rmray.core.demo_data import DEMO_SETS
-from rmray.core.storage import storage_problem
+from rmray.core.files import storage_problem
 from rmray.errors import UsageError
 
 from . import rowcount

@@ -10,9 +10,8 @@ import sys
 from rmray.core.benchmarks import BENCHMARKS
 from rmray.core.contract import ensemble_rule
 from rmray.core.evaluation import attribute_metrics, length_bias, preference_metrics, ranking_metrics
-from rmray.core.files import write_text_atomic
+from rmray.core.files import Folder, write_text_atomic
 from rmray.core.spec import ScoringSpec, check_model_dir
-from rmray.core.storage import Folder
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray
 from rmray.report import html, plots

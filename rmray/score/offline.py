@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 
 from rmray.core.contract import ensemble_rule
+from rmray.core.files import Folder
 from rmray.core.scoring import model_name
 from rmray.core.spec import ScoringSpec, check_model_dir
-from rmray.core.storage import Folder
 from rmray.data.kinds import file_kind, is_lines
 from rmray.data.lines import parse_line
 from rmray.data.readable import check_columns, folder_files
