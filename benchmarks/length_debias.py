@@ -3,9 +3,9 @@
     python benchmarks/length_debias.py --hh ../shared/data/hh-rlhf-harmless-dev.jsonl.gz --out /tmp/length-debias
 
 The 1,812 hh-rlhf harmless pairs are split once: every 10th pair is held out (182), the rest train (1,630).
-``jobs/configs/hh-rlhf-minilm.yaml`` trains twice on the train part, seed 0, the held-out part as
-``eval_data`` -- as it is, and with ``debias_length=true`` -- and ``rmray eval`` scores each ``final/`` on
-the held-out pairs. Reported: accuracy and ``length_bias`` (Spearman of reward with response length in
+``jobs/configs/hh-rlhf-minilm.yaml`` trains on the train part with the held-out part as ``eval_data``, once
+per seed (``--seeds``, default 0 1 2) as it is and once with ``debias_length=true``; ``rmray eval`` scores
+each ``final/`` on the held-out pairs. Reported: accuracy and ``length_bias`` (Spearman of reward with response length in
 tokens, "pick the longer" accuracy, accuracy when the chosen answer is longer / shorter). Results JSON in
 ``benchmarks/results/length_debias.json`` (or ``--results``).
 """
@@ -52,22 +52,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hh", required=True, help="hh-rlhf-harmless-dev.jsonl.gz")
     parser.add_argument("--out", required=True, help="working folder for the split, the runs and their evals")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results", "length_debias.json"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     train, held = split(args.hh, args.out)
-    results = {"plain": run("plain", train, held, args.out, []),
-               "debias_length": run("debias", train, held, args.out, ["debias_length=true"])}
-    plain, debiased = results["plain"], results["debias_length"]
-    results["rho_ratio"] = abs(debiased["spearman_reward_length"]) / abs(plain["spearman_reward_length"])
-    results["accuracy_change_points"] = 100 * (debiased["accuracy"] - plain["accuracy"])
+    runs = {name: [run(f"{name}-seed{seed}", train, held, args.out, [f"seed={seed}", *extra]) for seed in args.seeds]
+            for name, extra in (("plain", []), ("debias_length", ["debias_length=true"]))}
+    results = {"seeds": args.seeds, **runs, **summarize(runs)}
     write_results(args.results, results)
     for name in ("plain", "debias_length"):
-        r = results[name]
-        print(f"{name:>14}: accuracy {r['accuracy']:.4f}, Spearman(reward, length) {r['spearman_reward_length']:+.3f}, "
-              f"pick-the-longer {r['longer_wins_accuracy']:.3f}, accuracy when chosen longer "
-              f"{r['accuracy_when_chosen_longer']:.3f} / shorter {r['accuracy_when_chosen_shorter']:.3f}")
-    print(f"|rho| ratio {results['rho_ratio']:.2f}, accuracy change {results['accuracy_change_points']:+.1f} points")
+        for seed, r in zip(args.seeds, runs[name]):
+            print(f"{name:>14} seed {seed}: accuracy {r['accuracy']:.4f}, Spearman(reward, length) "
+                  f"{r['spearman_reward_length']:+.3f}, accuracy when chosen longer {r['accuracy_when_chosen_longer']:.3f}"
+                  f" / shorter {r['accuracy_when_chosen_shorter']:.3f}")
+    print(f"'pick the longer' {runs['plain'][0]['longer_wins_accuracy']:.3f}; mean |rho| ratio {results['rho_ratio']:.2f}, "
+          f"mean accuracy change {results['accuracy_change_points']:+.1f} points")
+
+
+def summarize(runs: dict) -> dict:
+    """Means over seeds: the ratio of |Spearman(reward, length)| and the accuracy change in points."""
+    def mean(name, key, f=float):
+        return sum(f(r[key]) for r in runs[name]) / len(runs[name])
+    return {"rho_ratio": mean("debias_length", "spearman_reward_length", abs) / mean("plain", "spearman_reward_length", abs),
+            "accuracy_change_points": 100 * (mean("debias_length", "accuracy") - mean("plain", "accuracy"))}
 
 
 if __name__ == "__main__":
