@@ -105,8 +105,9 @@ class Uri(Source):
             return [self.spec] if fs.get_file_info(path).type == pyarrow.fs.FileType.File else []
         folder = path[:min(i for i in (path.find("*"), path.find("?")) if i >= 0)].rsplit("/", 1)[0]
         listed = fs.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True, allow_not_found=True))
-        prefix = self.spec[:self.spec.index(path)] if path in self.spec else self.spec.split("://")[0] + "://"
-        return sorted(prefix + info.path for info in listed
+        scheme, _, rest = self.spec.partition("://")
+        query = rest.partition("?")[2]  # e.g. endpoint_override: each matched file's URI keeps it
+        return sorted(f"{scheme}://{info.path}" + (f"?{query}" if query else "") for info in listed
                       if info.type == pyarrow.fs.FileType.File and fnmatch.fnmatch(info.path, path))
 
     def _kind(self) -> str:

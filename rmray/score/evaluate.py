@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from rmray.core.benchmarks import BENCHMARKS
+from rmray.core.benchmarks import BENCHMARKS, split_answers
 from rmray.core.contract import ensemble_rule
 from rmray.core.evaluation import attribute_metrics, length_bias, preference_metrics, ranking_metrics
 from rmray.core.files import Folder, write_text_atomic
@@ -150,9 +150,9 @@ def reward_lines(batches: list) -> list[dict]:
             out = {"id": row["id"], "subset": row["subset"]}
             if row["score_error"] is not None:
                 out["error"] = row["score_error"]
-            elif row["benchmark"]:  # right answers are rated 1, wrong ones 0, in the item's order
-                pairs = list(zip(row["group_rewards"], row["group_ratings"]))
-                out.update(chosen=[r for r, k in pairs if k == 1], rejected=[r for r, k in pairs if k == 0])
+            elif row["benchmark"]:
+                chosen, rejected = split_answers(row["group_rewards"], row["group_ratings"])
+                out.update(chosen=chosen, rejected=rejected)
             elif row["group_rewards"] is not None:
                 out.update(rewards=row["group_rewards"], ratings=row["group_ratings"])
             else:

@@ -1,9 +1,9 @@
 """The field's benchmarks scored at each evaluation (``eval_benchmarks``), logged as ``bench/<name>/<section>``.
 
 The driver reads each benchmark's rows once (Ray Data, like every other source) and hands them to the
-ranks through the object store; every rank tokenizes them as ``rmray eval --benchmark`` does (one group per
-item: the right answers rated 1, then the wrong ones) and scores its share -- item i is rank i % world's,
-all of them under FSDP, whose forwards are collectives. The items' rewards are gathered so every rank
+ranks through the object store; every rank tokenizes its share as ``rmray eval --benchmark`` does (one group
+per item: the right answers rated 1, then the wrong ones) and scores it -- item i is rank i % world's, all
+of them under FSDP, whose forwards are collectives. The items' rewards are gathered so every rank
 holds the same scores (early stopping and ``metric_for_best_model`` may read them), and the benchmark's
 own scoring rule (:mod:`rmray.core.benchmarks`) turns them into its sections.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from rmray.core.benchmarks import BENCHMARKS, item_group
+from rmray.core.benchmarks import BENCHMARKS, item_group, split_answers
 from rmray.core.formats import BadRow
 from rmray.core.tokenize import encode
 
@@ -32,14 +32,17 @@ def read_benchmarks(entries: list[tuple[str, str]]) -> dict:
 class BenchmarkEval:
     """One rank's benchmark items, tokenized once, and their scoring at each evaluation."""
 
-    def __init__(self, refs: dict, tokenizer, spec, rank: int, world: int):
+    def __init__(self, refs: dict, tokenizer, spec, rank: int, world: int, everything: bool):
+        """``everything``: this rank scores every item (FSDP, whose forwards are collectives); else item i
+        is rank i % world's, and only those are tokenized here."""
         import ray
 
-        self.rank, self.world, self.items = rank, world, {}
+        self.items, self.gather = {}, not everything and world > 1
         as_chat = bool(tokenizer.chat_template)  # as the harnesses render a sequence classifier's input
         for name, ref in refs.items():
             benchmark, items = BENCHMARKS[name], []
-            for row in ray.get(ref):
+            rows = ray.get(ref)
+            for row in rows if everything else rows[rank::world]:
                 key = (str(row.get(benchmark.id_field)), row.get(benchmark.subset_field))
                 try:
                     prompt, answers, ratings = item_group(benchmark, row, as_chat)
@@ -52,13 +55,11 @@ class BenchmarkEval:
     @torch.no_grad()
     def evaluate(self, compute, model, layout, batch_size: int) -> dict[str, float]:
         """``{"bench/<name>/score": ..., "bench/<name>/<section>": ...}`` (RM-Bench adds hard/normal/easy)."""
-        everything = compute.strategy.every_rank_evaluates_all()
         out = {}
         for name, items in self.items.items():
-            mine = [i for i in range(len(items)) if everything or i % self.world == self.rank]
-            lines = self._score(compute, model, layout, batch_size, [items[i] for i in mine])
-            if not everything and dist.is_available() and dist.is_initialized():
-                shares = [None] * self.world
+            lines = self._score(compute, model, layout, batch_size, items)
+            if self.gather and dist.is_available() and dist.is_initialized():
+                shares = [None] * dist.get_world_size()
                 dist.all_gather_object(shares, lines)
                 lines = [line for share in shares for line in share]
             result = BENCHMARKS[name].score(lines)
@@ -81,7 +82,7 @@ class BenchmarkEval:
                 rewards, _ = compute.group_rewards(chunk, model)
                 for g, reward_row in enumerate(rewards.tolist()):
                     k = batch[done + g]
-                    rated = list(zip(reward_row, items[k][3]))
-                    lines[k].update(chosen=[r for r, v in rated if v == 1], rejected=[r for r, v in rated if v == 0])
+                    chosen, rejected = split_answers(reward_row, items[k][3])
+                    lines[k].update(chosen=chosen, rejected=rejected)
                 done += chunk.num_groups
         return lines

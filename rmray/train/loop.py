@@ -141,7 +141,8 @@ class WorkerRun:
         self.info, self.stream = data["info"], data["stream"]
         self.spec, self.total_steps = ScoringSpec(**self.info["spec"]), self.info["total_steps"]
         benchmarks = self.info.get("benchmarks")
-        self.bench = BenchmarkEval(benchmarks, self.tokenizer, self.spec, self.rank, self.world) if benchmarks else None
+        self.bench = BenchmarkEval(benchmarks, self.tokenizer, self.spec, self.rank, self.world,
+                                   self.compute.strategy.every_rank_evaluates_all()) if benchmarks else None
         self.has_eval = self.info["has_eval"] or self.bench is not None  # eval rows, benchmarks, or both
         self.startup["data_ready"] = self.info["data_ready_s"]
         self.attempt = attempt_id(self.rank)  # names this attempt's passes over the stream

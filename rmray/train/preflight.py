@@ -25,9 +25,21 @@ def check_before_ray(cfg) -> None:
             open_source(source).check(key)
             check_columns(source, {"chosen_field": cfg.data.chosen_field, "rejected_field": cfg.data.rejected_field},
                           rated=True, attributes=cfg.optimization.attributes)
+    check_benchmarks(cfg.data.eval_benchmarks)
     check_model("model_name_or_path", cfg.model.model_name_or_path)
     check_sinks(cfg.checkpoints.report_to)
     check_loss(cfg.optimization.loss)
+
+
+def check_benchmarks(entries: list[str]) -> None:
+    """Each ``eval_benchmarks`` source can be read and a local one is in its benchmark's published format:
+    a wrong file would otherwise score every item as wrong, found only at the first evaluation."""
+    from rmray.core.benchmarks import BENCHMARKS, benchmark_sources
+    from rmray.data.readable import check_benchmark_rows
+
+    for name, data in benchmark_sources(entries):
+        open_source(data).check(f"eval_benchmarks {name}")
+        check_benchmark_rows(data, name, BENCHMARKS[name].columns)
 
 
 def check_loss(name: str) -> None:

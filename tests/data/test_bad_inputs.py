@@ -256,3 +256,17 @@ def test_rows_that_end_the_run_are_marked_in_their_status_and_named_by_first_sto
     too_long = tokenize_batch(table, RowRules(tokenizer, ScoringSpec(**base, truncation="error")))
     assert too_long.column("stop").to_pylist() == [False, True, False]
     assert first_stop(too_long).startswith("row f.jsonl:2: a text has ") and "max_length=16" in first_stop(too_long)
+
+
+def test_a_uri_glob_is_expanded_by_listing_and_one_that_matches_nothing_is_refused(tmp_path, no_ray):
+    """Ray Data reads no globs in URIs: rmray lists the store (``file://`` here, pyarrow's code path for
+    s3:// and gs://) and hands it the files."""
+    from rmray.data.source import open_source
+
+    for name in ("a.jsonl", "b.jsonl", "c.parquet"):
+        (tmp_path / name).write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    source = open_source(f"file://{tmp_path}/*.jsonl")
+    source.check("train_data")
+    assert source.files() == [f"file://{tmp_path}/a.jsonl", f"file://{tmp_path}/b.jsonl"]
+    with pytest.raises(UsageError, match=r"train_data file://.*/x\*\.jsonl: no such file"):
+        open_source(f"file://{tmp_path}/x*.jsonl").check("train_data")

@@ -75,3 +75,8 @@ def test_a_metric_naming_a_benchmark_not_scored_is_refused_before_ray(tiny_qwen,
     code = cli.main(["train", f"model_name_or_path={tiny_qwen}", f"output_dir={tmp_path}", "eval_benchmarks=[rewardbench3]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "known: rewardbench, rewardbench2, rm-bench, judgebench" in err[0], err
+    pairs = _write(tmp_path / "pairs.jsonl", [{"prompt": "Q", "chosen": " a", "rejected": " b"}])
+    code = cli.main(["train", f"model_name_or_path={tiny_qwen}", f"output_dir={tmp_path}",
+                     f"eval_benchmarks=[judgebench={pairs}]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not in judgebench's row format: no column 'question'" in err[0], err

@@ -76,6 +76,12 @@ def item_group(benchmark: Benchmark, row: dict, as_chat: bool) -> tuple:
     return item.prompt, item.chosen + item.rejected, [1.0] * len(item.chosen) + [0.0] * len(item.rejected)
 
 
+def split_answers(rewards: list[float], ratings: list[float]) -> tuple[list[float], list[float]]:
+    """An :func:`item_group`'s rewards back into (right answers', wrong answers'), by their ratings."""
+    rated = list(zip(rewards, ratings))
+    return [r for r, k in rated if k == 1], [r for r, k in rated if k == 0]
+
+
 def as_conversation(item: Item) -> Item:
     """An item as the harnesses render it for a model with a chat template: the prompt as the user's turn and
     each answer as the assistant's."""
@@ -85,4 +91,5 @@ def as_conversation(item: Item) -> Item:
                          rejected=[turn(t) for t in item.rejected])
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "Item", "as_conversation", "benchmark_sources", "item_group"]
+__all__ = ["BENCHMARKS", "Benchmark", "Item", "as_conversation", "benchmark_sources", "item_group",
+           "split_answers"]
