@@ -32,6 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -39,6 +40,7 @@ import ray
 from rmray.core.files import write_json_atomic
 from rmray.core.report import DataReport
 
+from .position import Ranges, contains
 from .preferences import PAIR_COLUMNS, REPORT_COLUMNS, count_report, first_stop
 
 
@@ -79,16 +81,18 @@ class StreamShape:
 class _Windows:
     """One pass over a tokenized dataset, cut into windows by the order rule; counts its report."""
 
-    def __init__(self, dataset, shape: StreamShape, split, skip: int, report: DataReport | None):
+    def __init__(self, dataset, shape: StreamShape, split, skip: int, report: DataReport | None,
+                 exclude: Ranges | None = None):
         self.batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
         world = shape.world
         self.world, self.size, self.split, self.report = world, world * shape.rows_per_window, split, report
         self.buffer: list[pa.Table] = []
         self.buffered, self.produced, self.skip, self.ended = 0, 0, skip, False
+        self.ordinals, self.exclude = 0, exclude or []  # kept rows numbered so far; rows a resume left out
         self.queues = [deque() for _ in range(world)]
         self.primer: threading.Thread | None = None
         self.primed: list = []
-        self.kept: list[list] | None = [] if shape.replay_bytes and skip == 0 else None  # for a replay
+        self.kept: list[list] | None = [] if shape.replay_bytes and skip == 0 and not exclude else None  # for a replay
         self.kept_bytes, self.replay_bytes = 0, shape.replay_bytes
 
     def prime(self) -> "_Windows":
@@ -148,7 +152,7 @@ class _Windows:
             _stop_at_stop_row(block)
             if self.report is not None:
                 count_report(self.report, block.select(REPORT_COLUMNS))
-            kept = kept_rows(block, self.split)
+            kept = self._numbered(kept_rows(block, self.split))
             if kept.num_rows:
                 self.buffer.append(kept)
                 self.buffered += kept.num_rows
@@ -158,6 +162,14 @@ class _Windows:
         rows = pa.concat_tables(self.buffer)
         self.buffer, self.buffered = [rows.slice(take)], rows.num_rows - take
         return rows.slice(0, take)
+
+
+    def _numbered(self, kept: pa.Table) -> pa.Table:
+        """``kept`` with each row's ``ordinal`` in the pass (``rmray.data.position``), less the excluded rows."""
+        ordinals = np.arange(self.ordinals, self.ordinals + kept.num_rows, dtype=np.int64)
+        self.ordinals += kept.num_rows
+        kept = kept.append_column("ordinal", pa.array(ordinals))
+        return kept.filter(pa.array(~contains(self.exclude, ordinals))) if self.exclude else kept
 
 
 class _Replay:
@@ -197,14 +209,15 @@ class RowStream:
             self.eval_reader = threading.Thread(target=self._prime_eval, args=(self.first.primer,), daemon=True)
             self.eval_reader.start()
 
-    def next_window(self, key: str, rank: int, skip: int = 0) -> dict:
+    def next_window(self, key: str, rank: int, skip: int = 0, exclude: Ranges | None = None) -> dict:
         """``{"window": [ref]}``, ``{"end": True}`` or ``{"error": message}``. ``key`` names one pass
-        (an attempt's epoch): the first rank to ask for a new key starts it, the passes of other keys end."""
+        (an attempt's epoch): the first rank to ask for a new key starts it, the passes of other keys end.
+        ``exclude``: ordinals a resume on another world leaves out (``rmray.data.position``)."""
         if self.error:
             return {"error": self.error}
         try:
             if key not in self.passes:
-                self._start(key, skip)
+                self._start(key, skip, exclude or [])
             ref = self.passes[key].next_for(rank)
         except Exception as e:  # noqa: BLE001 - the message ends every rank's stream
             self.error = _message(e)
@@ -213,20 +226,20 @@ class RowStream:
             return self._ended(key)
         return {"window": [ref]}
 
-    def _start(self, key: str, skip: int) -> None:
+    def _start(self, key: str, skip: int, exclude: Ranges) -> None:
         self.passes = {k: v for k, v in self.passes.items() if k.split("/")[0] == key.split("/")[0]}
         first, self.first = self.first, None
-        if first is not None and skip == 0:
+        if first is not None and skip == 0 and not exclude:
             self.passes[key] = first
-        elif self.replayed is not None:
+        elif self.replayed is not None and not exclude:
             self.passes[key] = _Replay(self.replayed, skip, self.world)
         else:
-            self.passes[key] = self._windows(skip)
+            self.passes[key] = self._windows(skip, exclude)
 
-    def _windows(self, skip: int) -> _Windows:
+    def _windows(self, skip: int, exclude: Ranges | None = None) -> _Windows:
         split = (self.ratio, 1.0) if self.ratio > 0 else None
         self.partial = DataReport(name="train") if self.shape.count_reports else None
-        return _Windows(self.train, self.shape, split, skip, self.partial)
+        return _Windows(self.train, self.shape, split, skip, self.partial, exclude)
 
     def _ended(self, key: str) -> dict:
         done = self.passes[key]
@@ -236,7 +249,7 @@ class RowStream:
             if problem:
                 self.error = problem
                 return {"error": problem}
-        if done.produced == 0:
+        if done.produced == 0 and not getattr(done, "exclude", None):  # a resumed epoch's rest may be empty
             self.error = (f"the train data has fewer kept rows than workers ({self.world}): no rank has a row "
                           "to train on; use more data or fewer workers")
             return {"error": self.error}
@@ -348,16 +361,16 @@ class StreamError(Exception):
     """The stream ended on a data error: every rank stops where it met it, and the driver raises it."""
 
 
-def rank_windows(stream, key: str, rank: int, skip: int = 0) -> Iterator[dict]:
+def rank_windows(stream, key: str, rank: int, skip: int = 0, exclude: Ranges | None = None) -> Iterator[dict]:
     """A rank's windows of one pass as numpy columns, the next one requested while this one trains."""
-    pending = stream.next_window.remote(key, rank, skip)
+    pending = stream.next_window.remote(key, rank, skip, exclude)
     while True:
         got = ray.get(pending)
         if "error" in got:
             raise StreamError(got["error"])
         if got.get("end"):
             return
-        pending = stream.next_window.remote(key, rank, skip)
+        pending = stream.next_window.remote(key, rank, skip, exclude)
         yield as_numpy(ray.get(got["window"][0]))
 
 

@@ -17,6 +17,8 @@ from rmray.config_fields import fields_of
 from rmray.core.files import write_json_atomic
 from rmray.errors import UsageError
 
+TRAINER_STATE = "trainer_state.json"  # rmray.train.checkpoint's, named here without importing torch before Ray
+
 IDENTITY_FILE = "run_identity.json"
 # Keys that change which pairs are trained on, in what order, with which loss and schedule. Speed and
 # logging settings (batching layout, eval/save cadence, Ray resources) may change across a resume.
@@ -41,8 +43,10 @@ def run_identity(cfg) -> dict:
     return identity
 
 
-def check_or_record(cfg, run_dir: str | None) -> None:
-    """Refuse to resume another run's checkpoints; record this run's identity when it starts fresh.
+def check_or_record(cfg, run_dir: str | None):
+    """Refuse to resume another run's checkpoints; record this run's identity when it starts fresh. Returns
+    ``cfg``, with ``gradient_accumulation_steps`` set to keep the run's global batch when only the number
+    of workers changed (:func:`_other_world`).
 
     ``resume_other_run=true`` continues anyway (and records the new identity)."""
     path = os.path.join(cfg.checkpoints.output_dir, IDENTITY_FILE)
@@ -55,6 +59,9 @@ def check_or_record(cfg, run_dir: str | None) -> None:
         defaults = {name: f.default for name, f in fields_of(type(cfg)).items() if f.default is not dataclasses.MISSING}
         saved = {**{k: defaults[k] for k in RUN_KEYS if k not in saved and k in defaults}, **saved}
         differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        if differ and set(differ) <= set(WORLD_KEYS):
+            cfg = _other_world(cfg, saved, run_dir)
+            mine, differ = json.loads(json.dumps(run_identity(cfg))), []
         if differ:
             shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine.get(k)!r} now" for k in differ[:6])
             raise UsageError(f"{cfg.checkpoints.output_dir} holds checkpoints of another run ({shown}) (fix: another "
@@ -62,6 +69,45 @@ def check_or_record(cfg, run_dir: str | None) -> None:
                              "continue that run with these settings)")
     os.makedirs(cfg.checkpoints.output_dir, exist_ok=True)
     write_json_atomic(path, mine)
+    return cfg
+
+
+WORLD_KEYS = ("num_workers", "gradient_accumulation_steps")
+
+
+def _other_world(cfg, saved: dict, run_dir: str | None):
+    """A run resumed on another number of workers continues exactly when its global batch (workers x
+    accumulation x per-device batch) stays: each step then trains as many rows, and the schedule's steps
+    are the same steps. The accumulation is derived when only ``num_workers`` changed; a global batch that
+    the new number of workers cannot make is refused (``resume_other_run=true`` continues with another)."""
+    before_workers, before_accumulation = saved["num_workers"], saved["gradient_accumulation_steps"]
+    workers, accumulation = cfg.ray.num_workers, cfg.optimization.gradient_accumulation_steps
+    global_batch = before_workers * before_accumulation
+    if workers * accumulation != global_batch:
+        if accumulation != before_accumulation or global_batch % workers:
+            raise UsageError(
+                f"{cfg.checkpoints.output_dir} was trained with num_workers={before_workers} x gradient_accumulation_steps="
+                f"{before_accumulation}; num_workers={workers} x gradient_accumulation_steps={accumulation} changes the "
+                f"global batch (fix: a num_workers that divides {global_batch}, with gradient_accumulation_steps as it was: "
+                f"rmray derives it; or resume_other_run=true to continue with this global batch)")
+        accumulation = global_batch // workers
+        cfg = dataclasses.replace(cfg, gradient_accumulation_steps=accumulation)
+    _check_rows_recorded(run_dir)
+    print(f"resuming a {before_workers}-worker run on {workers} workers: gradient_accumulation_steps "
+          f"{accumulation} keeps its global batch; its epoch continues on the rows it has not trained", flush=True)
+    return cfg
+
+
+def _check_rows_recorded(run_dir: str | None) -> None:
+    """A checkpoint written before checkpoints recorded their trained rows cannot continue its epoch on
+    another number of workers: refused here, before Ray (a URI ``storage_path`` is checked by the workers)."""
+    newest = sorted(glob.glob(os.path.join(run_dir, "checkpoint-*", TRAINER_STATE)))[-1:] if run_dir else []
+    for path in newest:
+        with open(path) as f:
+            state = json.load(f)
+        if state.get("batches_in_epoch") and "trained_rows" not in state:
+            raise UsageError(f"{os.path.dirname(path)} does not record the rows its epoch trained, so another number "
+                             f"of workers cannot continue it exactly (fix: num_workers={state.get('world', 'as before')})")
 
 
 def _has_checkpoints(cfg, run_dir: str | None) -> bool:

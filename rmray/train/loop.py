@@ -32,6 +32,7 @@ from rmray.core.export import save_reward_model, save_unmerged
 from rmray.core.loss import metrics_from_sums, preference_sums
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenizer import load_tokenizer
+from rmray.data.position import RankPosition, trained_set
 from rmray.data.stream import StreamError, eval_batches, rank_windows, stop_stream, write_data_report
 
 from .attempt import attempt_id
@@ -53,7 +54,7 @@ from .diagnostics import ConsumedLog, chaos_kill
 from .health import Health
 from .metrics_log import MetricsLog
 from .parallel import make_strategy
-from .resume import load_resume_state
+from .resume import load_resume_state, restore_position
 from .schedule import build_scheduler
 from .sinks import Sinks
 from .state import LoopState
@@ -155,16 +156,11 @@ class WorkerRun:
 
     def _resume(self) -> None:
         saved = load_resume_state(self.cfg, self.run_dir, self.compute, (self.optimizer, self.scheduler), self.log)
-        s = self.state
         if saved is not None:
-            s.step, s.epoch, s.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
-            s.train_time_s, s.pairs_seen = saved.get("train_time_s", 0.0), saved.get("pairs_seen", 0)
-            s.tokens_seen = saved.get("tokens_seen", 0)  # else tokens/s after a resume counts only the new steps
-            self.log.write({"event": "resume", "step": s.step, "epoch": s.epoch, "batches_in_epoch": s.batches_in_epoch,
-                            "from": saved["_from"]})
+            restore_position(self, saved)
         slow_bf16 = slow_bf16_warning(self.compute.device.type, self.compute.use_bf16, self.cfg.model.dtype)
         if slow_bf16:
-            self.log.write({"event": "warning", "step": s.step, "kind": "slow_bf16", "message": slow_bf16})
+            self.log.write({"event": "warning", "step": self.state.step, "kind": "slow_bf16", "message": slow_bf16})
 
     # --- train ---------------------------------------------------------------------------------------
 
@@ -181,13 +177,15 @@ class WorkerRun:
     def _train_epoch(self) -> None:
         cfg, s = self.cfg, self.state
         skip = s.batches_in_epoch // cfg.speed.length_group_window  # a window holds length_group_window micro-batches
-        windows = rank_windows(self.stream, f"{self.attempt}/{s.epoch}", self.rank, skip)
+        self.position = RankPosition()
+        windows = self.position.follow(rank_windows(self.stream, f"{self.attempt}/{s.epoch}", self.rank, skip, s.excluded))
         batches = iter_pair_batches(windows, batch_size=cfg.optimization.per_device_train_batch_size, first_window=skip,
                                     group_by_length=cfg.speed.group_by_length,
                                     seed=random.Random(f"{cfg.optimization.seed}-{s.epoch}-{self.rank}").randrange(2**31))
         # a resumed epoch made progress before; a fresh one that makes none would repeat forever
         micro, self._t0, self._epoch_steps = 0, time.perf_counter(), s.batches_in_epoch
         for batch_index, batch in enumerate(self._timed(batches), start=skip * cfg.speed.length_group_window):
+            self.position.took_batch(batch)
             if batch_index < s.batches_in_epoch:  # resuming inside an epoch: skip what was trained
                 self.consumed.write(s, batch_index, batch, "skipped")
                 continue
@@ -235,14 +233,14 @@ class WorkerRun:
             self.save_checkpoint()
 
     def _end_epoch(self) -> None:
-        if self._epoch_steps == 0:
+        if self._epoch_steps == 0 and not self.state.excluded:  # the rest of a resumed epoch may hold no step
             stop_stream(self.stream, f"an epoch gave no optimizer step: each of the {self.world} workers "
                                 "got fewer micro-batches than gradient_accumulation_steps; use more data, fewer "
                                 "workers, or a smaller batch size / accumulation")
         with self._paused():
             self.optimizer.zero_grad(set_to_none=True)  # a partial accumulation at the epoch's end is not carried over
             self.state.epoch += 1
-            self.state.batches_in_epoch = 0
+            self.state.batches_in_epoch, self.state.excluded = 0, []
         if self.has_eval and self.evaluated_at != self.state.step:
             self.evaluate()
         if not self._done() and self.saved_at != self.state.step:
@@ -337,6 +335,7 @@ class WorkerRun:
             # Every rank calls these: under FSDP they are gathers (DDP: the live model saves itself).
             model_state = compute.strategy.model_state(compute.model, compute.raw)
             optimizer_state = compute.strategy.optimizer_state(compute.model, self.optimizer)
+            trained = self._trained_rows()
             self.saved_at = s.step
             if self.rank != 0:
                 self.best.saw(metrics, s.step, None)
@@ -346,12 +345,25 @@ class WorkerRun:
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = os.path.join(tmp, "checkpoint")
                 position = {"step": s.step, "epoch": s.epoch, "batches_in_epoch": s.batches_in_epoch,
-                            "train_time_s": s.train_time_s, "pairs_seen": s.pairs_seen, "tokens_seen": s.tokens_seen}
+                            "train_time_s": s.train_time_s, "pairs_seen": s.pairs_seen, "tokens_seen": s.tokens_seen,
+                            "world": self.world, "total_steps": self.total_steps, "excluded": s.excluded,
+                            "trained_rows": trained}
                 save_checkpoint(ckpt, compute=compute, tokenizer=self.tokenizer, spec=self.spec, model_state=model_state,
                                 optimizer_state=optimizer_state, scheduler=self.scheduler, position=position)
                 name = checkpoint_name(cfg, s.step)
                 self.best.saw(metrics, s.step, name)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt), checkpoint_dir_name=name)
+
+    def _trained_rows(self) -> list:
+        """The ordinal ranges this epoch has trained (every rank's share of the current window gathered; a
+        collective every rank joins), for a resume on another number of workers."""
+        if not self.state.batches_in_epoch:
+            return []
+        shares = [self.position.share()]
+        if self.world > 1:
+            shares = [None] * self.world
+            dist.all_gather_object(shares, self.position.share())
+        return trained_set(self.state.excluded, shares)
 
     def finish(self) -> None:
         """The summary line, the final model (merged; LoRA adapters beside it), and the last report."""

@@ -14,7 +14,10 @@ import os
 
 import ray.train
 
+from rmray.data.position import count
+
 from .checkpoint import checkpoint_problem, load_checkpoint
+from .schedule import build_scheduler
 
 
 def _options(cfg, run_dir: str | None) -> tuple[list, bool]:
@@ -50,3 +53,28 @@ def load_resume_state(cfg, run_dir: str | None, compute, optimizer_and_scheduler
         raise ValueError(f"resume_from_checkpoint={cfg.fault_tolerance.resume_from_checkpoint!r} is not a whole rmray checkpoint: "
                          f"{problems[0] if problems else 'not found'}")
     return None
+
+
+def restore_position(run, saved: dict) -> None:
+    """Put a checkpoint's position and counters into ``run`` (a ``WorkerRun``). Written by another number
+    of workers, its epoch continues on the rows it had not trained (:mod:`rmray.data.position`), over the
+    schedule it started: the driver kept the global batch (``rmray.train.identity``), so the steps left
+    are the steps it had left."""
+    s = run.state
+    s.step, s.epoch, s.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
+    s.train_time_s, s.pairs_seen = saved.get("train_time_s", 0.0), saved.get("pairs_seen", 0)
+    s.tokens_seen = saved.get("tokens_seen", 0)  # else tokens/s after a resume counts only the new steps
+    s.excluded = saved.get("excluded", [])
+    world = saved.get("world", run.world)
+    if world != run.world:
+        if s.batches_in_epoch and "trained_rows" not in saved:
+            raise ValueError(f"checkpoint {saved['_from']} was written by {world} workers without the record of the "
+                             f"rows it trained, so {run.world} workers cannot continue its epoch exactly; "
+                             f"resume it with num_workers={world}")
+        s.excluded, s.batches_in_epoch = saved.get("trained_rows", []), 0
+        if saved.get("total_steps") and saved["total_steps"] != run.total_steps:
+            run.total_steps = saved["total_steps"]
+            run.scheduler = build_scheduler(run.optimizer, run.cfg.optimization, run.total_steps)
+            run.scheduler.load_state_dict(saved["scheduler"])
+    run.log.write({"event": "resume", "step": s.step, "epoch": s.epoch, "batches_in_epoch": s.batches_in_epoch,
+                   "from": saved["_from"], "workers": world, "rows_trained_in_epoch": count(s.excluded)})

@@ -42,7 +42,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.checkpoints.output_dir))
     check_before_ray(cfg)
     _prepare_output_dir(cfg)
-    check_or_record(cfg, _local_run_dir(cfg))
+    cfg = check_or_record(cfg, _local_run_dir(cfg))
     _check_resume_path(cfg)
     # Tokenizer and read-out need no Ray: they load (about 3 s of torch/transformers imports on 2 cores)
     # while ray.init waits on the processes it starts.

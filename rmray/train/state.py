@@ -11,7 +11,8 @@ class LoopState:
 
     step: int = 0  # optimizer steps done
     epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches of this epoch already trained
+    batches_in_epoch: int = 0  # micro-batches of this epoch's pass already trained
+    excluded: list = None  # ordinal ranges this epoch's pass leaves out: trained before a resume on another world
     train_time_s: float = 0.0  # only the training loop: no start-up, eval or checkpointing
     pairs_seen: int = 0  # global, all ranks
     tokens_seen: int = 0
@@ -20,3 +21,6 @@ class LoopState:
     data_wait_s: float = 0.0  # time spent waiting for the next micro-batch from Ray Data (in train_time_s)
     first_step_at: float | None = None
     last_train_accuracy: float | None = None
+
+    def __post_init__(self):
+        self.excluded = self.excluded or []

@@ -164,30 +164,33 @@ def test_admin_tokens_bad_folders_and_an_ensemble_swapped_for_one_model_and_back
 
 def _check_gauges(version: str, sent: list, model_a: str) -> None:
     """While ``version`` serves: the drift of A's mean from its saved eval mean in stds, and each model's
-    Spearman(reward, tokens), against scipy on the rewards received. Ray keeps a gauge about two export
-    intervals after its last update, so they are read now, not after the next swap."""
+    Spearman(reward, tokens), against scipy on the rewards received. Ray exports a gauge's latest value every
+    few seconds, so an early export (after two texts, a Spearman of +-1) may still be up: the scrape is
+    repeated until the export catches up. Ray keeps a gauge about two export intervals after its last
+    update, so they are read now, not after the next swap."""
     import ray
     from scipy.stats import spearmanr
     from transformers import AutoTokenizer
 
+    tok = AutoTokenizer.from_pretrained(model_a)
+    lengths = [len(tok(ITEMS[i][0] + ITEMS[i][1] + tok.eos_token)["input_ids"]) for i, _ in sent]
+    rewards = {name: [out["per_model"][name][0] for _, out in sent] for name in ("a", "b")}
+    expected = {("ray_rmray_reward_length_spearman", name): spearmanr(rewards[name], lengths).statistic
+                for name in ("a", "b")}
+    expected["ray_rmray_reward_drift_sd", "a"] = (sum(rewards["a"]) / len(sent) - 0.1) / 0.4
+
+    def scraped(samples) -> dict:
+        return {key: _value(samples, key[0], model=key[1], model_version=version) for key in expected}
+
     port = ray.nodes()[0]["MetricsExportPort"]
-    wanted = {("ray_rmray_reward_length_spearman", "a"), ("ray_rmray_reward_length_spearman", "b"),
-              ("ray_rmray_reward_drift_sd", "a")}
     deadline, samples = time.time() + 60, []
     while time.time() < deadline:
         samples = _scrape(port)
-        if wanted <= {(s.name, s.labels.get("model")) for s in samples if s.labels.get("model_version") == version}:
+        if all(abs(got - expected[key]) <= 1e-6 for key, got in scraped(samples).items()):
             break
         time.sleep(1)
-    tok = AutoTokenizer.from_pretrained(model_a)
-    lengths = [len(tok(ITEMS[i][0] + ITEMS[i][1] + tok.eos_token)["input_ids"]) for i, _ in sent]
-    for name in ("a", "b"):
-        rewards = [out["per_model"][name][0] for _, out in sent]
-        rho = _value(samples, "ray_rmray_reward_length_spearman", model=name, model_version=version)
-        assert rho == pytest.approx(spearmanr(rewards, lengths).statistic, abs=1e-6), name
-    mean_a = sum(out["per_model"]["a"][0] for _, out in sent) / len(sent)
-    drift = _value(samples, "ray_rmray_reward_drift_sd", model="a", model_version=version)
-    assert drift == pytest.approx((mean_a - 0.1) / 0.4, abs=1e-6)
+    for key, got in scraped(samples).items():
+        assert got == pytest.approx(expected[key], abs=1e-6), key
     assert not [s for s in samples if s.name == "ray_rmray_reward_drift_sd" and s.labels.get("model") == "b"
                 and s.labels.get("model_version") == version]  # B saved no eval stats: no drift to report
 
