@@ -54,6 +54,26 @@ def test_each_rank_takes_every_world_th_row_of_each_window_and_the_last_window_i
     assert (report["rows_read"], report["rows_kept"], report["skipped"]) == (11, 10, {"missing_field": 1})
 
 
+def test_rows_are_numbered_in_the_pass_and_a_pass_leaves_out_the_excluded_ones_before_cutting(ray_cluster):
+    """Each kept row carries its ordinal (bad rows take none); a pass resumed on another world excludes
+    the trained ordinals first, then cuts the rest by the rule for its own world."""
+    import ray
+
+    from rmray.data.stream import RowStream, StreamShape, rank_windows
+
+    ids = [f"r{i}" for i in range(11)]
+    ds = ray.data.from_arrow([tokenized(ids[:2], bad={"r1"}), tokenized(ids[2:9]), tokenized(ids[9:])])
+    stream = RowStream.remote(ds, None, StreamShape(world=2, rows_per_window=2))
+    windows = [w for r in range(2) for w in rank_windows(stream, "a/0", r)]
+    numbered = {row: int(o) for w in windows for row, o in zip(w["row_id"], w["ordinal"])}
+    assert numbered == {f"r{i}": (0 if i == 0 else i - 1) for i in range(11) if i != 1}  # r1 is bad: no number
+    # ordinals 0-2 and 5 trained (r0 r2 r3 r6): the 6 others, windows of 4 on 2 ranks -> [r4 r5 r7 r8], [r9 r10]
+    left = [[list(w["row_id"]) for w in rank_windows(stream, "b/0", r, exclude=[[0, 3], [5, 6]])] for r in range(2)]
+    assert left == [[["r4", "r7"], ["r9"]], [["r5", "r8"], ["r10"]]]
+    # everything excluded: an empty rest ends the pass without an error
+    assert [list(rank_windows(stream, "c/0", r, exclude=[[0, 10]])) for r in range(2)] == [[], []]
+
+
 def test_a_pass_that_fits_is_replayed_to_later_epochs_without_reading_again(ray_cluster, tmp_path):
     import ray
 
