@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rmray: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if verbose():
+            raise
+        print("rmray: interrupted (the same command again resumes a training run from its last whole checkpoint)",
+              file=sys.stderr)
+        return 130
 
 
 SERVE_OPTIONS = ["host", "port", "replicas", "max_replicas", "target_ongoing_requests", "num_cpus", "num_gpus",

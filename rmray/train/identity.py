@@ -49,12 +49,10 @@ def check_or_record(cfg, run_dir: str | None):
     of workers changed (:func:`_other_world`).
 
     ``resume_other_run=true`` continues anyway (and records the new identity)."""
-    path = os.path.join(cfg.checkpoints.output_dir, IDENTITY_FILE)
     mine = json.loads(json.dumps(run_identity(cfg)))  # as it reads back from JSON (tuples -> lists)
     resuming = _has_checkpoints(cfg, run_dir)
-    if resuming and os.path.exists(path) and not cfg.fault_tolerance.resume_other_run:
-        with open(path) as f:
-            saved = json.load(f)
+    saved = _read_identity(cfg) if resuming and not cfg.fault_tolerance.resume_other_run else None
+    if saved is not None:
         # a key added to RUN_KEYS after that run started counts as its default there
         defaults = {name: f.default for name, f in fields_of(type(cfg)).items() if f.default is not dataclasses.MISSING}
         saved = {**{k: defaults[k] for k in RUN_KEYS if k not in saved and k in defaults}, **saved}
@@ -67,9 +65,39 @@ def check_or_record(cfg, run_dir: str | None):
             raise UsageError(f"{cfg.checkpoints.output_dir} holds checkpoints of another run ({shown}) (fix: another "
                              "output_dir, overwrite_output_dir=true to start over, or resume_other_run=true to "
                              "continue that run with these settings)")
-    os.makedirs(cfg.checkpoints.output_dir, exist_ok=True)
-    write_json_atomic(path, mine)
+    _write_identity(cfg, mine)
     return cfg
+
+
+def _read_identity(cfg) -> dict | None:
+    """The recorded identity: beside the checkpoints on an object store (a new driver on another machine
+    finds it there), else in ``output_dir``."""
+    storage = cfg.fault_tolerance.storage_path
+    if storage and "://" in storage:
+        import pyarrow.fs
+
+        fs, root = pyarrow.fs.FileSystem.from_uri(storage.rstrip("/"))
+        if fs.get_file_info(f"{root}/{IDENTITY_FILE}").type != pyarrow.fs.FileType.NotFound:
+            with fs.open_input_stream(f"{root}/{IDENTITY_FILE}") as f:
+                return json.loads(f.read())
+    path = os.path.join(cfg.checkpoints.output_dir, IDENTITY_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_identity(cfg, identity: dict) -> None:
+    os.makedirs(cfg.checkpoints.output_dir, exist_ok=True)
+    write_json_atomic(os.path.join(cfg.checkpoints.output_dir, IDENTITY_FILE), identity)
+    storage = cfg.fault_tolerance.storage_path
+    if storage and "://" in storage:  # one PUT: the object appears whole
+        import pyarrow.fs
+
+        fs, root = pyarrow.fs.FileSystem.from_uri(storage.rstrip("/"))
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/{IDENTITY_FILE}") as f:
+            f.write(json.dumps(identity, indent=2).encode())
 
 
 WORLD_KEYS = ("num_workers", "gradient_accumulation_steps")

@@ -345,7 +345,8 @@ class WorkerRun:
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = os.path.join(tmp, "checkpoint")
                 position = {"step": s.step, "epoch": s.epoch, "batches_in_epoch": s.batches_in_epoch,
-                            "train_time_s": s.train_time_s, "pairs_seen": s.pairs_seen, "tokens_seen": s.tokens_seen,
+                            "train_time_s": s.train_time_s, "pairs_seen": s.pairs_seen + self.window.pairs,
+                            "tokens_seen": s.tokens_seen + self.window.tokens,  # with the steps not yet logged
                             "world": self.world, "total_steps": self.total_steps, "excluded": s.excluded,
                             "trained_rows": trained}
                 save_checkpoint(ckpt, compute=compute, tokenizer=self.tokenizer, spec=self.spec, model_state=model_state,

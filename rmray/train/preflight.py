@@ -29,6 +29,20 @@ def check_before_ray(cfg) -> None:
     check_model("model_name_or_path", cfg.model.model_name_or_path)
     check_sinks(cfg.checkpoints.report_to)
     check_loss(cfg.optimization.loss)
+    check_storage(cfg.fault_tolerance.storage_path)
+
+
+def check_storage(storage_path: str | None) -> None:
+    """An object-store ``storage_path`` takes a probe object now: a missing bucket, refused credentials or
+    a silent endpoint would otherwise fail the first checkpoint's upload, minutes into training."""
+    from rmray.core.files import Folder, is_uri
+
+    if is_uri(storage_path):
+        folder = Folder(storage_path)
+        try:
+            folder.check_writable("storage_path")
+        finally:
+            folder.close()
 
 
 def check_benchmarks(entries: list[str]) -> None:

@@ -267,22 +267,33 @@ def _is_uri(path: str | None) -> bool:
 
 
 def _upload_outputs(output_dir: str, uri: str) -> None:
-    """Copy the model and its records next to the checkpoints; metrics.jsonl goes last, so its presence
-    says the upload is whole (object stores have no atomic folder rename)."""
+    """Copy the model and its records next to the checkpoints. Object stores have no atomic folder rename,
+    so ``final/`` and ``adapter/`` get a manifest (every file's size and SHA-256, what a checkpoint has)
+    uploaded after all their files: a reader that finds it finds the whole model. ``metrics.jsonl`` goes
+    last of all, so its presence says the whole upload is done."""
     import pyarrow.fs
+
+    from .checkpoint import MANIFEST, write_manifest
 
     filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
     for name in ("final", "adapter", "plots", "README.md", "data_report.json", "metrics.jsonl"):
         source = os.path.join(output_dir, name)
         if os.path.isdir(source):
-            filesystem.create_dir(f"{root}/{name}", recursive=True)
-            pyarrow.fs.copy_files(source, f"{root}/{name}", source_filesystem=pyarrow.fs.LocalFileSystem(),
-                                  destination_filesystem=filesystem)
+            if name in ("final", "adapter"):
+                write_manifest(source)
+            files = sorted(os.path.relpath(os.path.join(d, f), source) for d, _, names in os.walk(source) for f in names)
+            for rel in sorted(files, key=lambda rel: rel == MANIFEST):  # the manifest last
+                _upload(filesystem, os.path.join(source, rel), f"{root}/{name}/{rel}")
         elif os.path.exists(source):
-            filesystem.create_dir(root, recursive=True)
-            with open(source, "rb") as f, filesystem.open_output_stream(f"{root}/{name}") as out:
-                out.write(f.read())
+            _upload(filesystem, source, f"{root}/{name}")
     print(f"outputs copied to {uri}", flush=True)
+
+
+def _upload(filesystem, local: str, remote: str) -> None:
+    """One object, whole: it appears in the bucket when its upload completes."""
+    filesystem.create_dir(os.path.dirname(remote), recursive=True)
+    with open(local, "rb") as source, filesystem.open_output_stream(remote) as target:
+        shutil.copyfileobj(source, target, length=8 << 20)
 
 
 def _print_summary(summary: dict, final_dir: str) -> None:
