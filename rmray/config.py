@@ -328,13 +328,15 @@ class FaultToleranceConfig:
     """Worker/node failures survived per run: the run restarts its workers from the latest checkpoint."""
     resume_other_run: bool = False
     """Resume ``output_dir``'s checkpoints even though model, data, schedule or loss settings differ from
-    the run that wrote them (``run_identity.json``); without it such a rerun is refused, naming the keys."""
+    the run that wrote them (``run_identity.json``); without it such a rerun is refused, naming the keys.
+    Another ``num_workers`` alone needs no such leave: the run continues exactly (docs/cluster.md)."""
     resume_from_checkpoint: Optional[str] = None
     """A checkpoint folder or URI to start from (model, optimizer, scheduler, data position) in a new run."""
     storage_path: Optional[str] = None
     """Where Ray Train persists checkpoints: a path every node reaches, or a pyarrow URI (``s3://``,
-    ``gs://``, ``file://``). Default: ``<output_dir>``. With a URI, ``final/``, ``metrics.jsonl`` and the
-    model card are copied there too when training ends."""
+    ``gs://``, ``file://``). Default: ``<output_dir>``. With a URI the run's identity is kept there too (a
+    rerun from another machine is checked against it), and ``final/`` (its manifest last), the model card
+    and ``metrics.jsonl`` are copied there when training ends."""
 
     def __post_init__(self):
         need(self.max_failures >= 0, "max_failures", "must be >= 0")
@@ -345,7 +347,8 @@ class RayConfig:
     """``ray``: workers and resources."""
 
     num_workers: int = 2
-    """Ray Train workers (one DDP rank each)."""
+    """Ray Train workers (one DDP rank each). A run resumed on another number keeps its global batch by
+    deriving ``gradient_accumulation_steps`` and trains the rest of its epoch exactly (docs/cluster.md)."""
     use_gpu: bool = False
     """One GPU per Ray Train worker (NCCL between ranks); bf16 autocast turns on by default there."""
     cpus_per_worker: float = 1.0
