@@ -11,6 +11,7 @@ $(BIN)/rmray: pyproject.toml tests/frameworks.txt
 	$(BIN)/pip install -q torch==2.13.0          # CPU wheel first; an unpinned torch pulls a CUDA build
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps -r tests/frameworks.txt   # the RL frameworks' own client code, for tests
+	$(BIN)/pip download -q --no-deps trl==0.19.1 -d $(VENV)/reference  # its PRMTrainer.tokenize_row, read by a test
 	touch $@
 
 setup: $(BIN)/rmray

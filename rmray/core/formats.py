@@ -43,6 +43,8 @@ BAD_ROW_REASONS = (
     "too_few_responses",  # rated: fewer than 2 responses
     "bad_rating",  # rated: a rating or rank that is not a finite number, or not one per response
     "all_tied",  # rated: every response rated the same
+    "empty_step",  # stepwise: a step with no text (rmray.core.steps)
+    "bad_step_labels",  # stepwise: labels not true/false, or not one per step
 )
 
 # A turn marker such as "\n\nAssistant:" or "\nGPT:" -- the hh-rlhf and ShareGPT-style dialogue markers.

@@ -69,14 +69,18 @@ def test_score_and_eval_read_and_write_a_bucket_with_the_rerun_rules(s3_server, 
 def test_a_bucket_mistake_is_one_line_and_exit_2_before_ray(s3_server, rm_qwen, case, tmp_path):
     s3 = s3_server
     items = _put(s3, "in/one.jsonl", [{"prompt": PROMPT, "response": ANSWERS[0]}])
-    env, local = dict(s3["env"]), tmp_path / "one.jsonl"
+    env, local, pairs = dict(s3["env"]), tmp_path / "one.jsonl", tmp_path / "pairs.jsonl"
     local.write_text(json.dumps({"prompt": PROMPT, "response": ANSWERS[0]}) + "\n")
+    pairs.write_text(json.dumps({"prompt": PROMPT, "chosen": ANSWERS[0], "rejected": ANSWERS[1]}) + "\n")
+    train = ["train", f"model_name_or_path={rm_qwen}", f"train_data={pairs}", f"output_dir={tmp_path / 'run'}"]
     commands = {  # (environment change, [(command, expected words)])
         "missing bucket": ({}, [(["score", rm_qwen, str(local), "s3://no-such-bucket/out"], "bucket does not exist"),
-                                (["eval", rm_qwen, "s3://no-such-bucket/p.jsonl"], "'no-such-bucket' does not exist")]),
+                                (["eval", rm_qwen, "s3://no-such-bucket/p.jsonl"], "'no-such-bucket' does not exist"),
+                                ([*train, "storage_path=s3://no-such-bucket/run"], "bucket does not exist")]),
         "refused credentials": ({"AWS_ACCESS_KEY_ID": "AKIAWRONG", "AWS_SECRET_ACCESS_KEY": "wrong"},
                                 [(["score", rm_qwen, str(local), f"s3://{s3['bucket']}/out"], "credentials refused"),
-                                 (["score", rm_qwen, items, str(tmp_path / "out")], "credentials refused")]),
+                                 (["score", rm_qwen, items, str(tmp_path / "out")], "credentials refused"),
+                                 ([*train, f"storage_path=s3://{s3['bucket']}/run"], "credentials refused")]),
         "silent endpoint": ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"},
                             [(["score", rm_qwen, str(local), f"s3://{s3['bucket']}/out"], "endpoint does not answer"),
                              (["eval", rm_qwen, f"s3://{s3['bucket']}/in/p.jsonl"], "endpoint does not answer")]),
@@ -87,4 +91,4 @@ def test_a_bucket_mistake_is_one_line_and_exit_2_before_ray(s3_server, rm_qwen, 
         done = _rmray({**env, **change}, *args, timeout=60)  # refused before Ray: far within a minute
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and words in lines[0], (args, done.stderr[-1500:])
-        assert args[-1].split("?")[0] in lines[0] or args[2] in lines[0]  # the line names the URI
+        assert args[-1].split("?")[0].split("=", 1)[-1] in lines[0] or args[2] in lines[0]  # the line names the URI
