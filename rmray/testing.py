@@ -135,3 +135,23 @@ def build_tiny_policy(out_dir: str, tokenizer_dir: str, *, hidden: int = 32, see
     Qwen2ForCausalLM(config).save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_prm(base_dir: str, out_dir: str, *, max_length: int = 512, separator: str = "\n",
+                   aggregate: str = "min") -> str:
+    """A random-init two-label ``*ForTokenClassification`` on ``base_dir``'s config and tokenizer, saved as an
+    rmray process reward model (``kind: process``), as training's ``final/`` of a PRM looks."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    from rmray.core.export import save_reward_model
+    from rmray.core.spec import ScoringSpec
+    from rmray.core.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(base_dir)
+    config = AutoConfig.from_pretrained(base_dir, num_labels=2, id2label={0: "wrong", 1: "correct"},
+                                        label2id={"wrong": 0, "correct": 1})
+    torch.manual_seed(0)
+    model = AutoModelForTokenClassification.from_config(config)
+    spec = ScoringSpec(max_length=max_length, eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
+                       kind="process", step_separator=separator, prm_aggregate=aggregate)
+    return save_reward_model(model, tokenizer, spec, out_dir)

@@ -58,6 +58,14 @@ class ScoringSpec:
     """Preference temperature: P(a preferred to b) = sigmoid((r_a - r_b) / temperature), fitted on the eval
     split at the end of training (``rmray.core.calibration``). Raw rewards do not use it."""
 
+    kind: Literal["reward", "process"] = "reward"
+    """``reward``: one reward per response (sequence classification). ``process``: a process reward model
+    (token classification, two classes), one reward per step (:mod:`rmray.core.steps`)."""
+    step_separator: str = "\n"
+    """A process model's step separator: tokenized after each step; a step's reward is read at its last token."""
+    prm_aggregate: str = "min"
+    """A process model's one reward per solution from its steps' rewards: ``min``, ``last``, ``mean``, ``prod``."""
+
     attributes: list[str] | None = None
     """Names of the model's outputs when it has one per attribute (``config.json``'s ``id2label`` too)."""
     attribute_weights: list[float] | None = None
@@ -70,6 +78,8 @@ class ScoringSpec:
                              f"got {self.attribute_weights}")
         if self.truncation not in TRUNCATION_POLICIES:
             raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {self.truncation!r}")
+        if self.prm_aggregate not in ("min", "last", "mean", "prod"):
+            raise ValueError(f"prm_aggregate must be one of min, last, mean, prod; got {self.prm_aggregate!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
 
