@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .evaluation import ensemble
-from .formats import BadRow
+from .formats import BadRow, Text
 from .spec import ScoringSpec
 from .tokenize import Encoded, encode, encode_text
 
@@ -63,6 +63,17 @@ def encode_query(tokenizer, spec: ScoringSpec, query: str, prompt: str | None = 
     says which characters lose their beginning first when the text is too long (as in training)."""
     prefix = bool(prompt) and query.startswith(prompt) and len(query) > len(prompt)
     return encode_text(tokenizer, spec, query, prompt_chars=len(prompt) if prefix else None)
+
+
+def process_item(tokenizer, spec: ScoringSpec, prompt: Text, response: Text):
+    """A process model's tokens for one (prompt, response) item: the response split into steps at the
+    model's separator (a message response: its contents, joined), then :func:`rmray.core.steps.tokenize_steps`.
+    The one reward of the item is its steps' rewards aggregated by ``prm_aggregate``."""
+    from .steps import StepRow, split_response, tokenize_steps
+
+    text = response if isinstance(response, str) else spec.step_separator.join(m.get("content") or "" for m in response)
+    return tokenize_steps(tokenizer, StepRow(prompt, split_response(text, spec.step_separator), None),
+                          spec.step_separator, spec.max_length)
 
 
 def response_length(tokenizer, response) -> int:

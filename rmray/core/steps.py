@@ -143,3 +143,39 @@ def split_response(response: str, separator: str) -> list[str]:
     split at the separator, empty pieces (a trailing separator, blank lines) dropped."""
     steps = [piece for piece in response.split(separator) if piece.strip()]
     return steps or [response]
+
+
+def first_error(flags: Sequence[bool]) -> int:
+    """The index of the first step marked wrong, -1 when every step is right (ProcessBench's convention)."""
+    return next((i for i, ok in enumerate(flags) if not ok), -1)
+
+
+def step_metrics(step_rewards: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]],
+                 threshold: float = 0.5) -> dict:
+    """How well step rewards find wrong steps, a step predicted right where its reward >= ``threshold``:
+
+    - ``step_accuracy``; ``step_f1`` of finding the wrong steps (the class a PRM exists for);
+    - ProcessBench-style, per solution: the first step predicted wrong against the first step labelled
+      wrong (-1: none). ``erroneous_accuracy`` on solutions with a wrong step, ``correct_accuracy`` on
+      those without, ``first_error_f1`` their harmonic mean.
+
+    Example: rewards ``[[0.9, 0.2], [0.8, 0.7]]``, labels ``[[T, F], [T, T]]``: every step right
+    (accuracy 1, F1 1); first errors 1 vs 1 and -1 vs -1: both accuracies 1, F1 1.
+    """
+    predicted = [[r >= threshold for r in rewards] for rewards in step_rewards]
+    pairs = [(p, y) for ps, ys in zip(predicted, labels) for p, y in zip(ps, ys)]
+    caught = sum(1 for p, y in pairs if not p and not y)
+    flagged, wrong = sum(1 for p, _ in pairs if not p), sum(1 for _, y in pairs if not y)
+    precision, recall = (caught / flagged if flagged else 0.0), (caught / wrong if wrong else 0.0)
+    erroneous = [(first_error(p), first_error(y)) for p, y in zip(predicted, labels) if first_error(y) >= 0]
+    correct = [(first_error(p), first_error(y)) for p, y in zip(predicted, labels) if first_error(y) < 0]
+    err_acc = sum(a == b for a, b in erroneous) / len(erroneous) if erroneous else None
+    cor_acc = sum(a == b for a, b in correct) / len(correct) if correct else None
+    both = err_acc is not None and cor_acc is not None and err_acc + cor_acc > 0
+    return {
+        "solutions": len(labels), "steps": len(pairs),
+        "step_accuracy": sum(p == y for p, y in pairs) / len(pairs) if pairs else None,
+        "step_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "erroneous_accuracy": err_acc, "correct_accuracy": cor_acc,
+        "first_error_f1": 2 * err_acc * cor_acc / (err_acc + cor_acc) if both else None,
+    }

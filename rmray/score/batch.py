@@ -14,10 +14,13 @@ from rmray.core.benchmarks import BENCHMARKS, item_group
 from rmray.core.contract import check_item, combine, encode_item, ensemble_rule, response_length, split_attributes
 from rmray.core.formats import BadRow, detect_format, normalize_row, read_group
 from rmray.core.scoring import Scorer, model_name
+from rmray.core.spec import ScoringSpec
+from rmray.core.step_scoring import StepScorer
 from rmray.core.tokenize import encode, encode_pair
 
 from .columns import TEXT_COLUMN
 from .settings import EvalConfig, ScoreConfig
+from .steps import score_step_columns
 
 
 def _device(num_gpus: float) -> str | None:
@@ -38,7 +41,10 @@ class ResponseScorer:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)
-        self.scorers = [Scorer.load(d, device=_device(cfg.num_gpus), precision=cfg.precision) for d in cfg.model_dirs]
+        process = ScoringSpec.load(cfg.model_dirs[0]).kind == "process"  # served alone (checked before Ray)
+        load = StepScorer.load if process else Scorer.load
+        self.scorers = [load(d, device=_device(cfg.num_gpus), precision=cfg.precision) for d in cfg.model_dirs]
+        self.process = process
         self.names, self.prompt_field, self.response_field = names, cfg.prompt_field, cfg.response_field
         self.max_batch_tokens = cfg.max_batch_tokens
         self.ensemble = ensemble_rule([s.spec for s in self.scorers], cfg.ensemble)
@@ -63,6 +69,9 @@ class ResponseScorer:
         prompts = self._texts(batch, self.prompt_field, "")
         responses = self._texts(batch, self.response_field, None)
         batch = batch.drop_columns([c for c in batch.column_names if c.startswith(TEXT_COLUMN.format(""))])
+        if self.process:  # step rewards (rmray.score.steps)
+            return score_step_columns(self.scorers[0], batch, prompts, responses, errors, self.max_batch_tokens,
+                                      self.response_field)
         for i, (p, r) in enumerate(zip(prompts, responses)):
             errors[i] = errors[i] or self._item_error(p, r)
         truncated = [False] * n

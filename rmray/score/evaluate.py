@@ -39,6 +39,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.benchmark:
         check_benchmark_rows(cfg.data, cfg.benchmark, BENCHMARKS[cfg.benchmark].columns)
     specs = [ScoringSpec.load(d) for d in cfg.model_dirs]
+    if specs[0].kind == "process":  # step rewards on stepwise rows (rmray.score.steps)
+        from .steps import evaluate_steps
+
+        init_ray(cfg.ray_address)
+        return evaluate_steps(cfg, source, out)
     init_ray(cfg.ray_address)
     scored = source.read().map_batches(
         PairScorer, batch_format="pyarrow", batch_size=cfg.batch_size,

@@ -145,6 +145,9 @@ def score_dataset(cfg: ScoreConfig) -> ScoreResult:
 
     for path in cfg.model_dirs:  # before Ray: a mistake costs a second, not a start-up
         check_model_dir(path)
+    if len(cfg.model_dirs) > 1 and any(ScoringSpec.load(d).kind == "process" for d in cfg.model_dirs):
+        raise UsageError("a process reward model (kind: process) scores alone, not in an ensemble "
+                         "(fix: score with it by itself)")
     open_source(cfg.input).check("input", parse_lines=False)  # a line that is not JSON is a row with its score_error
     check_columns(cfg.input, {"--response-field": cfg.response_field})
     names = cfg.model_names or [model_name(d) for d in cfg.model_dirs]

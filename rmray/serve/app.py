@@ -19,6 +19,7 @@ from ray import serve
 
 from rmray.core.contract import combine, preference_matrix, split_attributes
 from rmray.core.evaluation import ensemble
+from rmray.core.steps import aggregate
 
 from .endpoints import ScoreRequest, router
 from .guard import Guard
@@ -125,6 +126,26 @@ class _RewardAPI:
             body["preferences"] = preference_matrix(version.specs, per_model)
         self.telemetry.scored(endpoint, version, per_model, body)
         return body
+
+    async def step_rewards(self, encode_for, *, endpoint: str) -> dict:
+        """A process model's step rewards per item and its one reward per item (the steps aggregated by the
+        model's ``prm_aggregate``); ``encode_for`` as in :meth:`rewards`."""
+        version = self.version
+        if not version.models[0].process:
+            raise HTTPException(422, "step rewards need a process reward model (kind: process); the served "
+                                     "models give one reward per response: use /score")
+        version.inflight += 1
+        try:
+            model = version.models[0]
+            ids, truncated = await asyncio.get_running_loop().run_in_executor(self.tokenize_pool, encode_for, model)
+            steps = (await self._forward(version, "steps", [ids]))[0]
+            rewards = [aggregate(s, model.spec.prm_aggregate) for s in steps]
+            body = {"step_rewards": steps, "rewards": rewards, "model_version": version.id, "truncated": truncated,
+                    "_tokens": [len(x) for x in ids]}
+            self.telemetry.scored(endpoint, version, [rewards], body)
+            return body
+        finally:
+            version.inflight -= 1
 
     async def _forward(self, version: Version, kind: str, ids_per_model: list) -> list[list[float]]:
         try:

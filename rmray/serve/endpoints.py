@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from .guard import authorized
-from .schemas import MAX_ITEMS, Item, NonEmptyText, Prompt, Response, Str, Text, TokenIds, is_empty
+from .schemas import MAX_ITEMS, MAX_TEXT_CHARS, Item, NonEmptyText, Prompt, Response, Str, Text, TokenIds, is_empty
 
 router = APIRouter()
 
@@ -111,6 +111,53 @@ async def score_group(body: GroupRequest, service=Depends(serving)) -> dict:
     items = [Item(prompt=body.prompt, response=r) for r in body.responses]
     out = await service.rewards(lambda m: m.encode(items, "responses"), "group", body.normalize, body.preferences,
                                 endpoint="/score_group")
+    out.pop("_tokens")
+    return out
+
+
+# --- process reward models: /score_steps -------------------------------------------------------------
+
+Step = Annotated[Str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+
+
+class StepsItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: Prompt
+    steps: Annotated[list[Step], Field(min_length=1, max_length=MAX_ITEMS)]
+    """The solution's steps, each one text (the model's separator is added after each, as in training)."""
+
+
+class StepsRequest(BaseModel):
+    """Either one solution (``prompt`` + ``steps``) or ``items``."""
+    model_config = ConfigDict(extra="forbid")
+    items: Annotated[list[StepsItem], Field(min_length=1, max_length=MAX_ITEMS)] | None = None
+    prompt: Prompt | None = None
+    steps: Annotated[list[Step], Field(min_length=1, max_length=MAX_ITEMS)] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.items is None) == (self.steps is None) or (self.items is not None and self.prompt is not None):
+            raise ValueError("give either 'items' (a list of {prompt, steps}) or 'prompt' and 'steps'")
+        return self
+
+    def as_items(self) -> list[StepsItem]:
+        return self.items if self.items is not None else [StepsItem(prompt=self.prompt or "", steps=self.steps)]
+
+
+class StepsResponse(BaseModel):
+    step_rewards: list[list[float]]
+    """Per item, per step: P(the step is correct), the softmax's class 1 at the step's last token."""
+    rewards: list[float]
+    """Per item: the steps' rewards aggregated by the model's ``prm_aggregate`` (``min`` by default)."""
+    model_version: str
+    truncated: list[bool]
+    """True where the prompt lost tokens from its start to fit max_length (steps are never cut)."""
+
+
+@router.post("/score_steps", response_model=StepsResponse)
+async def score_steps(body: StepsRequest, service=Depends(serving)) -> dict:
+    where = "items" if body.items is not None else "item"
+    out = await service.step_rewards(lambda m: m.encode_steps(body.as_items(), where), endpoint="/score_steps")
     out.pop("_tokens")
     return out
 

@@ -8,12 +8,12 @@ import socket
 import sys
 import threading
 
-from rmray.core.spec import check_model_dir
+from rmray.core.spec import ScoringSpec, check_model_dir
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray, joins_cluster
 
 from .settings import ServeSettings
-from .versions import forget_registry
+from .versions import forget_registry, process_ensemble_problem
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -40,6 +40,9 @@ def check_port_free(host: str, port: int) -> None:
 def check_model_dirs(model_dirs: list[str]) -> None:
     for path in model_dirs:
         check_model_dir(path)
+    problem = process_ensemble_problem([ScoringSpec.load(path).kind for path in model_dirs])
+    if problem:
+        raise UsageError(problem)
 
 
 def start(settings: ServeSettings, *, ray_address: str | None = None):

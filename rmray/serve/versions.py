@@ -162,9 +162,23 @@ def _cannot_replace(old: list[ServedModel], new: list[ServedModel]) -> str | Non
             if not m.tokenizer.chat_template:
                 return (f"{m.model_dir} has no chat template: the served models score chat messages, and "
                         "requests with messages would fail (save the tokenizer with a chat template)")
+    problem = process_ensemble_problem([m.spec.kind for m in new])
+    if problem:
+        return problem
+    if any(m.process for m in old) != any(m.process for m in new):
+        return ("a process reward model and reward models answer different endpoints (/score_steps): swap a "
+                "process model only for another one, a reward model for reward models")
     if any(m.spec.attributes for m in old) and not any(m.spec.attributes for m in new):
         return ("the served models answer per-attribute scores and the new ones have no attributes: "
                 "clients reading 'attributes' would break")
+    return None
+
+
+def process_ensemble_problem(kinds: list[str]) -> str | None:
+    """A process reward model serves alone: its reward is a probability aggregated over steps, with no one
+    rule to combine it with other models' rewards or step lists."""
+    if len(kinds) > 1 and "process" in kinds:
+        return "a process reward model (kind: process) is served alone, not in an ensemble (fix: serve it by itself)"
     return None
 
 

@@ -104,3 +104,20 @@ def test_step_rewards_are_class_one_probabilities_and_aggregate_by_the_rule():
     assert aggregate(rewards, "prod") == pytest.approx(0.9 * 0.2 * 0.6)
     with pytest.raises(ValueError, match="prm_aggregate"):
         aggregate(rewards, "max")
+
+
+def test_step_metrics_by_hand():
+    from rmray.core.steps import first_error, step_metrics
+
+    assert first_error([True, False, False]) == 1 and first_error([True, True]) == -1
+    # solution A: labels T F T, rewards .9 .4 .3 -> predicted T F F: first error 1 vs 1 (right)
+    # solution B: labels T T, rewards .6 .45 -> predicted T F: first error 1 vs -1 (wrong)
+    # solution C: labels F, rewards .7 -> predicted T: first error -1 vs 0 (wrong)
+    got = step_metrics([[0.9, 0.4, 0.3], [0.6, 0.45], [0.7]], [[True, False, True], [True, True], [False]])
+    # steps: (T,T) (F,F) (F,T) (T,T) (F,T) (T,F): 3 of 6 right; wrong steps 2, flagged 3, caught 1
+    assert got["step_accuracy"] == pytest.approx(3 / 6)
+    precision, recall = 1 / 3, 1 / 2
+    assert got["step_f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+    assert got["erroneous_accuracy"] == pytest.approx(1 / 2) and got["correct_accuracy"] == 0.0
+    assert got["first_error_f1"] == 0.0  # a harmonic mean with a zero
+    assert (got["solutions"], got["steps"]) == (3, 6)

@@ -48,7 +48,7 @@ def served(ray_cluster, rm_qwen, rm_minilm, rm_qwen_chat, tmp_path_factory):
     and each replica is a process to start on a busy test box): main (token, normalization stats),
     ensemble, tight (overload), an ensemble on two saved scales, a faulty model, a per-attribute model,
     an autoscaling one (1 to 2 scorer replicas), and for the RL frameworks' clients a Qwen2 RM with
-    ChatML (``/chat``) and one without a chat template (``/plain``)."""
+    ChatML (``/chat``) and one without a chat template (``/plain``); a process reward model (``/prm``)."""
     from ray import serve
     from ray.serve.api import RunTarget
 
@@ -79,7 +79,11 @@ def served(ray_cluster, rm_qwen, rm_minilm, rm_qwen_chat, tmp_path_factory):
     attr = as_rmray_model(rm_qwen, str(folder / "qwen-attr"), max_length=256,
                           attributes=["helpfulness", "verbosity"], attribute_weights=[0.75, -0.25])
 
-    tiny = dict(num_cpus=0.1, ingress_num_cpus=0.05)  # 1.75 logical CPUs in all, at most: the cluster has 2
+    # A process reward model (step rewards), on the ChatML tokenizer for message prompts.
+    from rmray.testing import build_tiny_prm
+
+    prm = build_tiny_prm(rm_qwen_chat, str(folder / "prm"))
+    tiny = dict(num_cpus=0.1, ingress_num_cpus=0.05)  # 1.7 logical CPUs in all, at most: the cluster has 2
     small = dict(tiny, api_token=TOKEN)
     apps = {
         "main": ("/", ServeSettings(model_dirs=[normed], replicas=2, **small)),
@@ -92,6 +96,7 @@ def served(ray_cluster, rm_qwen, rm_minilm, rm_qwen_chat, tmp_path_factory):
                                         upscale_delay_s=1, **tiny)),
         "chat": ("/chat", ServeSettings(model_dirs=[rm_qwen_chat], **tiny)),
         "plain": ("/plain", ServeSettings(model_dirs=[rm_qwen], **tiny)),
+        "prm": ("/prm", ServeSettings(model_dirs=[prm], **tiny)),
     }
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -99,12 +104,13 @@ def served(ray_cluster, rm_qwen, rm_minilm, rm_qwen_chat, tmp_path_factory):
                     for name, (prefix, settings) in apps.items()])
     try:
         yield {"port": port, "qwen": normed, "raw_qwen": rm_qwen, "minilm": rm_minilm, "attr": attr,
-               "chat": rm_qwen_chat}
+               "chat": rm_qwen_chat, "prm": prm}
     finally:
         serve.shutdown()
 
 
 @pytest.fixture(scope="package")
 def apps(served):
-    """What the RL frameworks' tests call: ``/chat`` (ChatML) and ``/plain`` (no chat template)."""
-    return {"port": served["port"], "chat": served["chat"], "plain": served["raw_qwen"]}
+    """What the RL frameworks' tests call: ``/chat`` (ChatML), ``/plain`` (no chat template) and ``/prm`` (a
+    process reward model)."""
+    return {"port": served["port"], "chat": served["chat"], "plain": served["raw_qwen"], "prm": served["prm"]}
