@@ -182,6 +182,10 @@ def check_columns(source: str, required: dict[str, str], *, rated: bool = False,
         if rated and "responses" in row:
             _check_rated(path, row, attributes)
             continue
+        if rated and "completions" in row and "labels" in row:
+            raise UsageError(f"{path}: stepwise rows (prompt, completions, labels) label a process reward model's "
+                             "steps; rmray train trains on preference rows (rmray eval and rmray score take a "
+                             "process model and stepwise rows)")
         for setting, column in required.items():
             if column not in row:
                 raise UsageError(f"{path}: no column {column!r} (columns: {', '.join(sorted(row))}) (fix: "

@@ -270,3 +270,16 @@ def test_a_uri_glob_is_expanded_by_listing_and_one_that_matches_nothing_is_refus
     assert source.files() == [f"file://{tmp_path}/a.jsonl", f"file://{tmp_path}/b.jsonl"]
     with pytest.raises(UsageError, match=r"train_data file://.*/x\*\.jsonl: no such file"):
         open_source(f"file://{tmp_path}/x*.jsonl").check("train_data")
+
+
+def test_stepwise_rows_given_to_train_are_named_before_ray(tmp_path, no_ray):
+    """A process reward model's rows are not preference rows: one line saying so, not 'no column chosen'."""
+    from rmray.config import TrainConfig
+    from rmray.errors import UsageError
+    from rmray.train.run import train
+
+    data = tmp_path / "steps.jsonl"
+    data.write_text(json.dumps({"prompt": "2 + 2?", "completions": ["2 + 2 = 4."], "labels": [True]}) + "\n")
+    with pytest.raises(UsageError, match="stepwise rows .* process reward model") as err:
+        train(TrainConfig(train_data=str(data), output_dir=str(tmp_path / "out")))
+    assert "\n" not in str(err.value)
