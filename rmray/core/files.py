@@ -118,6 +118,8 @@ class Folder:
             return
         probe = f"{self.root}/.rmray-write-probe-{os.getpid()}"
         try:
+            if self.fs.type_name == "local":  # file://: a folder to make (object stores have none)
+                self.fs.create_dir(self.root, recursive=True)
             with self.fs.open_output_stream(probe) as f:
                 f.write(b"rmray")
             self.fs.delete_file(probe)

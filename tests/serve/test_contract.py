@@ -1,9 +1,10 @@
 """One item set through every consumer of the scoring contract: one reward per item.
 
 Every endpoint (``/score``, ``/score_group``, ``/get_reward`` with and without ``prompts``, ``/classify``),
-``rmray score`` and ``rmray eval`` (its ``rewards.jsonl``) must give each item the reward plain
-transformers gives the item's documented rendering -- for one model and for an ensemble. Extend
-``CONSUMERS`` below whenever a consumer is added.
+``rmray score`` and ``rmray eval`` (its ``rewards.jsonl``; in tests/score/test_contract_offline.py, on the
+cluster before the served apps take its CPUs) must give each item the reward plain transformers gives the
+item's documented rendering -- for one model and for an ensemble. Extend ``_http`` here, or the offline
+module, whenever a consumer is added.
 
 The documented rendering (docs/serving.md): a text prompt + text response is ``prompt + response`` with
 the EOS appended; an item with a message prompt is the chat template's rendering of the prompt's
@@ -11,15 +12,13 @@ messages followed by the response as the assistant's turn (a text response becom
 message), with no EOS appended.
 """
 
-import json
 
-import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
 from rmray.testing import plain_transformers_scores
 
-from .conftest import PROMPT, post, rmray_command
+from .conftest import PROMPT, post
 
 QUESTION = "How do I make my tomato plants produce more fruit?"
 ITEMS = [  # (prompt, response): plain text, empty response, message prompt + text, messages both
@@ -75,48 +74,21 @@ def _http(port: int, prefix: str, model_dir: str) -> dict[str, list[float]]:
     return answers
 
 
-def _rmray(*args) -> None:
-    """The command on a Ray of its own: the served apps hold this cluster's CPUs."""
-    result = rmray_command(*args, "--ray-address", "local", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-def _offline(model_dirs: list[str], folder) -> dict[str, list[float]]:
-    """``rmray score``'s reward column and ``rmray eval``'s rewards.jsonl, per item."""
-    folder.mkdir()
-    inputs = folder / "items.jsonl"
-    inputs.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in ITEMS))
-    others = [arg for d in model_dirs[1:] for arg in ("--model", d)]
-    _rmray("score", model_dirs[0], str(inputs), str(folder / "scored"), *others)
-    table = pq.read_table(folder / "scored" / "part-00000-items.parquet")
-    assert table.column("score_error").to_pylist() == [None] * len(ITEMS)
-    # The eval rows: items 0/1 as a pair of texts, items 2/3 as a conversational pair (item 2's text
-    # response as the assistant message it is scored as).
-    reply = [{"role": "assistant", "content": ITEMS[2][1]}]
-    pairs = [{"id": "text", "prompt": PROMPT, "chosen": ITEMS[0][1], "rejected": ITEMS[1][1]},
-             {"id": "chat", "prompt": ITEMS[2][0], "chosen": reply, "rejected": ITEMS[3][1]}]
-    (folder / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in pairs))
-    _rmray("eval", model_dirs[0], str(folder / "pairs.jsonl"), "--output", str(folder / "eval"), *others)
-    by_id = {row["id"]: row for row in map(json.loads, (folder / "eval" / "rewards.jsonl").read_text().splitlines())}
-    evaluated = by_id["text"]["chosen"] + by_id["text"]["rejected"] + by_id["chat"]["chosen"] + by_id["chat"]["rejected"]
-    return {"rmray score": table.column("reward").to_pylist(), "rmray eval": evaluated}
-
-
 def _assert_one_reward(answers: dict[str, list[float]], expected: list[float]) -> None:
     for consumer, rewards in answers.items():
         assert rewards == pytest.approx(expected, abs=1e-4), consumer
 
 
-def test_every_consumer_gives_one_reward_per_item_for_one_model(served, tmp_path):
+def test_every_consumer_gives_one_reward_per_item_for_one_model(served):
     """ChatML (Qwen2's template and turn tokens): the OpenRLHF shape with ``prompts`` must not append an EOS
     to the rendered conversation, and ``rmray score`` must score a message prompt with a text response and
     an empty response as the server does."""
     model = served["chat"]
     expected = _reference(model)
-    _assert_one_reward({**_http(served["port"], "/chat", model), **_offline([model], tmp_path / "one")}, expected)
+    _assert_one_reward(_http(served["port"], "/chat", model), expected)
 
 
-def test_every_consumer_gives_one_reward_per_item_for_an_ensemble(served, tmp_path):
+def test_every_consumer_gives_one_reward_per_item_for_an_ensemble(served):
     """Two models on saved scales (mean 0.5, std 2.0) and (mean 8.0, std 0.5), the same weights: the
     reward is the mean of the standardized rewards in every consumer, offline as online (the raw mean
     would rank differently). Their tokenizer has rmray's plain template."""
@@ -124,9 +96,7 @@ def test_every_consumer_gives_one_reward_per_item_for_an_ensemble(served, tmp_pa
     raw = _reference(normed)
     expected = [((r - 0.5) / 2.0 + (r - 8.0) / 0.5) / 2 for r in raw]
     assert max(abs(e - r) for e, r in zip(expected, raw)) > 1  # the rule matters for these numbers
-    scaled = normed.replace("qwen-normed", "qwen-scaled")
-    _assert_one_reward({**_http(served["port"], "/ensn", normed), **_offline([normed, scaled], tmp_path / "ens")},
-                       expected)
+    _assert_one_reward(_http(served["port"], "/ensn", normed), expected)
 
 
 def test_classify_on_a_plain_template_conversation_equals_score_on_its_messages(served):
