@@ -179,3 +179,41 @@ def step_metrics(step_rewards: Sequence[Sequence[float]], labels: Sequence[Seque
         "erroneous_accuracy": err_acc, "correct_accuracy": cor_acc,
         "first_error_f1": 2 * err_acc * cor_acc / (err_acc + cor_acc) if both else None,
     }
+
+
+class PackedSteps(NamedTuple):
+    """Solutions packed for one forward (:mod:`rmray.core.packing`), and where their steps' labels sit."""
+
+    inputs: dict  # input_ids, position_ids, attention_mask ([R, 1, L, L]) for a token classifier
+    rows: torch.Tensor  # [S] row of each labelled step
+    cols: torch.Tensor  # [S] its column
+    labels: torch.Tensor  # [S] 0/1
+    real_tokens: int
+
+
+def pack_steps(items: Sequence[StepTokens], rule) -> PackedSteps:
+    """Several solutions in few rows with no attention between them (each its own block; ``rule`` a
+    :class:`rmray.core.packing.PackRule` with ``segments=False``): the labelled positions, moved to where
+    each solution landed, give the same logits as a padded batch -- the packed-vs-padded test's claim."""
+    from .packing import pack_for_model
+
+    packed = pack_for_model([([], [list(t.input_ids)]) for t in items], rule)
+    rows, cols, labels = [], [], []
+    for i, tokens in enumerate(items):
+        row, read = int(packed.readout_row[i]), int(packed.readout_col[i])
+        start = read - (len(tokens.input_ids) - 1) if rule.causal else read  # causal: read at the last token
+        for position, label in enumerate(tokens.labels):
+            if label != IGNORE:
+                rows.append(row)
+                cols.append(start + position)
+                labels.append(label)
+    inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids,
+              "attention_mask": packed.attention_mask}
+    return PackedSteps(inputs, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
+                       torch.tensor(labels, dtype=torch.long), packed.real_tokens)
+
+
+def step_loss(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labelled steps (their mean), as TRL's PRM trainer took it over label != -100."""
+    picked = logits[rows.to(logits.device), cols.to(logits.device)].float()
+    return torch.nn.functional.cross_entropy(picked, labels.to(logits.device))
