@@ -121,3 +121,25 @@ def test_step_metrics_by_hand():
     assert got["erroneous_accuracy"] == pytest.approx(1 / 2) and got["correct_accuracy"] == 0.0
     assert got["first_error_f1"] == 0.0  # a harmonic mean with a zero
     assert (got["solutions"], got["steps"]) == (3, 6)
+
+
+def test_the_demo_step_set_labels_every_step_by_its_arithmetic():
+    """Each generated row read back as TRL's format; a step is labelled right exactly when its sum is right
+    and no step before it was wrong (checked here by redoing the arithmetic)."""
+    import re
+
+    from rmray.core.demo_data import demo_steps
+
+    rows = demo_steps(300, seed=1)
+    planted = 0
+    for row in rows:
+        read_steps(row)
+        a, b, c = map(int, re.findall(r"\d+", row["prompt"]))
+        x, y, first = map(int, re.findall(r"-?\d+", row["completions"][0]))
+        first_again, z, second = map(int, re.findall(r"-?\d+", row["completions"][1]))
+        answer = int(re.findall(r"-?\d+", row["completions"][2])[0])
+        ok = [first == a + b, second == first + c, answer == second]
+        assert (x, y, z, first_again) == (a, b, c, first)
+        assert row["labels"] == [all(ok[:k + 1]) for k in range(3)]
+        planted += not all(ok)
+    assert 0.4 < planted / len(rows) < 0.6
