@@ -51,8 +51,10 @@ def check_or_record(cfg, run_dir: str | None):
     ``resume_other_run=true`` continues anyway (and records the new identity)."""
     mine = json.loads(json.dumps(run_identity(cfg)))  # as it reads back from JSON (tuples -> lists)
     resuming = _has_checkpoints(cfg, run_dir)
-    saved = _read_identity(cfg) if resuming and not cfg.fault_tolerance.resume_other_run else None
-    if saved is not None:
+    saved = _read_identity(cfg) if resuming else None
+    if saved is not None and saved.get("num_workers", cfg.ray.num_workers) != cfg.ray.num_workers:
+        _check_rows_recorded(run_dir)  # what cannot carry over is refused even with resume_other_run
+    if saved is not None and not cfg.fault_tolerance.resume_other_run:
         # a key added to RUN_KEYS after that run started counts as its default there
         defaults = {name: f.default for name, f in fields_of(type(cfg)).items() if f.default is not dataclasses.MISSING}
         saved = {**{k: defaults[k] for k in RUN_KEYS if k not in saved and k in defaults}, **saved}
@@ -120,7 +122,6 @@ def _other_world(cfg, saved: dict, run_dir: str | None):
                 f"rmray derives it; or resume_other_run=true to continue with this global batch)")
         accumulation = global_batch // workers
         cfg = dataclasses.replace(cfg, gradient_accumulation_steps=accumulation)
-    _check_rows_recorded(run_dir)
     print(f"resuming a {before_workers}-worker run on {workers} workers: gradient_accumulation_steps "
           f"{accumulation} keeps its global batch; its epoch continues on the rows it has not trained", flush=True)
     return cfg

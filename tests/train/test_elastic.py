@@ -121,5 +121,6 @@ def test_another_number_of_workers_keeps_the_global_batch_or_is_refused_before_r
         assert "num_workers=2 x gradient_accumulation_steps=1" in message and "\n" not in message, message
     with open(os.path.join(run_dir, "checkpoint-000010", "trainer_state.json"), "w") as f:
         json.dump({"step": 10, "epoch": 0, "batches_in_epoch": 10, "world": 2}, f)
-    with pytest.raises(UsageError, match="does not record the rows its epoch trained.*num_workers=2"):
-        train(TrainConfig(**base, num_workers=1))
+    for overrides in ({}, {"resume_other_run": True}):
+        with pytest.raises(UsageError, match="does not record the rows its epoch trained.*num_workers=2"):
+            train(TrainConfig(**base, num_workers=1, **overrides))
