@@ -62,8 +62,15 @@ class DataConfig:
     """Same forms as ``train_data``. When unset, ``eval_split_ratio`` of the train rows is held out."""
     eval_split_ratio: float = 0.1
     """Fraction of train rows held out for eval when ``eval_data`` is unset (0 disables eval)."""
-    data_format: Literal["auto", Format] = "auto"
-    """``auto`` decides each row's format from its fields; force one to refuse rows of another shape."""
+    data_format: Literal["auto", Format, "stepwise"] = "auto"
+    """``auto`` decides each row's format from its fields; force one to refuse rows of another shape.
+    ``stepwise`` (TRL's ``{"prompt", "completions", "labels"}``, found from a local file's first row too)
+    trains a process reward model: a two-label token classifier scoring each step."""
+    step_separator: str = "\n"
+    """A process reward model's step separator: tokenized after each step, whose label sits at its last token
+    (TRL's ``PRMTrainer`` convention); saved in the scoring contract."""
+    prm_aggregate: Literal["min", "last", "mean", "prod"] = "min"
+    """A process reward model's one reward per solution from its step rewards (what ``/score`` answers)."""
     prompt_field: str = "prompt"
     """The column holding the prompt, when your data names it otherwise (``question``, ``instruction``)."""
     chosen_field: str = "chosen"

@@ -138,7 +138,7 @@ def demo_rated_groups(n: int = 200, seed: int = 0) -> list[dict]:
 
 
 # ``train_data`` names of the built-in sets.
-DEMO_SETS = {"demo": demo_pairs, "demo-rated": demo_rated_groups}
+DEMO_SETS = {"demo": demo_pairs, "demo-rated": demo_rated_groups}  # "demo-steps" is added below its function
 
 
 def demo_steps(n: int = 1000, seed: int = 0) -> list[dict]:
@@ -158,3 +158,6 @@ def demo_steps(n: int = 1000, seed: int = 0) -> list[dict]:
         labels = [wrong_at is None or k < wrong_at for k in range(3)]
         rows.append({"id": f"s{i}", "prompt": f"What is {a} + {b} + {c}?", "completions": steps, "labels": labels})
     return rows
+
+
+DEMO_SETS["demo-steps"] = demo_steps

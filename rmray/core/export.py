@@ -39,8 +39,10 @@ def save_unmerged(model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str, 
 
 
 def _inner(model: nn.Module) -> nn.Module:
+    from .step_model import StepModel
+
     inner = getattr(model, "module", model)  # DDP
-    return inner.model if isinstance(inner, RewardModel) else inner
+    return inner.model if isinstance(inner, (RewardModel, StepModel)) else inner
 
 
 def save_adapter(peft_model: nn.Module, tokenizer, spec: ScoringSpec, out_dir: str) -> str:

@@ -49,10 +49,11 @@ def readout_kind(model: nn.Module) -> str:
     return describe(_unwrap(model)).readout
 
 
-def apply_lora(model: PreTrainedModel, lora):
+def apply_lora(model: PreTrainedModel, lora, task: str = "SEQ_CLS"):
     """Wrap in a PEFT LoRA model (``lora``: a ``peft.LoraConfig``) with the reward head fully trained and saved.
 
-    ``task_type=SEQ_CLS`` and the head in ``modules_to_save`` are set here, not left to the user:
+    ``task_type`` (``SEQ_CLS``; a process model's ``TOKEN_CLS``) and the head in ``modules_to_save`` are set
+    here, not left to the user:
     a LoRA reward model whose random head is frozen or not saved is the most reported RM LoRA bug
     (TRL #297/#578, OpenRLHF #873).
     """
@@ -61,7 +62,7 @@ def apply_lora(model: PreTrainedModel, lora):
     from peft import TaskType, get_peft_model
 
     heads = describe(_unwrap(model)).heads
-    config = dataclasses.replace(lora, task_type=TaskType.SEQ_CLS,
+    config = dataclasses.replace(lora, task_type=getattr(TaskType, task),
                                  modules_to_save=sorted(set(heads) | set(lora.modules_to_save or [])))
     peft_model = get_peft_model(model, config)  # adapters in float32 even on a bf16/fp16 base (autocast_adapter_dtype)
     if any(p.dtype != torch.float32 for p in peft_model.parameters()):

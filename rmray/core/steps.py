@@ -217,3 +217,31 @@ def step_loss(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, labe
     """Cross-entropy over the labelled steps (their mean), as TRL's PRM trainer took it over label != -100."""
     picked = logits[rows.to(logits.device), cols.to(logits.device)].float()
     return torch.nn.functional.cross_entropy(picked, labels.to(logits.device))
+
+
+STEP_SUM_FIELDS = ("steps", "correct", "caught", "flagged", "wrong", "loss", "unused", "unused")
+
+
+def step_sums(logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Sufficient statistics of labelled steps (``logits`` ``[S, 2]`` at their positions) as a float64 vector
+    in :data:`STEP_SUM_FIELDS` order, the length of a reward model's (``rmray.core.loss.SUM_FIELDS``), so
+    the training loop reduces either alike. A step is predicted right where P(correct) >= 0.5."""
+    right = (logits[:, 1] >= logits[:, 0]).detach()
+    truth = labels.to(logits.device).bool()
+    zero = torch.zeros((), dtype=torch.float64, device=logits.device)
+    return torch.stack([
+        torch.tensor(float(labels.numel()), dtype=torch.float64, device=logits.device),
+        (right == truth).double().sum(), (~right & ~truth).double().sum(), (~right).double().sum(),
+        (~truth).double().sum(), torch.as_tensor(loss_sum, dtype=torch.float64, device=logits.device).detach().reshape(()),
+        zero, zero,
+    ])
+
+
+def metrics_from_step_sums(sums: torch.Tensor) -> dict[str, float]:
+    """Mean loss, step accuracy, and F1 of finding the wrong steps (as :func:`step_metrics`)."""
+    s = dict(zip(STEP_SUM_FIELDS[:6], sums.double().tolist()))
+    n = max(s["steps"], 1.0)
+    precision = s["caught"] / s["flagged"] if s["flagged"] else 0.0
+    recall = s["caught"] / s["wrong"] if s["wrong"] else 0.0
+    return {"loss": s["loss"] / n, "accuracy": s["correct"] / n,
+            "step_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0, "steps": s["steps"]}

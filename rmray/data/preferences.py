@@ -22,6 +22,7 @@ from rmray.core.loss import count_pairs
 from rmray.core.packing import shared_prefix_length
 from rmray.core.report import DataReport
 from rmray.core.spec import ScoringSpec
+from rmray.core.steps import StepTokens, read_steps, tokenize_steps
 from rmray.core.tokenize import EncodedGroup, EncodedPair, encode_group, encode_pair
 
 from .lines import parse_line
@@ -30,7 +31,10 @@ from .source import open_source
 
 # A pair row fills chosen_ids/rejected_ids/margin; a rated row group_ids/ratings (its K sequences), and
 # attribute_ratings ([K][A]) when its ratings are per attribute.
-PAIR_COLUMNS = ["row_id", "chosen_ids", "rejected_ids", "margin", "group_ids", "ratings", "attribute_ratings"]
+# A stepwise row (a process reward model's) is its one sequence in chosen_ids and its labelled steps'
+# positions and labels (rmray.core.steps).
+PAIR_COLUMNS = ["row_id", "chosen_ids", "rejected_ids", "margin", "group_ids", "ratings", "attribute_ratings",
+                "step_positions", "step_labels"]
 SPLIT_COLUMNS = PAIR_COLUMNS + ["split_key"]
 
 
@@ -97,8 +101,11 @@ def tokenize_batch(batch: pa.Table, rules: RowRules, split: tuple[float, float] 
     return out.table()
 
 
-def _encode_row(row: dict, rules: RowRules) -> EncodedPair | EncodedGroup:
-    """A pair row's two sequences, or a ``rated`` row's K sequences and ratings."""
+def _encode_row(row: dict, rules: RowRules) -> EncodedPair | EncodedGroup | StepTokens:
+    """A pair row's two sequences, a ``rated`` row's K sequences and ratings, or (a process model's run) a
+    stepwise row's sequence and labelled steps."""
+    if rules.fmt == "stepwise":
+        return tokenize_steps(rules.tokenizer, read_steps(row), rules.spec.step_separator, rules.spec.max_length)
     row_format = _row_format(row, rules.fmt)
     if row_format == "rated":
         return encode_group(rules.tokenizer, rules.spec, read_group(row, rules.spec.weights_by_attribute()))
@@ -110,6 +117,7 @@ _SCHEMA = pa.schema([
     ("chosen_ids", pa.list_(pa.int64())), ("rejected_ids", pa.list_(pa.int64())), ("margin", pa.float64()),
     ("group_ids", pa.list_(pa.list_(pa.int64()))), ("ratings", pa.list_(pa.float64())),
     ("attribute_ratings", pa.list_(pa.list_(pa.float64()))),
+    ("step_positions", pa.list_(pa.int64())), ("step_labels", pa.list_(pa.int64())),
     ("truncated", pa.bool_()), ("pairs", pa.int64()), ("num_tokens", pa.int64()), ("shared_tokens", pa.int64()),
     ("split_key", pa.float64()), ("stop", pa.bool_()),
 ])
@@ -130,6 +138,8 @@ class _Out:
     def add(self, row_id: str, status: str, message: str = "", encoded=None, stop: bool = False) -> None:
         """``stop``: this row ends the run (a bad row under ``on_bad_row=error``, a too-long one under
         ``truncation=error``); whoever reads the rows stops at the first such row, naming it."""
+        if isinstance(encoded, StepTokens):
+            return self._add_steps(row_id, encoded)
         group = encoded if isinstance(encoded, EncodedGroup) else None
         pair = encoded if isinstance(encoded, EncodedPair) else None
         sequences = group.ids if group else ([pair.chosen_ids, pair.rejected_ids] if pair else [])
@@ -141,7 +151,18 @@ class _Out:
                   "pairs": count_pairs(group.ratings) if group else int(pair is not None),
                   "num_tokens": sum(len(s) for s in sequences),
                   # tokens the shared-prompt layout computes once instead of K times
-                  "shared_tokens": (len(sequences) - 1) * shared_prefix_length(*sequences) if sequences else 0}
+                  "shared_tokens": (len(sequences) - 1) * shared_prefix_length(*sequences) if sequences else 0,
+                  "step_positions": [], "step_labels": []}
+        for key, value in values.items():
+            self.columns[key].append(value)
+
+    def _add_steps(self, row_id: str, steps: StepTokens) -> None:
+        """A stepwise row: its sequence, and each labelled step's position and label; ``pairs`` counts its steps."""
+        values = {"row_id": row_id, "status": "ok", "message": "", "split_key": self.split, "stop": False,
+                  "chosen_ids": steps.input_ids, "rejected_ids": [], "margin": 0.0, "group_ids": [], "ratings": [],
+                  "attribute_ratings": [], "truncated": steps.prompt_cut > 0, "pairs": len(steps.positions),
+                  "num_tokens": len(steps.input_ids), "shared_tokens": 0, "step_positions": steps.positions,
+                  "step_labels": [steps.labels[p] for p in steps.positions]}
         for key, value in values.items():
             self.columns[key].append(value)
 

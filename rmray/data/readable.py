@@ -182,14 +182,20 @@ def check_columns(source: str, required: dict[str, str], *, rated: bool = False,
         if rated and "responses" in row:
             _check_rated(path, row, attributes)
             continue
-        if rated and "completions" in row and "labels" in row:
-            raise UsageError(f"{path}: stepwise rows (prompt, completions, labels) label a process reward model's "
-                             "steps; rmray train trains on preference rows (rmray eval and rmray score take a "
-                             "process model and stepwise rows)")
         for setting, column in required.items():
             if column not in row:
                 raise UsageError(f"{path}: no column {column!r} (columns: {', '.join(sorted(row))}) (fix: "
                                  f"{setting}=<the column that holds it>)")
+
+
+def stepwise_source(source: str) -> bool:
+    """Whether a local source's first row is stepwise (``prompt``, ``completions``, ``labels``): the data of a
+    process reward model. Hub ids and URIs say so with ``data_format=stepwise``."""
+    rows = [DEMO_SETS[source](1)[0]] if source in DEMO_SETS else (_first_row(p) for p in local_files(source))
+    for row in rows:
+        if row is not None:
+            return "completions" in row and "labels" in row
+    return False
 
 
 def check_benchmark_rows(source: str, benchmark: str, columns: tuple[str, ...]) -> None:

@@ -20,10 +20,13 @@ from rmray.core.loss import (
     attribute_mse,
     group_loss,
     length_correlation,
+    metrics_from_sums,
     ordered_pairs,
     preference_sums,
 )
 from rmray.core.packing import on_device
+
+from .batches import batch_groups, chunks_of, padded_equivalent_tokens
 
 
 @dataclass
@@ -102,6 +105,22 @@ class Compute:
                 sums += preference_sums(chosen, rejected, loss.detach() * chunk.num_pairs)
                 tokens += chunk.real_tokens
         return sums, tokens
+
+    def chunks(self, batch: dict, layout) -> tuple[list, int]:
+        """A micro-batch's forward chunks, and what TRL's padded layout would compute for it."""
+        rows = batch_groups(batch)
+        return chunks_of(rows, layout), padded_equivalent_tokens(rows)
+
+    def eval_sums(self, batch: dict, layout, model) -> tuple[torch.Tensor, list[float]]:
+        """An eval batch's preference sums and its pairs' margins (r_chosen - r_rejected, for calibration)."""
+        sums, margins = torch.zeros(8, dtype=torch.float64), []
+        for chunk in chunks_of(batch_groups(batch), layout):
+            chosen, rejected, loss = (t.cpu() for t in self.score_chunk(chunk, model))
+            sums += preference_sums(chosen, rejected, loss * chunk.num_pairs)
+            margins += (chosen - rejected).tolist()
+        return sums, margins
+
+    summarize = staticmethod(metrics_from_sums)
 
     def _margins(self, chunk, ratings: torch.Tensor) -> torch.Tensor | None:
         """The data's pair margins, plus ``rating_margin * (r_i - r_j)`` on rated rows' pairs."""

@@ -41,7 +41,9 @@ def prepare_data(cfg: TrainConfig, tokenizer, readout: str, stream: bool) -> Pre
     spec = ScoringSpec(max_length=cfg.data.max_length, truncation=cfg.data.truncation, add_eos=cfg.data.add_eos,
                        eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
                        readout=readout, uses_chat_template=tokenizer.chat_template is not None,
-                       attributes=list(cfg.optimization.attributes) or None, attribute_weights=cfg.optimization.reward_weights)
+                       attributes=list(cfg.optimization.attributes) or None, attribute_weights=cfg.optimization.reward_weights,
+                       kind="process" if cfg.data.data_format == "stepwise" else "reward",
+                       step_separator=cfg.data.step_separator, prm_aggregate=cfg.data.prm_aggregate)
     _explain_layout(cfg, readout)
     rules = RowRules(tokenizer, spec, fmt=cfg.data.data_format, strict=cfg.data.on_bad_row == "error", fields=cfg.data.fields(),
                      num_cpus=cfg.ray.tokenize_num_cpus)

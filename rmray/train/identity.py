@@ -29,7 +29,7 @@ RUN_KEYS = (
     "warmup_ratio", "warmup_steps", "num_train_epochs", "max_steps", "max_grad_norm", "seed",
     "loss", "attributes", "attribute_weights", "attribute_loss_weight", "rating_margin",
     "center_rewards_coefficient", "debias_length", "debias_length_weight", "use_peft",
-    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "step_separator",
 )
 
 

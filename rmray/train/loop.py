@@ -29,7 +29,6 @@ from rmray.core.calibration import fit_temperature
 from rmray.core.cpu_bf16 import slow_bf16_warning
 from rmray.core.evaluation import preference_metrics
 from rmray.core.export import save_reward_model, save_unmerged
-from rmray.core.loss import metrics_from_sums, preference_sums
 from rmray.core.spec import ScoringSpec
 from rmray.core.tokenizer import load_tokenizer
 from rmray.data.position import RankPosition, trained_set
@@ -38,12 +37,8 @@ from rmray.data.stream import StreamError, eval_batches, rank_windows, stop_stre
 from .attempt import attempt_id
 from .batches import (
     Layout,
-    batch_groups,
     choose_layout,
-    chunks_of,
     iter_pair_batches,
-    padded_equivalent_tokens,
-    to_chunks,
 )
 from .bench_eval import BenchmarkEval
 from .best import BestCheckpoint
@@ -58,6 +53,7 @@ from .resume import load_resume_state, restore_position
 from .schedule import build_scheduler
 from .sinks import Sinks
 from .state import LoopState
+from .step_compute import StepCompute
 from .summary import run_summary
 
 
@@ -126,7 +122,8 @@ class WorkerRun:
         device = ray.train.torch.get_device()
         strategy = make_strategy(cfg.speed.fsdp)
         model, raw = build_model(cfg, self.tokenizer, strategy, wants_bf16(cfg.optimization, device), device)
-        self.compute = Compute.for_run(model, raw, strategy, device, cfg.optimization)
+        kind = StepCompute if cfg.data.data_format == "stepwise" else Compute  # a process or a reward model
+        self.compute = kind.for_run(model, raw, strategy, device, cfg.optimization)
         self.layout = Layout(kind=choose_layout(cfg.speed.padding_free, cfg.speed.share_prompt, raw.readout == "last_token"),
                              causal=raw.readout == "last_token", pad_token_id=self.tokenizer.pad_token_id,
                              pad_to_multiple_of=cfg.speed.pad_to_multiple_of, row_tokens=cfg.speed.pack_row_tokens,
@@ -202,11 +199,10 @@ class WorkerRun:
                     break
 
     def _micro_batch(self, batch: dict, sync: bool) -> None:
-        rows = batch_groups(batch)
-        chunks = chunks_of(rows, self.layout)
+        chunks, padded = self.compute.chunks(batch, self.layout)
         sums, n_tokens = self.compute.forward_backward(chunks, self.cfg.optimization.gradient_accumulation_steps, final_sync=sync)
         self.state.computed_tokens += sum(c.computed_tokens for c in chunks)
-        self.state.padded_tokens += padded_equivalent_tokens(rows)
+        self.state.padded_tokens += padded
         self.window.sums += sums
         self.window.pairs += sum(c.num_pairs for c in chunks) * self.world
         self.window.tokens += n_tokens * self.world
@@ -273,7 +269,7 @@ class WorkerRun:
         s, w = self.state, self.window
         with self._paused():
             seconds = max(time.perf_counter() - w.start, 1e-9)
-            metrics = metrics_from_sums(all_reduce(w.sums.clone(), self.compute.device))
+            metrics = self.compute.summarize(all_reduce(w.sums.clone(), self.compute.device))
             metrics.pop("pairs", None)
             self.log.write({"step": s.step, "epoch": s.epoch, **metrics, "learning_rate": self.scheduler.get_last_lr()[0],
                             "grad_norm": self.compute.strategy.grad_norm(self._grad_norm),
@@ -306,12 +302,11 @@ class WorkerRun:
         compute, all_batches = self.compute, self.compute.strategy.every_rank_evaluates_all()
         sums, self.eval_margins = torch.zeros(8, dtype=torch.float64), []
         for batch in eval_batches(self.stream, self.rank, self.cfg.optimization.per_device_eval_batch_size, all_batches):
-            for chunk in to_chunks(batch, self.layout):
-                chosen, rejected, loss = (t.cpu() for t in compute.score_chunk(chunk, model))
-                sums += preference_sums(chosen, rejected, loss * chunk.num_pairs)
-                self.eval_margins += (chosen - rejected).tolist()
+            batch_sums, margins = compute.eval_sums(batch, self.layout, model)
+            sums += batch_sums
+            self.eval_margins += margins
         sums = sums if all_batches else all_reduce(sums, compute.device)
-        return {f"eval_{k}": v for k, v in metrics_from_sums(sums).items()}
+        return {f"eval_{k}": v for k, v in compute.summarize(sums).items()}
 
     def _after_eval(self) -> None:
         """Warnings into metrics.jsonl (the driver prints them as they come); early stopping."""

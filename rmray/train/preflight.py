@@ -20,11 +20,15 @@ _SINK_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wan
 
 def check_before_ray(cfg) -> None:
     """Data sources, the model, and the metric sinks of a :class:`rmray.config.TrainConfig`."""
+    stepwise = cfg.data.data_format == "stepwise"
     for key, source in (("train_data", cfg.data.train_data), ("eval_data", cfg.data.eval_data)):
         if source:
             open_source(source).check(key)
-            check_columns(source, {"chosen_field": cfg.data.chosen_field, "rejected_field": cfg.data.rejected_field},
-                          rated=True, attributes=cfg.optimization.attributes)
+            required = ({"prompt_field": cfg.data.prompt_field, "data_format=stepwise": "completions"} if stepwise else
+                        {"chosen_field": cfg.data.chosen_field, "rejected_field": cfg.data.rejected_field})
+            check_columns(source, required, rated=not stepwise, attributes=cfg.optimization.attributes)
+    if stepwise:
+        check_process_run(cfg)
     check_benchmarks(cfg.data.eval_benchmarks)
     check_model("model_name_or_path", cfg.model.model_name_or_path)
     check_sinks(cfg.checkpoints.report_to)
@@ -43,6 +47,15 @@ def check_storage(storage_path: str | None) -> None:
             folder.check_writable("storage_path")
         finally:
             folder.close()
+
+
+def check_process_run(cfg) -> None:
+    """What a process reward model (step labels) cannot take: preference-only settings, named."""
+    for key, value in (("eval_benchmarks", cfg.data.eval_benchmarks), ("attributes", cfg.optimization.attributes),
+                       ("debias_length", cfg.optimization.debias_length)):
+        if value:
+            raise UsageError(f"config key '{key}': a process reward model (stepwise data) scores steps, not "
+                             f"preferences (fix: remove {key})")
 
 
 def check_benchmarks(entries: list[str]) -> None:

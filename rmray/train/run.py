@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from rmray.config import TrainConfig
 from rmray.core.report import DataReport
+from rmray.data.readable import stepwise_source
 from rmray.errors import UsageError
 from rmray.ray_env import init_ray, verbose, without_no_cpu_warning
 
@@ -40,6 +41,8 @@ class TrainResult:
 def train(cfg: TrainConfig) -> TrainResult:
     started_at = time.time()
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.checkpoints.output_dir))
+    if cfg.data.data_format == "auto" and stepwise_source(cfg.data.train_data):  # a process reward model's rows
+        cfg = dataclasses.replace(cfg, data_format="stepwise")
     check_before_ray(cfg)
     _prepare_output_dir(cfg)
     cfg = check_or_record(cfg, _local_run_dir(cfg))

@@ -143,3 +143,20 @@ def test_the_demo_step_set_labels_every_step_by_its_arithmetic():
         assert row["labels"] == [all(ok[:k + 1]) for k in range(3)]
         planted += not all(ok)
     assert 0.4 < planted / len(rows) < 0.6
+
+
+def test_step_sums_reduce_to_the_metrics_step_metrics_gives():
+    """Sums over two batches, added as ranks' sums are all-reduced, give the metrics of all steps at once."""
+    from rmray.core.steps import metrics_from_step_sums, step_metrics, step_sums
+
+    rewards = [[0.9, 0.4, 0.3], [0.6, 0.45], [0.7]]
+    labels = [[True, False, True], [True, True], [False]]
+    flat_p = [p for r in rewards for p in r]
+    flat_y = [y for ys in labels for y in ys]
+    logits = torch.tensor([[0.0, math.log(p / (1 - p))] for p in flat_p])
+    target = torch.tensor([int(y) for y in flat_y])
+    sums = step_sums(logits[:3], target[:3], 1.5) + step_sums(logits[3:], target[3:], 0.9)
+    got = metrics_from_step_sums(sums)
+    want = step_metrics(rewards, labels)
+    assert got["accuracy"] == pytest.approx(want["step_accuracy"]) and got["step_f1"] == pytest.approx(want["step_f1"])
+    assert got["loss"] == pytest.approx(2.4 / 6) and got["steps"] == 6
