@@ -272,14 +272,16 @@ def test_a_uri_glob_is_expanded_by_listing_and_one_that_matches_nothing_is_refus
         open_source(f"file://{tmp_path}/x*.jsonl").check("train_data")
 
 
-def test_stepwise_rows_given_to_train_are_named_before_ray(tmp_path, no_ray):
-    """A process reward model's rows are not preference rows: one line saying so, not 'no column chosen'."""
+def test_preference_only_settings_on_stepwise_rows_are_refused_before_ray(tmp_path, no_ray):
+    """Stepwise rows make a process reward model; a benchmark of preferences or attribute heads cannot
+    apply to it: one line naming the key, before Ray."""
     from rmray.config import TrainConfig
     from rmray.errors import UsageError
     from rmray.train.run import train
 
     data = tmp_path / "steps.jsonl"
     data.write_text(json.dumps({"prompt": "2 + 2?", "completions": ["2 + 2 = 4."], "labels": [True]}) + "\n")
-    with pytest.raises(UsageError, match="stepwise rows .* process reward model") as err:
-        train(TrainConfig(train_data=str(data), output_dir=str(tmp_path / "out")))
-    assert "\n" not in str(err.value)
+    for key, value in (("eval_benchmarks", ["judgebench"]), ("debias_length", True)):
+        with pytest.raises(UsageError, match=f"'{key}': a process reward model") as err:
+            train(TrainConfig(train_data=str(data), output_dir=str(tmp_path / "out"), **{key: value}))
+        assert "\n" not in str(err.value)
