@@ -143,18 +143,24 @@ DEMO_SETS = {"demo": demo_pairs, "demo-rated": demo_rated_groups}  # "demo-steps
 
 def demo_steps(n: int = 1000, seed: int = 0) -> list[dict]:
     """``n`` stepwise rows ``{"id", "prompt", "completions", "labels"}`` (TRL's stepwise format): a sum of three
-    one-digit numbers worked in three steps, and in about half the rows one step planted wrong (a partial
-    sum off by 1 to 3, carried on from there). As in Math-Shepherd, a step is labelled correct only while
-    no earlier step went wrong. Learnable by a small model: each step's truth is a one-digit addition."""
+    numbers from 1 to 4 worked in three steps, and in about half the rows one step planted wrong -- it carries
+    a number that is not the one before it (an operand of the question, or the previous step's sum, off by
+    1 to 3), the slip a solution makes when it miscopies. Its own addition is right, so the error is found
+    by checking the step against what came before, as a PRM must. As in Math-Shepherd, a step is labelled
+    correct only while no step so far went wrong."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        a, b, c = (rng.randint(1, 9) for _ in range(3))
+        a, b, c = (rng.randint(1, 4) for _ in range(3))
         wrong_at = rng.randrange(3) if rng.random() < 0.5 else None
-        first = a + b + (rng.choice([-3, -2, -1, 1, 2, 3]) if wrong_at == 0 else 0)
-        second = first + c + (rng.choice([-3, -2, -1, 1, 2, 3]) if wrong_at == 1 else 0)
-        answer = second + (rng.choice([-3, -2, -1, 1, 2, 3]) if wrong_at == 2 else 0)
-        steps = [f"{a} + {b} = {first}.", f"{first} + {c} = {second}.", f"The answer is {answer}."]
+
+        def carried(value: int, step: int) -> int:  # the planted slip keeps every number positive
+            return value + rng.choice([d for d in (-3, -2, -1, 1, 2, 3) if value + d >= 1]) if wrong_at == step else value
+
+        x = carried(a, 0)
+        y = carried(x + b, 1)
+        answer = carried(y + c, 2)
+        steps = [f"{x} + {b} = {x + b}.", f"{y} + {c} = {y + c}.", f"The answer is {answer}."]
         labels = [wrong_at is None or k < wrong_at for k in range(3)]
         rows.append({"id": f"s{i}", "prompt": f"What is {a} + {b} + {c}?", "completions": steps, "labels": labels})
     return rows

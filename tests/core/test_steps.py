@@ -124,8 +124,8 @@ def test_step_metrics_by_hand():
 
 
 def test_the_demo_step_set_labels_every_step_by_its_arithmetic():
-    """Each generated row read back as TRL's format; a step is labelled right exactly when its sum is right
-    and no step before it was wrong (checked here by redoing the arithmetic)."""
+    """Each generated row read back as TRL's format; a step is labelled right exactly when it carries the
+    right number, its sum is right, and no step before it was wrong (checked here by redoing the arithmetic)."""
     import re
 
     from rmray.core.demo_data import demo_steps
@@ -135,11 +135,11 @@ def test_the_demo_step_set_labels_every_step_by_its_arithmetic():
     for row in rows:
         read_steps(row)
         a, b, c = map(int, re.findall(r"\d+", row["prompt"]))
-        x, y, first = map(int, re.findall(r"-?\d+", row["completions"][0]))
-        first_again, z, second = map(int, re.findall(r"-?\d+", row["completions"][1]))
+        x, b_again, s1 = map(int, re.findall(r"-?\d+", row["completions"][0]))
+        y, c_again, s2 = map(int, re.findall(r"-?\d+", row["completions"][1]))
         answer = int(re.findall(r"-?\d+", row["completions"][2])[0])
-        ok = [first == a + b, second == first + c, answer == second]
-        assert (x, y, z, first_again) == (a, b, c, first)
+        ok = [x == a and s1 == a + b, y == s1 and s2 == s1 + c, answer == s2]
+        assert (b_again, c_again) == (b, c) and s1 == x + b and s2 == y + c  # each step's own sum is right
         assert row["labels"] == [all(ok[:k + 1]) for k in range(3)]
         planted += not all(ok)
     assert 0.4 < planted / len(rows) < 0.6

@@ -26,15 +26,20 @@ def test_the_demo_process_model_learns_held_out_steps(ray_cluster, tmp_path):
     spec = ScoringSpec.load(result.final_model_dir)
     assert (spec.kind, spec.step_separator, spec.prm_aggregate) == ("process", "\n", "min")
     config = json.load(open(os.path.join(result.final_model_dir, "config.json")))
-    assert config["architectures"] == ["BertForTokenClassification"] and config["num_labels"] == 2
+    assert config["architectures"] == ["BertForTokenClassification"] and len(config["id2label"]) == 2
     logged = [m for m in read_metrics(result.output_dir) if "eval_step_f1" in m]
     assert logged and logged[-1]["eval_accuracy"] >= 0.9, logged[-1]
 
-    held_out = demo_steps(200, seed=12345)  # problems generated apart from the training set's
+    # Solutions the run never saw: generated apart from it, less any identical to a training row. Numbers
+    # from 1 to 4 make 64 problems, every correct solution among the training rows: what is left are
+    # solutions with a planted slip -- steps to find wrong, and the steps before the slip to find right.
+    seen = {(r["prompt"], tuple(r["completions"])) for r in demo_steps()}
+    held_out = [r for r in demo_steps(600, seed=12345) if (r["prompt"], tuple(r["completions"])) not in seen]
+    assert len(held_out) >= 100
     (tmp_path / "held_out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
     metrics = evaluate(EvalConfig(model_dir=result.final_model_dir, data=str(tmp_path / "held_out.jsonl"),
                                   output=str(tmp_path / "eval")))
-    assert metrics["step_accuracy"] >= 0.9, metrics
+    assert metrics["step_accuracy"] >= 0.9 and metrics["erroneous_accuracy"] >= 0.9, metrics
     lines = [json.loads(x) for x in open(tmp_path / "eval" / "rewards.jsonl")][:3]
     rows = {r["id"]: r for r in held_out}
     for line in lines:
