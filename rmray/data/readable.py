@@ -191,10 +191,13 @@ def check_columns(source: str, required: dict[str, str], *, rated: bool = False,
 def stepwise_source(source: str) -> bool:
     """Whether a local source's first row is stepwise (``prompt``, ``completions``, ``labels``): the data of a
     process reward model. Hub ids and URIs say so with ``data_format=stepwise``."""
-    rows = [DEMO_SETS[source](1)[0]] if source in DEMO_SETS else (_first_row(p) for p in local_files(source))
-    for row in rows:
-        if row is not None:
-            return "completions" in row and "labels" in row
+    try:
+        rows = [DEMO_SETS[source](1)[0]] if source in DEMO_SETS else (_first_row(p) for p in local_files(source))
+        for row in rows:
+            if row is not None:
+                return "completions" in row and "labels" in row
+    except (OSError, EOFError, ValueError):  # unreadable: the source checks that follow name the file and why
+        return False
     return False
 
 
