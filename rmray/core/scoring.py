@@ -48,8 +48,7 @@ class Scorer:
         ``precision="auto"`` scores in bf16 autocast on a GPU that has bf16 (float32 matmuls left an H200
         idle: serving reached 0.47 of its ceiling there) and in float32 on CPUs, where bf16 is emulated
         on most of them; ``float32`` or ``bfloat16`` force one."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+        precision = resolve_precision(precision, device)
         spec = ScoringSpec.load(model_dir)
         tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         hf = load_hf_model(model_dir, pad_token_id=tokenizer.pad_token_id, attributes=spec.attributes,
@@ -57,9 +56,6 @@ class Scorer:
         model = RewardModel(hf, attribute_weights=spec.attribute_weights).eval()
         if device:
             model.to(device)
-        if precision == "auto":
-            cuda = str(device or "cpu").startswith("cuda")
-            precision = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
         return cls(model, tokenizer, spec, precision)
 
     def _forward(self, per_attribute: bool = False, **inputs) -> list:
@@ -160,6 +156,16 @@ class Scorer:
 
     def score_group(self, prompt: Text, responses: Sequence[Text]) -> list[float]:
         return self.score_id_groups([[self.encode(prompt, r) for r in responses]])[0]
+
+
+def resolve_precision(precision: str, device: str | None) -> str:
+    """``auto``: bf16 autocast on a GPU that has bf16, float32 elsewhere; ``float32``/``bfloat16`` as given."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    cuda = str(device or "cpu").startswith("cuda")
+    return "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
 
 
 def model_name(model_dir: str) -> str:

@@ -15,6 +15,7 @@ import torch
 
 from .collate import pad_sequences
 from .formats import Text
+from .scoring import resolve_precision
 from .spec import DEFAULT_MAX_BATCH_TOKENS, ScoringSpec
 from .steps import StepRow, StepTokens, aggregate, step_probabilities, tokenize_steps
 from .tokenizer import load_tokenizer
@@ -41,10 +42,7 @@ class StepScorer:
                                                                 use_safetensors=True).eval()
         if device:
             model.to(device)
-        if precision == "auto":
-            cuda = str(device or "cpu").startswith("cuda")
-            precision = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
-        return cls(model, tokenizer, spec, precision)
+        return cls(model, tokenizer, spec, resolve_precision(precision, device))
 
     @property
     def device(self) -> torch.device:
