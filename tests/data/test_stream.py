@@ -23,7 +23,8 @@ def tokenized(ids: list[str], bad: set[str] = frozenset(), split: dict | None = 
         "message": ["no chosen" if i in bad else "" for i in ids],
         "chosen_ids": [[int(i[1:]), 1] for i in ids], "rejected_ids": [[int(i[1:]), 2] for i in ids],
         "margin": [0.0] * n, "group_ids": [[] for _ in ids], "ratings": [[] for _ in ids],
-        "attribute_ratings": [[] for _ in ids], "truncated": [False] * n, "pairs": [0 if i in bad else 1 for i in ids],
+        "attribute_ratings": [[] for _ in ids], "step_positions": [[] for _ in ids], "step_labels": [[] for _ in ids],
+        "truncated": [False] * n, "pairs": [0 if i in bad else 1 for i in ids],
         "num_tokens": [4] * n, "shared_tokens": [0] * n,
         "split_key": [(split or {}).get(i, 0.5) for i in ids], "stop": [i in stop for i in ids],
     }, schema=_SCHEMA)
