@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast setup lint clean
+.PHONY: demo test test-all test-fast setup lint clean
 
 $(BIN)/rmray: pyproject.toml tests/frameworks.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: setup
 
 # The tests use local model folders only: HF_HUB_OFFLINE makes a stray hub lookup fail at once.
 test: setup
+	./scripts/ensure-chromium
+	HF_HUB_OFFLINE=1 ./scripts/in-loopback-ns $(BIN)/python -m pytest -q --durations=25 -m "not extended" tests
+
+test-all: setup   # test, plus the end-to-end runs marked extended (about 3 more minutes on 2 cores)
 	./scripts/ensure-chromium
 	HF_HUB_OFFLINE=1 ./scripts/in-loopback-ns $(BIN)/python -m pytest -q --durations=25 tests
 

@@ -13,6 +13,7 @@ from ..conftest import ROOT, free_port
 ADMIN = "iterative-admin"
 
 
+@pytest.mark.extended
 @pytest.mark.timeout(900)
 def test_the_iterative_rlhf_example_swaps_a_retrained_model_into_a_running_grpo_loop(ray_cluster, rm_qwen, tmp_path):
     from ray import serve

@@ -79,6 +79,7 @@ def test_a_scorer_fault_is_a_500_naming_it_not_a_retryable_503(served):
     assert post(port, "/faulty/score", {"prompt": "a", "response": "short"})[0] == 200
 
 
+@pytest.mark.extended
 def test_fuzzed_requests_never_5xx(served):
     """Property-based fuzzing, 1,200 cases over the four POST endpoints: random JSON and near-valid bodies."""
     from hypothesis import HealthCheck, given, settings
@@ -171,6 +172,7 @@ def _running_scorers(app: str) -> int:
                for d in status[scorers].deployments.values())
 
 
+@pytest.mark.extended
 def test_sustained_load_scales_the_scorers_up_and_every_request_is_answered(served):
     """max_replicas=2, a target of 1 request in flight per replica: under 8 concurrent clients Serve adds
     the second scorer replica; requests sent while it starts are all answered, none from a third."""

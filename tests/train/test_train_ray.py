@@ -212,6 +212,7 @@ def test_demo_command_reaches_high_accuracy(ray_cluster, tmp_path, capsys):
     assert (tmp_path / "demo" / "plots" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.extended
 def test_rated_demo_trains_groups_with_attribute_heads_and_eval_reports_them(ray_cluster, tmp_path):
     """The shipped rated config: four answers per question train as one group, a head per attribute;
     the model ranks held-out groups and its attribute scores follow the ratings (rmray eval)."""

@@ -86,6 +86,7 @@ def test_resume_from_path_or_by_a_new_driver_and_damaged_checkpoint_is_refused(r
     assert not os.path.exists(os.path.join(tmp_path, "refused", "ray"))
 
 
+@pytest.mark.extended
 def test_early_stopping_and_reward_collapse_warning(ray_cluster, tiny_qwen, tmp_path):
     from rmray.train.run import train
 
