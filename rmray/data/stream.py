@@ -176,6 +176,7 @@ class _Replay:
     """A later epoch's pass served from the first pass's shares: no read, no tokenization."""
 
     report = None
+    exclude: list = []  # a replay is a whole pass: nothing left out
 
     def __init__(self, windows: list[list], skip: int, world: int):
         self.windows, self.produced = windows, len(windows)
@@ -249,7 +250,7 @@ class RowStream:
             if problem:
                 self.error = problem
                 return {"error": problem}
-        if done.produced == 0 and not getattr(done, "exclude", None):  # a resumed epoch's rest may be empty
+        if done.produced == 0 and not done.exclude:  # a resumed epoch's rest may be empty
             self.error = (f"the train data has fewer kept rows than workers ({self.world}): no rank has a row "
                           "to train on; use more data or fewer workers")
             return {"error": self.error}

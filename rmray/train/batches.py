@@ -126,11 +126,11 @@ def to_chunks(batch: dict, layout: Layout) -> list[Chunk]:
 
 def chunks_of(rows: Rows, layout: Layout) -> list[Chunk]:
     """A micro-batch's rows as forward chunks of at most ``max_tokens_per_batch`` tokens."""
-    spans = _split_by_tokens([sum(len(seq) for seq in group) for group in rows.groups], layout.max_tokens_per_batch)
+    spans = split_by_tokens([sum(len(seq) for seq in group) for group in rows.groups], layout.max_tokens_per_batch)
     return [_chunk(Rows(*(column[a:b] for column in rows)), layout) for a, b in spans]
 
 
-def _split_by_tokens(sizes: list[int], budget: int | None) -> list[tuple[int, int]]:
+def split_by_tokens(sizes: list[int], budget: int | None) -> list[tuple[int, int]]:
     if not budget:
         return [(0, len(sizes))]
     spans, start, total = [], 0, 0

@@ -19,7 +19,7 @@ from rmray.core.collate import pad_sequences
 from rmray.core.packing import PackRule
 from rmray.core.steps import IGNORE, StepTokens, metrics_from_step_sums, pack_steps, step_sums
 
-from .batches import _split_by_tokens
+from .batches import split_by_tokens
 from .compute import wants_bf16
 
 
@@ -47,7 +47,7 @@ def batch_items(batch: dict) -> list[StepTokens]:
 
 def step_chunks(items: list[StepTokens], layout) -> list[StepChunk]:
     """Forward chunks of at most ``layout.max_tokens_per_batch`` tokens, padded or packed."""
-    spans = _split_by_tokens([len(t.input_ids) for t in items], layout.max_tokens_per_batch)
+    spans = split_by_tokens([len(t.input_ids) for t in items], layout.max_tokens_per_batch)
     return [_chunk(items[a:b], layout) for a, b in spans]
 
 
